@@ -1,0 +1,359 @@
+//! `dps-config`: the configuration of `opendps serve`.
+//!
+//! Two layers, as in craft.md L4: [`raw`] is the serde shape of the TOML file
+//! (`deny_unknown_fields`: a misspelt security setting must fail, not be ignored), and [`Config`]
+//! is the validated value the server runs on. [`Config::load`] goes file → command-line
+//! [`Overrides`] → one validation pass that reports **every** problem with its TOML path.
+//!
+//! Every setting has a default that works as is; see `opendps.example.toml` at the repository
+//! root for the documented file.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dps_core::tls::{Group, ProfileName};
+
+pub mod raw;
+
+/// Default data directory (`/var/lib/opendps`). Override with `--data-dir` or `data_dir`.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/opendps";
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Where state lives: the built-in CA under `pki/`, later the store.
+    pub data_dir: PathBuf,
+    pub https: ListenerConfig,
+    pub mqtt: ListenerConfig,
+    pub tls: TlsConfig,
+    pub log: LogConfig,
+    /// How long shutdown waits for open connections to finish before closing them.
+    pub shutdown_grace: Duration,
+}
+
+/// One TLS listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub enabled: bool,
+    pub address: IpAddr,
+    pub port: u16,
+    pub tls: ListenerTls,
+}
+
+/// The per-listener TLS choices (each defaults to the `[tls]` value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub profile: ProfileName,
+    pub tls13: bool,
+    /// Send a CertificateRequest (optional client certificate, empty CA list).
+    pub request_client_cert: bool,
+}
+
+/// Settings shared by every listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub groups: Vec<Group>,
+    pub handshake_timeout: Duration,
+    /// Open connections per listener; one more is closed at once.
+    pub max_connections: usize,
+    /// Handshakes in progress per listener; more wait (bounded by `handshake_timeout`).
+    pub max_handshakes: usize,
+    pub session_tickets: bool,
+    /// How often the session-ticket key is replaced.
+    pub ticket_key_lifetime: Duration,
+    pub certificate: CertificateSource,
+}
+
+/// Where the server certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertificateSource {
+    BuiltIn(BuiltInCa),
+    Files(CertificateFiles),
+}
+
+/// The built-in CA: root → intermediate → RSA-2048 leaf under `data_dir/pki`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuiltInCa {
+    /// DNS names on the leaf (localhost and the host name are always added).
+    pub dns_names: Vec<String>,
+    /// IP addresses on the leaf (127.0.0.1, ::1 and the listen address are always added).
+    pub ip_addresses: Vec<IpAddr>,
+    pub leaf_lifetime: Duration,
+    /// How often the renewal check runs.
+    pub check_interval: Duration,
+}
+
+/// PEM files supplied by the operator, reloaded on change and on SIGHUP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// Leaf first, then intermediates.
+    pub chain: PathBuf,
+    pub key: PathBuf,
+    /// If set, the chain must verify to this root before it is used.
+    pub root: Option<PathBuf>,
+    pub poll_interval: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive string (`info`, `opendps=debug`); `OPENDPS_LOG` overrides it.
+    pub filter: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Command-line values that override the file. `None` leaves the file's (or default) value.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen_address: Option<String>,
+    pub https_port: Option<u16>,
+    pub mqtt_port: Option<u16>,
+    pub tls_profile: Option<String>,
+    pub tls13: Option<bool>,
+    pub request_client_cert: Option<bool>,
+    pub cert_chain: Option<PathBuf>,
+    pub cert_key: Option<PathBuf>,
+    pub cert_root: Option<PathBuf>,
+    pub server_names: Vec<String>,
+    pub leaf_lifetime: Option<String>,
+    pub log_format: Option<String>,
+    pub log_filter: Option<String>,
+}
+
+/// One problem found by validation, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+/// Configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("config file {path} is not valid")]
+    Parse { path: PathBuf, #[source] source: toml::de::Error },
+    #[error("invalid configuration:\n{}", Problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+struct Problems<'a>(&'a [Problem]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  - {}: {}", p.path, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads `path` (if given), applies `overrides`, validates once.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let raw = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
+                raw::Raw::parse(&text).map_err(|source| ConfigError::Parse { path: p.to_owned(), source })?
+            }
+            None => raw::Raw::default(),
+        };
+        Config::from_raw(raw.with_overrides(overrides))
+    }
+
+    /// Validates a raw configuration, collecting every problem.
+    pub fn from_raw(raw: raw::Raw) -> Result<Config, ConfigError> {
+        let mut v = Validator::default();
+        let address = v.ip("listen.address", raw.listen.address.as_deref().unwrap_or("0.0.0.0"));
+        let tls_profile = v.profile("tls.profile", raw.tls.profile.as_deref());
+        let tls13 = raw.tls.tls13.unwrap_or(false);
+        let request = raw.tls.request_client_cert.unwrap_or(true);
+        let listener = |v: &mut Validator, name: &str, r: &raw::RawListener, port: u16| ListenerConfig {
+            enabled: r.enabled.unwrap_or(true),
+            address,
+            port: r.port.unwrap_or(port),
+            tls: ListenerTls {
+                profile: match &r.profile {
+                    Some(p) => v.profile(&format!("{name}.profile"), Some(p)),
+                    None => tls_profile,
+                },
+                tls13: r.tls13.unwrap_or(tls13),
+                request_client_cert: r.request_client_cert.unwrap_or(request),
+            },
+        };
+        let https = listener(&mut v, "https", &raw.https, 443);
+        let mqtt = listener(&mut v, "mqtt", &raw.mqtt, 8883);
+        if https.enabled && mqtt.enabled && https.port == mqtt.port && https.port != 0 {
+            v.problem("mqtt.port", format!("{} is also the HTTPS port; give each listener its own port", mqtt.port));
+        }
+
+        let groups = match &raw.tls.groups {
+            None => Group::DEFAULT.to_vec(),
+            Some(list) => {
+                let mut out = Vec::new();
+                for (i, g) in list.iter().enumerate() {
+                    match g.parse::<Group>() {
+                        Ok(g) if out.contains(&g) => v.problem(&format!("tls.groups[{i}]"), format!("{g} is listed twice")),
+                        Ok(g) => out.push(g),
+                        Err(e) => v.problem(&format!("tls.groups[{i}]"), e.to_string()),
+                    }
+                }
+                if list.is_empty() {
+                    v.problem("tls.groups", "at least one group is needed for the ECDHE suites".into());
+                }
+                out
+            }
+        };
+        let handshake_timeout = v.duration("tls.handshake_timeout", raw.tls.handshake_timeout.as_deref(), "10s", Duration::from_millis(100));
+        let max_connections = v.positive("tls.max_connections", raw.tls.max_connections, 10_000);
+        let max_handshakes = v.positive("tls.max_handshakes", raw.tls.max_handshakes, 256);
+        let ticket_key_lifetime = v.duration("tls.ticket_key_lifetime", raw.tls.ticket_key_lifetime.as_deref(), "12h", Duration::from_secs(60));
+
+        let certificate = match (&raw.tls.files, &raw.tls.builtin) {
+            (Some(_), Some(_)) => {
+                v.problem("tls", "set either [tls.files] or [tls.builtin], not both".into());
+                CertificateSource::BuiltIn(v.builtin(&raw::RawBuiltIn::default()))
+            }
+            (Some(f), None) => {
+                let chain = v.path("tls.files.chain", f.chain.as_deref());
+                let key = v.path("tls.files.key", f.key.as_deref());
+                let poll_interval = v.duration("tls.files.poll_interval", f.poll_interval.as_deref(), "5s", Duration::from_millis(200));
+                CertificateSource::Files(CertificateFiles { chain, key, root: f.root.clone(), poll_interval })
+            }
+            (None, b) => CertificateSource::BuiltIn(v.builtin(b.as_ref().unwrap_or(&raw::RawBuiltIn::default()))),
+        };
+
+        let format = match raw.log.format.as_deref().unwrap_or("plain") {
+            "plain" => LogFormat::Plain,
+            "json" => LogFormat::Json,
+            other => {
+                v.problem("log.format", format!("{other:?} is not a log format (expected plain or json)"));
+                LogFormat::Plain
+            }
+        };
+        let shutdown_grace = v.duration("shutdown.grace", raw.shutdown.grace.as_deref(), "10s", Duration::ZERO);
+        let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            v.problem("data_dir", "must not be empty".into());
+        }
+        if !v.problems.is_empty() {
+            return Err(ConfigError::Invalid(v.problems));
+        }
+        Ok(Config {
+            data_dir,
+            https,
+            mqtt,
+            tls: TlsConfig {
+                groups,
+                handshake_timeout,
+                max_connections,
+                max_handshakes,
+                session_tickets: raw.tls.session_tickets.unwrap_or(true),
+                ticket_key_lifetime,
+                certificate,
+            },
+            log: LogConfig { format, filter: raw.log.filter.unwrap_or_else(|| "info".into()) },
+            shutdown_grace,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(&mut self, path: &str, message: String) {
+        self.problems.push(Problem { path: path.to_owned(), message });
+    }
+
+    fn ip(&mut self, path: &str, value: &str) -> IpAddr {
+        value.parse().unwrap_or_else(|_| {
+            self.problem(path, format!("{value:?} is not an IP address (e.g. 0.0.0.0, 127.0.0.2, ::)"));
+            IpAddr::from([0, 0, 0, 0])
+        })
+    }
+
+    fn profile(&mut self, path: &str, value: Option<&str>) -> ProfileName {
+        match value.map(str::parse::<ProfileName>) {
+            None => ProfileName::default(),
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                self.problem(path, e.to_string());
+                ProfileName::default()
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, value: Option<&str>, default: &str, min: Duration) -> Duration {
+        let text = value.unwrap_or(default);
+        match humantime::parse_duration(text) {
+            Ok(d) if d < min => {
+                self.problem(path, format!("{text:?} is shorter than the minimum {}", humantime::format_duration(min)));
+                d
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(path, format!("{text:?} is not a duration ({e}); write e.g. \"10s\", \"5m\", \"30d\""));
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn positive(&mut self, path: &str, value: Option<i64>, default: usize) -> usize {
+        match value {
+            None => default,
+            Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(n) => {
+                self.problem(path, format!("must be at least 1, got {n}"));
+                default
+            }
+        }
+    }
+
+    fn path(&mut self, path: &str, value: Option<&Path>) -> PathBuf {
+        match value {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => {
+                self.problem(path, "is required with [tls.files]".into());
+                PathBuf::new()
+            }
+        }
+    }
+
+    fn builtin(&mut self, b: &raw::RawBuiltIn) -> BuiltInCa {
+        let mut ip_addresses = Vec::new();
+        for (i, ip) in b.ip_addresses.iter().flatten().enumerate() {
+            ip_addresses.push(self.ip(&format!("tls.builtin.ip_addresses[{i}]"), ip));
+        }
+        let dns_names = b.dns_names.clone().unwrap_or_default();
+        for (i, n) in dns_names.iter().enumerate() {
+            if n.is_empty() || n.len() > 253 || !n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '*')) {
+                self.problem(&format!("tls.builtin.dns_names[{i}]"), format!("{n:?} is not a DNS name"));
+            }
+        }
+        BuiltInCa {
+            dns_names,
+            ip_addresses,
+            leaf_lifetime: self.duration("tls.builtin.leaf_lifetime", b.leaf_lifetime.as_deref(), "30d", Duration::from_secs(60)),
+            check_interval: self.duration("tls.builtin.check_interval", b.check_interval.as_deref(), "1m", Duration::from_secs(1)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+use super::names::{cipher_suite_name, group_name, signature_scheme_name};
+use super::version::TlsVersion;
+
+/// What a client offered in its ClientHello (GREASE values removed).
+///
+/// Captured for every connection, so the readiness evaluator can say later what this device
+/// would do under a stricter policy, without the device having to connect again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Offered {
+    /// `legacy_version` of the ClientHello (`0x0303` for TLS 1.2 and 1.3 clients).
+    pub legacy_version: u16,
+    /// The `supported_versions` extension, or `None` if the client did not send one (then it
+    /// supports every version up to `legacy_version`).
+    pub supported_versions: Option<Vec<u16>>,
+    /// Cipher suite codes, in the client's order.
+    pub cipher_suites: Vec<u16>,
+    /// `supported_groups`; empty when the extension is absent.
+    pub groups: Vec<u16>,
+    /// `signature_algorithms`; empty when the extension is absent.
+    pub signature_algorithms: Vec<u16>,
+    /// Server name indication, if any.
+    pub sni: Option<String>,
+    /// ALPN protocol names, in the client's order.
+    pub alpn: Vec<String>,
+}
+
+impl Offered {
+    /// Whether the client is willing to speak `version`.
+    pub fn offers_version(&self, version: TlsVersion) -> bool {
+        match &self.supported_versions {
+            Some(list) => list.contains(&version.code()),
+            // Without the extension a client speaks every version up to legacy_version; TLS 1.3
+            // can only be offered through the extension.
+            None => version != TlsVersion::Tls13 && version.code() <= self.legacy_version,
+        }
+    }
+
+    /// The versions the client offers, newest first, as names (`TLSv1.2`).
+    pub fn version_names(&self) -> Vec<String> {
+        let mut all = [TlsVersion::Tls13, TlsVersion::Tls12, TlsVersion::Tls11, TlsVersion::Tls10, TlsVersion::Ssl3]
+            .into_iter()
+            .filter(|v| self.offers_version(*v))
+            .map(|v| v.name().to_owned())
+            .collect::<Vec<_>>();
+        if let Some(list) = &self.supported_versions {
+            // Unknown codes (drafts) are kept visible rather than silently dropped.
+            all.extend(list.iter().filter(|c| TlsVersion::from_code(**c).is_none()).map(|c| format!("0x{c:04X}")));
+        }
+        all
+    }
+
+    pub fn cipher_suite_names(&self) -> Vec<String> {
+        self.cipher_suites.iter().map(|c| cipher_suite_name(*c)).collect()
+    }
+
+    pub fn group_names(&self) -> Vec<String> {
+        self.groups.iter().map(|c| group_name(*c)).collect()
+    }
+
+    pub fn signature_algorithm_names(&self) -> Vec<String> {
+        self.signature_algorithms.iter().map(|c| signature_scheme_name(*c)).collect()
+    }
+}
+
+/// What the handshake settled on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub version: TlsVersion,
+    /// Cipher suite wire code.
+    pub cipher_suite: u16,
+    /// Key-exchange group name as OpenSSL reports it (`secp256r1`), if any (none for RSA key exchange).
+    pub group: Option<String>,
+    pub alpn: Option<String>,
+    /// The session was resumed (ticket), so no certificate or key exchange was done.
+    pub resumed: bool,
+    /// The client sent a certificate and proved possession of its key.
+    pub client_certificate: bool,
+}
+
+impl Negotiated {
+    pub fn cipher_suite_name(&self) -> String {
+        cipher_suite_name(self.cipher_suite)
+    }
+}
+
+/// The TLS facts of one connection: offered and negotiated. The value protocol layers attach to
+/// a registration record (tls-policy.md §7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeFacts {
+    /// `None` when the ClientHello never arrived or could not be parsed.
+    pub offered: Option<Offered>,
+    pub negotiated: Negotiated,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_without_extension_run_up_to_legacy_version() {
+        let o = Offered { legacy_version: 0x0303, ..Offered::default() };
+        assert!(o.offers_version(TlsVersion::Tls12));
+        assert!(o.offers_version(TlsVersion::Tls10));
+        assert!(!o.offers_version(TlsVersion::Tls13));
+        assert_eq!(o.version_names(), ["TLSv1.2", "TLSv1.1", "TLSv1", "SSLv3"]);
+    }
+
+    #[test]
+    fn versions_with_extension_are_exactly_the_list() {
+        let o = Offered {
+            legacy_version: 0x0303,
+            supported_versions: Some(vec![0x0304, 0x7f1c]),
+            ..Offered::default()
+        };
+        assert!(o.offers_version(TlsVersion::Tls13));
+        assert!(!o.offers_version(TlsVersion::Tls12));
+        assert_eq!(o.version_names(), ["TLSv1.3", "0x7F1C"]);
+    }
+}
+
+/// The certificates a client presented, DER, leaf first. Possession of the leaf's key was
+/// proved in the handshake; whether the chain is *trusted* is decided by attestation against an
+/// enrollment, never by the TLS layer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerCertificates(pub Vec<Vec<u8>>);
+
+impl PeerCertificates {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The client's own certificate, DER.
+    pub fn leaf(&self) -> Option<&[u8]> {
+        self.0.first().map(Vec::as_slice)
+    }
+}

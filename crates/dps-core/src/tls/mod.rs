@@ -1,0 +1,20 @@
+//! The TLS contract of `shared/spec/tls-policy.md`, as plain data.
+//!
+//! `dps-tls` turns a [`Profile`] into OpenSSL settings; the readiness evaluator in
+//! [`readiness`] uses the same data to predict what a handshake would do. Keeping both on one
+//! table is what makes the readiness report trustworthy.
+
+mod facts;
+mod group;
+mod names;
+mod profiles;
+pub mod readiness;
+mod suites;
+mod version;
+
+pub use group::{Group, UnknownGroup};
+pub use facts::{HandshakeFacts, Negotiated, Offered, PeerCertificates};
+pub use names::{cipher_suite_name, group_name, signature_scheme_name, is_grease};
+pub use profiles::{Profile, ProfileName, UnknownProfile, TLS13_SUITES};
+pub use suites::{CipherSuite, SuiteClass, DPS_SUITES};
+pub use version::{InvalidMinTlsVersion, MinTlsVersion, TlsVersion};

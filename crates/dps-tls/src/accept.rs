@@ -1,0 +1,225 @@
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use dps_core::tls::{HandshakeFacts, Negotiated, Offered, PeerCertificates, TlsVersion};
+use openssl::nid::Nid;
+use openssl::pkey::Id;
+use openssl::ssl::{Ssl, SslContext, SslRef, SslVersion};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
+use tokio_openssl::SslStream;
+
+use crate::context::{build_context, offered_index, TlsPolicy};
+use crate::credentials::ServerCredentials;
+use crate::error::TlsError;
+
+/// The TLS side of one listener: its policy, its current OpenSSL context (swapped atomically on
+/// a credential roll or ticket-key rotation) and its handshake limits.
+#[derive(Debug)]
+pub struct ListenerAcceptor {
+    name: String,
+    policy: TlsPolicy,
+    context: ArcSwap<SslContext>,
+    handshake_timeout: Duration,
+    handshakes: Semaphore,
+}
+
+/// A finished handshake.
+#[derive(Debug)]
+pub struct TlsConnection<S> {
+    pub stream: SslStream<S>,
+    pub facts: HandshakeFacts,
+    /// Empty when the client sent no certificate. Possession proved, trust NOT decided.
+    pub peer_certificates: PeerCertificates,
+}
+
+/// Why a handshake did not finish. Costs only this connection.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeFailure {
+    #[error("handshake not finished within {0:?}")]
+    Timeout(Duration),
+    #[error("handshake failed: {0}")]
+    Tls(String),
+    #[error("cannot set up the connection")]
+    Setup(#[source] openssl::error::ErrorStack),
+}
+
+impl ListenerAcceptor {
+    pub(crate) fn new(
+        name: &str,
+        policy: TlsPolicy,
+        creds: &ServerCredentials,
+        handshake_timeout: Duration,
+        max_handshakes: usize,
+    ) -> Result<Self, TlsError> {
+        let context = build_context(&policy, creds)?;
+        Ok(ListenerAcceptor {
+            name: name.to_owned(),
+            policy,
+            context: ArcSwap::from_pointee(context),
+            handshake_timeout,
+            handshakes: Semaphore::new(max_handshakes.max(1)),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn policy(&self) -> &TlsPolicy {
+        &self.policy
+    }
+
+    /// Builds a context for new credentials without installing it.
+    pub(crate) fn prepare(&self, creds: &ServerCredentials) -> Result<SslContext, TlsError> {
+        build_context(&self.policy, creds)
+    }
+
+    /// Installs a prepared context. Handshakes already started keep the context they began with.
+    pub(crate) fn install(&self, context: SslContext) {
+        self.context.store(Arc::new(context));
+    }
+
+    /// Runs the server handshake on `io` within the handshake timeout (waiting for a handshake
+    /// slot counts against it), and logs one structured line with the outcome and the client's
+    /// offer. A failure costs only this connection.
+    pub async fn accept<S>(&self, io: S, peer: SocketAddr) -> Result<TlsConnection<S>, HandshakeFailure>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let context = self.context.load_full();
+        let ssl = Ssl::new(&context).map_err(HandshakeFailure::Setup)?;
+        let mut stream = SslStream::new(ssl, io).map_err(HandshakeFailure::Setup)?;
+        let outcome = tokio::time::timeout(self.handshake_timeout, async {
+            let _slot = self.handshakes.acquire().await;
+            Pin::new(&mut stream).accept().await
+        })
+        .await;
+        let offered = stream.ssl().ex_data(offered_index()).cloned();
+        let result = match outcome {
+            Err(_) => Err(HandshakeFailure::Timeout(self.handshake_timeout)),
+            Ok(Err(e)) => Err(HandshakeFailure::Tls(reason(&e))),
+            Ok(Ok(())) => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                let negotiated = negotiated(stream.ssl());
+                let peer_certificates = peer_certificates(stream.ssl());
+                let facts = HandshakeFacts { offered, negotiated };
+                log_success(&self.name, peer, &facts);
+                Ok(TlsConnection { stream, facts, peer_certificates })
+            }
+            Err(e) => {
+                log_failure(&self.name, peer, offered.as_ref(), &e);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn reason(e: &openssl::ssl::Error) -> String {
+    if let Some(stack) = e.ssl_error() {
+        if let Some(first) = stack.errors().first() {
+            return first.reason().unwrap_or("unknown TLS error").to_owned();
+        }
+    }
+    match e.io_error() {
+        Some(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => "connection closed during handshake".into(),
+        Some(io) => io.to_string(),
+        None if e.code() == openssl::ssl::ErrorCode::SYSCALL || e.code() == openssl::ssl::ErrorCode::ZERO_RETURN => {
+            "connection closed during handshake".into()
+        }
+        None => format!("TLS error {:?}", e.code()),
+    }
+}
+
+fn version(v: Option<SslVersion>) -> TlsVersion {
+    match v {
+        Some(SslVersion::TLS1_3) => TlsVersion::Tls13,
+        Some(SslVersion::TLS1_1) => TlsVersion::Tls11,
+        Some(SslVersion::TLS1) => TlsVersion::Tls10,
+        Some(SslVersion::SSL3) => TlsVersion::Ssl3,
+        _ => TlsVersion::Tls12,
+    }
+}
+
+fn negotiated(ssl: &SslRef) -> Negotiated {
+    let cipher_suite = ssl.current_cipher().map(|c| u16::from_be_bytes(c.protocol_id())).unwrap_or(0);
+    let group = ssl.tmp_key().ok().and_then(|k| match k.id() {
+        Id::X25519 => Some("x25519".to_owned()),
+        Id::EC => k.ec_key().ok().and_then(|ec| ec.group().curve_name()).map(|nid| match nid {
+            Nid::X9_62_PRIME256V1 => "secp256r1".to_owned(),
+            Nid::SECP384R1 => "secp384r1".to_owned(),
+            other => other.short_name().unwrap_or("unknown").to_owned(),
+        }),
+        _ => None,
+    });
+    Negotiated {
+        version: version(ssl.version2()),
+        cipher_suite,
+        group,
+        alpn: ssl.selected_alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+        resumed: ssl.session_reused(),
+        client_certificate: ssl.peer_certificate().is_some(),
+    }
+}
+
+fn peer_certificates(ssl: &SslRef) -> PeerCertificates {
+    let Some(leaf) = ssl.peer_certificate() else { return PeerCertificates::default() };
+    let mut ders: Vec<Vec<u8>> = leaf.to_der().into_iter().collect();
+    if let Some(chain) = ssl.peer_cert_chain() {
+        // On the server side OpenSSL's chain excludes the leaf; skip it anyway if a build includes it.
+        for c in chain.iter() {
+            if let Ok(der) = c.to_der() {
+                if ders.first() != Some(&der) {
+                    ders.push(der);
+                }
+            }
+        }
+    }
+    PeerCertificates(ders)
+}
+
+fn log_success(listener: &str, peer: SocketAddr, f: &HandshakeFacts) {
+    let n = &f.negotiated;
+    let o = f.offered.clone().unwrap_or_default();
+    tracing::info!(
+        target: "opendps::tls::handshake",
+        listener,
+        %peer,
+        outcome = "ok",
+        version = %n.version,
+        cipher = %n.cipher_suite_name(),
+        group = n.group.as_deref().unwrap_or("-"),
+        resumed = n.resumed,
+        client_cert = n.client_certificate,
+        sni = o.sni.as_deref().unwrap_or("-"),
+        offered_versions = %o.version_names().join(","),
+        offered_ciphers = %o.cipher_suite_names().join(","),
+        offered_groups = %o.group_names().join(","),
+        offered_sigalgs = %o.signature_algorithm_names().join(","),
+        offered_alpn = %o.alpn.join(","),
+        "tls handshake"
+    );
+}
+
+fn log_failure(listener: &str, peer: SocketAddr, offered: Option<&Offered>, e: &HandshakeFailure) {
+    let o = offered.cloned().unwrap_or_default();
+    tracing::info!(
+        target: "opendps::tls::handshake",
+        listener,
+        %peer,
+        outcome = "failed",
+        reason = %e,
+        client_hello = offered.is_some(),
+        sni = o.sni.as_deref().unwrap_or("-"),
+        offered_versions = %o.version_names().join(","),
+        offered_ciphers = %o.cipher_suite_names().join(","),
+        offered_groups = %o.group_names().join(","),
+        offered_sigalgs = %o.signature_algorithm_names().join(","),
+        "tls handshake"
+    );
+}

@@ -1,0 +1,138 @@
+use std::sync::OnceLock;
+
+use dps_core::tls::{Group, Offered, ProfileName, TLS13_SUITES};
+use openssl::ex_data::Index;
+use openssl::ssl::{
+    ClientHelloResponse, Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslSessionCacheMode,
+    SslVerifyMode, SslVersion,
+};
+
+use crate::client_hello;
+use crate::credentials::ServerCredentials;
+use crate::error::TlsError;
+
+/// Everything that decides how one listener does TLS. Pure data: equal policies build
+/// equivalent contexts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPolicy {
+    pub profile: ProfileName,
+    /// Offer TLS 1.3 as well as 1.2. TLS 1.0/1.1 and SSL can never be enabled.
+    pub tls13: bool,
+    /// ECDHE groups, in server preference.
+    pub groups: Vec<Group>,
+    /// Send a CertificateRequest (optional, empty CA list) so X.509 devices can authenticate.
+    pub request_client_cert: bool,
+    pub session_tickets: bool,
+}
+
+impl Default for TlsPolicy {
+    fn default() -> Self {
+        TlsPolicy {
+            profile: ProfileName::default(),
+            tls13: false,
+            groups: Group::DEFAULT.to_vec(),
+            request_client_cert: true,
+            session_tickets: true,
+        }
+    }
+}
+
+impl TlsPolicy {
+    /// The OpenSSL TLS 1.3 suite string (server preference).
+    fn tls13_suites() -> String {
+        TLS13_SUITES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(":")
+    }
+
+    fn groups_list(&self) -> String {
+        self.groups.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(":")
+    }
+}
+
+/// Where the ClientHello callback leaves the client's offer on each `Ssl`.
+pub(crate) fn offered_index() -> Index<Ssl, Offered> {
+    static INDEX: OnceLock<Index<Ssl, Offered>> = OnceLock::new();
+    *INDEX.get_or_init(|| {
+        #[allow(clippy::expect_used)]
+        Ssl::new_ex_index().expect("OpenSSL could not allocate an ex_data index")
+    })
+}
+
+/// Builds the OpenSSL server context for `policy` presenting `creds`. This is the only function
+/// that sets OpenSSL options; a fresh context also means fresh session-ticket keys.
+pub fn build_context(policy: &TlsPolicy, creds: &ServerCredentials) -> Result<SslContext, TlsError> {
+    let _ = offered_index();
+    let mut b = SslContextBuilder::new(SslMethod::tls_server()).map_err(TlsError::openssl("creating a context"))?;
+
+    // Versions: the floor is TLS 1.2, always; SSLv3/TLS 1.0/1.1 get a protocol_version alert.
+    b.set_min_proto_version(Some(SslVersion::TLS1_2)).map_err(TlsError::openssl("minimum version"))?;
+    let max = if policy.tls13 { SslVersion::TLS1_3 } else { SslVersion::TLS1_2 };
+    b.set_max_proto_version(Some(max)).map_err(TlsError::openssl("maximum version"))?;
+
+    // Suites: exactly the profile's, in its order, server preference. The cipher string pins
+    // @SECLEVEL so the distribution's openssl.cnf cannot drop a legacy suite.
+    b.set_security_level(1);
+    b.set_cipher_list(&policy.profile.profile().openssl_cipher_list()).map_err(TlsError::openssl("cipher list"))?;
+    b.set_ciphersuites(&TlsPolicy::tls13_suites()).map_err(TlsError::openssl("TLS 1.3 suites"))?;
+    b.set_groups_list(&policy.groups_list()).map_err(TlsError::openssl("groups"))?;
+
+    let mut options = SslOptions::CIPHER_SERVER_PREFERENCE
+        | SslOptions::NO_COMPRESSION
+        | SslOptions::NO_RENEGOTIATION
+        | SslOptions::NO_SSLV2
+        | SslOptions::NO_SSLV3
+        | SslOptions::NO_TLSV1
+        | SslOptions::NO_TLSV1_1;
+    if !policy.tls13 {
+        options |= SslOptions::NO_TLSV1_3;
+    }
+    if !policy.session_tickets {
+        options |= SslOptions::NO_TICKET;
+    }
+    b.clear_options(SslOptions::all());
+    b.set_options(options);
+    if policy.session_tickets {
+        b.set_session_cache_mode(SslSessionCacheMode::SERVER);
+    } else {
+        b.set_session_cache_mode(SslSessionCacheMode::OFF);
+        b.set_num_tickets(0).map_err(TlsError::openssl("ticket count"))?;
+    }
+    // Required by OpenSSL to resume sessions when client certificates may be requested.
+    b.set_session_id_context(b"opendps").map_err(TlsError::openssl("session id context"))?;
+
+    if policy.request_client_cert {
+        accept_any_chain(&mut b);
+    } else {
+        b.set_verify(SslVerifyMode::NONE);
+    }
+
+    b.set_client_hello_callback(|ssl, _alert| {
+        let offered = client_hello::capture(ssl);
+        ssl.set_ex_data(offered_index(), offered);
+        Ok(ClientHelloResponse::SUCCESS)
+    });
+
+    b.set_certificate(&creds.leaf).map_err(TlsError::openssl("server certificate"))?;
+    for cert in &creds.chain {
+        b.add_extra_chain_cert(cert.clone()).map_err(TlsError::openssl("certificate chain"))?;
+    }
+    b.set_private_key(&creds.key).map_err(TlsError::openssl("server key"))?;
+    b.check_private_key().map_err(TlsError::openssl("server key does not match the certificate"))?;
+    Ok(b.build())
+}
+
+/// SECURITY-CRITICAL (tls-policy.md §5). The server *requests* a client certificate and does not
+/// require one (no FAIL_IF_NO_PEER_CERT): symmetric-key and TPM devices send none. The
+/// CertificateRequest carries an empty CA list (no client CA list is ever set), because trust
+/// anchors are per enrollment, not per server.
+///
+/// The verify callback returns `true` for every chain: self-signed, unknown issuer, expired.
+/// That does NOT skip authentication of possession: OpenSSL still checks the client's
+/// CertificateVerify signature with the leaf's public key, and fails the handshake if it does not
+/// verify. What this callback deliberately skips is *trust*, which only the application can
+/// decide against an enrollment (individual: the enrolled certificate; group: a chain to the
+/// group's verified CA). Nothing downstream may treat "the handshake succeeded with a client
+/// certificate" as "this device is trusted". Tests: `dps-server/tests/tls_matrix.rs`
+/// (`untrusted_client_chain_is_accepted_and_handed_over`).
+fn accept_any_chain(b: &mut SslContextBuilder) {
+    b.set_verify_callback(SslVerifyMode::PEER, |_preverify_ok, _chain| true);
+}

@@ -1,0 +1,21 @@
+//! The one place with `unsafe`: OpenSSL calls rust-openssl does not wrap.
+
+use foreign_types::ForeignTypeRef;
+use openssl::ssl::SslRef;
+
+/// The raw body of ClientHello extension `ext_type`, inside the ClientHello callback.
+pub(crate) fn client_hello_ext(ssl: &SslRef, ext_type: u16) -> Option<&[u8]> {
+    let mut out: *const std::os::raw::c_uchar = std::ptr::null();
+    let mut len: usize = 0;
+    // SAFETY: `ssl` is a live SSL handle for the duration of the borrow. OpenSSL only reads it and
+    // sets `out`/`len` to a buffer owned by the SSL object that stays valid while the ClientHello
+    // is being processed; the returned slice borrows `ssl`, so it cannot outlive that.
+    let found = unsafe {
+        openssl_sys::SSL_client_hello_get0_ext(ssl.as_ptr(), u32::from(ext_type), &mut out, &mut len)
+    };
+    if found != 1 || out.is_null() {
+        return None;
+    }
+    // SAFETY: OpenSSL returned a non-null pointer to `len` readable bytes (see above).
+    Some(unsafe { std::slice::from_raw_parts(out, len) })
+}

@@ -1,0 +1,244 @@
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use openssl::hash::{hash, MessageDigest};
+use openssl::x509::X509;
+use tokio_util::sync::CancellationToken;
+
+use crate::accept::ListenerAcceptor;
+use crate::builtin_ca::{BuiltInCaSettings, Renewal};
+use crate::context::TlsPolicy;
+use crate::credentials::{read, CredentialFiles, ServerCredentials};
+use crate::error::TlsError;
+
+/// Where server credentials come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// The built-in CA under the data directory, renewing itself.
+    BuiltIn(BuiltInCaSettings),
+    /// Operator PEM files, reloaded on change and on SIGHUP.
+    Files(CredentialFiles),
+}
+
+/// The server's TLS: the current credentials and every listener's acceptor.
+///
+/// A roll is always load → validate → build every listener's context → swap them all. If any
+/// step fails the old credentials stay in place on every listener and the failure is logged
+/// once. Connections already open are never touched: they own the context they started with.
+#[derive(Debug)]
+pub struct ServerTls {
+    source: CredentialSource,
+    current: ArcSwap<ServerCredentials>,
+    root: ArcSwap<Option<X509>>,
+    listeners: Vec<Arc<ListenerAcceptor>>,
+    /// Serializes rolls; the digest of the file contents last looked at.
+    roll: Mutex<RollState>,
+}
+
+#[derive(Debug, Default)]
+struct RollState {
+    seen: Option<Vec<u8>>,
+}
+
+/// Per-listener settings for [`ServerTls::start`].
+#[derive(Clone, Debug)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub policy: TlsPolicy,
+    pub handshake_timeout: Duration,
+    pub max_handshakes: usize,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl CredentialSource {
+    fn load(&self) -> Result<(ServerCredentials, Option<X509>, bool), TlsError> {
+        match self {
+            CredentialSource::BuiltIn(ca) => {
+                let (creds, root, renewal) = ca.ensure(now())?;
+                Ok((creds, Some(root), renewal != Renewal::Unchanged))
+            }
+            CredentialSource::Files(files) => {
+                let (creds, root) = files.load()?;
+                Ok((creds, root, true))
+            }
+        }
+    }
+
+    /// A digest of the operator files (none for the built-in CA).
+    fn digest(&self) -> Option<Vec<u8>> {
+        let CredentialSource::Files(f) = self else { return None };
+        let mut all = Vec::new();
+        for p in std::iter::once(&f.chain).chain(std::iter::once(&f.key)).chain(f.root.iter()) {
+            all.extend(read(p).unwrap_or_default());
+            all.push(0);
+        }
+        hash(MessageDigest::sha256(), &all).ok().map(|d| d.to_vec())
+    }
+}
+
+impl ServerTls {
+    /// Loads and validates the credentials and builds every listener's context. Fails closed:
+    /// without valid credentials the server does not start, and the error names the file.
+    pub fn start(source: CredentialSource, listeners: &[ListenerSpec]) -> Result<Arc<ServerTls>, TlsError> {
+        let (creds, root, _) = source.load()?;
+        creds.validate(root.as_ref(), now())?;
+        let acceptors = listeners
+            .iter()
+            .map(|l| ListenerAcceptor::new(&l.name, l.policy.clone(), &creds, l.handshake_timeout, l.max_handshakes).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::info!(
+            sha256 = %creds.fingerprint(),
+            not_after = creds.not_after_unix(),
+            source = source.kind(),
+            "server certificate loaded"
+        );
+        let seen = source.digest();
+        Ok(Arc::new(ServerTls {
+            source,
+            current: ArcSwap::from_pointee(creds),
+            root: ArcSwap::from_pointee(root),
+            listeners: acceptors,
+            roll: Mutex::new(RollState { seen }),
+        }))
+    }
+
+    /// The acceptor of the listener called `name`.
+    pub fn acceptor(&self, name: &str) -> Option<Arc<ListenerAcceptor>> {
+        self.listeners.iter().find(|l| l.name() == name).cloned()
+    }
+
+    /// The credentials being served now.
+    pub fn current(&self) -> Arc<ServerCredentials> {
+        self.current.load_full()
+    }
+
+    /// The root the chain verifies to, where known (always, for the built-in CA).
+    pub fn root(&self) -> Option<X509> {
+        self.root.load().as_ref().clone()
+    }
+
+    /// Loads the credentials again (renewing built-in ones that are due) and installs them if
+    /// they changed and pass validation. Blocking (key generation, file reads): call it from a
+    /// blocking thread. `Ok(true)` when new credentials were installed.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let mut state = self.roll.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.seen = self.source.digest();
+        let (creds, root, maybe_new) = self.source.load()?;
+        if !maybe_new || creds.fingerprint() == self.current().fingerprint() && creds.chain.len() == self.current().chain.len() {
+            return Ok(false);
+        }
+        self.install(creds, root)?;
+        Ok(true)
+    }
+
+    /// Rebuilds every listener's context with the same credentials: new session-ticket keys.
+    /// Tickets issued under the old key fall back to a full handshake, never to a failure.
+    pub fn rotate_ticket_keys(&self) -> Result<(), TlsError> {
+        let _guard = self.roll.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let creds = self.current();
+        let contexts = self.listeners.iter().map(|l| l.prepare(&creds)).collect::<Result<Vec<_>, _>>()?;
+        for (l, ctx) in self.listeners.iter().zip(contexts) {
+            l.install(ctx);
+        }
+        tracing::debug!("session ticket keys rotated");
+        Ok(())
+    }
+
+    fn install(&self, creds: ServerCredentials, root: Option<X509>) -> Result<(), TlsError> {
+        creds.validate(root.as_ref(), now())?;
+        // Build every context before installing any, so listeners never disagree.
+        let contexts = self.listeners.iter().map(|l| l.prepare(&creds)).collect::<Result<Vec<_>, _>>()?;
+        for (l, ctx) in self.listeners.iter().zip(contexts) {
+            l.install(ctx);
+        }
+        tracing::info!(
+            sha256 = %creds.fingerprint(),
+            not_after = creds.not_after_unix(),
+            source = self.source.kind(),
+            "server certificate rolled"
+        );
+        self.current.store(Arc::new(creds));
+        self.root.store(Arc::new(root));
+        Ok(())
+    }
+
+    /// Whether the operator files changed since they were last looked at, and have stayed the
+    /// same for one more poll (so a chain and key written one after the other are read together).
+    fn files_settled(&self, last_poll: &mut Option<Vec<u8>>) -> bool {
+        let digest = self.source.digest();
+        let seen = self.roll.lock().unwrap_or_else(std::sync::PoisonError::into_inner).seen.clone();
+        let settled = digest != seen && digest == *last_poll;
+        *last_poll = digest;
+        settled
+    }
+
+    /// Background duties until `shutdown`: renewal checks (built-in CA) or file polling (files),
+    /// and ticket-key rotation. Failures are logged once and the old credentials stay.
+    pub async fn run(self: Arc<Self>, check_interval: Duration, ticket_key_lifetime: Duration, shutdown: CancellationToken) {
+        let mut check = tokio::time::interval(check_interval);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tickets = tokio::time::interval(ticket_key_lifetime);
+        tickets.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
+        tickets.tick().await;
+        let mut last_poll = self.source.digest();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = check.tick() => {
+                    if matches!(self.source, CredentialSource::Files(_)) && !self.files_settled(&mut last_poll) {
+                        continue;
+                    }
+                    self.clone().reload_logged("scheduled check").await;
+                }
+                _ = tickets.tick() => {
+                    let me = self.clone();
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.rotate_ticket_keys()).await {
+                        tracing::error!(error = %e, "session ticket key rotation failed; keeping the current key");
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`reload`](Self::reload) on a blocking thread, with the outcome logged once.
+    pub async fn reload_logged(self: Arc<Self>, why: &'static str) {
+        match tokio::task::spawn_blocking(move || self.reload()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(trigger = why, error = %DisplayChain(&e), "server certificate reload failed; keeping the current certificate"),
+            Err(e) => tracing::error!(trigger = why, error = %e, "server certificate reload task failed"),
+        }
+    }
+}
+
+impl CredentialSource {
+    fn kind(&self) -> &'static str {
+        match self {
+            CredentialSource::BuiltIn(_) => "builtin-ca",
+            CredentialSource::Files(_) => "files",
+        }
+    }
+}
+
+/// Displays an error with its sources, `a: b: c`.
+#[derive(Debug)]
+pub struct DisplayChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
