@@ -55,13 +55,38 @@ pub fn error_response(status: StatusCode, error_code: u32, message: impl Into<St
     response
 }
 
+/// The TLS facts of a connection as JSON (camelCase, IANA names): what `/health` shows a
+/// client about its own connection, and later what a registration record keeps.
+pub fn tls_facts_json(facts: &HandshakeFacts, peer_certificates: &PeerCertificates) -> serde_json::Value {
+    let n = &facts.negotiated;
+    let offered = facts.offered.as_ref().map(|o| {
+        serde_json::json!({
+            "versions": o.version_names(),
+            "cipherSuites": o.cipher_suite_names(),
+            "groups": o.group_names(),
+            "signatureAlgorithms": o.signature_algorithm_names(),
+            "sni": o.sni,
+            "alpn": o.alpn,
+        })
+    });
+    serde_json::json!({
+        "negotiated": {
+            "version": n.version.name(),
+            "cipherSuite": n.cipher_suite_name(),
+            "group": n.group,
+            "alpn": n.alpn,
+            "resumed": n.resumed,
+            "clientCertificate": n.client_certificate,
+            "clientCertificateChainLength": peer_certificates.0.len(),
+        },
+        "offered": offered,
+    })
+}
+
+/// `GET /health`: 200 while the server serves, with the caller's own TLS facts (useful when a
+/// device's TLS stack is in doubt).
 async fn health(Extension(conn): Extension<ConnectionInfo>) -> Response {
-    let n = &conn.tls.negotiated;
-    Json(serde_json::json!({
-        "status": "ok",
-        "tls": { "version": n.version.name(), "cipherSuite": n.cipher_suite_name(), "clientCertificate": n.client_certificate },
-    }))
-    .into_response()
+    Json(serde_json::json!({ "status": "ok", "tls": tls_facts_json(&conn.tls, &conn.peer_certificates) })).into_response()
 }
 
 async fn not_found() -> Response {

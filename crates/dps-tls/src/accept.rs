@@ -6,7 +6,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use dps_core::tls::{HandshakeFacts, Negotiated, Offered, PeerCertificates, TlsVersion};
 use openssl::nid::Nid;
-use openssl::pkey::Id;
 use openssl::ssl::{Ssl, SslContext, SslRef, SslVersion};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
@@ -148,14 +147,11 @@ fn version(v: Option<SslVersion>) -> TlsVersion {
 
 fn negotiated(ssl: &SslRef) -> Negotiated {
     let cipher_suite = ssl.current_cipher().map(|c| u16::from_be_bytes(c.protocol_id())).unwrap_or(0);
-    let group = ssl.tmp_key().ok().and_then(|k| match k.id() {
-        Id::X25519 => Some("x25519".to_owned()),
-        Id::EC => k.ec_key().ok().and_then(|ec| ec.group().curve_name()).map(|nid| match nid {
-            Nid::X9_62_PRIME256V1 => "secp256r1".to_owned(),
-            Nid::SECP384R1 => "secp384r1".to_owned(),
-            other => other.short_name().unwrap_or("unknown").to_owned(),
-        }),
-        _ => None,
+    let group = crate::ffi::negotiated_group_nid(ssl).map(|nid| match Nid::from_raw(nid) {
+        Nid::X9_62_PRIME256V1 => "secp256r1".to_owned(),
+        Nid::SECP384R1 => "secp384r1".to_owned(),
+        n if n.as_raw() == 1034 => "x25519".to_owned(), // NID_X25519
+        other => other.short_name().unwrap_or("unknown").to_owned(),
     });
     Negotiated {
         version: version(ssl.version2()),

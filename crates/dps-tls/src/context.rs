@@ -1,9 +1,10 @@
 use std::sync::OnceLock;
 
-use dps_core::tls::{Group, Offered, ProfileName, TLS13_SUITES};
+use dps_core::tls::{Group, Offered, ProfileName, TlsVersion, TLS13_SUITES};
+use openssl::error::ErrorStack;
 use openssl::ex_data::Index;
 use openssl::ssl::{
-    ClientHelloResponse, Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslSessionCacheMode,
+    ClientHelloResponse, Ssl, SslAlert, SslContext, SslContextBuilder, SslMethod, SslOptions, SslSessionCacheMode,
     SslVerifyMode, SslVersion,
 };
 
@@ -105,10 +106,19 @@ pub fn build_context(policy: &TlsPolicy, creds: &ServerCredentials) -> Result<Ss
         b.set_verify(SslVerifyMode::NONE);
     }
 
-    b.set_client_hello_callback(|ssl, _alert| {
+    b.set_client_hello_callback(|ssl, alert| {
         let offered = client_hello::capture(ssl);
+        // A client whose best version is below TLS 1.2 (SSLv3, TLS 1.0/1.1) gets the
+        // protocol_version alert the policy names; left alone, OpenSSL answers an SSLv3 hello
+        // with handshake_failure.
+        let modern = offered.offers_version(TlsVersion::Tls12) || offered.offers_version(TlsVersion::Tls13);
         ssl.set_ex_data(offered_index(), offered);
-        Ok(ClientHelloResponse::SUCCESS)
+        if modern {
+            Ok(ClientHelloResponse::SUCCESS)
+        } else {
+            *alert = SslAlert::PROTOCOL_VERSION;
+            Err(ErrorStack::get())
+        }
     });
 
     b.set_certificate(&creds.leaf).map_err(TlsError::openssl("server certificate"))?;

@@ -19,3 +19,13 @@ pub(crate) fn client_hello_ext(ssl: &SslRef, ext_type: u16) -> Option<&[u8]> {
     // SAFETY: OpenSSL returned a non-null pointer to `len` readable bytes (see above).
     Some(unsafe { std::slice::from_raw_parts(out, len) })
 }
+
+/// `SSL_get_negotiated_group` (a macro over `SSL_ctrl` in OpenSSL 3.0): the NID of the group
+/// of the key exchange, for TLS 1.2 ECDHE and TLS 1.3 alike; `None` for RSA key exchange.
+pub(crate) fn negotiated_group_nid(ssl: &SslRef) -> Option<i32> {
+    const SSL_CTRL_GET_NEGOTIATED_GROUP: std::os::raw::c_int = 134;
+    // SAFETY: SSL_ctrl with this command only reads the SSL object's session state and returns
+    // an integer; the pointer argument is unused (null).
+    let nid = unsafe { openssl_sys::SSL_ctrl(ssl.as_ptr(), SSL_CTRL_GET_NEGOTIATED_GROUP, 0, std::ptr::null_mut()) };
+    i32::try_from(nid).ok().filter(|n| *n > 0)
+}

@@ -177,8 +177,7 @@ fn export_root(data_dir: PathBuf) -> anyhow::Result<()> {
     let pem = std::fs::read_to_string(&path).with_context(|| {
         format!("no root CA at {}; start the server once (opendps serve) to create it, or pass --data-dir", path.display())
     })?;
-    print!("{pem}");
-    Ok(())
+    print(&pem)
 }
 
 fn profiles(json: bool) -> anyhow::Result<()> {
@@ -195,18 +194,27 @@ fn profiles(json: bool) -> anyhow::Result<()> {
                     "tls13Suites": TLS13_SUITES.iter().map(|(n, _)| *n).collect::<Vec<_>>()})
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return print(&(serde_json::to_string_pretty(&v)? + "\n"));
     }
+    let mut out = String::new();
     for p in ProfileName::ALL {
-        println!("{}{}", p, if p == ProfileName::default() { " (default)" } else { "" });
+        out += &format!("{}{}\n", p, if p == ProfileName::default() { " (default)" } else { "" });
         for (i, s) in p.profile().suites().enumerate() {
-            println!("  {:>2}. #{:<2} {:<42} {:<28} {}", i + 1, s.number, s.iana, s.openssl, s.class.label());
+            out += &format!("  {:>2}. #{:<2} {:<42} {:<28} {}\n", i + 1, s.number, s.iana, s.openssl, s.class.label());
         }
-        println!();
+        out += "\n";
     }
-    println!("With TLS 1.3 enabled (--tls13): {}", TLS13_SUITES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
-    Ok(())
+    out += &format!("With TLS 1.3 enabled (--tls13): {}\n", TLS13_SUITES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
+    print(&out)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn print(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("cannot write to stdout"),
+    }
 }
 
 fn main() -> std::process::ExitCode {

@@ -103,6 +103,9 @@ pub fn signature_scheme_name(code: u16) -> String {
         0x0303 => "ecdsa_sha224",
         0x0202 => "dsa_sha1",
         0x0402 => "dsa_sha256",
+        0x0302 => "dsa_sha224",
+        0x0502 => "dsa_sha384",
+        0x0602 => "dsa_sha512",
         c if is_grease(c) => "GREASE",
         c => return hex(c),
     };
