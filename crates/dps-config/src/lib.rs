@@ -140,9 +140,17 @@ pub struct Problem {
 #[non_exhaustive]
 pub enum ConfigError {
     #[error("cannot read config file {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid")]
-    Parse { path: PathBuf, #[source] source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("invalid configuration:\n{}", Problems(.0))]
     Invalid(Vec<Problem>),
 }
@@ -166,7 +174,8 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let raw = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
                 raw::Raw::parse(&text).map_err(|source| ConfigError::Parse { path: p.to_owned(), source })?
             }
             None => raw::Raw::default(),
@@ -206,7 +215,9 @@ impl Config {
                 let mut out = Vec::new();
                 for (i, g) in list.iter().enumerate() {
                     match g.parse::<Group>() {
-                        Ok(g) if out.contains(&g) => v.problem(&format!("tls.groups[{i}]"), format!("{g} is listed twice")),
+                        Ok(g) if out.contains(&g) => {
+                            v.problem(&format!("tls.groups[{i}]"), format!("{g} is listed twice"))
+                        }
                         Ok(g) => out.push(g),
                         Err(e) => v.problem(&format!("tls.groups[{i}]"), e.to_string()),
                     }
@@ -217,10 +228,20 @@ impl Config {
                 out
             }
         };
-        let handshake_timeout = v.duration("tls.handshake_timeout", raw.tls.handshake_timeout.as_deref(), "10s", Duration::from_millis(100));
+        let handshake_timeout = v.duration(
+            "tls.handshake_timeout",
+            raw.tls.handshake_timeout.as_deref(),
+            "10s",
+            Duration::from_millis(100),
+        );
         let max_connections = v.positive("tls.max_connections", raw.tls.max_connections, 10_000);
         let max_handshakes = v.positive("tls.max_handshakes", raw.tls.max_handshakes, 256);
-        let ticket_key_lifetime = v.duration("tls.ticket_key_lifetime", raw.tls.ticket_key_lifetime.as_deref(), "12h", Duration::from_secs(60));
+        let ticket_key_lifetime = v.duration(
+            "tls.ticket_key_lifetime",
+            raw.tls.ticket_key_lifetime.as_deref(),
+            "12h",
+            Duration::from_secs(60),
+        );
 
         let certificate = match (&raw.tls.files, &raw.tls.builtin) {
             (Some(_), Some(_)) => {
@@ -230,7 +251,8 @@ impl Config {
             (Some(f), None) => {
                 let chain = v.path("tls.files.chain", f.chain.as_deref());
                 let key = v.path("tls.files.key", f.key.as_deref());
-                let poll_interval = v.duration("tls.files.poll_interval", f.poll_interval.as_deref(), "5s", Duration::from_millis(200));
+                let poll_interval =
+                    v.duration("tls.files.poll_interval", f.poll_interval.as_deref(), "5s", Duration::from_millis(200));
                 CertificateSource::Files(CertificateFiles { chain, key, root: f.root.clone(), poll_interval })
             }
             (None, b) => CertificateSource::BuiltIn(v.builtin(b.as_ref().unwrap_or(&raw::RawBuiltIn::default()))),
@@ -342,15 +364,28 @@ impl Validator {
         }
         let dns_names = b.dns_names.clone().unwrap_or_default();
         for (i, n) in dns_names.iter().enumerate() {
-            if n.is_empty() || n.len() > 253 || !n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '*')) {
+            if n.is_empty()
+                || n.len() > 253
+                || !n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '*'))
+            {
                 self.problem(&format!("tls.builtin.dns_names[{i}]"), format!("{n:?} is not a DNS name"));
             }
         }
         BuiltInCa {
             dns_names,
             ip_addresses,
-            leaf_lifetime: self.duration("tls.builtin.leaf_lifetime", b.leaf_lifetime.as_deref(), "30d", Duration::from_secs(60)),
-            check_interval: self.duration("tls.builtin.check_interval", b.check_interval.as_deref(), "1m", Duration::from_secs(1)),
+            leaf_lifetime: self.duration(
+                "tls.builtin.leaf_lifetime",
+                b.leaf_lifetime.as_deref(),
+                "30d",
+                Duration::from_secs(60),
+            ),
+            check_interval: self.duration(
+                "tls.builtin.check_interval",
+                b.check_interval.as_deref(),
+                "1m",
+                Duration::from_secs(1),
+            ),
         }
     }
 }

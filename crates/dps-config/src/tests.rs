@@ -42,7 +42,10 @@ fn every_problem_is_reported_with_its_path() {
         "#,
     );
     let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
-    assert_eq!(paths, ["listen.address", "tls.profile", "tls.groups[1]", "tls.handshake_timeout", "tls.max_connections"]);
+    assert_eq!(
+        paths,
+        ["listen.address", "tls.profile", "tls.groups[1]", "tls.handshake_timeout", "tls.max_connections"]
+    );
 }
 
 #[test]

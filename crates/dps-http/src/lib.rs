@@ -86,7 +86,8 @@ pub fn tls_facts_json(facts: &HandshakeFacts, peer_certificates: &PeerCertificat
 /// `GET /health`: 200 while the server serves, with the caller's own TLS facts (useful when a
 /// device's TLS stack is in doubt).
 async fn health(Extension(conn): Extension<ConnectionInfo>) -> Response {
-    Json(serde_json::json!({ "status": "ok", "tls": tls_facts_json(&conn.tls, &conn.peer_certificates) })).into_response()
+    Json(serde_json::json!({ "status": "ok", "tls": tls_facts_json(&conn.tls, &conn.peer_certificates) }))
+        .into_response()
 }
 
 async fn not_found() -> Response {

@@ -28,9 +28,19 @@ pub use listener::Protocol;
 #[non_exhaustive]
 pub enum ServerError {
     #[error("cannot bind the {listener} listener to {addr}: {hint}")]
-    Bind { listener: &'static str, addr: SocketAddr, hint: String, #[source] source: std::io::Error },
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        hint: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot use data directory {path}; create it or pass --data-dir")]
-    DataDir { path: PathBuf, #[source] source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot set up TLS")]
     Tls(#[source] dps_tls::TlsError),
 }
@@ -96,7 +106,11 @@ fn credential_source(config: &Config) -> (CredentialSource, Duration) {
             (CredentialSource::BuiltIn(settings), check)
         }
         CertificateSource::Files(f) => (
-            CredentialSource::Files(CredentialFiles { chain: f.chain.clone(), key: f.key.clone(), root: f.root.clone() }),
+            CredentialSource::Files(CredentialFiles {
+                chain: f.chain.clone(),
+                key: f.key.clone(),
+                root: f.root.clone(),
+            }),
             f.poll_interval,
         ),
     }
@@ -149,10 +163,9 @@ impl Server {
 
         let mut addrs = (None, None);
         let router = dps_http::router();
-        for (name, listener, protocol) in [
-            ("https", listeners.https, Protocol::Https(router)),
-            ("mqtt", listeners.mqtt, Protocol::Mqtt),
-        ] {
+        for (name, listener, protocol) in
+            [("https", listeners.https, Protocol::Https(router)), ("mqtt", listeners.mqtt, Protocol::Mqtt)]
+        {
             let Some(listener) = listener else { continue };
             let addr = listener.local_addr().ok();
             if name == "https" {

@@ -15,7 +15,10 @@ async fn each_of_the_twelve_suites_is_accepted_alone_on_both_listeners() {
     let s = start("").await;
     for addr in [s.https(), s.mqtt()] {
         for suite in DPS_SUITES {
-            let done = Client::tls12(suite.openssl).run(addr).await.unwrap_or_else(|e| panic!("{} refused: {e}", suite.openssl));
+            let done = Client::tls12(suite.openssl)
+                .run(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{} refused: {e}", suite.openssl));
             assert_eq!(done.cipher, suite.openssl);
             assert_eq!(done.version, "TLSv1.2");
         }
@@ -36,10 +39,16 @@ async fn foreign_suites_are_refused() {
         assert!(r.is_err(), "{foreign} must be refused");
     }
     // 3DES (and RC4, NULL) cannot be offered by this OpenSSL build, so send the ClientHello by hand.
-    for (name, code) in [("3DES", 0x000Au16), ("ECDHE-3DES", 0xC012), ("RC4", 0x0005), ("NULL", 0x003B), ("CHACHA20", 0xCCA8)] {
+    for (name, code) in
+        [("3DES", 0x000Au16), ("ECDHE-3DES", 0xC012), ("RC4", 0x0005), ("NULL", 0x003B), ("CHACHA20", 0xCCA8)]
+    {
         let s2 = s.https();
-        let reply = tokio::task::spawn_blocking(move || raw_exchange(s2, &client_hello(&[code], 0x0303))).await.unwrap();
-        assert!(is_alert(&reply, ALERT_HANDSHAKE_FAILURE), "{name}: expected a handshake_failure alert, got {reply:02x?}");
+        let reply =
+            tokio::task::spawn_blocking(move || raw_exchange(s2, &client_hello(&[code], 0x0303))).await.unwrap();
+        assert!(
+            is_alert(&reply, ALERT_HANDSHAKE_FAILURE),
+            "{name}: expected a handshake_failure alert, got {reply:02x?}"
+        );
     }
     assert!(common::health_ok(s.https()).await, "the server keeps serving");
 }
@@ -48,13 +57,20 @@ async fn foreign_suites_are_refused() {
 async fn tls10_and_tls11_are_refused_with_a_protocol_version_alert() {
     let s = start("[tls]\ntls13 = true\n").await;
     for v in [SslVersion::TLS1, SslVersion::TLS1_1] {
-        let c = Client { min: Some(v), max: Some(v), ciphers: Some("ECDHE-RSA-AES128-SHA:AES128-SHA".into()), ..Client::default() };
+        let c = Client {
+            min: Some(v),
+            max: Some(v),
+            ciphers: Some("ECDHE-RSA-AES128-SHA:AES128-SHA".into()),
+            ..Client::default()
+        };
         let err = c.run(s.https()).await.err().expect("old version refused");
         assert!(err.contains("protocol version"), "expected a protocol_version alert, got: {err}");
     }
     for version in [0x0301u16, 0x0302, 0x0300] {
         let addr = s.https();
-        let reply = tokio::task::spawn_blocking(move || raw_exchange(addr, &client_hello(&[0xC013, 0x002F], version))).await.unwrap();
+        let reply = tokio::task::spawn_blocking(move || raw_exchange(addr, &client_hello(&[0xC013, 0x002F], version)))
+            .await
+            .unwrap();
         assert!(is_alert(&reply, ALERT_PROTOCOL_VERSION), "version {version:#06x}: got {reply:02x?}");
     }
 }

@@ -47,7 +47,10 @@ pub struct BuiltInCaSettings {
 pub enum Renewal {
     Unchanged,
     /// A new leaf (and perhaps more) was issued.
-    Issued { root: bool, intermediate: bool },
+    Issued {
+        root: bool,
+        intermediate: bool,
+    },
 }
 
 /// The path of the root certificate in `dir`.
@@ -87,9 +90,9 @@ impl BuiltInCaSettings {
             }
         };
 
-        let intermediate = self.load_pair("intermediate", now)?.filter(|(c, _)| {
-            !new_root && issued_by(c, &root) && remaining_fraction_ok(c, now)
-        });
+        let intermediate = self
+            .load_pair("intermediate", now)?
+            .filter(|(c, _)| !new_root && issued_by(c, &root) && remaining_fraction_ok(c, now));
         let (inter, inter_key, new_inter) = match intermediate {
             Some((c, k)) => (c, k, false),
             None => {
@@ -193,7 +196,8 @@ fn rsa(bits: u32) -> Result<PKey<Private>, TlsError> {
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let werr = |source| TlsError::Write { path: path.to_owned(), source };
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(werr)?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(werr)?;
     f.write_all(bytes).map_err(werr)?;
     f.sync_all().map_err(werr)?;
     drop(f);
@@ -212,7 +216,14 @@ struct Spec<'a> {
 
 impl<'a> Spec<'a> {
     fn root(now: i64) -> Self {
-        Spec { cn: "OpenDPS Root CA", not_before: now - BACKDATE, not_after: now + ROOT_LIFETIME, ca: Some(None), dns: None, ips: None }
+        Spec {
+            cn: "OpenDPS Root CA",
+            not_before: now - BACKDATE,
+            not_after: now + ROOT_LIFETIME,
+            ca: Some(None),
+            dns: None,
+            ips: None,
+        }
     }
     fn intermediate(now: i64) -> Self {
         Spec {
@@ -225,7 +236,16 @@ impl<'a> Spec<'a> {
         }
     }
     fn leaf(now: i64, lifetime: i64, dns: &'a BTreeSet<String>, ips: &'a BTreeSet<IpAddr>) -> Self {
-        Spec { cn: "OpenDPS server", not_before: now - BACKDATE, not_after: now + lifetime, ca: None, dns: Some(dns), ips: Some(ips) }
+        // Backdate by at most a tenth of the lifetime, so a short-lived leaf is not born "due".
+        let backdate = BACKDATE.min(lifetime / 10);
+        Spec {
+            cn: "OpenDPS server",
+            not_before: now - backdate,
+            not_after: now + lifetime,
+            ca: None,
+            dns: Some(dns),
+            ips: Some(ips),
+        }
     }
 }
 
@@ -268,7 +288,8 @@ fn issue(spec: &Spec<'_>, key: &PKeyRef<Private>, issuer: Option<(&X509, &PKey<P
             let bc = BasicConstraints::new().critical().build().map_err(e("basicConstraints"))?;
             b.append_extension(bc).map_err(e("basicConstraints"))?;
             // keyEncipherment: the RSA key-exchange suites (7-12) encrypt the premaster secret to this key.
-            let ku = KeyUsage::new().critical().digital_signature().key_encipherment().build().map_err(e("keyUsage"))?;
+            let ku =
+                KeyUsage::new().critical().digital_signature().key_encipherment().build().map_err(e("keyUsage"))?;
             b.append_extension(ku).map_err(e("keyUsage"))?;
             let eku = ExtendedKeyUsage::new().server_auth().build().map_err(e("extendedKeyUsage"))?;
             b.append_extension(eku).map_err(e("extendedKeyUsage"))?;
@@ -319,7 +340,8 @@ mod tests {
     }
 
     fn now() -> i64 {
-        i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()).expect("time")
+        i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs())
+            .expect("time")
     }
 
     #[test]
@@ -354,6 +376,21 @@ mod tests {
         assert_ne!(renewed.fingerprint(), first.fingerprint());
         assert_eq!(root.to_der().expect("der"), root2.to_der().expect("der"));
         renewed.validate(Some(&root), t + 2500).expect("renewed leaf verifies");
+    }
+
+    #[test]
+    fn validation_refuses_expired_and_not_yet_valid_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (creds, root, _) = settings(dir.path()).ensure(now()).expect("ca");
+        let late = creds.validate(Some(&root), now() + 7200).expect_err("expired");
+        assert!(late.to_string().contains("expired"), "{late}");
+        let early = creds.validate(Some(&root), now() - 86_400).expect_err("not yet valid");
+        assert!(early.to_string().contains("not valid yet"), "{early}");
+        let (other, other_root, _) = settings(tempfile::tempdir().expect("tempdir").path()).ensure(now()).expect("ca");
+        let foreign = creds.validate(Some(&other_root), now()).expect_err("foreign root");
+        assert!(foreign.to_string().contains("does not verify"), "{foreign}");
+        let swapped = ServerCredentials { key: other.key, ..creds };
+        assert!(swapped.validate(Some(&root), now()).expect_err("wrong key").to_string().contains("does not match"));
     }
 
     #[test]

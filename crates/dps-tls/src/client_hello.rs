@@ -29,7 +29,7 @@ pub(crate) fn capture(ssl: &SslRef) -> Offered {
         .unwrap_or(0);
     Offered {
         legacy_version,
-        supported_versions: client_hello_ext(ssl, EXT_SUPPORTED_VERSIONS).map(|b| u16_list_u8len(b)),
+        supported_versions: client_hello_ext(ssl, EXT_SUPPORTED_VERSIONS).map(u16_list_u8len),
         cipher_suites: ssl.client_hello_ciphers().map(u16_pairs).unwrap_or_default(),
         groups: client_hello_ext(ssl, EXT_SUPPORTED_GROUPS).map(u16_list_u16len).unwrap_or_default(),
         signature_algorithms: client_hello_ext(ssl, EXT_SIGNATURE_ALGORITHMS).map(u16_list_u16len).unwrap_or_default(),

@@ -47,7 +47,11 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 pub(crate) fn certs_from_pem(path: &Path, pem: &[u8]) -> Result<Vec<X509>, TlsError> {
-    let certs = X509::stack_from_pem(pem).map_err(|source| TlsError::Pem { path: path.to_owned(), what: "certificate", source })?;
+    let certs = X509::stack_from_pem(pem).map_err(|source| TlsError::Pem {
+        path: path.to_owned(),
+        what: "certificate",
+        source,
+    })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate { path: path.to_owned() });
     }
@@ -55,7 +59,11 @@ pub(crate) fn certs_from_pem(path: &Path, pem: &[u8]) -> Result<Vec<X509>, TlsEr
 }
 
 pub(crate) fn key_from_pem(path: &Path, pem: &[u8]) -> Result<PKey<Private>, TlsError> {
-    PKey::private_key_from_pem(pem).map_err(|source| TlsError::Pem { path: path.to_owned(), what: "private key", source })
+    PKey::private_key_from_pem(pem).map_err(|source| TlsError::Pem {
+        path: path.to_owned(),
+        what: "private key",
+        source,
+    })
 }
 
 /// Seconds since the Unix epoch of an ASN.1 time.
@@ -104,10 +112,15 @@ impl ServerCredentials {
             return Err(TlsError::Invalid("the private key does not match the leaf certificate".into()));
         }
         if self.key.id() != Id::RSA {
-            return Err(TlsError::Invalid("the leaf key is not RSA; every DPS cipher suite needs an RSA certificate".into()));
+            return Err(TlsError::Invalid(
+                "the leaf key is not RSA; every DPS cipher suite needs an RSA certificate".into(),
+            ));
         }
         if self.key.bits() < 2048 {
-            return Err(TlsError::Invalid(format!("the RSA key has {} bits; at least 2048 are required", self.key.bits())));
+            return Err(TlsError::Invalid(format!(
+                "the RSA key has {} bits; at least 2048 are required",
+                self.key.bits()
+            )));
         }
         for (i, cert) in std::iter::once(&self.leaf).chain(&self.chain).enumerate() {
             let (nb, na) = (unix(cert.not_before()), unix(cert.not_after()));

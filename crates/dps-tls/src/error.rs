@@ -6,17 +6,34 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum TlsError {
     #[error("cannot read {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write {path}")]
-    Write { path: PathBuf, #[source] source: std::io::Error },
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path} holds no PEM certificate")]
     NoCertificate { path: PathBuf },
     #[error("{path} is not a valid PEM {what}")]
-    Pem { path: PathBuf, what: &'static str, #[source] source: openssl::error::ErrorStack },
+    Pem {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
     #[error("server credentials rejected: {0}")]
     Invalid(String),
     #[error("OpenSSL refused the TLS settings: {what}")]
-    OpenSsl { what: &'static str, #[source] source: openssl::error::ErrorStack },
+    OpenSsl {
+        what: &'static str,
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
 }
 
 impl TlsError {

@@ -10,9 +10,8 @@ pub(crate) fn client_hello_ext(ssl: &SslRef, ext_type: u16) -> Option<&[u8]> {
     // SAFETY: `ssl` is a live SSL handle for the duration of the borrow. OpenSSL only reads it and
     // sets `out`/`len` to a buffer owned by the SSL object that stays valid while the ClientHello
     // is being processed; the returned slice borrows `ssl`, so it cannot outlive that.
-    let found = unsafe {
-        openssl_sys::SSL_client_hello_get0_ext(ssl.as_ptr(), u32::from(ext_type), &mut out, &mut len)
-    };
+    let found =
+        unsafe { openssl_sys::SSL_client_hello_get0_ext(ssl.as_ptr(), u32::from(ext_type), &mut out, &mut len) };
     if found != 1 || out.is_null() {
         return None;
     }

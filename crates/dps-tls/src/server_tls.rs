@@ -91,7 +91,10 @@ impl ServerTls {
         creds.validate(root.as_ref(), now())?;
         let acceptors = listeners
             .iter()
-            .map(|l| ListenerAcceptor::new(&l.name, l.policy.clone(), &creds, l.handshake_timeout, l.max_handshakes).map(Arc::new))
+            .map(|l| {
+                ListenerAcceptor::new(&l.name, l.policy.clone(), &creds, l.handshake_timeout, l.max_handshakes)
+                    .map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         tracing::info!(
             sha256 = %creds.fingerprint(),
@@ -131,7 +134,14 @@ impl ServerTls {
         let mut state = self.roll.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         state.seen = self.source.digest();
         let (creds, root, maybe_new) = self.source.load()?;
-        if !maybe_new || creds.fingerprint() == self.current().fingerprint() && creds.chain.len() == self.current().chain.len() {
+        if !maybe_new {
+            return Ok(false);
+        }
+        creds.validate(root.as_ref(), now())?;
+        let current = self.current();
+        let same_chain = creds.chain.len() == current.chain.len()
+            && creds.chain.iter().zip(&current.chain).all(|(a, b)| a.to_der().ok() == b.to_der().ok());
+        if creds.fingerprint() == current.fingerprint() && same_chain && creds.key.public_eq(&current.key) {
             return Ok(false);
         }
         self.install(creds, root)?;
@@ -151,8 +161,8 @@ impl ServerTls {
         Ok(())
     }
 
+    /// Installs credentials that passed [`ServerCredentials::validate`].
     fn install(&self, creds: ServerCredentials, root: Option<X509>) -> Result<(), TlsError> {
-        creds.validate(root.as_ref(), now())?;
         // Build every context before installing any, so listeners never disagree.
         let contexts = self.listeners.iter().map(|l| l.prepare(&creds)).collect::<Result<Vec<_>, _>>()?;
         for (l, ctx) in self.listeners.iter().zip(contexts) {
@@ -181,7 +191,12 @@ impl ServerTls {
 
     /// Background duties until `shutdown`: renewal checks (built-in CA) or file polling (files),
     /// and ticket-key rotation. Failures are logged once and the old credentials stay.
-    pub async fn run(self: Arc<Self>, check_interval: Duration, ticket_key_lifetime: Duration, shutdown: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        check_interval: Duration,
+        ticket_key_lifetime: Duration,
+        shutdown: CancellationToken,
+    ) {
         let mut check = tokio::time::interval(check_interval);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tickets = tokio::time::interval(ticket_key_lifetime);
@@ -212,7 +227,9 @@ impl ServerTls {
     pub async fn reload_logged(self: Arc<Self>, why: &'static str) {
         match tokio::task::spawn_blocking(move || self.reload()).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(trigger = why, error = %DisplayChain(&e), "server certificate reload failed; keeping the current certificate"),
+            Ok(Err(e)) => {
+                tracing::error!(trigger = why, error = %DisplayChain(&e), "server certificate reload failed; keeping the current certificate")
+            }
             Err(e) => tracing::error!(trigger = why, error = %e, "server certificate reload task failed"),
         }
     }

@@ -9,7 +9,11 @@ use dps_core::tls::{ProfileName, TLS13_SUITES};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "opendps", version, about = "A self-hosted Device Provisioning Service, wire-compatible with Azure IoT Hub DPS")]
+#[command(
+    name = "opendps",
+    version,
+    about = "A self-hosted Device Provisioning Service, wire-compatible with Azure IoT Hub DPS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server (HTTPS on 443, MQTT on 8883 by default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// The built-in certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -137,7 +141,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("OpenDPS is serving");
     println!("  https (device + service API): {}", fmt(server.https_addr));
     println!("  mqtt:                         {}", fmt(server.mqtt_addr));
-    println!("  tls profile:                  {} (TLS 1.3 {})", config.https.tls.profile, if config.https.tls.tls13 { "on" } else { "off" });
+    println!(
+        "  tls profile:                  {} (TLS 1.3 {})",
+        config.https.tls.profile,
+        if config.https.tls.tls13 { "on" } else { "off" }
+    );
     println!("  data directory:               {}", config.data_dir.display());
     if matches!(config.tls.certificate, dps_config::CertificateSource::BuiltIn(_)) {
         println!("  root CA for devices:          {} (opendps ca export-root)", root.display());
@@ -175,7 +183,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn export_root(data_dir: PathBuf) -> anyhow::Result<()> {
     let path = dps_tls::builtin_ca::root_path(&data_dir.join("pki"));
     let pem = std::fs::read_to_string(&path).with_context(|| {
-        format!("no root CA at {}; start the server once (opendps serve) to create it, or pass --data-dir", path.display())
+        format!(
+            "no root CA at {}; start the server once (opendps serve) to create it, or pass --data-dir",
+            path.display()
+        )
     })?;
     print(&pem)
 }
@@ -204,7 +215,10 @@ fn profiles(json: bool) -> anyhow::Result<()> {
         }
         out += "\n";
     }
-    out += &format!("With TLS 1.3 enabled (--tls13): {}\n", TLS13_SUITES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
+    out += &format!(
+        "With TLS 1.3 enabled (--tls13): {}\n",
+        TLS13_SUITES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    );
     print(&out)
 }
 
@@ -224,7 +238,7 @@ fn main() -> std::process::ExitCode {
             .enable_all()
             .build()
             .context("cannot start the async runtime")
-            .and_then(|rt| rt.block_on(serve(args))),
+            .and_then(|rt| rt.block_on(serve(*args))),
         Command::Ca(CaCommand::ExportRoot { data_dir }) => export_root(data_dir),
         Command::Tls(TlsCommand::Profiles { json }) => profiles(json),
     };

@@ -107,11 +107,8 @@ mod tests {
 
     #[test]
     fn versions_with_extension_are_exactly_the_list() {
-        let o = Offered {
-            legacy_version: 0x0303,
-            supported_versions: Some(vec![0x0304, 0x7f1c]),
-            ..Offered::default()
-        };
+        let o =
+            Offered { legacy_version: 0x0303, supported_versions: Some(vec![0x0304, 0x7f1c]), ..Offered::default() };
         assert!(o.offers_version(TlsVersion::Tls13));
         assert!(!o.offers_version(TlsVersion::Tls12));
         assert_eq!(o.version_names(), ["TLSv1.3", "0x7F1C"]);

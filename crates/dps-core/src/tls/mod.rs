@@ -12,9 +12,9 @@ pub mod readiness;
 mod suites;
 mod version;
 
-pub use group::{Group, UnknownGroup};
 pub use facts::{HandshakeFacts, Negotiated, Offered, PeerCertificates};
-pub use names::{cipher_suite_name, group_name, signature_scheme_name, is_grease};
+pub use group::{Group, UnknownGroup};
+pub use names::{cipher_suite_name, group_name, is_grease, signature_scheme_name};
 pub use profiles::{Profile, ProfileName, UnknownProfile, TLS13_SUITES};
 pub use suites::{CipherSuite, SuiteClass, DPS_SUITES};
 pub use version::{InvalidMinTlsVersion, MinTlsVersion, TlsVersion};

@@ -51,16 +51,12 @@ impl fmt::Display for ProfileName {
 impl FromStr for ProfileName {
     type Err = UnknownProfile;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ProfileName::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| UnknownProfile(s.to_owned()))
+        ProfileName::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| UnknownProfile(s.to_owned()))
     }
 }
 
 /// TLS 1.3 suites offered when a listener enables TLS 1.3, in server-preference order.
-pub const TLS13_SUITES: [(&str, u16); 2] =
-    [("TLS_AES_256_GCM_SHA384", 0x1302), ("TLS_AES_128_GCM_SHA256", 0x1301)];
+pub const TLS13_SUITES: [(&str, u16); 2] = [("TLS_AES_256_GCM_SHA384", 0x1302), ("TLS_AES_128_GCM_SHA256", 0x1301)];
 
 const RECOMMENDED: [u8; 4] = [1, 2, 3, 4];
 const LEGACY_SECURITY: [u8; 12] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];

@@ -40,9 +40,13 @@ impl Refusal {
     /// One sentence for reports and error messages.
     pub fn describe(&self) -> String {
         match self {
-            Refusal::NoCommonVersion => "client offers no TLS version the server accepts (TLS 1.2 or enabled TLS 1.3)".into(),
+            Refusal::NoCommonVersion => {
+                "client offers no TLS version the server accepts (TLS 1.2 or enabled TLS 1.3)".into()
+            }
             Refusal::NoCommonSuite => "client offers none of the profile's cipher suites".into(),
-            Refusal::NoCommonGroup => "client offers none of the server's key-exchange groups for the ECDHE suites it shares".into(),
+            Refusal::NoCommonGroup => {
+                "client offers none of the server's key-exchange groups for the ECDHE suites it shares".into()
+            }
             Refusal::NoRsaSignature => "client accepts no RSA signature scheme, which every DPS suite needs".into(),
             Refusal::BelowMinTlsVersion { negotiated, minimum } => {
                 format!("negotiates {negotiated}, below the instance's minTlsVersion {}", minimum.as_str())
@@ -191,7 +195,10 @@ mod tests {
         p.min_tls_version = Some(MinTlsVersion::Tls13);
         assert_eq!(
             evaluate(&c, &p),
-            Verdict::Refused(Refusal::BelowMinTlsVersion { negotiated: TlsVersion::Tls12, minimum: MinTlsVersion::Tls13 })
+            Verdict::Refused(Refusal::BelowMinTlsVersion {
+                negotiated: TlsVersion::Tls12,
+                minimum: MinTlsVersion::Tls13
+            })
         );
         p.tls13 = true;
         assert_eq!(evaluate(&c, &p), Verdict::Accepted { version: TlsVersion::Tls13, cipher_suite: 0x1301 });

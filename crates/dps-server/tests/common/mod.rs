@@ -136,7 +136,10 @@ impl Client {
         Ok(Done {
             version: ssl.version_str().to_owned(),
             cipher: ssl.current_cipher().map(|c| c.name().to_owned()).unwrap_or_default(),
-            leaf_sha256: ssl.peer_certificate().map(|c| c.digest(MessageDigest::sha256()).unwrap().to_vec()).unwrap_or_default(),
+            leaf_sha256: ssl
+                .peer_certificate()
+                .map(|c| c.digest(MessageDigest::sha256()).unwrap().to_vec())
+                .unwrap_or_default(),
             reused: ssl.session_reused(),
             stream,
         })
