@@ -1,11 +1,20 @@
-//! `dps-core` is the domain of OpenDPS, with no I/O: no sockets, no files, no OpenSSL, no JSON.
+//! `dps-core` is the domain of OpenDPS, with no I/O: no sockets, no files, no OpenSSL, no clock,
+//! no randomness of its own (those are ports, `ports`).
 //!
-//! Today it holds the TLS contract as data (`tls`): the twelve DPS cipher suites, the named
-//! server-preference profiles, protocol versions, the facts a handshake leaves behind
-//! (`HandshakeFacts`), and the readiness evaluator that answers "would this client still get in
-//! under profile X / minTlsVersion Y" from those facts alone.
+//! - `tls`: the TLS contract as data (suites, profiles, versions), handshake facts, and the
+//!   readiness evaluator.
+//! - `model`: instances, enrollments, groups, registrations, CA certificates.
+//! - `store`: the storage port (`Store`), with domain operations and typed errors.
+//! - `service`: the application services the adapters call (`Instances`, `Enrollments`).
+//! - `error`: domain outcomes, each with an `ErrorKind` that adapters map to their wire format.
 //!
-//! Invariant: nothing here performs I/O or depends on a wire-format or TLS library; adapters
-//! convert to and from these types at the edge.
+//! Invariant: nothing here performs I/O or depends on a TLS, HTTP or SQL library.
 
+pub mod base64;
+pub mod error;
+pub mod model;
+pub mod ports;
+pub mod service;
+pub mod store;
+pub mod time;
 pub mod tls;

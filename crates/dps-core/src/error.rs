@@ -1,0 +1,105 @@
+//! Domain outcomes. Adapters map [`Error::kind`] to their wire format once, at the edge.
+
+use crate::store::StoreError;
+
+/// The closed set of outcome classes adapters map to status codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    PreconditionFailed,
+    PayloadTooLarge,
+    Throttled,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorKind {
+    /// The HTTP status this kind maps to.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::PreconditionFailed => 412,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::Throttled => 429,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Internal => 500,
+        }
+    }
+}
+
+/// What can go wrong in a domain operation. Messages are written for the caller; internal
+/// detail stays in `#[source]`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("individual enrollment {0:?} not found")]
+    EnrollmentNotFound(String),
+    #[error("enrollment group {0:?} not found")]
+    GroupNotFound(String),
+    #[error("registration {0:?} not found")]
+    RegistrationNotFound(String),
+    #[error("DPS instance {0:?} not found")]
+    InstanceNotFound(String),
+    #[error("CA certificate {0:?} not found")]
+    CertificateNotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the etag in If-Match does not match the current etag of {0}")]
+    PreconditionFailed(String),
+    #[error("{property} is read-only once the instance exists (it is {current}); {attempt}")]
+    Immutable { property: &'static str, current: String, attempt: String },
+    #[error("the store failed")]
+    Store(#[source] StoreError),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Invalid(_) | Error::Immutable { .. } => ErrorKind::BadRequest,
+            Error::Unauthorized(_) => ErrorKind::Unauthorized,
+            Error::Forbidden(_) => ErrorKind::Forbidden,
+            Error::EnrollmentNotFound(_)
+            | Error::GroupNotFound(_)
+            | Error::RegistrationNotFound(_)
+            | Error::InstanceNotFound(_)
+            | Error::CertificateNotFound(_) => ErrorKind::NotFound,
+            Error::Conflict(_) => ErrorKind::Conflict,
+            Error::PreconditionFailed(_) => ErrorKind::PreconditionFailed,
+            Error::Store(StoreError::Unavailable(_)) => ErrorKind::Unavailable,
+            Error::Store(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The six-digit DPS error code (`status * 1000 + n`, dps-protocol.md §1.8).
+    pub fn code(&self) -> u32 {
+        match self {
+            Error::EnrollmentNotFound(_) => 404_201,
+            Error::RegistrationNotFound(_) => 404_202,
+            Error::GroupNotFound(_) => 404_204,
+            Error::Unauthorized(_) => 401_002,
+            other => u32::from(other.kind().status()) * 1000,
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Store(e)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,215 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::IdScope;
+use crate::tls::MinTlsVersion;
+
+/// Service-level allocation policy (ARM, PascalCase).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceAllocationPolicy {
+    #[default]
+    Hashed,
+    GeoLatency,
+    Static,
+}
+
+impl ServiceAllocationPolicy {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "hashed" => Ok(Self::Hashed),
+            "geolatency" => Ok(Self::GeoLatency),
+            "static" => Ok(Self::Static),
+            _ => Err(format!("allocationPolicy {s:?} is not Hashed, GeoLatency or Static")),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hashed => "Hashed",
+            Self::GeoLatency => "GeoLatency",
+            Self::Static => "Static",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sku {
+    pub name: String,
+    pub capacity: i64,
+}
+
+/// A right of a shared access policy (ARM `AccessRightsDescription`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AccessRight {
+    ServiceConfig,
+    EnrollmentRead,
+    EnrollmentWrite,
+    DeviceConnect,
+    RegistrationStatusRead,
+    RegistrationStatusWrite,
+}
+
+impl AccessRight {
+    pub const ALL: [AccessRight; 6] = [
+        AccessRight::ServiceConfig,
+        AccessRight::EnrollmentRead,
+        AccessRight::EnrollmentWrite,
+        AccessRight::DeviceConnect,
+        AccessRight::RegistrationStatusRead,
+        AccessRight::RegistrationStatusWrite,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessRight::ServiceConfig => "ServiceConfig",
+            AccessRight::EnrollmentRead => "EnrollmentRead",
+            AccessRight::EnrollmentWrite => "EnrollmentWrite",
+            AccessRight::DeviceConnect => "DeviceConnect",
+            AccessRight::RegistrationStatusRead => "RegistrationStatusRead",
+            AccessRight::RegistrationStatusWrite => "RegistrationStatusWrite",
+        }
+    }
+
+    /// Parses `"ServiceConfig, EnrollmentRead"` (comma-separated, case-insensitive).
+    pub fn parse_list(s: &str) -> Result<Vec<AccessRight>, String> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let r = AccessRight::ALL
+                .into_iter()
+                .find(|r| r.as_str().eq_ignore_ascii_case(part))
+                .ok_or_else(|| format!("unknown right {part:?} (expected {})", Self::names()))?;
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+        if out.is_empty() {
+            return Err(format!("rights must name at least one of {}", Self::names()));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn names() -> String {
+        AccessRight::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    pub fn join(rights: &[AccessRight]) -> String {
+        rights.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// A shared access policy of an instance (`authorizationPolicies[]`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessPolicy {
+    pub key_name: String,
+    pub primary_key: String,
+    pub secondary_key: String,
+    pub rights: Vec<AccessRight>,
+}
+
+impl std::fmt::Debug for AccessPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessPolicy").field("key_name", &self.key_name).field("rights", &self.rights).finish_non_exhaustive()
+    }
+}
+
+/// A linked IoT hub (`iotHubs[]`, dps-protocol.md §6.2).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkedHub {
+    /// The hub's host name (`name` in ARM), from the connection string.
+    pub name: String,
+    pub connection_string: String,
+    pub location: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_weight: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_allocation_policy: Option<bool>,
+}
+
+impl std::fmt::Debug for LinkedHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkedHub")
+            .field("name", &self.name)
+            .field("location", &self.location)
+            .field("allocation_weight", &self.allocation_weight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkedHub {
+    /// The connection string with the key masked, as ARM returns it.
+    pub fn masked_connection_string(&self) -> String {
+        self.connection_string
+            .split(';')
+            .map(|part| match part.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("SharedAccessKey") => format!("{k}=****"),
+                _ => part.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    /// Whether this hub takes part in allocation (weight > 0 and applyAllocationPolicy not false).
+    pub fn allocatable(&self) -> bool {
+        self.apply_allocation_policy != Some(false)
+    }
+
+    pub fn weight(&self) -> i64 {
+        self.allocation_weight.unwrap_or(1)
+    }
+}
+
+/// A DPS instance (`Microsoft.Devices/provisioningServices`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    pub name: String,
+    pub resource_group: String,
+    pub location: String,
+    pub sku: Sku,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub id_scope: IdScope,
+    /// Fixed at creation (tls-policy.md §3); nothing may change it afterwards.
+    #[serde(default, with = "min_tls_serde", skip_serializing_if = "Option::is_none")]
+    pub min_tls_version: Option<MinTlsVersion>,
+    #[serde(default)]
+    pub allocation_policy: ServiceAllocationPolicy,
+    #[serde(default)]
+    pub iot_hubs: Vec<LinkedHub>,
+    #[serde(default)]
+    pub authorization_policies: Vec<AccessPolicy>,
+    #[serde(default)]
+    pub enable_data_residency: bool,
+    #[serde(default = "enabled")]
+    pub public_network_access: String,
+    pub state: String,
+    pub created: String,
+    pub updated: String,
+    pub etag: String,
+}
+
+fn enabled() -> String {
+    "Enabled".into()
+}
+
+mod min_tls_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::tls::MinTlsVersion;
+
+    pub(super) fn serialize<S: Serializer>(v: &Option<MinTlsVersion>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_str(v.as_str()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MinTlsVersion>, D::Error> {
+        let v: Option<String> = Option::deserialize(d)?;
+        v.map(|s| MinTlsVersion::parse(&s).map_err(serde::de::Error::custom)).transpose()
+    }
+}

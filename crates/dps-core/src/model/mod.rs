@@ -1,0 +1,19 @@
+//! Domain entities. They serialize in the DPS wire shape (camelCase, dps-protocol.md §5.4): the
+//! enrollment document is an externally defined schema whose every field must round-trip, so the
+//! domain keeps one definition of it instead of a wire copy and a domain copy (see ARCHITECTURE.md).
+
+mod certificate;
+mod enrollment;
+mod ids;
+mod instance;
+mod registration;
+
+pub use certificate::CaCertificate;
+pub use enrollment::{
+    AllocationPolicy, AttestationMechanism, AttestationType, Capabilities, CustomAllocationDefinition, EnrollmentGroup,
+    IndividualEnrollment, ProvisioningStatus, ReprovisionPolicy, SymmetricKeyAttestation, TpmAttestation,
+    X509Attestation, X509CaReferences, X509CertificateInfo, X509CertificateWithInfo, X509Certificates,
+};
+pub use ids::{validate_group_id, validate_instance_name, validate_registration_id, IdScope};
+pub use instance::{AccessPolicy, AccessRight, Instance, LinkedHub, ServiceAllocationPolicy, Sku};
+pub use registration::{DeviceRegistrationState, RegistrationRecord, RegistrationStatus};

@@ -1,0 +1,53 @@
+//! What the domain needs from the outside world, as traits: time, randomness, X.509 parsing.
+//! The server plugs in real implementations; tests plug in fixed ones.
+
+use std::time::SystemTime;
+
+use crate::model::X509CertificateInfo;
+
+/// The current time.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now(&self) -> SystemTime;
+}
+
+/// Cryptographically secure random bytes (keys, ID scopes, etags, operation ids).
+pub trait Entropy: Send + Sync + std::fmt::Debug {
+    fn fill(&self, buf: &mut [u8]);
+}
+
+/// A parsed certificate, for validation and for the `info` the service API returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedCertificate {
+    pub info: X509CertificateInfo,
+    /// basicConstraints CA:TRUE.
+    pub is_ca: bool,
+    /// The certificate as PEM (normalized from PEM or base64 DER input).
+    pub pem: String,
+}
+
+/// X.509 parsing and signature checks (implemented with OpenSSL's crypto in `dps-attest`).
+pub trait X509Inspector: Send + Sync + std::fmt::Debug {
+    /// Parses a PEM certificate, or base64 DER without armour.
+    fn parse(&self, pem_or_base64: &str) -> Result<ParsedCertificate, String>;
+    /// Whether `leaf` carries a valid signature by `issuer`'s key.
+    fn is_signed_by(&self, leaf_pem: &str, issuer_pem: &str) -> bool;
+}
+
+/// Random helpers over an [`Entropy`].
+pub(crate) fn random_hex(e: &dyn Entropy, bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    e.fill(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new etag: a quoted opaque string, as DPS sends them.
+pub(crate) fn new_etag(e: &dyn Entropy) -> String {
+    format!("\"{}\"", random_hex(e, 16))
+}
+
+/// A new base64 key of `bytes` random bytes (DPS symmetric keys are 64 bytes).
+pub(crate) fn new_key(e: &dyn Entropy, bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    e.fill(&mut buf);
+    crate::base64::encode(&buf)
+}

@@ -1,0 +1,95 @@
+//! The storage port. Backends (`dps-store-sqlite`, later PostgreSQL) implement [`Store`]; the
+//! generic [`conformance`] suite (feature `conformance`) is what every backend must pass.
+//!
+//! Keys: registration ids, enrollment group ids and certificate names are case-insensitive
+//! (compared lower-cased); instance names likewise. Every write carries a [`Precondition`], so
+//! the check and the write happen in one transaction in the backend.
+
+use crate::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord};
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+/// Condition for a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precondition<'a> {
+    /// Create or replace.
+    Any,
+    /// Create only.
+    MustNotExist,
+    /// Replace only if the stored etag equals this one (`*` matches any existing entity).
+    IfMatch(&'a str),
+}
+
+/// Storage failures the domain can decide on without string matching.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("etag does not match")]
+    PreconditionFailed,
+    #[error("unique value taken: {0}")]
+    Conflict(String),
+    #[error("store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("stored data is corrupt")]
+    Corrupt(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// One page of a query.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Opaque token for the next page; `None` on the last page.
+    pub continuation: Option<String>,
+}
+
+/// An instance write inside an atomic deployment.
+#[derive(Clone, Debug)]
+pub enum InstanceWrite {
+    Create(Instance),
+    /// Replace, if the stored etag is still `expected_etag`.
+    Update { instance: Instance, expected_etag: String },
+}
+
+/// The storage port, grouped by aggregate.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    async fn instances(&self) -> Result<Vec<Instance>, StoreError>;
+    async fn instance(&self, name: &str) -> Result<Option<Instance>, StoreError>;
+    async fn instance_by_scope(&self, scope: &IdScope) -> Result<Option<Instance>, StoreError>;
+    /// Applies every write or none (a deployment is all-or-nothing).
+    async fn write_instances(&self, writes: &[InstanceWrite]) -> Result<(), StoreError>;
+    /// Deletes the instance and everything it holds.
+    async fn delete_instance(&self, name: &str) -> Result<(), StoreError>;
+
+    async fn enrollment(&self, instance: &str, registration_id: &str) -> Result<Option<IndividualEnrollment>, StoreError>;
+    async fn put_enrollment(&self, instance: &str, e: &IndividualEnrollment, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn delete_enrollment(&self, instance: &str, registration_id: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn enrollments(&self, instance: &str, continuation: Option<&str>, limit: usize) -> Result<Page<IndividualEnrollment>, StoreError>;
+
+    async fn group(&self, instance: &str, group_id: &str) -> Result<Option<EnrollmentGroup>, StoreError>;
+    async fn put_group(&self, instance: &str, g: &EnrollmentGroup, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn delete_group(&self, instance: &str, group_id: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn groups(&self, instance: &str, continuation: Option<&str>, limit: usize) -> Result<Page<EnrollmentGroup>, StoreError>;
+
+    async fn registration(&self, instance: &str, registration_id: &str) -> Result<Option<RegistrationRecord>, StoreError>;
+    async fn put_registration(&self, instance: &str, r: &RegistrationRecord, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn delete_registration(&self, instance: &str, registration_id: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
+    /// Registrations made through `group_id`, or every registration when `None`.
+    async fn registrations(
+        &self,
+        instance: &str,
+        group_id: Option<&str>,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<RegistrationRecord>, StoreError>;
+
+    async fn certificate(&self, instance: &str, name: &str) -> Result<Option<CaCertificate>, StoreError>;
+    async fn put_certificate(&self, instance: &str, c: &CaCertificate, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn delete_certificate(&self, instance: &str, name: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn certificates(&self, instance: &str) -> Result<Vec<CaCertificate>, StoreError>;
+}

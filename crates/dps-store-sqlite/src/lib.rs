@@ -1,0 +1,507 @@
+//! `dps-store-sqlite`: the embedded store. One SQLite file under the data directory, in WAL
+//! mode, schema versioned by `PRAGMA user_version` and migrated on open.
+//!
+//! Durability: with [`Durability::Normal`] (default) a committed write survives a crash or
+//! `kill -9` of the server (it is in the WAL); with [`Durability::Full`] every commit is also
+//! fsynced, so it survives a power loss. Every write is one transaction that checks its
+//! precondition and writes, so concurrent writers never lose an update.
+//!
+//! Only this crate knows SQL. Rows hold the entity as JSON (`doc`) beside the columns that are
+//! queried (keys lower-cased for case-insensitive ids).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use dps_core::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord};
+use dps_core::store::{InstanceWrite, Page, Precondition, Store, StoreError};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Fsync policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=NORMAL`: survives a process crash (kill -9); the last commits may be lost on
+    /// power loss.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit fsynced; survives power loss.
+    Full,
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: instances and one table of documents per kind.
+    "CREATE TABLE instances (
+        name_key TEXT PRIMARY KEY,
+        id_scope TEXT NOT NULL UNIQUE,
+        etag TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE TABLE documents (
+        kind INTEGER NOT NULL,
+        instance TEXT NOT NULL,
+        id_key TEXT NOT NULL,
+        parent_key TEXT,
+        etag TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (kind, instance, id_key)
+    ) WITHOUT ROWID;
+    CREATE INDEX documents_by_parent ON documents (kind, instance, parent_key, id_key);",
+];
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Enrollment = 1,
+    Group = 2,
+    Registration = 3,
+    Certificate = 4,
+}
+
+/// The SQLite store.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+}
+
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Corrupt(Box::new(e))
+}
+
+fn key(s: &str) -> String {
+    s.to_ascii_lowercase()
+}
+
+fn to_doc<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(corrupt)
+}
+
+fn from_doc<T: DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(corrupt)
+}
+
+fn open_conn(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let c = Connection::open(path).map_err(unavailable)?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(unavailable)?;
+    let sync = match durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    c.execute_batch(&format!("PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"))
+        .map_err(unavailable)?;
+    Ok(c)
+}
+
+fn migrate(c: &mut Connection) -> Result<(), StoreError> {
+    let version: usize = c.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Unavailable(
+            format!("the database schema is version {version}, newer than this build knows ({}); upgrade opendps", MIGRATIONS.len()).into(),
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        tracing::info!(version = i + 1, "store schema migrated");
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
+        let mut writer = open_conn(path, durability)?;
+        migrate(&mut writer)?;
+        let readers = (0..4).map(|_| open_conn(path, durability).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
+        Ok(SqliteStore { inner: Arc::new(Inner { path: path.to_owned(), writer: Mutex::new(writer), readers }) })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(out)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            // Any free reader, else wait for the first.
+            for r in &inner.readers {
+                if let Ok(c) = r.try_lock() {
+                    return f(&c);
+                }
+            }
+            let c = inner.readers[0].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&c)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn get_doc<T: DeserializeOwned + Send + 'static>(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<T>, StoreError> {
+        let (instance, id) = (key(instance), key(id));
+        self.read(move |c| {
+            let doc: Option<String> = c
+                .query_row(
+                    "SELECT doc FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
+                    params![kind as i64, instance, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            doc.map(|d| from_doc(&d)).transpose()
+        })
+        .await
+    }
+
+    async fn put_doc(
+        &self,
+        kind: Kind,
+        instance: &str,
+        id: &str,
+        parent: Option<&str>,
+        etag: &str,
+        doc: String,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        let (instance, id, parent, etag) = (key(instance), key(id), parent.map(key), etag.to_owned());
+        let pre = OwnedPre::from(pre);
+        self.write(move |tx| {
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT etag FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
+                    params![kind as i64, instance, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            pre.check(current.as_deref())?;
+            tx.execute(
+                "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (kind, instance, id_key) DO UPDATE SET parent_key = excluded.parent_key, etag = excluded.etag, doc = excluded.doc",
+                params![kind as i64, instance, id, parent, etag, doc],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_doc(&self, kind: Kind, instance: &str, id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        let (instance, id) = (key(instance), key(id));
+        let pre = OwnedPre::from(pre);
+        self.write(move |tx| {
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT etag FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
+                    params![kind as i64, instance, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            if current.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            pre.check(current.as_deref())?;
+            tx.execute(
+                "DELETE FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
+                params![kind as i64, instance, id],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn page<T: DeserializeOwned + Send + 'static>(
+        &self,
+        kind: Kind,
+        instance: &str,
+        parent: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<T>, StoreError> {
+        let (instance, parent, after) = (key(instance), parent.map(key), after.unwrap_or("").to_owned());
+        let limit = limit.max(1);
+        self.read(move |c| {
+            let lim = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+            let mut rows: Vec<(String, String)> = Vec::new();
+            let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
+            match &parent {
+                Some(p) => {
+                    let mut st = c
+                        .prepare_cached(
+                            "SELECT id_key, doc FROM documents WHERE kind = ?1 AND instance = ?2 AND parent_key = ?3 AND id_key > ?4
+                             ORDER BY id_key LIMIT ?5",
+                        )
+                        .map_err(unavailable)?;
+                    for r in st.query_map(params![kind as i64, instance, p, after, lim], map).map_err(unavailable)? {
+                        rows.push(r.map_err(unavailable)?);
+                    }
+                }
+                None => {
+                    let mut st = c
+                        .prepare_cached(
+                            "SELECT id_key, doc FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key > ?3 ORDER BY id_key LIMIT ?4",
+                        )
+                        .map_err(unavailable)?;
+                    for r in st.query_map(params![kind as i64, instance, after, lim], map).map_err(unavailable)? {
+                        rows.push(r.map_err(unavailable)?);
+                    }
+                }
+            }
+            let more = rows.len() > limit;
+            rows.truncate(limit);
+            let continuation = if more { rows.last().map(|(k, _)| k.clone()) } else { None };
+            let items = rows.iter().map(|(_, d)| from_doc(d)).collect::<Result<Vec<T>, _>>()?;
+            Ok(Page { items, continuation })
+        })
+        .await
+    }
+}
+
+/// A precondition that can cross to the blocking thread.
+#[derive(Debug)]
+enum OwnedPre {
+    Any,
+    MustNotExist,
+    IfMatch(String),
+}
+
+impl From<Precondition<'_>> for OwnedPre {
+    fn from(p: Precondition<'_>) -> Self {
+        match p {
+            Precondition::Any => OwnedPre::Any,
+            Precondition::MustNotExist => OwnedPre::MustNotExist,
+            Precondition::IfMatch(e) => OwnedPre::IfMatch(e.to_owned()),
+        }
+    }
+}
+
+impl OwnedPre {
+    fn check(&self, current: Option<&str>) -> Result<(), StoreError> {
+        match (self, current) {
+            (OwnedPre::Any, _) => Ok(()),
+            (OwnedPre::MustNotExist, None) => Ok(()),
+            (OwnedPre::MustNotExist, Some(_)) => Err(StoreError::AlreadyExists),
+            (OwnedPre::IfMatch(_), None) => Err(StoreError::NotFound),
+            (OwnedPre::IfMatch(want), Some(have)) if want == "*" || etag_eq(want, have) => Ok(()),
+            (OwnedPre::IfMatch(_), Some(_)) => Err(StoreError::PreconditionFailed),
+        }
+    }
+}
+
+/// Etags compare with or without their surrounding quotes (C# adds them, Node copies verbatim).
+fn etag_eq(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn instances(&self) -> Result<Vec<Instance>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached("SELECT doc FROM instances ORDER BY name_key").map_err(unavailable)?;
+            let docs = st.query_map([], |r| r.get::<_, String>(0)).map_err(unavailable)?;
+            docs.map(|d| d.map_err(unavailable).and_then(|d| from_doc(&d))).collect()
+        })
+        .await
+    }
+
+    async fn instance(&self, name: &str) -> Result<Option<Instance>, StoreError> {
+        let name = key(name);
+        self.read(move |c| {
+            let doc: Option<String> = c
+                .query_row("SELECT doc FROM instances WHERE name_key = ?1", params![name], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            doc.map(|d| from_doc(&d)).transpose()
+        })
+        .await
+    }
+
+    async fn instance_by_scope(&self, scope: &IdScope) -> Result<Option<Instance>, StoreError> {
+        let scope = scope.as_str().to_owned();
+        self.read(move |c| {
+            let doc: Option<String> = c
+                .query_row("SELECT doc FROM instances WHERE id_scope = ?1", params![scope], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            doc.map(|d| from_doc(&d)).transpose()
+        })
+        .await
+    }
+
+    async fn write_instances(&self, writes: &[InstanceWrite]) -> Result<(), StoreError> {
+        let writes = writes.to_vec();
+        self.write(move |tx| {
+            for w in &writes {
+                match w {
+                    InstanceWrite::Create(i) => {
+                        let exists: Option<String> = tx
+                            .query_row("SELECT name_key FROM instances WHERE name_key = ?1", params![key(&i.name)], |r| r.get(0))
+                            .optional()
+                            .map_err(unavailable)?;
+                        if exists.is_some() {
+                            return Err(StoreError::AlreadyExists);
+                        }
+                        let taken: Option<String> = tx
+                            .query_row("SELECT name_key FROM instances WHERE id_scope = ?1", params![i.id_scope.as_str()], |r| r.get(0))
+                            .optional()
+                            .map_err(unavailable)?;
+                        if let Some(other) = taken {
+                            return Err(StoreError::Conflict(format!("ID scope {} is used by {other}", i.id_scope)));
+                        }
+                        tx.execute(
+                            "INSERT INTO instances (name_key, id_scope, etag, doc) VALUES (?1, ?2, ?3, ?4)",
+                            params![key(&i.name), i.id_scope.as_str(), i.etag, to_doc(i)?],
+                        )
+                        .map_err(unavailable)?;
+                    }
+                    InstanceWrite::Update { instance: i, expected_etag } => {
+                        let current: Option<(String, String)> = tx
+                            .query_row("SELECT etag, id_scope FROM instances WHERE name_key = ?1", params![key(&i.name)], |r| {
+                                Ok((r.get(0)?, r.get(1)?))
+                            })
+                            .optional()
+                            .map_err(unavailable)?;
+                        match current {
+                            None => return Err(StoreError::NotFound),
+                            Some((etag, _)) if !etag_eq(&etag, expected_etag) => return Err(StoreError::PreconditionFailed),
+                            Some((_, scope)) if scope != i.id_scope.as_str() => {
+                                return Err(StoreError::Conflict("the ID scope of an instance never changes".into()))
+                            }
+                            Some(_) => {}
+                        }
+                        tx.execute(
+                            "UPDATE instances SET etag = ?2, doc = ?3 WHERE name_key = ?1",
+                            params![key(&i.name), i.etag, to_doc(i)?],
+                        )
+                        .map_err(unavailable)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_instance(&self, name: &str) -> Result<(), StoreError> {
+        let name = key(name);
+        self.write(move |tx| {
+            let n = tx.execute("DELETE FROM instances WHERE name_key = ?1", params![name]).map_err(unavailable)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            tx.execute("DELETE FROM documents WHERE instance = ?1", params![name]).map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn enrollment(&self, instance: &str, registration_id: &str) -> Result<Option<IndividualEnrollment>, StoreError> {
+        self.get_doc(Kind::Enrollment, instance, registration_id).await
+    }
+
+    async fn put_enrollment(&self, instance: &str, e: &IndividualEnrollment, pre: Precondition<'_>) -> Result<(), StoreError> {
+        let etag = e.etag.clone().unwrap_or_default();
+        self.put_doc(Kind::Enrollment, instance, &e.registration_id, None, &etag, to_doc(e)?, pre).await
+    }
+
+    async fn delete_enrollment(&self, instance: &str, registration_id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.delete_doc(Kind::Enrollment, instance, registration_id, pre).await
+    }
+
+    async fn enrollments(&self, instance: &str, continuation: Option<&str>, limit: usize) -> Result<Page<IndividualEnrollment>, StoreError> {
+        self.page(Kind::Enrollment, instance, None, continuation, limit).await
+    }
+
+    async fn group(&self, instance: &str, group_id: &str) -> Result<Option<EnrollmentGroup>, StoreError> {
+        self.get_doc(Kind::Group, instance, group_id).await
+    }
+
+    async fn put_group(&self, instance: &str, g: &EnrollmentGroup, pre: Precondition<'_>) -> Result<(), StoreError> {
+        let etag = g.etag.clone().unwrap_or_default();
+        self.put_doc(Kind::Group, instance, &g.enrollment_group_id, None, &etag, to_doc(g)?, pre).await
+    }
+
+    async fn delete_group(&self, instance: &str, group_id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.delete_doc(Kind::Group, instance, group_id, pre).await
+    }
+
+    async fn groups(&self, instance: &str, continuation: Option<&str>, limit: usize) -> Result<Page<EnrollmentGroup>, StoreError> {
+        self.page(Kind::Group, instance, None, continuation, limit).await
+    }
+
+    async fn registration(&self, instance: &str, registration_id: &str) -> Result<Option<RegistrationRecord>, StoreError> {
+        self.get_doc(Kind::Registration, instance, registration_id).await
+    }
+
+    async fn put_registration(&self, instance: &str, r: &RegistrationRecord, pre: Precondition<'_>) -> Result<(), StoreError> {
+        let etag = r.state.etag.clone().unwrap_or_default();
+        let parent = r.enrollment_group_id.clone();
+        self.put_doc(Kind::Registration, instance, &r.state.registration_id, parent.as_deref(), &etag, to_doc(r)?, pre).await
+    }
+
+    async fn delete_registration(&self, instance: &str, registration_id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.delete_doc(Kind::Registration, instance, registration_id, pre).await
+    }
+
+    async fn registrations(
+        &self,
+        instance: &str,
+        group_id: Option<&str>,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<RegistrationRecord>, StoreError> {
+        self.page(Kind::Registration, instance, group_id, continuation, limit).await
+    }
+
+    async fn certificate(&self, instance: &str, name: &str) -> Result<Option<CaCertificate>, StoreError> {
+        self.get_doc(Kind::Certificate, instance, name).await
+    }
+
+    async fn put_certificate(&self, instance: &str, c: &CaCertificate, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.put_doc(Kind::Certificate, instance, &c.name, None, &c.etag, to_doc(c)?, pre).await
+    }
+
+    async fn delete_certificate(&self, instance: &str, name: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.delete_doc(Kind::Certificate, instance, name, pre).await
+    }
+
+    async fn certificates(&self, instance: &str) -> Result<Vec<CaCertificate>, StoreError> {
+        Ok(self.page(Kind::Certificate, instance, None, None, 10_000).await?.items)
+    }
+}
