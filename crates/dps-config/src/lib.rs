@@ -31,6 +31,30 @@ pub struct Config {
     pub log: LogConfig,
     /// How long shutdown waits for open connections to finish before closing them.
     pub shutdown_grace: Duration,
+    pub store: StoreConfig,
+    pub service: ServiceConfig,
+}
+
+/// The embedded store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The SQLite file (default `data_dir/opendps.db`).
+    pub path: PathBuf,
+    /// `full`: fsync every commit (survives power loss); `normal` (default): survives a crash.
+    pub durable_fsync: bool,
+}
+
+/// How the server presents itself to clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Host name (or IP) in connection strings: default the listen address, or `localhost`.
+    pub public_host: String,
+    /// This node's region (location of instances that name none).
+    pub region: String,
+    /// Name of the instance created on first start.
+    pub default_instance: String,
+    /// Largest request body in bytes (413 beyond).
+    pub max_body: usize,
 }
 
 /// One TLS listener.
@@ -126,6 +150,7 @@ pub struct Overrides {
     pub leaf_lifetime: Option<String>,
     pub log_format: Option<String>,
     pub log_filter: Option<String>,
+    pub public_host: Option<String>,
 }
 
 /// One problem found by validation, with where it is.
@@ -268,6 +293,34 @@ impl Config {
         };
         let shutdown_grace = v.duration("shutdown.grace", raw.shutdown.grace.as_deref(), "10s", Duration::ZERO);
         let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let durable_fsync = match raw.store.durability.as_deref().unwrap_or("normal") {
+            "normal" => false,
+            "full" => true,
+            other => {
+                v.problem("store.durability", format!("{other:?} is not normal or full"));
+                false
+            }
+        };
+        let store =
+            StoreConfig { path: raw.store.path.clone().unwrap_or_else(|| data_dir.join("opendps.db")), durable_fsync };
+        let public_host = raw.service.public_host.clone().unwrap_or_else(|| {
+            if address.is_unspecified() {
+                "localhost".to_owned()
+            } else {
+                address.to_string()
+            }
+        });
+        let default_instance = raw.service.default_instance.clone().unwrap_or_else(|| "opendps".to_owned());
+        if let Err(e) = dps_core::model::validate_instance_name(&default_instance) {
+            v.problem("service.default_instance", e);
+        }
+        let max_body = v.positive("service.max_body", raw.service.max_body, 1024 * 1024);
+        let service = ServiceConfig {
+            public_host,
+            region: raw.service.region.clone().unwrap_or_else(|| "local".to_owned()),
+            default_instance,
+            max_body,
+        };
         if data_dir.as_os_str().is_empty() {
             v.problem("data_dir", "must not be empty".into());
         }
@@ -289,6 +342,8 @@ impl Config {
             },
             log: LogConfig { format, filter: raw.log.filter.unwrap_or_else(|| "info".into()) },
             shutdown_grace,
+            store,
+            service,
         })
     }
 }

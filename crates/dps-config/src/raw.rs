@@ -24,6 +24,26 @@ pub struct Raw {
     pub log: RawLog,
     #[serde(default)]
     pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub service: RawService,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub path: Option<PathBuf>,
+    pub durability: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub public_host: Option<String>,
+    pub region: Option<String>,
+    pub default_instance: Option<String>,
+    pub max_body: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -141,6 +161,7 @@ impl Raw {
             }
             set(&mut b.leaf_lifetime, &o.leaf_lifetime);
         }
+        set(&mut self.service.public_host, &o.public_host);
         set(&mut self.log.format, &o.log_format);
         set(&mut self.log.filter, &o.log_filter);
         self

@@ -1,14 +1,26 @@
-//! `dps-http`: the HTTPS adapter. It parses HTTP, calls the domain, and maps outcomes to
-//! status codes and DPS error bodies (dps-protocol.md §1.7); it never sees OpenSSL.
+//! `dps-http`: the HTTPS adapter. It parses HTTP, calls the domain (`dps_core::service`), and
+//! maps outcomes to status codes and DPS error bodies (dps-protocol.md §1.7) once, in `error.rs`;
+//! it never sees OpenSSL.
 //!
-//! Today it serves `GET /health`; every other path gets a DPS-shaped 404. The device API and
-//! the service API move in here as routes.
+//! - `service_api`: the DPS service API (enrollments, groups, registration states), SAS auth.
+//! - `management`: the ARM-shaped management API (instances, keys, CA certificates,
+//!   deployments), admin auth. The `opendps` CLI speaks only this and the service API.
+//! - `GET /health`.
+//!
+//! Paths are matched case-insensitively (the SDKs disagree on case) and percent-decoded per
+//! segment; bodies are capped (413 beyond).
+
+pub mod auth;
+pub mod error;
+pub mod management;
+pub mod service_api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::Extension;
+use axum::body::Body;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -90,13 +102,93 @@ async fn health(Extension(conn): Extension<ConnectionInfo>) -> Response {
         .into_response()
 }
 
-async fn not_found() -> Response {
-    error_response(StatusCode::NOT_FOUND, 404_000, "no such resource")
+/// Everything the HTTP adapter needs, shared by all connections.
+#[derive(Debug)]
+pub struct AppState {
+    pub services: dps_core::service::Services,
+    /// The management API's bearer credential.
+    pub admin_token: String,
+    /// The host name clients use for this server (connection strings, ARM view).
+    pub public_host: String,
+    pub subscription_id: String,
+    /// Location for resource groups and instances that name none.
+    pub default_location: String,
+    /// Largest request body accepted (413 beyond).
+    pub max_body: usize,
+}
+
+/// One request, read whole (bodies are small and capped).
+#[derive(Debug)]
+pub struct Request {
+    pub method: http::Method,
+    /// Path segments, percent-decoded, empty ones dropped.
+    pub segments: Vec<String>,
+    pub query: Vec<(String, String)>,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+    pub conn: Option<ConnectionInfo>,
+}
+
+impl Request {
+    /// A query parameter (name case-insensitive).
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn decode(s: &str) -> String {
+    dps_attest::sas::percent_decode(s).unwrap_or_else(|| s.to_owned())
+}
+
+async fn dispatch(
+    State(state): State<Arc<AppState>>,
+    conn: Option<Extension<ConnectionInfo>>,
+    req: axum::http::Request<Body>,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let method = parts.method.as_str().to_owned();
+    let path = parts.uri.path().to_owned();
+    let body = match axum::body::to_bytes(body, state.max_body).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error::ApiError::new(413, format!("the request body is larger than {} bytes", state.max_body))
+                .into_response_logged(&method, &path)
+        }
+    };
+    let req = Request {
+        method: parts.method,
+        segments: path.split('/').filter(|s| !s.is_empty()).map(decode).collect(),
+        query: parts
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (decode(k), decode(v))
+            })
+            .collect(),
+        headers: parts.headers,
+        body,
+        conn: conn.map(|Extension(c)| c),
+    };
+    if let Some(r) = management::handle(&state, &req).await {
+        return r.unwrap_or_else(|e| management::arm_error(e, &method, &path));
+    }
+    if let Some(r) = service_api::handle(&state, &req).await {
+        return r.unwrap_or_else(|e| e.into_response_logged(&method, &path));
+    }
+    error::ApiError::new(404, format!("{method} {path} is not a DPS operation")).into_response_logged(&method, &path)
 }
 
 /// The HTTPS routes.
-pub fn router() -> Router {
-    Router::new().route("/health", get(health)).fallback(not_found)
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new().route("/health", get(health)).fallback(dispatch).with_state(state)
 }
 
 /// Serves HTTP/1.1 on one established (TLS) connection until the client closes it, or until

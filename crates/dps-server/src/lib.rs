@@ -43,6 +43,70 @@ pub enum ServerError {
     },
     #[error("cannot set up TLS")]
     Tls(#[source] dps_tls::TlsError),
+    #[error("cannot open the store {path}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: dps_core::store::StoreError,
+    },
+    #[error("cannot create the default DPS instance")]
+    DefaultInstance(#[source] dps_core::error::Error),
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The admin credential of the management API: `data_dir/admin.token`, created 0600 on first
+/// start. The CLI reads it from there.
+pub fn admin_token_path(config: &Config) -> PathBuf {
+    config.data_dir.join("admin.token")
+}
+
+/// Where the server records the address of its HTTPS listener, for the CLI.
+pub fn endpoint_path(config: &Config) -> PathBuf {
+    config.data_dir.join("endpoint")
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> Result<(), ServerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let werr = |source| ServerError::Write { path: path.to_owned(), source };
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(werr)?;
+    f.write_all(text.as_bytes()).map_err(werr)?;
+    f.sync_all().map_err(werr)?;
+    std::fs::rename(&tmp, path).map_err(werr)
+}
+
+fn admin_token(config: &Config) -> Result<String, ServerError> {
+    let path = admin_token_path(config);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if t.trim().len() >= 32 {
+            return Ok(t.trim().to_owned());
+        }
+    }
+    let mut b = [0u8; 32];
+    dps_core::ports::Entropy::fill(&dps_attest::OpensslEntropy, &mut b);
+    let token: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    write_private(&path, &token)?;
+    Ok(token)
+}
+
+/// The subscription id every resource id carries (one server = one subscription).
+pub const SUBSCRIPTION_ID: &str = "00000000-0000-0000-0000-000000000000";
+
+/// The service connection string of `instance` (its owner policy, or the first policy).
+pub fn connection_string(state: &dps_http::AppState, instance: &dps_core::model::Instance) -> Option<String> {
+    let p = instance
+        .authorization_policies
+        .iter()
+        .find(|p| p.key_name == "provisioningserviceowner")
+        .or_else(|| instance.authorization_policies.first())?;
+    Some(format!("HostName={};SharedAccessKeyName={};SharedAccessKey={}", state.public_host, p.key_name, p.primary_key))
 }
 
 /// Listeners bound before the server starts. `None` for a disabled listener.
@@ -132,6 +196,9 @@ pub struct Server {
     pub https_addr: Option<SocketAddr>,
     pub mqtt_addr: Option<SocketAddr>,
     pub tls: Arc<ServerTls>,
+    pub state: Arc<dps_http::AppState>,
+    /// The instance created on this first start, if it was the first.
+    pub created_default: Option<dps_core::model::Instance>,
     shutdown: CancellationToken,
     done: JoinHandle<()>,
 }
@@ -157,12 +224,45 @@ impl Server {
             .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("TLS start-up task failed: {e}"))))?
             .map_err(ServerError::Tls)?;
 
+        let store_path = config.store.path.clone();
+        let durability = if config.store.durable_fsync {
+            dps_store_sqlite::Durability::Full
+        } else {
+            dps_store_sqlite::Durability::Normal
+        };
+        let store = tokio::task::spawn_blocking(move || dps_store_sqlite::SqliteStore::open(&store_path, durability))
+            .await
+            .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("store task failed: {e}"))))?
+            .map_err(|source| ServerError::Store { path: config.store.path.clone(), source })?;
+        let services = dps_core::service::Services::new(
+            Arc::new(store),
+            Arc::new(dps_attest::SystemClock),
+            Arc::new(dps_attest::OpensslEntropy),
+            Arc::new(dps_attest::OpensslX509),
+        );
+        let created_default = services
+            .ensure_default_instance(&dps_core::service::InstanceDefaults {
+                name: config.service.default_instance.clone(),
+                resource_group: "opendps".into(),
+                location: config.service.region.clone(),
+            })
+            .await
+            .map_err(ServerError::DefaultInstance)?;
+        let state = Arc::new(dps_http::AppState {
+            services,
+            admin_token: admin_token(&config)?,
+            public_host: config.service.public_host.clone(),
+            subscription_id: SUBSCRIPTION_ID.into(),
+            default_location: config.service.region.clone(),
+            max_body: config.service.max_body,
+        });
+
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(tls.clone().run(check_interval, config.tls.ticket_key_lifetime, shutdown.clone()));
 
         let mut addrs = (None, None);
-        let router = dps_http::router();
+        let router = dps_http::router(state.clone());
         for (name, listener, protocol) in
             [("https", listeners.https, Protocol::Https(router)), ("mqtt", listeners.mqtt, Protocol::Mqtt)]
         {
@@ -183,6 +283,9 @@ impl Server {
                 shutdown: shutdown.clone(),
             }));
         }
+        if let Some(addr) = addrs.0 {
+            write_private(&endpoint_path(&config), &format!("{addr}\n"))?;
+        }
         let grace = config.shutdown_grace;
         let stop = shutdown.clone();
         let done = tokio::spawn(async move {
@@ -192,7 +295,7 @@ impl Server {
                 tracing::warn!(grace = ?grace, "connections still open after the shutdown grace period; closing them");
             }
         });
-        Ok(Server { https_addr: addrs.0, mqtt_addr: addrs.1, tls, shutdown, done })
+        Ok(Server { https_addr: addrs.0, mqtt_addr: addrs.1, tls, state, created_default, shutdown, done })
     }
 
     /// A token that stops the server when cancelled.

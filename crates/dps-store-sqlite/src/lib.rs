@@ -107,7 +107,11 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
     let version: usize = c.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
     if version > MIGRATIONS.len() {
         return Err(StoreError::Unavailable(
-            format!("the database schema is version {version}, newer than this build knows ({}); upgrade opendps", MIGRATIONS.len()).into(),
+            format!(
+                "the database schema is version {version}, newer than this build knows ({}); upgrade opendps",
+                MIGRATIONS.len()
+            )
+            .into(),
         ));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
@@ -171,7 +175,12 @@ impl SqliteStore {
         .map_err(unavailable)?
     }
 
-    async fn get_doc<T: DeserializeOwned + Send + 'static>(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<T>, StoreError> {
+    async fn get_doc<T: DeserializeOwned + Send + 'static>(
+        &self,
+        kind: Kind,
+        instance: &str,
+        id: &str,
+    ) -> Result<Option<T>, StoreError> {
         let (instance, id) = (key(instance), key(id));
         self.read(move |c| {
             let doc: Option<String> = c
@@ -187,6 +196,7 @@ impl SqliteStore {
         .await
     }
 
+    #[allow(clippy::too_many_arguments)] // one row's columns; a struct would only rename them
     async fn put_doc(
         &self,
         kind: Kind,
@@ -371,14 +381,22 @@ impl Store for SqliteStore {
                 match w {
                     InstanceWrite::Create(i) => {
                         let exists: Option<String> = tx
-                            .query_row("SELECT name_key FROM instances WHERE name_key = ?1", params![key(&i.name)], |r| r.get(0))
+                            .query_row(
+                                "SELECT name_key FROM instances WHERE name_key = ?1",
+                                params![key(&i.name)],
+                                |r| r.get(0),
+                            )
                             .optional()
                             .map_err(unavailable)?;
                         if exists.is_some() {
                             return Err(StoreError::AlreadyExists);
                         }
                         let taken: Option<String> = tx
-                            .query_row("SELECT name_key FROM instances WHERE id_scope = ?1", params![i.id_scope.as_str()], |r| r.get(0))
+                            .query_row(
+                                "SELECT name_key FROM instances WHERE id_scope = ?1",
+                                params![i.id_scope.as_str()],
+                                |r| r.get(0),
+                            )
                             .optional()
                             .map_err(unavailable)?;
                         if let Some(other) = taken {
@@ -392,14 +410,18 @@ impl Store for SqliteStore {
                     }
                     InstanceWrite::Update { instance: i, expected_etag } => {
                         let current: Option<(String, String)> = tx
-                            .query_row("SELECT etag, id_scope FROM instances WHERE name_key = ?1", params![key(&i.name)], |r| {
-                                Ok((r.get(0)?, r.get(1)?))
-                            })
+                            .query_row(
+                                "SELECT etag, id_scope FROM instances WHERE name_key = ?1",
+                                params![key(&i.name)],
+                                |r| Ok((r.get(0)?, r.get(1)?)),
+                            )
                             .optional()
                             .map_err(unavailable)?;
                         match current {
                             None => return Err(StoreError::NotFound),
-                            Some((etag, _)) if !etag_eq(&etag, expected_etag) => return Err(StoreError::PreconditionFailed),
+                            Some((etag, _)) if !etag_eq(&etag, expected_etag) => {
+                                return Err(StoreError::PreconditionFailed)
+                            }
                             Some((_, scope)) if scope != i.id_scope.as_str() => {
                                 return Err(StoreError::Conflict("the ID scope of an instance never changes".into()))
                             }
@@ -431,20 +453,39 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn enrollment(&self, instance: &str, registration_id: &str) -> Result<Option<IndividualEnrollment>, StoreError> {
+    async fn enrollment(
+        &self,
+        instance: &str,
+        registration_id: &str,
+    ) -> Result<Option<IndividualEnrollment>, StoreError> {
         self.get_doc(Kind::Enrollment, instance, registration_id).await
     }
 
-    async fn put_enrollment(&self, instance: &str, e: &IndividualEnrollment, pre: Precondition<'_>) -> Result<(), StoreError> {
+    async fn put_enrollment(
+        &self,
+        instance: &str,
+        e: &IndividualEnrollment,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
         let etag = e.etag.clone().unwrap_or_default();
         self.put_doc(Kind::Enrollment, instance, &e.registration_id, None, &etag, to_doc(e)?, pre).await
     }
 
-    async fn delete_enrollment(&self, instance: &str, registration_id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+    async fn delete_enrollment(
+        &self,
+        instance: &str,
+        registration_id: &str,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
         self.delete_doc(Kind::Enrollment, instance, registration_id, pre).await
     }
 
-    async fn enrollments(&self, instance: &str, continuation: Option<&str>, limit: usize) -> Result<Page<IndividualEnrollment>, StoreError> {
+    async fn enrollments(
+        &self,
+        instance: &str,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<IndividualEnrollment>, StoreError> {
         self.page(Kind::Enrollment, instance, None, continuation, limit).await
     }
 
@@ -461,21 +502,41 @@ impl Store for SqliteStore {
         self.delete_doc(Kind::Group, instance, group_id, pre).await
     }
 
-    async fn groups(&self, instance: &str, continuation: Option<&str>, limit: usize) -> Result<Page<EnrollmentGroup>, StoreError> {
+    async fn groups(
+        &self,
+        instance: &str,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<EnrollmentGroup>, StoreError> {
         self.page(Kind::Group, instance, None, continuation, limit).await
     }
 
-    async fn registration(&self, instance: &str, registration_id: &str) -> Result<Option<RegistrationRecord>, StoreError> {
+    async fn registration(
+        &self,
+        instance: &str,
+        registration_id: &str,
+    ) -> Result<Option<RegistrationRecord>, StoreError> {
         self.get_doc(Kind::Registration, instance, registration_id).await
     }
 
-    async fn put_registration(&self, instance: &str, r: &RegistrationRecord, pre: Precondition<'_>) -> Result<(), StoreError> {
+    async fn put_registration(
+        &self,
+        instance: &str,
+        r: &RegistrationRecord,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
         let etag = r.state.etag.clone().unwrap_or_default();
         let parent = r.enrollment_group_id.clone();
-        self.put_doc(Kind::Registration, instance, &r.state.registration_id, parent.as_deref(), &etag, to_doc(r)?, pre).await
+        self.put_doc(Kind::Registration, instance, &r.state.registration_id, parent.as_deref(), &etag, to_doc(r)?, pre)
+            .await
     }
 
-    async fn delete_registration(&self, instance: &str, registration_id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+    async fn delete_registration(
+        &self,
+        instance: &str,
+        registration_id: &str,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
         self.delete_doc(Kind::Registration, instance, registration_id, pre).await
     }
 
@@ -493,7 +554,12 @@ impl Store for SqliteStore {
         self.get_doc(Kind::Certificate, instance, name).await
     }
 
-    async fn put_certificate(&self, instance: &str, c: &CaCertificate, pre: Precondition<'_>) -> Result<(), StoreError> {
+    async fn put_certificate(
+        &self,
+        instance: &str,
+        c: &CaCertificate,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
         self.put_doc(Kind::Certificate, instance, &c.name, None, &c.etag, to_doc(c)?, pre).await
     }
 

@@ -17,6 +17,7 @@
 
 mod accept;
 pub mod builtin_ca;
+pub mod client;
 mod client_hello;
 mod context;
 mod credentials;

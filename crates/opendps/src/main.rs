@@ -1,4 +1,8 @@
-//! `opendps`: the command line. Thin: parse arguments, load config, call `dps_server`.
+//! `opendps`: the command line. Thin: parse arguments, load config, call `dps_server` (serve)
+//! or the server's APIs (every operator command, `ops.rs` over `client.rs`).
+
+mod client;
+mod ops;
 
 use std::path::PathBuf;
 
@@ -29,6 +33,72 @@ enum Command {
     /// The TLS policy.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// ARM template deployments (`az deployment group create`).
+    Deployment {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: ops::DeploymentCmd,
+    },
+    /// DPS instances, linked hubs, access policies, CA certificates (`az iot dps`).
+    Dps {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: ops::DpsCmd,
+    },
+    /// Individual enrollments.
+    Enrollment {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: ops::EnrollmentCmd,
+    },
+    /// Enrollment groups.
+    EnrollmentGroup {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: ops::GroupCmd,
+    },
+    /// Registration records.
+    Registration {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: ops::RegistrationCmd,
+    },
+}
+
+/// How an operator command reaches the running server.
+#[derive(Args, Debug, Clone)]
+struct ClientArgs {
+    /// The server's data directory: its address, admin token and root CA are read from there.
+    #[arg(long, global = true, env = "OPENDPS_DATA_DIR", default_value = dps_config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Server address (HOST[:PORT]); default: the address the server recorded in the data directory.
+    #[arg(long, global = true, env = "OPENDPS_SERVER")]
+    server: Option<String>,
+    /// Root CA to trust for the server (default: <data-dir>/pki/root.pem).
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
+    /// Admin token for the management API (default: <data-dir>/admin.token).
+    #[arg(long, global = true, env = "OPENDPS_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = ops::Output::Json)]
+    output: ops::Output,
+}
+
+impl ClientArgs {
+    fn target(&self) -> anyhow::Result<client::Target> {
+        client::Target::resolve(
+            &self.data_dir,
+            self.server.as_deref(),
+            self.ca_file.as_deref(),
+            self.admin_token.as_deref(),
+        )
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,6 +165,9 @@ struct ServeArgs {
     /// Log format: plain or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// Host name or IP that connection strings carry (default: the listen address, or localhost).
+    #[arg(long)]
+    public_host: Option<String>,
 }
 
 impl ServeArgs {
@@ -114,6 +187,7 @@ impl ServeArgs {
             leaf_lifetime: self.leaf_lifetime.clone(),
             log_format: self.log_format.clone(),
             log_filter: None,
+            public_host: self.public_host.clone(),
         }
     }
 }
@@ -149,6 +223,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("  data directory:               {}", config.data_dir.display());
     if matches!(config.tls.certificate, dps_config::CertificateSource::BuiltIn(_)) {
         println!("  root CA for devices:          {} (opendps ca export-root)", root.display());
+    }
+    if let Some(i) = &server.created_default {
+        println!("  created DPS instance:         {} (first start)", i.name);
+    }
+    if let Ok(Some(i)) = server.state.services.store.instance(&config.service.default_instance).await {
+        println!("  DPS instance:                 {}", i.name);
+        println!("  ID scope:                     {}", i.id_scope);
+        println!("  global device endpoint:       {}", config.service.public_host);
+        if let Some(cs) = dps_server::connection_string(&server.state, &i) {
+            println!("  service connection string:   {cs}");
+        }
     }
 
     let token = server.shutdown_token();
@@ -223,12 +308,23 @@ fn profiles(json: bool) -> anyhow::Result<()> {
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
-fn print(text: &str) -> anyhow::Result<()> {
+pub(crate) fn print(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("cannot write to stdout"),
     }
+}
+
+fn run_client<F, Fut>(args: &ClientArgs, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(client::Target, ops::Output) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let target = args.target()?;
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(f(target, args.output))
 }
 
 fn main() -> std::process::ExitCode {
@@ -241,6 +337,19 @@ fn main() -> std::process::ExitCode {
             .and_then(|rt| rt.block_on(serve(*args))),
         Command::Ca(CaCommand::ExportRoot { data_dir }) => export_root(data_dir),
         Command::Tls(TlsCommand::Profiles { json }) => profiles(json),
+        Command::Deployment { client, cmd } => {
+            run_client(&client, |t, o| async move { ops::deployment(&t, cmd, o).await })
+        }
+        Command::Dps { client, cmd } => run_client(&client, |t, o| async move { ops::dps(&t, cmd, o).await }),
+        Command::Enrollment { client, cmd } => {
+            run_client(&client, |t, o| async move { ops::enrollment(&t, cmd, o).await })
+        }
+        Command::EnrollmentGroup { client, cmd } => {
+            run_client(&client, |t, o| async move { ops::group(&t, cmd, o).await })
+        }
+        Command::Registration { client, cmd } => {
+            run_client(&client, |t, o| async move { ops::registration(&t, cmd, o).await })
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -111,7 +111,10 @@ pub struct AccessPolicy {
 
 impl std::fmt::Debug for AccessPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessPolicy").field("key_name", &self.key_name).field("rights", &self.rights).finish_non_exhaustive()
+        f.debug_struct("AccessPolicy")
+            .field("key_name", &self.key_name)
+            .field("rights", &self.rights)
+            .finish_non_exhaustive()
     }
 }
 

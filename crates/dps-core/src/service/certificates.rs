@@ -74,7 +74,12 @@ impl Services {
 
     /// Issues a verification code; the owner proves possession by signing a certificate with
     /// CN = code.
-    pub async fn generate_verification_code(&self, instance: &Instance, name: &str, if_match: Option<&str>) -> Result<CaCertificate> {
+    pub async fn generate_verification_code(
+        &self,
+        instance: &Instance,
+        name: &str,
+        if_match: Option<&str>,
+    ) -> Result<CaCertificate> {
         let mut cert = self.certificate(instance, name).await?;
         let old_etag = cert.etag.clone();
         if let Some(tag) = if_match {
@@ -85,13 +90,22 @@ impl Services {
         cert.verification_code = Some(crate::ports::random_hex(self.entropy.as_ref(), 24).to_ascii_uppercase());
         cert.updated = crate::time::format_rfc1123(self.clock.now());
         cert.etag = self.etag();
-        self.store.put_certificate(&instance.name, &cert, Precondition::IfMatch(&old_etag)).await.map_err(|e| map(e, name))?;
+        self.store
+            .put_certificate(&instance.name, &cert, Precondition::IfMatch(&old_etag))
+            .await
+            .map_err(|e| map(e, name))?;
         Ok(cert)
     }
 
     /// Completes proof of possession with a certificate whose CN is the verification code and
     /// which the CA signed.
-    pub async fn verify_certificate(&self, instance: &Instance, name: &str, proof: &str, if_match: Option<&str>) -> Result<CaCertificate> {
+    pub async fn verify_certificate(
+        &self,
+        instance: &Instance,
+        name: &str,
+        proof: &str,
+        if_match: Option<&str>,
+    ) -> Result<CaCertificate> {
         let mut cert = self.certificate(instance, name).await?;
         let old_etag = cert.etag.clone();
         if let Some(tag) = if_match {
@@ -99,10 +113,9 @@ impl Services {
                 return Err(Error::PreconditionFailed(format!("certificate {name}")));
             }
         }
-        let code = cert
-            .verification_code
-            .clone()
-            .ok_or_else(|| Error::Invalid(format!("certificate {name} has no verification code: generate one first")))?;
+        let code = cert.verification_code.clone().ok_or_else(|| {
+            Error::Invalid(format!("certificate {name} has no verification code: generate one first"))
+        })?;
         let parsed = self.x509.parse(proof).map_err(|e| Error::Invalid(format!("verification certificate: {e}")))?;
         let cn = parsed.info.subject_name.split(',').find_map(|p| p.trim().strip_prefix("CN=")).unwrap_or("");
         if !cn.eq_ignore_ascii_case(&code) {
@@ -117,7 +130,10 @@ impl Services {
         cert.verification_code = None;
         cert.updated = crate::time::format_rfc1123(self.clock.now());
         cert.etag = self.etag();
-        self.store.put_certificate(&instance.name, &cert, Precondition::IfMatch(&old_etag)).await.map_err(|e| map(e, name))?;
+        self.store
+            .put_certificate(&instance.name, &cert, Precondition::IfMatch(&old_etag))
+            .await
+            .map_err(|e| map(e, name))?;
         Ok(cert)
     }
 

@@ -6,7 +6,9 @@ use serde_json::Value;
 
 use super::Services;
 use crate::error::{Error, Result};
-use crate::model::{validate_instance_name, AccessPolicy, AccessRight, IdScope, Instance, LinkedHub, ServiceAllocationPolicy, Sku};
+use crate::model::{
+    validate_instance_name, AccessPolicy, AccessRight, IdScope, Instance, LinkedHub, ServiceAllocationPolicy, Sku,
+};
 use crate::store::InstanceWrite;
 use crate::tls::MinTlsVersion;
 
@@ -199,7 +201,9 @@ fn parse_spec(path: &str, body: &Value, default_location: &str, p: &mut Problems
         for (i, h) in hubs.iter().enumerate() {
             let hp = format!("{pp}.iotHubs[{i}]");
             match parse_linked_hub(h) {
-                Ok(hub) if out.iter().any(|o| o.name == hub.name) => p.push(&hp, format!("hub {} is linked twice", hub.name)),
+                Ok(hub) if out.iter().any(|o| o.name == hub.name) => {
+                    p.push(&hp, format!("hub {} is linked twice", hub.name))
+                }
                 Ok(hub) => out.push(hub),
                 Err(e) => p.push(&hp, e),
             }
@@ -248,7 +252,8 @@ fn parse_spec(path: &str, body: &Value, default_location: &str, p: &mut Problems
 pub fn parse_linked_hub(h: &Value) -> std::result::Result<LinkedHub, String> {
     let cs = str_at(h, "connectionString").and_then(Value::as_str).ok_or("connectionString is required")?;
     let name = parse_hub_connection_string(cs)?;
-    let location = str_at(h, "location").and_then(Value::as_str).filter(|l| !l.is_empty()).ok_or("location is required")?;
+    let location =
+        str_at(h, "location").and_then(Value::as_str).filter(|l| !l.is_empty()).ok_or("location is required")?;
     let allocation_weight = match str_at(h, "allocationWeight") {
         None | Some(Value::Null) => None,
         Some(w) => match w.as_i64() {
@@ -261,7 +266,13 @@ pub fn parse_linked_hub(h: &Value) -> std::result::Result<LinkedHub, String> {
         Some(Value::Bool(b)) => Some(*b),
         Some(other) => return Err(format!("applyAllocationPolicy must be true or false, got {other}")),
     };
-    Ok(LinkedHub { name, connection_string: cs.to_owned(), location: location.to_owned(), allocation_weight, apply_allocation_policy })
+    Ok(LinkedHub {
+        name,
+        connection_string: cs.to_owned(),
+        location: location.to_owned(),
+        allocation_weight,
+        apply_allocation_policy,
+    })
 }
 
 fn parse_policy(a: &Value) -> std::result::Result<PolicySpec, String> {
@@ -282,7 +293,12 @@ fn parse_policy(a: &Value) -> std::result::Result<PolicySpec, String> {
             },
         }
     };
-    Ok(PolicySpec { key_name: key_name.to_owned(), primary: key("primaryKey")?, secondary: key("secondaryKey")?, rights })
+    Ok(PolicySpec {
+        key_name: key_name.to_owned(),
+        primary: key("primaryKey")?,
+        secondary: key("secondaryKey")?,
+        rights,
+    })
 }
 
 impl Services {
@@ -304,7 +320,10 @@ impl Services {
                 .map(|s| {
                     let old = existing.iter().find(|p| p.key_name.eq_ignore_ascii_case(&s.key_name));
                     AccessPolicy {
-                        primary_key: s.primary.or_else(|| old.map(|o| o.primary_key.clone())).unwrap_or_else(|| self.new_policy_key()),
+                        primary_key: s
+                            .primary
+                            .or_else(|| old.map(|o| o.primary_key.clone()))
+                            .unwrap_or_else(|| self.new_policy_key()),
                         secondary_key: s
                             .secondary
                             .or_else(|| old.map(|o| o.secondary_key.clone()))
@@ -369,7 +388,9 @@ impl Services {
                         )));
                     }
                     if spec.min_tls_version != cur.min_tls_version {
-                        let show = |v: Option<MinTlsVersion>| v.map_or("not set".to_owned(), |v| format!("\"{}\"", v.as_str()));
+                        let show = |v: Option<MinTlsVersion>| {
+                            v.map_or("not set".to_owned(), |v| format!("\"{}\"", v.as_str()))
+                        };
                         return Err(Error::Immutable {
                             property: "properties.minTlsVersion",
                             current: show(cur.min_tls_version),
@@ -429,7 +450,9 @@ impl Services {
         if !writes.is_empty() {
             self.store.write_instances(&writes).await.map_err(|e| match e {
                 crate::store::StoreError::PreconditionFailed | crate::store::StoreError::AlreadyExists => {
-                    Error::Conflict("an instance changed while the deployment ran; nothing was changed, deploy again".into())
+                    Error::Conflict(
+                        "an instance changed while the deployment ran; nothing was changed, deploy again".into(),
+                    )
                 }
                 other => Error::Store(other),
             })?;
@@ -459,7 +482,11 @@ impl Services {
     }
 
     /// Replaces an instance's mutable parts (linked hubs, policies), keeping the rest.
-    pub async fn update_instance(&self, name: &str, change: impl FnOnce(&mut Instance) -> Result<()>) -> Result<Instance> {
+    pub async fn update_instance(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut Instance) -> Result<()>,
+    ) -> Result<Instance> {
         let cur = self.instance(name).await?;
         let mut next = cur.clone();
         change(&mut next)?;
@@ -474,7 +501,9 @@ impl Services {
             .write_instances(&[InstanceWrite::Update { instance: next.clone(), expected_etag: cur.etag.clone() }])
             .await
             .map_err(|e| match e {
-                crate::store::StoreError::PreconditionFailed => Error::Conflict(format!("instance {name} changed meanwhile; try again")),
+                crate::store::StoreError::PreconditionFailed => {
+                    Error::Conflict(format!("instance {name} changed meanwhile; try again"))
+                }
                 other => Error::Store(other),
             })?;
         Ok(next)

@@ -66,7 +66,9 @@ fn precondition(if_match: Option<&str>) -> Precondition<'_> {
 fn validate_key(which: &str, key: &str) -> Result<()> {
     match crate::base64::decode(key) {
         Some(b) if (16..=64).contains(&b.len()) => Ok(()),
-        Some(b) => Err(Error::Invalid(format!("{which} must be 16 to 64 bytes once base64-decoded, got {} bytes", b.len()))),
+        Some(b) => {
+            Err(Error::Invalid(format!("{which} must be 16 to 64 bytes once base64-decoded, got {} bytes", b.len())))
+        }
         None => Err(Error::Invalid(format!("{which} is not valid base64"))),
     }
 }
@@ -78,7 +80,9 @@ fn validate_device_id(id: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Invalid(format!("deviceId {id:?} must be 1 to 128 letters, digits or - . % _ * ? ! ( ) , : = @ $ ' +")))
+        Err(Error::Invalid(format!(
+            "deviceId {id:?} must be 1 to 128 letters, digits or - . % _ * ? ! ( ) , : = @ $ ' +"
+        )))
     }
 }
 
@@ -89,7 +93,11 @@ impl Services {
         let old = old.and_then(|o| o.symmetric_key.as_ref());
         for (slot, old_key, name) in [
             (&mut keys.primary_key, old.and_then(|o| o.primary_key.clone()), "attestation.symmetricKey.primaryKey"),
-            (&mut keys.secondary_key, old.and_then(|o| o.secondary_key.clone()), "attestation.symmetricKey.secondaryKey"),
+            (
+                &mut keys.secondary_key,
+                old.and_then(|o| o.secondary_key.clone()),
+                "attestation.symmetricKey.secondaryKey",
+            ),
         ] {
             match slot {
                 Some(k) => validate_key(name, k)?,
@@ -103,7 +111,13 @@ impl Services {
 
     /// Parses every certificate given, fills `info`, and carries certificates over from `old`
     /// when only their `info` came back (a GET-modify-PUT round trip).
-    fn prepare_certs(&self, set: &mut X509Certificates, old: Option<&X509Certificates>, field: &str, need_ca: bool) -> Result<()> {
+    fn prepare_certs(
+        &self,
+        set: &mut X509Certificates,
+        old: Option<&X509Certificates>,
+        field: &str,
+        need_ca: bool,
+    ) -> Result<()> {
         let old_slots = old.map(|o| [o.primary.clone(), o.secondary.clone()]).unwrap_or_default();
         for (i, slot) in set.slots_mut().into_iter().enumerate() {
             let which = if i == 0 { "primary" } else { "secondary" };
@@ -145,7 +159,9 @@ impl Services {
         let old = old.filter(|o| o.kind == a.kind);
         match a.kind {
             AttestationType::SymmetricKey => self.prepare_symmetric(a, old),
-            AttestationType::Tpm if group => Err(Error::Invalid("enrollment groups support x509 and symmetricKey attestation, not tpm".into())),
+            AttestationType::Tpm if group => {
+                Err(Error::Invalid("enrollment groups support x509 and symmetricKey attestation, not tpm".into()))
+            }
             AttestationType::Tpm => {
                 let ek = a.tpm.as_ref().map(|t| t.endorsement_key.clone()).unwrap_or_default();
                 if crate::base64::decode(&ek).is_none() {
@@ -190,9 +206,16 @@ impl Services {
                     x.signing_certificates = None;
                     x.ca_references = None;
                     let set = x.client_certificates.as_mut().ok_or_else(|| {
-                        Error::Invalid("an X.509 individual enrollment needs attestation.x509.clientCertificates.primary".into())
+                        Error::Invalid(
+                            "an X.509 individual enrollment needs attestation.x509.clientCertificates.primary".into(),
+                        )
                     })?;
-                    self.prepare_certs(set, old_x.and_then(|o| o.client_certificates.as_ref()), "clientCertificates", false)
+                    self.prepare_certs(
+                        set,
+                        old_x.and_then(|o| o.client_certificates.as_ref()),
+                        "clientCertificates",
+                        false,
+                    )
                 }
             }
             AttestationType::None => Err(Error::Invalid("attestation.type must be symmetricKey, x509 or tpm".into())),
@@ -223,7 +246,9 @@ impl Services {
         }
         Self::check_hubs(instance, hubs, single)?;
         if policy == Some(crate::model::AllocationPolicy::Custom) && custom.is_none() {
-            return Err(Error::Invalid("allocationPolicy custom needs customAllocationDefinition {webhookUrl, apiVersion}".into()));
+            return Err(Error::Invalid(
+                "allocationPolicy custom needs customAllocationDefinition {webhookUrl, apiVersion}".into(),
+            ));
         }
         if let Some(c) = custom {
             let url = c.webhook_url.to_ascii_lowercase();
@@ -280,16 +305,20 @@ impl Services {
         }
         self.prepare_attestation(instance, &mut e.attestation, old.as_ref().map(|o| &o.attestation), false).await?;
         let now = self.now();
-        e.created_date_time_utc = Some(old.as_ref().and_then(|o| o.created_date_time_utc.clone()).unwrap_or_else(|| now.clone()));
+        e.created_date_time_utc =
+            Some(old.as_ref().and_then(|o| o.created_date_time_utc.clone()).unwrap_or_else(|| now.clone()));
         e.last_updated_date_time_utc = Some(now);
         e.etag = Some(self.etag());
         e.registration_state = None;
         e.capabilities.get_or_insert_with(Capabilities::default);
         e.provisioning_status.get_or_insert(ProvisioningStatus::Enabled);
-        e.reprovision_policy.get_or_insert(ReprovisionPolicy { update_hub_assignment: true, migrate_device_data: true });
+        e.reprovision_policy
+            .get_or_insert(ReprovisionPolicy { update_hub_assignment: true, migrate_device_data: true });
         match self.store.put_enrollment(&instance.name, &e, precondition(if_match)).await {
             Ok(()) => Ok(e),
-            Err(err) => not_found_or(err, || Error::EnrollmentNotFound(path_id.to_owned()), &format!("enrollment {path_id}")),
+            Err(err) => {
+                not_found_or(err, || Error::EnrollmentNotFound(path_id.to_owned()), &format!("enrollment {path_id}"))
+            }
         }
     }
 
@@ -300,7 +329,12 @@ impl Services {
         }
     }
 
-    pub async fn enrollments(&self, instance: &Instance, continuation: Option<&str>, limit: usize) -> Result<Page<IndividualEnrollment>> {
+    pub async fn enrollments(
+        &self,
+        instance: &Instance,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<IndividualEnrollment>> {
         Ok(self.store.enrollments(&instance.name, continuation, limit.clamp(1, 1000)).await?)
     }
 
@@ -308,7 +342,13 @@ impl Services {
         self.store.group(&instance.name, id).await?.ok_or_else(|| Error::GroupNotFound(id.to_owned()))
     }
 
-    pub async fn put_group(&self, instance: &Instance, path_id: &str, mut g: EnrollmentGroup, if_match: Option<&str>) -> Result<EnrollmentGroup> {
+    pub async fn put_group(
+        &self,
+        instance: &Instance,
+        path_id: &str,
+        mut g: EnrollmentGroup,
+        if_match: Option<&str>,
+    ) -> Result<EnrollmentGroup> {
         validate_group_id(path_id).map_err(Error::Invalid)?;
         if g.enrollment_group_id.is_empty() {
             g.enrollment_group_id = path_id.to_owned();
@@ -335,15 +375,19 @@ impl Services {
         }
         self.prepare_attestation(instance, &mut g.attestation, old.as_ref().map(|o| &o.attestation), true).await?;
         let now = self.now();
-        g.created_date_time_utc = Some(old.as_ref().and_then(|o| o.created_date_time_utc.clone()).unwrap_or_else(|| now.clone()));
+        g.created_date_time_utc =
+            Some(old.as_ref().and_then(|o| o.created_date_time_utc.clone()).unwrap_or_else(|| now.clone()));
         g.last_updated_date_time_utc = Some(now);
         g.etag = Some(self.etag());
         g.capabilities.get_or_insert_with(Capabilities::default);
         g.provisioning_status.get_or_insert(ProvisioningStatus::Enabled);
-        g.reprovision_policy.get_or_insert(ReprovisionPolicy { update_hub_assignment: true, migrate_device_data: true });
+        g.reprovision_policy
+            .get_or_insert(ReprovisionPolicy { update_hub_assignment: true, migrate_device_data: true });
         match self.store.put_group(&instance.name, &g, precondition(if_match)).await {
             Ok(()) => Ok(g),
-            Err(err) => not_found_or(err, || Error::GroupNotFound(path_id.to_owned()), &format!("enrollment group {path_id}")),
+            Err(err) => {
+                not_found_or(err, || Error::GroupNotFound(path_id.to_owned()), &format!("enrollment group {path_id}"))
+            }
         }
     }
 
@@ -354,7 +398,12 @@ impl Services {
         }
     }
 
-    pub async fn groups(&self, instance: &Instance, continuation: Option<&str>, limit: usize) -> Result<Page<EnrollmentGroup>> {
+    pub async fn groups(
+        &self,
+        instance: &Instance,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<EnrollmentGroup>> {
         Ok(self.store.groups(&instance.name, continuation, limit.clamp(1, 1000)).await?)
     }
 
@@ -380,9 +429,17 @@ impl Services {
     }
 
     /// Bulk individual enrollments: each item applied on its own; failures reported per item.
-    pub async fn bulk_enrollments(&self, instance: &Instance, mode: BulkMode, items: Vec<IndividualEnrollment>) -> Result<BulkResult> {
+    pub async fn bulk_enrollments(
+        &self,
+        instance: &Instance,
+        mode: BulkMode,
+        items: Vec<IndividualEnrollment>,
+    ) -> Result<BulkResult> {
         if items.len() > BULK_MAX {
-            return Err(Error::Invalid(format!("a bulk operation takes at most {BULK_MAX} enrollments, got {}", items.len())));
+            return Err(Error::Invalid(format!(
+                "a bulk operation takes at most {BULK_MAX} enrollments, got {}",
+                items.len()
+            )));
         }
         let mut errors = Vec::new();
         for e in items {
@@ -398,7 +455,9 @@ impl Services {
                 BulkMode::Update => self.put_enrollment(instance, &id, e, None).await.map(|_| ()),
                 BulkMode::UpdateIfMatchETag => {
                     let tag = e.etag.clone();
-                    self.put_enrollment(instance, &id, e, Some(tag.as_deref().unwrap_or("\"missing\""))).await.map(|_| ())
+                    self.put_enrollment(instance, &id, e, Some(tag.as_deref().unwrap_or("\"missing\"")))
+                        .await
+                        .map(|_| ())
                 }
                 BulkMode::Delete => {
                     let tag = e.etag.clone();
@@ -413,9 +472,17 @@ impl Services {
     }
 
     /// Bulk enrollment groups, as [`Services::bulk_enrollments`].
-    pub async fn bulk_groups(&self, instance: &Instance, mode: BulkMode, items: Vec<EnrollmentGroup>) -> Result<BulkResult> {
+    pub async fn bulk_groups(
+        &self,
+        instance: &Instance,
+        mode: BulkMode,
+        items: Vec<EnrollmentGroup>,
+    ) -> Result<BulkResult> {
         if items.len() > BULK_MAX {
-            return Err(Error::Invalid(format!("a bulk operation takes at most {BULK_MAX} enrollment groups, got {}", items.len())));
+            return Err(Error::Invalid(format!(
+                "a bulk operation takes at most {BULK_MAX} enrollment groups, got {}",
+                items.len()
+            )));
         }
         let mut errors = Vec::new();
         for g in items {

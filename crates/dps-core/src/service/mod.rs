@@ -10,8 +10,11 @@ use std::sync::Arc;
 use crate::ports::{Clock, Entropy, X509Inspector};
 use crate::store::Store;
 
-pub use deploy::{DeployOutcome, InstanceDefaults, ResourceChange};
-pub use enrollments::{BulkMode, BulkResult, BulkError};
+pub use deploy::{
+    parse_hub_connection_string, parse_linked_hub, DeployOutcome, InstanceDefaults, ResourceChange, DPS_RESOURCE_TYPE,
+    OWNER_POLICY,
+};
+pub use enrollments::{BulkError, BulkMode, BulkResult};
 
 /// The domain's entry point, holding its ports.
 #[derive(Clone, Debug)]
@@ -23,7 +26,12 @@ pub struct Services {
 }
 
 impl Services {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, entropy: Arc<dyn Entropy>, x509: Arc<dyn X509Inspector>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+        x509: Arc<dyn X509Inspector>,
+    ) -> Self {
         Services { store, clock, entropy, x509 }
     }
 

@@ -119,10 +119,7 @@ async fn instances<S: Store + ?Sized>(s: &S) {
     assert_eq!(s.instance("dps-a").await.unwrap().as_ref(), Some(&a), "an instance reads back as written");
     assert_eq!(s.instance("DPS-A").await.unwrap().as_ref(), Some(&a), "instance names are case-insensitive");
     assert_eq!(s.instance_by_scope(&a.id_scope).await.unwrap().as_ref(), Some(&a), "lookup by ID scope");
-    assert!(matches!(
-        s.write_instances(&[InstanceWrite::Create(a.clone())]).await,
-        Err(StoreError::AlreadyExists)
-    ));
+    assert!(matches!(s.write_instances(&[InstanceWrite::Create(a.clone())]).await, Err(StoreError::AlreadyExists)));
     // All or nothing: the second write fails (ID scope taken), so the first must not land.
     let b = instance("dps-b", 2);
     let clash = Instance { name: "dps-c".into(), ..instance("dps-c", 1) };
@@ -133,7 +130,8 @@ async fn instances<S: Store + ?Sized>(s: &S) {
     let mut a2 = a.clone();
     a2.sku.capacity = 2;
     a2.etag = "\"dps-a-2\"".into();
-    let stale = s.write_instances(&[InstanceWrite::Update { instance: a2.clone(), expected_etag: "\"old\"".into() }]).await;
+    let stale =
+        s.write_instances(&[InstanceWrite::Update { instance: a2.clone(), expected_etag: "\"old\"".into() }]).await;
     assert!(matches!(stale, Err(StoreError::PreconditionFailed)), "stale etag refused: {stale:?}");
     s.write_instances(&[InstanceWrite::Update { instance: a2.clone(), expected_etag: a.etag.clone() }]).await.unwrap();
     assert_eq!(s.instance("dps-a").await.unwrap().unwrap().sku.capacity, 2);
@@ -164,7 +162,10 @@ async fn enrollments<S: Store + ?Sized>(s: &S) {
     ));
     s.put_enrollment(i, &enrollment("dev-1", "\"e4\""), Precondition::Any).await.unwrap();
     assert_eq!(s.enrollment(i, "dev-1").await.unwrap().unwrap().etag.as_deref(), Some("\"e4\""));
-    assert!(matches!(s.delete_enrollment(i, "dev-1", Precondition::IfMatch("\"e3\"")).await, Err(StoreError::PreconditionFailed)));
+    assert!(matches!(
+        s.delete_enrollment(i, "dev-1", Precondition::IfMatch("\"e3\"")).await,
+        Err(StoreError::PreconditionFailed)
+    ));
     s.delete_enrollment(i, "DEV-1", Precondition::IfMatch("\"e4\"")).await.unwrap();
     assert!(matches!(s.delete_enrollment(i, "dev-1", Precondition::Any).await, Err(StoreError::NotFound)));
 
@@ -191,7 +192,10 @@ async fn groups<S: Store + ?Sized>(s: &S) {
     let i = "dps-a";
     s.put_group(i, &group("Group-1", "\"g1\""), Precondition::MustNotExist).await.unwrap();
     assert_eq!(s.group(i, "group-1").await.unwrap().unwrap(), group("Group-1", "\"g1\""));
-    assert!(matches!(s.put_group(i, &group("group-1", "\"g2\""), Precondition::IfMatch("\"x\"")).await, Err(StoreError::PreconditionFailed)));
+    assert!(matches!(
+        s.put_group(i, &group("group-1", "\"g2\""), Precondition::IfMatch("\"x\"")).await,
+        Err(StoreError::PreconditionFailed)
+    ));
     s.put_group(i, &group("group-2", "\"g\""), Precondition::Any).await.unwrap();
     let page = s.groups(i, None, 1).await.unwrap();
     assert_eq!(page.items.len(), 1);
@@ -215,7 +219,10 @@ async fn registrations<S: Store + ?Sized>(s: &S) {
         s.put_registration(i, &registration("r-1", None, "\"x\""), Precondition::MustNotExist).await,
         Err(StoreError::AlreadyExists)
     ));
-    assert!(matches!(s.delete_registration(i, "r-1", Precondition::IfMatch("\"no\"")).await, Err(StoreError::PreconditionFailed)));
+    assert!(matches!(
+        s.delete_registration(i, "r-1", Precondition::IfMatch("\"no\"")).await,
+        Err(StoreError::PreconditionFailed)
+    ));
     s.delete_registration(i, "r-1", Precondition::IfMatch("\"r1\"")).await.unwrap();
     assert!(s.registration(i, "r-1").await.unwrap().is_none());
 }
@@ -245,7 +252,10 @@ async fn certificates<S: Store + ?Sized>(s: &S) {
     s.put_certificate(i, &c, Precondition::MustNotExist).await.unwrap();
     assert_eq!(s.certificate(i, "root-ca").await.unwrap().as_ref(), Some(&c));
     let v = CaCertificate { is_verified: true, etag: "\"c2\"".into(), ..c.clone() };
-    assert!(matches!(s.put_certificate(i, &v, Precondition::IfMatch("\"zz\"")).await, Err(StoreError::PreconditionFailed)));
+    assert!(matches!(
+        s.put_certificate(i, &v, Precondition::IfMatch("\"zz\"")).await,
+        Err(StoreError::PreconditionFailed)
+    ));
     s.put_certificate(i, &v, Precondition::IfMatch("\"c1\"")).await.unwrap();
     assert_eq!(s.certificates(i).await.unwrap(), vec![v]);
     s.delete_certificate(i, "ROOT-CA", Precondition::Any).await.unwrap();

@@ -52,7 +52,10 @@ pub struct Page<T> {
 pub enum InstanceWrite {
     Create(Instance),
     /// Replace, if the stored etag is still `expected_etag`.
-    Update { instance: Instance, expected_etag: String },
+    Update {
+        instance: Instance,
+        expected_etag: String,
+    },
 }
 
 /// The storage port, grouped by aggregate.
@@ -66,19 +69,57 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes the instance and everything it holds.
     async fn delete_instance(&self, name: &str) -> Result<(), StoreError>;
 
-    async fn enrollment(&self, instance: &str, registration_id: &str) -> Result<Option<IndividualEnrollment>, StoreError>;
-    async fn put_enrollment(&self, instance: &str, e: &IndividualEnrollment, pre: Precondition<'_>) -> Result<(), StoreError>;
-    async fn delete_enrollment(&self, instance: &str, registration_id: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
-    async fn enrollments(&self, instance: &str, continuation: Option<&str>, limit: usize) -> Result<Page<IndividualEnrollment>, StoreError>;
+    async fn enrollment(
+        &self,
+        instance: &str,
+        registration_id: &str,
+    ) -> Result<Option<IndividualEnrollment>, StoreError>;
+    async fn put_enrollment(
+        &self,
+        instance: &str,
+        e: &IndividualEnrollment,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError>;
+    async fn delete_enrollment(
+        &self,
+        instance: &str,
+        registration_id: &str,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError>;
+    async fn enrollments(
+        &self,
+        instance: &str,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<IndividualEnrollment>, StoreError>;
 
     async fn group(&self, instance: &str, group_id: &str) -> Result<Option<EnrollmentGroup>, StoreError>;
     async fn put_group(&self, instance: &str, g: &EnrollmentGroup, pre: Precondition<'_>) -> Result<(), StoreError>;
     async fn delete_group(&self, instance: &str, group_id: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
-    async fn groups(&self, instance: &str, continuation: Option<&str>, limit: usize) -> Result<Page<EnrollmentGroup>, StoreError>;
+    async fn groups(
+        &self,
+        instance: &str,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<EnrollmentGroup>, StoreError>;
 
-    async fn registration(&self, instance: &str, registration_id: &str) -> Result<Option<RegistrationRecord>, StoreError>;
-    async fn put_registration(&self, instance: &str, r: &RegistrationRecord, pre: Precondition<'_>) -> Result<(), StoreError>;
-    async fn delete_registration(&self, instance: &str, registration_id: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn registration(
+        &self,
+        instance: &str,
+        registration_id: &str,
+    ) -> Result<Option<RegistrationRecord>, StoreError>;
+    async fn put_registration(
+        &self,
+        instance: &str,
+        r: &RegistrationRecord,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError>;
+    async fn delete_registration(
+        &self,
+        instance: &str,
+        registration_id: &str,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError>;
     /// Registrations made through `group_id`, or every registration when `None`.
     async fn registrations(
         &self,
@@ -89,7 +130,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Page<RegistrationRecord>, StoreError>;
 
     async fn certificate(&self, instance: &str, name: &str) -> Result<Option<CaCertificate>, StoreError>;
-    async fn put_certificate(&self, instance: &str, c: &CaCertificate, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn put_certificate(&self, instance: &str, c: &CaCertificate, pre: Precondition<'_>)
+        -> Result<(), StoreError>;
     async fn delete_certificate(&self, instance: &str, name: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
     async fn certificates(&self, instance: &str) -> Result<Vec<CaCertificate>, StoreError>;
 }

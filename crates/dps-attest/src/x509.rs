@@ -1,0 +1,71 @@
+use dps_core::model::X509CertificateInfo;
+use dps_core::ports::{ParsedCertificate, X509Inspector};
+use openssl::hash::MessageDigest;
+use openssl::x509::X509;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The `X509Inspector` port: parsing with `x509-parser`, signatures with OpenSSL.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OpensslX509;
+
+fn hex_upper(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02X}")).collect()
+}
+
+/// Reads PEM, or base64 DER without armour (both forms appear in DPS APIs).
+pub fn load(text: &str) -> Result<X509, String> {
+    let t = text.trim();
+    if t.starts_with("-----BEGIN") {
+        return X509::from_pem(t.as_bytes()).map_err(|_| "the PEM does not hold a valid X.509 certificate".to_owned());
+    }
+    let compact: String = t.chars().filter(|c| !c.is_whitespace()).collect();
+    let der = dps_core::base64::decode(&compact).ok_or("the certificate is neither PEM nor base64 DER")?;
+    X509::from_der(&der).map_err(|_| "the base64 data is not a DER X.509 certificate".to_owned())
+}
+
+fn info(cert: &X509) -> Result<(X509CertificateInfo, bool), String> {
+    let der = cert.to_der().map_err(|_| "cannot encode the certificate".to_owned())?;
+    let (_, parsed) = X509Certificate::from_der(&der).map_err(|e| format!("cannot parse the certificate: {e}"))?;
+    let digest = |md| cert.digest(md).map(|d| hex_upper(&d)).unwrap_or_default();
+    let time = |t: x509_parser::time::ASN1Time| {
+        let secs = u64::try_from(t.timestamp()).unwrap_or(0);
+        dps_core::time::format_utc(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    };
+    let is_ca = parsed.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
+    Ok((
+        X509CertificateInfo {
+            subject_name: parsed.subject().to_string(),
+            sha1_thumbprint: digest(MessageDigest::sha1()),
+            sha256_thumbprint: digest(MessageDigest::sha256()),
+            issuer_name: parsed.issuer().to_string(),
+            not_before_utc: time(parsed.validity().not_before),
+            not_after_utc: time(parsed.validity().not_after),
+            serial_number: hex_upper(parsed.raw_serial()),
+            version: i64::from(parsed.version().0) + 1,
+        },
+        is_ca,
+    ))
+}
+
+impl X509Inspector for OpensslX509 {
+    fn parse(&self, pem_or_base64: &str) -> Result<ParsedCertificate, String> {
+        let cert = load(pem_or_base64)?;
+        let (info, is_ca) = info(&cert)?;
+        let pem = String::from_utf8(cert.to_pem().map_err(|_| "cannot encode the certificate".to_owned())?)
+            .map_err(|_| "cannot encode the certificate".to_owned())?;
+        Ok(ParsedCertificate { info, is_ca, pem })
+    }
+
+    fn is_signed_by(&self, leaf_pem: &str, issuer_pem: &str) -> bool {
+        match (load(leaf_pem), load(issuer_pem)) {
+            (Ok(leaf), Ok(issuer)) => chain_issued_by(&leaf, &issuer),
+            _ => false,
+        }
+    }
+}
+
+/// Whether `cert` carries a valid signature by `issuer`'s key and names it as issuer.
+pub fn chain_issued_by(cert: &X509, issuer: &X509) -> bool {
+    let names_match = cert.issuer_name().to_der().ok() == issuer.subject_name().to_der().ok();
+    names_match && issuer.public_key().and_then(|k| cert.verify(&k)).unwrap_or(false)
+}

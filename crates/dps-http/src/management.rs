@@ -1,0 +1,363 @@
+//! The management API, shaped like Azure Resource Manager so the nouns match `az`: instances
+//! (`Microsoft.Devices/provisioningServices`), their keys and CA certificates, and template
+//! deployments (`Microsoft.Resources/deployments`). Authenticated with the admin credential.
+//! Errors use ARM's `{"error": {"code", "message"}}` shape.
+
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use dps_core::model::{AccessRight, CaCertificate, Instance};
+use dps_core::service::{ResourceChange, DPS_RESOURCE_TYPE};
+use serde_json::{json, Value};
+
+use crate::auth::admin;
+use crate::error::{ApiError, ApiResult};
+use crate::{AppState, Request};
+
+fn instance_id(state: &AppState, i: &Instance) -> String {
+    format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/{DPS_RESOURCE_TYPE}/{}",
+        state.subscription_id, i.resource_group, i.name
+    )
+}
+
+/// The ARM view of an instance. Policy keys are never shown here (use listKeys); hub
+/// connection strings are masked.
+pub fn instance_view(state: &AppState, i: &Instance) -> Value {
+    let hubs: Vec<Value> = i
+        .iot_hubs
+        .iter()
+        .map(|h| {
+            let mut v =
+                json!({ "name": h.name, "connectionString": h.masked_connection_string(), "location": h.location });
+            if let Some(w) = h.allocation_weight {
+                v["allocationWeight"] = json!(w);
+            }
+            if let Some(a) = h.apply_allocation_policy {
+                v["applyAllocationPolicy"] = json!(a);
+            }
+            v
+        })
+        .collect();
+    let policies: Vec<Value> = i
+        .authorization_policies
+        .iter()
+        .map(|p| json!({ "keyName": p.key_name, "rights": AccessRight::join(&p.rights) }))
+        .collect();
+    let mut props = json!({
+        "state": i.state,
+        "provisioningState": "Succeeded",
+        "publicNetworkAccess": i.public_network_access,
+        "iotHubs": hubs,
+        "allocationPolicy": i.allocation_policy.as_str(),
+        "serviceOperationsHostName": state.public_host,
+        "deviceProvisioningHostName": state.public_host,
+        "idScope": i.id_scope.as_str(),
+        "authorizationPolicies": policies,
+        "enableDataResidency": i.enable_data_residency,
+    });
+    if let Some(v) = i.min_tls_version {
+        props["minTlsVersion"] = json!(v.as_str());
+    }
+    json!({
+        "id": instance_id(state, i),
+        "name": i.name,
+        "type": DPS_RESOURCE_TYPE,
+        "location": i.location,
+        "tags": i.tags,
+        "etag": i.etag,
+        "resourcegroup": i.resource_group,
+        "subscriptionid": state.subscription_id,
+        "sku": { "name": i.sku.name, "tier": "Standard", "capacity": i.sku.capacity },
+        "properties": props,
+    })
+}
+
+fn certificate_view(state: &AppState, i: &Instance, c: &CaCertificate) -> Value {
+    let mut props = json!({
+        "subject": c.info.subject_name,
+        "expiry": c.info.not_after_utc,
+        "thumbprint": c.info.sha1_thumbprint,
+        "sha256Thumbprint": c.info.sha256_thumbprint,
+        "isVerified": c.is_verified,
+        "created": c.created,
+        "updated": c.updated,
+        "certificate": c.certificate,
+    });
+    if let Some(code) = &c.verification_code {
+        props["verificationCode"] = json!(code);
+    }
+    json!({
+        "id": format!("{}/certificates/{}", instance_id(state, i), c.name),
+        "name": c.name,
+        "type": "Microsoft.Devices/provisioningServices/Certificates",
+        "etag": c.etag,
+        "properties": props,
+    })
+}
+
+fn body_json(req: &Request) -> ApiResult<Value> {
+    if req.body.is_empty() {
+        return Ok(json!({}));
+    }
+    let text = String::from_utf8_lossy(&req.body);
+    serde_json::from_str(&dps_arm::relax_json(&text))
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+}
+
+fn ok(v: Value) -> Response {
+    Json(v).into_response()
+}
+
+/// The ARM error shape.
+pub fn arm_error(e: ApiError, method: &str, path: &str) -> Response {
+    if e.status.is_server_error() {
+        tracing::error!(%method, %path, status = e.status.as_u16(), error = %e.message, "management request failed");
+    } else {
+        tracing::info!(%method, %path, status = e.status.as_u16(), error = %e.message, "management request refused");
+    }
+    let code = match e.status.as_u16() {
+        400 => "InvalidRequest",
+        401 => "AuthenticationFailed",
+        404 => "ResourceNotFound",
+        409 => "Conflict",
+        412 => "PreconditionFailed",
+        413 => "RequestTooLarge",
+        _ => "InternalError",
+    };
+    (e.status, Json(json!({ "error": { "code": code, "message": e.message, "httpStatusCode": e.status.as_u16().to_string(), "errorCode": e.code } }))).into_response()
+}
+
+/// Routes `/subscriptions/…`; `None` if the path is not a management path.
+pub async fn handle(state: &AppState, req: &Request) -> Option<ApiResult<Response>> {
+    let seg: Vec<String> = req.segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+    if seg.first().map(String::as_str) != Some("subscriptions") {
+        return None;
+    }
+    Some(
+        async {
+            admin(state, &req.headers)?;
+            route(state, req, &seg).await
+        }
+        .await,
+    )
+}
+
+async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Response> {
+    let s = &state.services;
+    let m = &req.method;
+    let raw = &req.segments;
+    let tail: Vec<&str> = seg.iter().skip(2).map(String::as_str).collect();
+    match (tail.as_slice(), m) {
+        (["providers", "microsoft.devices", "provisioningservices"], &Method::GET) => {
+            let all: Vec<Value> = s
+                .store
+                .instances()
+                .await
+                .map_err(dps_core::error::Error::from)?
+                .iter()
+                .map(|i| instance_view(state, i))
+                .collect();
+            Ok(ok(json!({ "value": all })))
+        }
+        (["resourcegroups", _, "providers", "microsoft.devices", "provisioningservices"], &Method::GET) => {
+            let rg = &raw[3];
+            let all: Vec<Value> = s
+                .store
+                .instances()
+                .await
+                .map_err(dps_core::error::Error::from)?
+                .iter()
+                .filter(|i| i.resource_group.eq_ignore_ascii_case(rg))
+                .map(|i| instance_view(state, i))
+                .collect();
+            Ok(ok(json!({ "value": all })))
+        }
+        (["resourcegroups", _, "providers", "microsoft.resources", "deployments", _], &Method::PUT) => {
+            deploy(state, req, &raw[3], &raw[7]).await
+        }
+        (["resourcegroups", _, "providers", "microsoft.devices", "provisioningservices", _, rest @ ..], _) => {
+            let (rg, name) = (&raw[3], &raw[7]);
+            instance_route(state, req, rg, name, rest).await
+        }
+        _ => Err(ApiError::new(
+            404,
+            format!("{} /{} is not an operation of the management API", req.method, raw.join("/")),
+        )),
+    }
+}
+
+async fn in_group(state: &AppState, rg: &str, name: &str) -> ApiResult<Instance> {
+    let i = state.services.instance(name).await?;
+    if !i.resource_group.eq_ignore_ascii_case(rg) {
+        return Err(dps_core::error::Error::InstanceNotFound(format!("{rg}/{name}")).into());
+    }
+    Ok(i)
+}
+
+async fn instance_route(state: &AppState, req: &Request, rg: &str, name: &str, rest: &[&str]) -> ApiResult<Response> {
+    let s = &state.services;
+    let if_match = req.header("if-match");
+    match (rest, &req.method) {
+        ([], &Method::GET) => Ok(ok(instance_view(state, &in_group(state, rg, name).await?))),
+        ([], &Method::PUT) => {
+            let mut body = body_json(req)?;
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert("name".into(), json!(name));
+            }
+            if let (Some(tag), Ok(cur)) = (if_match, s.instance(name).await) {
+                if tag != "*" && tag.trim_matches('"') != cur.etag.trim_matches('"') {
+                    return Err(dps_core::error::Error::PreconditionFailed(format!("DPS instance {name}")).into());
+                }
+            }
+            let body = unmask_hubs(s.instance(name).await.ok().as_ref(), body);
+            let out = s.deploy(rg, &state.default_location, &[(DPS_RESOURCE_TYPE.to_owned(), body)]).await?;
+            let (inst, change) =
+                out.resources.into_iter().next().ok_or_else(|| ApiError::new(500, "deployment returned nothing"))?;
+            let status = if change == ResourceChange::Created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok((status, Json(instance_view(state, &inst))).into_response())
+        }
+        ([], &Method::DELETE) => {
+            in_group(state, rg, name).await?;
+            s.delete_instance(name).await?;
+            Ok(StatusCode::OK.into_response())
+        }
+        (["listkeys"], &Method::POST) => {
+            let i = in_group(state, rg, name).await?;
+            let keys: Vec<Value> = i
+                .authorization_policies
+                .iter()
+                .map(|p| json!({ "keyName": p.key_name, "primaryKey": p.primary_key, "secondaryKey": p.secondary_key, "rights": AccessRight::join(&p.rights) }))
+                .collect();
+            Ok(ok(json!({ "value": keys })))
+        }
+        (["certificates"], &Method::GET) => {
+            let i = in_group(state, rg, name).await?;
+            let list: Vec<Value> = s.certificates(&i).await?.iter().map(|c| certificate_view(state, &i, c)).collect();
+            Ok(ok(json!({ "value": list })))
+        }
+        (["certificates", _], &Method::GET) => {
+            let i = in_group(state, rg, name).await?;
+            Ok(ok(certificate_view(state, &i, &s.certificate(&i, &req.segments[9]).await?)))
+        }
+        (["certificates", _], &Method::PUT) => {
+            let i = in_group(state, rg, name).await?;
+            let body = body_json(req)?;
+            let props = body.get("properties").unwrap_or(&body);
+            let cert = props
+                .get("certificate")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_request("properties.certificate is required (PEM or base64)"))?;
+            let verified = props.get("isVerified").and_then(Value::as_bool).unwrap_or(false);
+            let c = s.put_certificate(&i, &req.segments[9], cert, verified, if_match).await?;
+            Ok(ok(certificate_view(state, &i, &c)))
+        }
+        (["certificates", _], &Method::DELETE) => {
+            let i = in_group(state, rg, name).await?;
+            s.delete_certificate(&i, &req.segments[9], if_match).await?;
+            Ok(StatusCode::OK.into_response())
+        }
+        (["certificates", _, "generateverificationcode"], &Method::POST) => {
+            let i = in_group(state, rg, name).await?;
+            let c = s.generate_verification_code(&i, &req.segments[9], if_match).await?;
+            Ok(ok(certificate_view(state, &i, &c)))
+        }
+        (["certificates", _, "verify"], &Method::POST) => {
+            let i = in_group(state, rg, name).await?;
+            let body = body_json(req)?;
+            let proof = body
+                .get("certificate")
+                .or_else(|| body.get("properties").and_then(|p| p.get("certificate")))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::bad_request("certificate (the verification certificate, PEM or base64) is required")
+                })?;
+            let c = s.verify_certificate(&i, &req.segments[9], proof, if_match).await?;
+            Ok(ok(certificate_view(state, &i, &c)))
+        }
+        _ => Err(ApiError::new(
+            404,
+            format!("{} /{} is not an operation of the management API", req.method, req.segments.join("/")),
+        )),
+    }
+}
+
+/// A GET-modify-PUT round trip sends masked hub keys back: restore them from the stored hub.
+fn unmask_hubs(current: Option<&Instance>, mut body: Value) -> Value {
+    let Some(cur) = current else { return body };
+    if let Some(hubs) = body.pointer_mut("/properties/iotHubs").and_then(Value::as_array_mut) {
+        for h in hubs {
+            let Some(cs) = h.get("connectionString").and_then(Value::as_str) else { continue };
+            if !cs.contains("SharedAccessKey=****") {
+                continue;
+            }
+            let host = cs.split(';').find_map(|p| {
+                p.split_once('=')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("HostName"))
+                    .map(|(_, v)| v.to_ascii_lowercase())
+            });
+            if let Some(old) = cur.iot_hubs.iter().find(|o| Some(&o.name) == host.as_ref()) {
+                h["connectionString"] = json!(old.connection_string);
+            }
+        }
+    }
+    body
+}
+
+async fn deploy(state: &AppState, req: &Request, rg: &str, deployment: &str) -> ApiResult<Response> {
+    let body = body_json(req)?;
+    let props = body.get("properties").cloned().unwrap_or_default();
+    let template = props.get("template").ok_or_else(|| ApiError::bad_request("properties.template is required"))?;
+    let template_text = serde_json::to_string(template).unwrap_or_default();
+    let parameters_text = props.get("parameters").map(|p| json!({ "parameters": p }).to_string());
+    let pairs: Vec<(String, String)> = props
+        .get("parameterValues")
+        .and_then(Value::as_object)
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned))).collect())
+        .unwrap_or_default();
+    let location =
+        props.get("resourceGroupLocation").and_then(Value::as_str).unwrap_or(&state.default_location).to_owned();
+    let input = dps_arm::DeploymentInput {
+        template_text: &template_text,
+        parameters: &pairs,
+        parameters_file_text: parameters_text.as_deref(),
+        resource_group: dps_arm::ResourceGroup {
+            name: rg,
+            location: &location,
+            subscription_id: &state.subscription_id,
+        },
+    };
+    let evaluated = dps_arm::evaluate(&input).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut resources = Vec::new();
+    for r in &evaluated.resources {
+        let current = state.services.instance(&r.name).await.ok();
+        resources.push((r.resource_type.clone(), unmask_hubs(current.as_ref(), r.body.clone())));
+    }
+    let out = state.services.deploy(rg, &location, &resources).await?;
+    let now = dps_core::time::format_utc(std::time::SystemTime::now());
+    let changes: Vec<Value> = out
+        .resources
+        .iter()
+        .map(|(i, c)| json!({ "id": instance_id(state, i), "name": i.name, "change": c.as_str() }))
+        .collect();
+    let output_resources: Vec<Value> =
+        out.resources.iter().map(|(i, _)| json!({ "id": instance_id(state, i), "resourceGroup": rg })).collect();
+    let mut r = Json(json!({
+        "id": format!("/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Resources/deployments/{deployment}", state.subscription_id),
+        "name": deployment,
+        "type": "Microsoft.Resources/deployments",
+        "resourceGroup": rg,
+        "properties": {
+            "provisioningState": "Succeeded",
+            "mode": props.get("mode").and_then(Value::as_str).unwrap_or("Incremental"),
+            "timestamp": now,
+            "parameters": evaluated.parameters,
+            "outputs": evaluated.outputs,
+            "outputResources": output_resources,
+            "changes": changes,
+        }
+    }))
+    .into_response();
+    r.headers_mut().insert("x-ms-deployment", HeaderValue::from_static("opendps"));
+    Ok(r)
+}
