@@ -1,89 +1,11 @@
 //! The `opendps` binary as an operator runs it: start, banner, SIGHUP reload, SIGTERM, errors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_opendps");
+use std::process::{Command, Stdio};
 
-struct Running {
-    child: Child,
-    https: SocketAddr,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(args: &[&str]) -> Running {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn opendps");
-    let (tx, rx) = mpsc::channel();
-    for out in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    let mut https = None;
-    while https.is_none() {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("server prints its banner");
-        if let Some(rest) = line.trim().strip_prefix("https (device + service API):") {
-            https = Some(rest.trim().parse().expect("address"));
-        }
-    }
-    Running { child, https: https.unwrap(), lines: rx }
-}
-
-fn signal(child: &Child, sig: &str) {
-    assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
-}
-
-fn leaf_sha256(addr: SocketAddr) -> String {
-    let out = Command::new("openssl")
-        .args(["s_client", "-connect", &addr.to_string(), "-tls1_2"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    let mut x509 = Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut x509.stdin.take().unwrap(), &out.stdout).unwrap();
-    String::from_utf8(x509.wait_with_output().unwrap().stdout).unwrap()
-}
-
-fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        if let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
-            if l.contains(needle) {
-                return true;
-            }
-        }
-    }
-    false
-}
+use common::{leaf_sha256, serve, signal, wait_for, BIN};
 
 #[test]
 fn builtin_ca_root_is_exported_and_sigterm_stops_cleanly() {
