@@ -6,9 +6,11 @@
 //! - [`OpensslX509`]: the `X509Inspector` port (certificate info, CA flag, issued-by checks).
 //! - [`entropy`]: the `Entropy` port on OpenSSL's CSPRNG.
 
+mod device;
 pub mod sas;
 mod x509;
 
+pub use device::{OpensslDeviceCrypto, SAS_SKEW};
 pub use x509::{chain_issued_by, OpensslX509};
 
 use openssl::hash::MessageDigest;

@@ -51,3 +51,29 @@ pub(crate) fn new_key(e: &dyn Entropy, bytes: usize) -> String {
     e.fill(&mut buf);
     crate::base64::encode(&buf)
 }
+
+/// Device-credential cryptography (implemented in `dps-attest`).
+pub trait DeviceCrypto: Send + Sync + std::fmt::Debug {
+    /// Checks a device SAS token's shape, expiry (with tolerated skew) and resource
+    /// (`{scope}/registrations/{id}`, case-insensitive); then whether any of `keys` signed it.
+    /// `Err` names what is wrong with the token itself (never the token or a key).
+    fn verify_sas(&self, token: &str, resource: &str, keys: &[String], now: SystemTime) -> Result<bool, String>;
+    /// The device key of `registration_id` in a group with key `group_key` (§4.2).
+    fn derive_key(&self, group_key: &str, registration_id: &str) -> Option<String>;
+    /// Facts about the leaf of a presented chain (DER): subject CN, validity at `now`, info.
+    fn leaf(&self, der: &[u8], now: SystemTime) -> Result<LeafFacts, String>;
+    /// Whether the presented chain (leaf first, DER) leads, signature by signature and within
+    /// validity at `now`, to a certificate issued by (or equal to) `anchor_pem`.
+    fn chains_to(&self, chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> bool;
+}
+
+/// What attestation needs to know about a device certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeafFacts {
+    pub common_name: String,
+    pub sha256_thumbprint: String,
+    pub sha1_thumbprint: String,
+    pub info: X509CertificateInfo,
+    /// Within notBefore..notAfter at the time asked.
+    pub time_valid: bool,
+}

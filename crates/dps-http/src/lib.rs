@@ -11,6 +11,7 @@
 //! segment; bodies are capped (413 beyond).
 
 pub mod auth;
+pub mod device_api;
 pub mod error;
 pub mod management;
 pub mod service_api;
@@ -179,6 +180,9 @@ async fn dispatch(
     };
     if let Some(r) = management::handle(&state, &req).await {
         return r.unwrap_or_else(|e| management::arm_error(e, &method, &path));
+    }
+    if let Some(r) = device_api::handle(&state, &req).await {
+        return r.unwrap_or_else(|e| e.into_response_logged(&method, &path));
     }
     if let Some(r) = service_api::handle(&state, &req).await {
         return r.unwrap_or_else(|e| e.into_response_logged(&method, &path));

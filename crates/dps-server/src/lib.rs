@@ -239,6 +239,7 @@ impl Server {
             Arc::new(dps_attest::SystemClock),
             Arc::new(dps_attest::OpensslEntropy),
             Arc::new(dps_attest::OpensslX509),
+            Arc::new(dps_attest::OpensslDeviceCrypto),
         );
         let created_default = services
             .ensure_default_instance(&dps_core::service::InstanceDefaults {

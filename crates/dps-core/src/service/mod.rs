@@ -1,20 +1,24 @@
 //! Application services: what adapters call. Each operation validates, decides, and writes
 //! through the [`Store`] port with a precondition, so concurrent writers never lose an update.
 
+mod allocation;
 mod certificates;
 mod deploy;
 mod enrollments;
+mod registration;
 
 use std::sync::Arc;
 
-use crate::ports::{Clock, Entropy, X509Inspector};
+use crate::ports::{Clock, DeviceCrypto, Entropy, X509Inspector};
 use crate::store::Store;
 
+pub use allocation::weighted_choice;
 pub use deploy::{
     parse_hub_connection_string, parse_linked_hub, DeployOutcome, InstanceDefaults, ResourceChange, DPS_RESOURCE_TYPE,
     OWNER_POLICY,
 };
 pub use enrollments::{BulkError, BulkMode, BulkResult};
+pub use registration::{Attested, EnrollmentSource, Evidence, OperationStatus};
 
 /// The domain's entry point, holding its ports.
 #[derive(Clone, Debug)]
@@ -23,6 +27,7 @@ pub struct Services {
     pub clock: Arc<dyn Clock>,
     pub entropy: Arc<dyn Entropy>,
     pub x509: Arc<dyn X509Inspector>,
+    pub crypto: Arc<dyn DeviceCrypto>,
 }
 
 impl Services {
@@ -31,8 +36,9 @@ impl Services {
         clock: Arc<dyn Clock>,
         entropy: Arc<dyn Entropy>,
         x509: Arc<dyn X509Inspector>,
+        crypto: Arc<dyn DeviceCrypto>,
     ) -> Self {
-        Services { store, clock, entropy, x509 }
+        Services { store, clock, entropy, x509, crypto }
     }
 
     fn now(&self) -> String {
