@@ -6,7 +6,6 @@
 //! own and the binary can report a bind failure with what to do about it (craft.md L12).
 
 mod listener;
-mod mqtt;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -264,9 +263,10 @@ impl Server {
 
         let mut addrs = (None, None);
         let router = dps_http::router(state.clone());
-        for (name, listener, protocol) in
-            [("https", listeners.https, Protocol::Https(router)), ("mqtt", listeners.mqtt, Protocol::Mqtt)]
-        {
+        for (name, listener, protocol) in [
+            ("https", listeners.https, Protocol::Https(router)),
+            ("mqtt", listeners.mqtt, Protocol::Mqtt(state.services.clone())),
+        ] {
             let Some(listener) = listener else { continue };
             let addr = listener.local_addr().ok();
             if name == "https" {

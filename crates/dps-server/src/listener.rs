@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone, Debug)]
 pub enum Protocol {
     Https(dps_http::Router),
-    Mqtt,
+    Mqtt(dps_core::service::Services),
 }
 
 pub(crate) struct LoopArgs {
@@ -68,7 +68,15 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
                     };
                     dps_http::serve_connection(conn.stream, info, router, shutdown).await;
                 }
-                Protocol::Mqtt => crate::mqtt::serve_connection(conn.stream, peer, shutdown).await,
+                Protocol::Mqtt(services) => {
+                    let ctx = dps_mqtt::ConnectionContext {
+                        peer,
+                        tls: Arc::new(conn.facts),
+                        peer_certificates: Arc::new(conn.peer_certificates),
+                        services,
+                    };
+                    dps_mqtt::serve_connection(conn.stream, ctx, shutdown).await;
+                }
             }
         });
     }

@@ -84,7 +84,7 @@ async fn connections_over_the_cap_are_closed_and_the_cap_frees_up() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn mqtt_port_answers_connect_with_server_unavailable() {
+async fn mqtt_connect_without_dps_credentials_is_refused_and_the_server_keeps_serving() {
     let s = start("").await;
     let mut done = Client::default().run(s.mqtt()).await.unwrap();
     let reply = tokio::task::spawn_blocking(move || {
@@ -98,7 +98,18 @@ async fn mqtt_port_answers_connect_with_server_unavailable() {
     })
     .await
     .unwrap();
-    assert_eq!(reply, [0x20, 0x02, 0x00, 0x03]);
+    assert_eq!(reply, [0x20, 0x02, 0x00, 0x04], "CONNACK: bad user name or password (no DPS username)");
+    // Garbage instead of CONNECT costs only that connection.
+    let mut junk = Client::default().run(s.mqtt()).await.unwrap();
+    let closed = tokio::task::spawn_blocking(move || {
+        junk.stream.write_all(&[0xF0, 0x00, 0x00]).unwrap();
+        let mut b = [0u8; 1];
+        matches!(junk.stream.read(&mut b), Ok(0) | Err(_))
+    })
+    .await
+    .unwrap();
+    assert!(closed);
+    assert!(health_ok(s.https()).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -131,3 +131,31 @@ impl PeerCertificates {
         self.0.first().map(Vec::as_slice)
     }
 }
+
+/// The TLS facts of a connection as JSON (camelCase, IANA names): what `/health` shows a
+/// client about its own connection, and later what a registration record keeps.
+pub fn facts_json(facts: &HandshakeFacts, peer_certificates: &PeerCertificates) -> serde_json::Value {
+    let n = &facts.negotiated;
+    let offered = facts.offered.as_ref().map(|o| {
+        serde_json::json!({
+            "versions": o.version_names(),
+            "cipherSuites": o.cipher_suite_names(),
+            "groups": o.group_names(),
+            "signatureAlgorithms": o.signature_algorithm_names(),
+            "sni": o.sni,
+            "alpn": o.alpn,
+        })
+    });
+    serde_json::json!({
+        "negotiated": {
+            "version": n.version.name(),
+            "cipherSuite": n.cipher_suite_name(),
+            "group": n.group,
+            "alpn": n.alpn,
+            "resumed": n.resumed,
+            "clientCertificate": n.client_certificate,
+            "clientCertificateChainLength": peer_certificates.0.len(),
+        },
+        "offered": offered,
+    })
+}
