@@ -27,7 +27,8 @@ pub fn plausible_api_version(v: &str) -> bool {
         && b[4] == b'-'
         && b[7] == b'-'
         && date.chars().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
-        && (rest.is_empty() || (rest.starts_with('-') && rest[1..].chars().all(|c| c.is_ascii_alphanumeric())))
+        && (rest.is_empty()
+            || (rest.len() > 1 && rest.starts_with('-') && rest[1..].chars().all(|c| c.is_ascii_alphanumeric())))
 }
 
 /// Routes `/{idScope}/registrations/{id}[...]`; `None` if the path is not a device API path.

@@ -29,6 +29,7 @@ pub enum Evidence<'a> {
 
 /// The enrollment a device authenticated against.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // short-lived, one per request; boxing buys nothing
 pub enum EnrollmentSource {
     Individual(IndividualEnrollment),
     Group(EnrollmentGroup),
@@ -243,7 +244,9 @@ impl Services {
 
     /// Registers an authenticated device: returns its operation (already final: the result is
     /// delivered on the first poll). Re-registration returns the existing assignment.
-    pub async fn register(&self, a: &Attested, payload: Option<Value>, tls: Option<Value>) -> Result<OperationStatus> {
+    /// The device `payload` is for custom allocation webhooks, which this server does not call
+    /// yet; it is accepted and not stored.
+    pub async fn register(&self, a: &Attested, _payload: Option<Value>, tls: Option<Value>) -> Result<OperationStatus> {
         let (status, policy, hubs, legacy, device_id, group_id) = match &a.source {
             EnrollmentSource::Individual(e) => (
                 e.provisioning_status,
@@ -331,8 +334,6 @@ impl Services {
                     state.assigned_hub = Some(h);
                     state.device_id = Some(device_id.clone());
                     state.substatus = Some("initialAssignment".into());
-                    state.payload = None;
-                    let _ = payload.as_ref();
                 }
                 Allocation::NoHub(why) => {
                     state.status = RegistrationStatus::Failed;
