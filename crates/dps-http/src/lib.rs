@@ -15,6 +15,7 @@ pub mod device_api;
 pub mod error;
 pub mod management;
 pub mod service_api;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,6 +94,8 @@ pub struct AppState {
     pub default_location: String,
     /// Largest request body accepted (413 beyond).
     pub max_body: usize,
+    /// Cancelled when the server shuts down (ends upgraded MQTT-over-WebSocket sessions).
+    pub shutdown: CancellationToken,
 }
 
 /// One request, read whole (bodies are small and capped).
@@ -167,9 +170,26 @@ async fn dispatch(
     error::ApiError::new(404, format!("{method} {path} is not a DPS operation")).into_response_logged(&method, &path)
 }
 
+/// `GET /`: MQTT over WebSockets when it is an upgrade (C# uses `/`), else not found.
+async fn root_get(
+    state: State<Arc<AppState>>,
+    conn: Option<Extension<ConnectionInfo>>,
+    ws: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => websocket::mqtt_over_websocket(state, conn, ws).await,
+        Err(_) => error::ApiError::new(404, "GET / is not a DPS operation").into_response_logged("GET", "/"),
+    }
+}
+
 /// The HTTPS routes.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new().route("/health", get(health)).fallback(dispatch).with_state(state)
+    Router::new()
+        .route("/health", get(health))
+        .route("/$iothub/websocket", get(websocket::mqtt_over_websocket))
+        .route("/", get(root_get))
+        .fallback(dispatch)
+        .with_state(state)
 }
 
 /// Serves HTTP/1.1 on one established (TLS) connection until the client closes it, or until

@@ -248,6 +248,7 @@ impl Server {
             })
             .await
             .map_err(ServerError::DefaultInstance)?;
+        let shutdown = CancellationToken::new();
         let state = Arc::new(dps_http::AppState {
             services,
             admin_token: admin_token(&config)?,
@@ -255,9 +256,9 @@ impl Server {
             subscription_id: SUBSCRIPTION_ID.into(),
             default_location: config.service.region.clone(),
             max_body: config.service.max_body,
+            shutdown: shutdown.clone(),
         });
 
-        let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(tls.clone().run(check_interval, config.tls.ticket_key_lifetime, shutdown.clone()));
 
