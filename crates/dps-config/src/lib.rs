@@ -55,6 +55,8 @@ pub struct ServiceConfig {
     pub default_instance: String,
     /// Largest request body in bytes (413 beyond).
     pub max_body: usize,
+    /// Registrations per minute per DPS instance on this node; 0 = unlimited.
+    pub registrations_per_minute: u32,
 }
 
 /// One TLS listener.
@@ -320,6 +322,14 @@ impl Config {
             region: raw.service.region.clone().unwrap_or_else(|| "local".to_owned()),
             default_instance,
             max_body,
+            registrations_per_minute: match raw.service.registrations_per_minute {
+                None => 0,
+                Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => u32::try_from(n).unwrap_or(0),
+                Some(n) => {
+                    v.problem("service.registrations_per_minute", format!("must be 0 (unlimited) or more, got {n}"));
+                    0
+                }
+            },
         };
         if data_dir.as_os_str().is_empty() {
             v.problem("data_dir", "must not be empty".into());

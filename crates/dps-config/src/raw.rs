@@ -44,6 +44,7 @@ pub struct RawService {
     pub region: Option<String>,
     pub default_instance: Option<String>,
     pub max_body: Option<i64>,
+    pub registrations_per_minute: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -62,6 +62,8 @@ pub enum Error {
     PreconditionFailed(String),
     #[error("{property} is read-only once the instance exists (it is {current}); {attempt}")]
     Immutable { property: &'static str, current: String, attempt: String },
+    #[error("too many registrations for this DPS instance; retry after {} s", .retry_after.as_secs())]
+    Throttled { retry_after: std::time::Duration },
     #[error("the store failed")]
     Store(#[source] StoreError),
 }
@@ -79,6 +81,7 @@ impl Error {
             | Error::CertificateNotFound(_) => ErrorKind::NotFound,
             Error::Conflict(_) => ErrorKind::Conflict,
             Error::PreconditionFailed(_) => ErrorKind::PreconditionFailed,
+            Error::Throttled { .. } => ErrorKind::Throttled,
             Error::Store(StoreError::Unavailable(_)) => ErrorKind::Unavailable,
             Error::Store(_) => ErrorKind::Internal,
         }
@@ -91,6 +94,7 @@ impl Error {
             Error::RegistrationNotFound(_) => 404_202,
             Error::GroupNotFound(_) => 404_204,
             Error::Unauthorized(_) => 401_002,
+            Error::Throttled { .. } => 429_001,
             other => u32::from(other.kind().status()) * 1000,
         }
     }
@@ -103,3 +107,13 @@ impl From<StoreError> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Seconds the client should wait before retrying, where the error says so.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Error::Throttled { retry_after } => Some(retry_after.as_secs().max(1)),
+            _ => None,
+        }
+    }
+}

@@ -10,6 +10,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: u32,
     pub message: String,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -18,6 +20,7 @@ impl ApiError {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code: u32::from(status) * 1000,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -38,6 +41,9 @@ impl ApiError {
         }
         let mut r = crate::error_response(self.status, self.code, self.message);
         r.headers_mut().insert("x-ms-error-code", self_code_header(self.code));
+        if let Some(v) = self.retry_after.and_then(|s| axum::http::HeaderValue::from_str(&s.to_string()).ok()) {
+            r.headers_mut().insert("retry-after", v);
+        }
         r
     }
 }
@@ -66,6 +72,7 @@ impl From<Error> for ApiError {
         ApiError {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code: e.code(),
+            retry_after: e.retry_after(),
             message,
         }
     }

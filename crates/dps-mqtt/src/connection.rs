@@ -305,7 +305,8 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Conn<S>, a: &
                 Err(e) => {
                     tracing::info!(registration_id = %a.registration_id, error = %e, "mqtt: registration refused");
                     let (status, body) = error_body(&e);
-                    c.respond(status, &rid, None, &body).await
+                    let retry = e.retry_after().map(|s| u32::try_from(s).unwrap_or(u32::MAX));
+                    c.respond(status, &rid, retry, &body).await
                 }
             }
         }

@@ -239,7 +239,8 @@ impl Server {
             Arc::new(dps_attest::OpensslEntropy),
             Arc::new(dps_attest::OpensslX509),
             Arc::new(dps_attest::OpensslDeviceCrypto),
-        );
+        )
+        .with_registration_quota(config.service.registrations_per_minute);
         let created_default = services
             .ensure_default_instance(&dps_core::service::InstanceDefaults {
                 name: config.service.default_instance.clone(),

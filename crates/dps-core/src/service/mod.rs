@@ -6,6 +6,7 @@ mod certificates;
 mod deploy;
 mod enrollments;
 mod registration;
+mod throttle;
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ pub use deploy::{
 };
 pub use enrollments::{BulkError, BulkMode, BulkResult};
 pub use registration::{Attested, EnrollmentSource, Evidence, OperationStatus};
+pub use throttle::Throttle;
 
 /// The domain's entry point, holding its ports.
 #[derive(Clone, Debug)]
@@ -28,6 +30,8 @@ pub struct Services {
     pub entropy: Arc<dyn Entropy>,
     pub x509: Arc<dyn X509Inspector>,
     pub crypto: Arc<dyn DeviceCrypto>,
+    /// Registration quota per instance (unlimited unless configured).
+    pub throttle: Arc<Throttle>,
 }
 
 impl Services {
@@ -38,7 +42,14 @@ impl Services {
         x509: Arc<dyn X509Inspector>,
         crypto: Arc<dyn DeviceCrypto>,
     ) -> Self {
-        Services { store, clock, entropy, x509, crypto }
+        Services { store, clock, entropy, x509, crypto, throttle: Arc::new(Throttle::new(0)) }
+    }
+
+    /// Sets the per-instance registration quota (registrations per minute; 0 = unlimited).
+    #[must_use]
+    pub fn with_registration_quota(mut self, per_minute: u32) -> Self {
+        self.throttle = Arc::new(Throttle::new(per_minute));
+        self
     }
 
     fn now(&self) -> String {

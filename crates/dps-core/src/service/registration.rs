@@ -265,6 +265,9 @@ impl Services {
                 Some(g.enrollment_group_id.clone()),
             ),
         };
+        self.throttle
+            .take(&a.instance.name, self.clock.now())
+            .map_err(|retry_after| Error::Throttled { retry_after })?;
         if status == Some(ProvisioningStatus::Disabled) {
             return Err(Error::Unauthorized(format!("the enrollment of {} is disabled", a.registration_id)));
         }
