@@ -153,8 +153,7 @@ async fn https_register_then_poll_and_every_bad_request_is_a_dps_error() {
     let forged = Some(token(&scope, "dev-b", "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=", in_an_hour()));
     let (s1, _, v1) = http(&s, "PUT", &reg("dev-b"), forged, "").await;
     let (s2, _, v2) =
-        http(&s, "PUT", &format!("/0ne00000000/registrations/dev-b/register?api-version=2021-06-01"), tok("dev-b"), "")
-            .await;
+        http(&s, "PUT", "/0ne00000000/registrations/dev-b/register?api-version=2021-06-01", tok("dev-b"), "").await;
     assert_eq!((s1, s2), (401, 401));
     is_dps_error(&v1, 401_002);
     assert_eq!(v1["message"], v2["message"], "no enumeration of enrollments or scopes");
