@@ -261,3 +261,41 @@ pub async fn health_ok(addr: SocketAddr) -> bool {
         Err(_) => false,
     }
 }
+
+/// One HTTP request on a fresh TLS connection; (status, headers, JSON body).
+pub async fn http(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    auth: Option<String>,
+    body: &str,
+) -> (u16, String, serde_json::Value) {
+    let mut d = Client::default().run(s.https()).await.unwrap();
+    let (method, path, body) = (method.to_owned(), path.to_owned(), body.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        d.stream.write_all(req.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(d.stream.read(&mut b).unwrap(), 1);
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let len: usize = head
+            .to_ascii_lowercase()
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .unwrap_or(0);
+        let mut buf = vec![0u8; len];
+        d.stream.read_exact(&mut buf).unwrap();
+        (status, head, serde_json::from_slice(&buf).unwrap_or(serde_json::Value::Null))
+    })
+    .await
+    .unwrap()
+}
