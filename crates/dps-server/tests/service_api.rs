@@ -43,7 +43,9 @@ async fn service_api_refusals_are_dps_errors() {
     assert_eq!(status, 200, "{v}");
     assert!(v["attestation"]["symmetricKey"].get("primaryKey").is_none(), "keys are not echoed: {v}");
 
-    let cases: Vec<(&str, String, Option<String>, String, u16, &str)> = vec![
+    // (name, path, authorization, body, expected status, words the message must contain)
+    type Case<'a> = (&'a str, String, Option<String>, String, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         ("no auth", put("a"), None, sym("a"), 401, "Authorization"),
         ("expired", put("a"), Some(sas(host, &owner.primary_key, &owner.key_name, 1000)), sym("a"), 401, "expired"),
         ("wrong key", put("a"), Some(sas(host, &reader_key, &owner.key_name, later())), sym("a"), 401, "not signed"),
