@@ -33,6 +33,18 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub store: StoreConfig,
     pub service: ServiceConfig,
+    pub allocation: AllocationConfig,
+}
+
+/// Custom allocation webhooks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllocationConfig {
+    /// How long a webhook may take (connect, TLS, request, answer).
+    pub webhook_timeout: Duration,
+    /// A CA to trust for webhooks besides the system's roots.
+    pub webhook_ca_file: Option<PathBuf>,
+    /// Allow plain `http://` webhooks to localhost (development and tests only).
+    pub allow_http_localhost: bool,
 }
 
 /// The embedded store.
@@ -303,6 +315,16 @@ impl Config {
                 false
             }
         };
+        let allocation = AllocationConfig {
+            webhook_timeout: v.duration(
+                "allocation.webhook_timeout",
+                raw.allocation.webhook_timeout.as_deref(),
+                "10s",
+                Duration::from_millis(100),
+            ),
+            webhook_ca_file: raw.allocation.webhook_ca_file.clone(),
+            allow_http_localhost: raw.allocation.allow_http_localhost.unwrap_or(false),
+        };
         let store =
             StoreConfig { path: raw.store.path.clone().unwrap_or_else(|| data_dir.join("opendps.db")), durable_fsync };
         let public_host = raw.service.public_host.clone().unwrap_or_else(|| {
@@ -354,6 +376,7 @@ impl Config {
             shutdown_grace,
             store,
             service,
+            allocation,
         })
     }
 }

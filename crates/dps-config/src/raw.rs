@@ -28,6 +28,16 @@ pub struct Raw {
     pub store: RawStore,
     #[serde(default)]
     pub service: RawService,
+    #[serde(default)]
+    pub allocation: RawAllocation,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAllocation {
+    pub webhook_timeout: Option<String>,
+    pub webhook_ca_file: Option<PathBuf>,
+    pub allow_http_localhost: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -77,3 +77,23 @@ pub struct LeafFacts {
     /// Within notBefore..notAfter at the time asked.
     pub time_valid: bool,
 }
+
+/// Calls a custom allocation webhook (dps-protocol.md §6.3): POST `body` as JSON to `url`,
+/// return the JSON answer of a 2xx. `Err` says exactly what the webhook did ("timed out after
+/// 10 s", "answered HTTP 500: …", "is not reachable: connection refused", "answered invalid
+/// JSON: …") and never contains the URL's query (it may hold a function key).
+#[async_trait::async_trait]
+pub trait AllocationWebhook: Send + Sync + std::fmt::Debug {
+    async fn call(&self, url: &str, body: &serde_json::Value) -> Result<serde_json::Value, String>;
+}
+
+/// The webhook client of a server with none configured.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoWebhook;
+
+#[async_trait::async_trait]
+impl AllocationWebhook for NoWebhook {
+    async fn call(&self, _url: &str, _body: &serde_json::Value) -> Result<serde_json::Value, String> {
+        Err("custom allocation webhooks are not enabled on this server".into())
+    }
+}

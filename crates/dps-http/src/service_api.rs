@@ -75,7 +75,8 @@ fn paging(req: &Request) -> ApiResult<(Option<String>, usize)> {
     Ok((req.header("x-ms-continuation").filter(|c| !c.is_empty()).map(str::to_owned), max))
 }
 
-/// Checks a query body: only `SELECT * FROM <collection>` forms are supported.
+/// Checks a query body: only `SELECT * FROM <collection>` is supported; anything else (a
+/// `WHERE` clause, another collection) is refused rather than silently answered unfiltered.
 fn check_query(req: &Request, collection: &str) -> ApiResult<()> {
     if req.body.is_empty() {
         return Ok(());
@@ -83,10 +84,12 @@ fn check_query(req: &Request, collection: &str) -> ApiResult<()> {
     let v: Value = json_body(req, "query specification")?;
     let q = v.get("query").and_then(Value::as_str).unwrap_or("SELECT *");
     let norm = q.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_lowercase();
-    if norm == "select *" || norm.starts_with(&format!("select * from {collection}")) {
+    if norm == "select *" || norm == format!("select * from {collection}") {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!("query {q:?} is not supported; use SELECT * FROM {collection}")))
+        Err(ApiError::bad_request(format!(
+            "query {q:?} is not supported; this server answers SELECT * FROM {collection} (no WHERE clause), paged"
+        )))
     }
 }
 
@@ -98,6 +101,12 @@ pub fn registration_view(r: &RegistrationRecord) -> Value {
     }
     if let (Some(obj), Some(g)) = (v.as_object_mut(), &r.enrollment_group_id) {
         obj.insert("enrollmentGroupId".into(), Value::String(g.clone()));
+    }
+    if let (Some(obj), Some(a)) = (v.as_object_mut(), &r.twin_action) {
+        obj.insert("twinAction".into(), Value::String(a.clone()));
+    }
+    if let (Some(obj), Some(t)) = (v.as_object_mut(), &r.initial_twin) {
+        obj.insert("initialTwin".into(), t.clone());
     }
     v
 }

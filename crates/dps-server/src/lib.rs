@@ -6,6 +6,9 @@
 //! own and the binary can report a bind failure with what to do about it (craft.md L12).
 
 mod listener;
+mod webhook;
+
+pub use webhook::HttpsWebhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +55,12 @@ pub enum ServerError {
     DefaultInstance(#[source] dps_core::error::Error),
     #[error("cannot write {path}")]
     Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}")]
+    Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -240,7 +249,17 @@ impl Server {
             Arc::new(dps_attest::OpensslX509),
             Arc::new(dps_attest::OpensslDeviceCrypto),
         )
-        .with_registration_quota(config.service.registrations_per_minute);
+        .with_registration_quota(config.service.registrations_per_minute)
+        .with_region(&config.service.region)
+        .with_http_localhost_webhooks(config.allocation.allow_http_localhost)
+        .with_webhook(Arc::new(HttpsWebhook {
+            timeout: config.allocation.webhook_timeout,
+            extra_roots: match &config.allocation.webhook_ca_file {
+                Some(p) => Some(std::fs::read(p).map_err(|source| ServerError::Read { path: p.clone(), source })?),
+                None => None,
+            },
+            allow_http_localhost: config.allocation.allow_http_localhost,
+        }));
         let created_default = services
             .ensure_default_instance(&dps_core::service::InstanceDefaults {
                 name: config.service.default_instance.clone(),

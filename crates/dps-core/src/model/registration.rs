@@ -54,4 +54,11 @@ pub struct RegistrationRecord {
     pub tls: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation_id: Option<String>,
+    /// The twin the device starts with in its hub on this assignment (the enrollment's or the
+    /// webhook's `initialTwin`); `None` when the device's data was migrated or kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_twin: Option<Value>,
+    /// What happened to the device's twin: `initial`, `migrated`, `reset` or `kept`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin_action: Option<String>,
 }

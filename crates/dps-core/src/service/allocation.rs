@@ -44,8 +44,8 @@ pub enum Allocation {
     Hub(String),
     /// No hub could be assigned, with why (errorCode 400208).
     NoHub(String),
-    /// The policy is not available (custom/geoLatency specifics), with why.
-    Unsupported(String),
+    /// Custom allocation: ask the enrollment's webhook, offering these hubs.
+    Custom(Vec<String>),
 }
 
 /// Picks the hub for a registration under the enrollment's or the instance's policy.
@@ -55,6 +55,7 @@ pub fn allocate(
     policy: Option<AllocationPolicy>,
     enrollment_hubs: Option<&[String]>,
     legacy_hub: Option<&str>,
+    node_region: &str,
 ) -> Allocation {
     let linked = |name: &str| instance.iot_hubs.iter().find(|h| h.name.eq_ignore_ascii_case(name));
     let eligible: Vec<&LinkedHub> = match enrollment_hubs.filter(|h| !h.is_empty()) {
@@ -78,19 +79,30 @@ pub fn allocate(
             }
         }
         AllocationPolicy::Custom => {
-            Allocation::Unsupported("custom allocation (webhooks) is not available on this server yet".into())
-        }
-        // Without region data every hub is equally near: geoLatency falls back to hashing.
-        AllocationPolicy::Hashed | AllocationPolicy::GeoLatency => {
-            let hubs: Vec<(&str, i64)> = eligible.iter().map(|h| (h.name.as_str(), h.weight())).collect();
-            match weighted_choice(registration_id, &hubs) {
-                Some(h) => Allocation::Hub(h.to_owned()),
-                None => Allocation::NoHub(format!(
-                    "DPS instance {} has no linked IoT hub to assign devices to",
+            if eligible.is_empty() {
+                return Allocation::NoHub(format!(
+                    "DPS instance {} has no linked IoT hub to offer the webhook",
                     instance.name
-                )),
+                ));
             }
+            Allocation::Custom(eligible.iter().map(|h| h.name.clone()).collect())
         }
+        AllocationPolicy::GeoLatency => {
+            // Nearest region first (unknown regions are farthest); ties hashed.
+            let dist = |h: &LinkedHub| super::regions::distance_km(node_region, &h.location).unwrap_or(f64::INFINITY);
+            let best = eligible.iter().map(|h| dist(h)).fold(f64::INFINITY, f64::min);
+            let nearest: Vec<&LinkedHub> = eligible.iter().copied().filter(|h| dist(h) <= best).collect();
+            hashed(instance, registration_id, &nearest)
+        }
+        AllocationPolicy::Hashed => hashed(instance, registration_id, &eligible),
+    }
+}
+
+fn hashed(instance: &Instance, registration_id: &str, eligible: &[&LinkedHub]) -> Allocation {
+    let hubs: Vec<(&str, i64)> = eligible.iter().map(|h| (h.name.as_str(), h.weight())).collect();
+    match weighted_choice(registration_id, &hubs) {
+        Some(h) => Allocation::Hub(h.to_owned()),
+        None => Allocation::NoHub(format!("DPS instance {} has no linked IoT hub to assign devices to", instance.name)),
     }
 }
 

@@ -112,7 +112,7 @@ pub fn parse_hub_connection_string(cs: &str) -> std::result::Result<String, Stri
     Ok(host.to_ascii_lowercase())
 }
 
-fn parse_spec(path: &str, body: &Value, default_location: &str, p: &mut Problems) -> Option<Spec> {
+fn parse_spec(path: &str, body: &Value, default_location: &str, node_region: &str, p: &mut Problems) -> Option<Spec> {
     let name = match str_at(body, "name").and_then(Value::as_str) {
         Some(n) => {
             if let Err(e) = validate_instance_name(n) {
@@ -200,7 +200,7 @@ fn parse_spec(path: &str, body: &Value, default_location: &str, p: &mut Problems
         let mut out: Vec<LinkedHub> = Vec::new();
         for (i, h) in hubs.iter().enumerate() {
             let hp = format!("{pp}.iotHubs[{i}]");
-            match parse_linked_hub(h) {
+            match parse_linked_hub(h, node_region) {
                 Ok(hub) if out.iter().any(|o| o.name == hub.name) => {
                     p.push(&hp, format!("hub {} is linked twice", hub.name))
                 }
@@ -248,12 +248,18 @@ fn parse_spec(path: &str, body: &Value, default_location: &str, p: &mut Problems
     })
 }
 
-/// Validates one `iotHubs[]` entry.
-pub fn parse_linked_hub(h: &Value) -> std::result::Result<LinkedHub, String> {
+/// Validates one `iotHubs[]` entry. The location must be a region of the distance table
+/// (geoLatency needs it) or this node's own region.
+pub fn parse_linked_hub(h: &Value, node_region: &str) -> std::result::Result<LinkedHub, String> {
     let cs = str_at(h, "connectionString").and_then(Value::as_str).ok_or("connectionString is required")?;
     let name = parse_hub_connection_string(cs)?;
     let location =
         str_at(h, "location").and_then(Value::as_str).filter(|l| !l.is_empty()).ok_or("location is required")?;
+    if !(super::regions::is_known(location) || location.eq_ignore_ascii_case(node_region)) {
+        return Err(format!(
+            "location {location:?} is not a known region (e.g. westus, westeurope; see docs/allocation.md) nor this node's region {node_region:?}"
+        ));
+    }
     let allocation_weight = match str_at(h, "allocationWeight") {
         None | Some(Value::Null) => None,
         Some(w) => match w.as_i64() {
@@ -365,7 +371,7 @@ impl Services {
                 problems.push(&format!("{path}.type"), format!("{ty:?} is not supported (only {DPS_RESOURCE_TYPE})"));
                 continue;
             }
-            if let Some(s) = parse_spec(&path, body, resource_group_location, &mut problems) {
+            if let Some(s) = parse_spec(&path, body, resource_group_location, &self.region, &mut problems) {
                 if specs.iter().any(|o: &Spec| o.name.eq_ignore_ascii_case(&s.name)) {
                     problems.push(&format!("{path}.name"), format!("{} is deployed twice", s.name));
                 }

@@ -232,6 +232,7 @@ impl Services {
     }
 
     fn check_common(
+        &self,
         instance: &Instance,
         twin: Option<&serde_json::Value>,
         hubs: Option<&Vec<String>>,
@@ -252,9 +253,18 @@ impl Services {
         }
         if let Some(c) = custom {
             let url = c.webhook_url.to_ascii_lowercase();
-            let local = url.starts_with("http://localhost") || url.starts_with("http://127.");
-            if !(url.starts_with("https://") || local) {
-                return Err(Error::Invalid("customAllocationDefinition.webhookUrl must be an https:// URL".into()));
+            let local = url.starts_with("http://localhost")
+                || url.starts_with("http://127.")
+                || url.starts_with("http://[::1]");
+            if !(url.starts_with("https://") || (local && self.allow_http_localhost_webhooks)) {
+                let hint = if local {
+                    " (plain http to localhost needs [allocation] allow_http_localhost = true)"
+                } else {
+                    ""
+                };
+                return Err(Error::Invalid(format!(
+                    "customAllocationDefinition.webhookUrl must be an https:// URL{hint}"
+                )));
             }
             if c.api_version.is_empty() {
                 return Err(Error::Invalid("customAllocationDefinition.apiVersion is required".into()));
@@ -289,7 +299,7 @@ impl Services {
         if let Some(d) = &e.device_id {
             validate_device_id(d)?;
         }
-        Self::check_common(
+        self.check_common(
             instance,
             e.initial_twin.as_ref(),
             e.iot_hubs.as_ref(),
@@ -298,10 +308,9 @@ impl Services {
             e.allocation_policy,
         )?;
         let old = self.store.enrollment(&instance.name, path_id).await?;
-        if let (Some(tag), None) = (if_match, &old) {
-            if tag != "*" {
-                return Err(Error::PreconditionFailed(format!("enrollment {path_id} (it does not exist)")));
-            }
+        if let (Some(_), None) = (if_match, &old) {
+            // HTTP: If-Match (even `*`) on a missing resource is a failed precondition.
+            return Err(Error::PreconditionFailed(format!("enrollment {path_id} (it does not exist)")));
         }
         self.prepare_attestation(instance, &mut e.attestation, old.as_ref().map(|o| &o.attestation), false).await?;
         let now = self.now();
@@ -359,7 +368,7 @@ impl Services {
                 g.enrollment_group_id
             )));
         }
-        Self::check_common(
+        self.check_common(
             instance,
             g.initial_twin.as_ref(),
             g.iot_hubs.as_ref(),
@@ -368,10 +377,9 @@ impl Services {
             g.allocation_policy,
         )?;
         let old = self.store.group(&instance.name, path_id).await?;
-        if let (Some(tag), None) = (if_match, &old) {
-            if tag != "*" {
-                return Err(Error::PreconditionFailed(format!("enrollment group {path_id} (it does not exist)")));
-            }
+        if let (Some(_), None) = (if_match, &old) {
+            // HTTP: If-Match (even `*`) on a missing resource is a failed precondition.
+            return Err(Error::PreconditionFailed(format!("enrollment group {path_id} (it does not exist)")));
         }
         self.prepare_attestation(instance, &mut g.attestation, old.as_ref().map(|o| &o.attestation), true).await?;
         let now = self.now();

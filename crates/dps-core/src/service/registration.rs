@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::allocation::{allocate, Allocation};
 use super::Services;
 use crate::error::{Error, Result};
+use crate::model::ReprovisionPolicy;
 use crate::model::{
     AttestationType, DeviceRegistrationState, EnrollmentGroup, IdScope, IndividualEnrollment, Instance,
     ProvisioningStatus, RegistrationRecord, RegistrationStatus,
@@ -244,61 +245,35 @@ impl Services {
 
     /// Registers an authenticated device: returns its operation (already final: the result is
     /// delivered on the first poll). Re-registration returns the existing assignment.
-    /// The device `payload` is for custom allocation webhooks, which this server does not call
-    /// yet; it is accepted and not stored.
-    pub async fn register(&self, a: &Attested, _payload: Option<Value>, tls: Option<Value>) -> Result<OperationStatus> {
-        let (status, policy, hubs, legacy, device_id, group_id) = match &a.source {
-            EnrollmentSource::Individual(e) => (
-                e.provisioning_status,
-                e.allocation_policy,
-                e.iot_hubs.clone(),
-                e.iot_hub_host_name.clone(),
-                e.device_id.clone().unwrap_or_else(|| a.registration_id.clone()),
-                None,
-            ),
-            EnrollmentSource::Group(g) => (
-                g.provisioning_status,
-                g.allocation_policy,
-                g.iot_hubs.clone(),
-                g.iot_hub_host_name.clone(),
-                a.registration_id.clone(),
-                Some(g.enrollment_group_id.clone()),
-            ),
-        };
+    /// Registers an authenticated device and returns its operation, already final (the result
+    /// is delivered on the first poll).
+    ///
+    /// A first registration is allocated by the enrollment's (or the instance's) policy. A
+    /// repeat registration follows the enrollment's `reprovisionPolicy` (dps-protocol.md §6.4):
+    /// never re-provision keeps the current hub; otherwise the hub is re-evaluated, and the
+    /// substatus says what happened (`reprovisionedToInitialAssignment` on the same hub,
+    /// `deviceDataMigrated` or `deviceDataReset` on another). A device whose hub was unlinked
+    /// is always allocated again.
+    pub async fn register(&self, a: &Attested, payload: Option<Value>, tls: Option<Value>) -> Result<OperationStatus> {
+        let e = EnrollmentView::of(a);
         self.throttle
             .take(&a.instance.name, self.clock.now())
             .map_err(|retry_after| Error::Throttled { retry_after })?;
-        if status == Some(ProvisioningStatus::Disabled) {
+        if e.status == Some(ProvisioningStatus::Disabled) {
             return Err(Error::Unauthorized(format!("the enrollment of {} is disabled", a.registration_id)));
         }
         let inst = &a.instance.name;
         for _attempt in 0..3 {
             let existing = self.store.registration(inst, &a.registration_id).await?;
-            if let Some(r) = &existing {
-                let same_source = r.enrollment_group_id.as_deref().map(str::to_ascii_lowercase)
-                    == group_id.as_deref().map(str::to_ascii_lowercase);
-                let hub_still_linked = r
-                    .state
-                    .assigned_hub
-                    .as_ref()
-                    .is_some_and(|h| a.instance.iot_hubs.iter().any(|l| l.name.eq_ignore_ascii_case(h)));
-                if r.state.status == RegistrationStatus::Assigned && same_source && hub_still_linked {
-                    // Re-registration: same assignment, a new operation, the latest TLS facts.
-                    let mut next = r.clone();
-                    next.operation_id = Some(self.operation_id());
-                    next.state.last_updated_date_time_utc = Some(self.now());
-                    next.state.etag = Some(self.registration_etag());
-                    if tls.is_some() {
-                        next.tls.clone_from(&tls);
-                    }
-                    let old = r.state.etag.clone().unwrap_or_default();
-                    match self.store.put_registration(inst, &next, Precondition::IfMatch(&old)).await {
-                        Ok(()) => return Ok(status_of(&next)),
-                        Err(StoreError::PreconditionFailed | StoreError::NotFound) => continue,
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
+            let current = existing.as_ref().filter(|r| {
+                r.state.status == RegistrationStatus::Assigned
+                    && r.state
+                        .assigned_hub
+                        .as_ref()
+                        .is_some_and(|h| a.instance.iot_hubs.iter().any(|l| l.name.eq_ignore_ascii_case(h)))
+            });
+            let policy =
+                e.reprovision.unwrap_or(ReprovisionPolicy { update_hub_assignment: true, migrate_device_data: true });
             let now = self.now();
             let mut state = DeviceRegistrationState {
                 registration_id: a.registration_id.clone(),
@@ -319,7 +294,7 @@ impl Services {
                 payload: None,
                 extra: serde_json::Map::new(),
             };
-            match (a.kind, &group_id) {
+            match (a.kind, &e.group_id) {
                 (AttestationType::SymmetricKey, Some(g)) => {
                     state.extra.insert("symmetricKey".into(), json!({ "enrollmentGroupId": g }));
                 }
@@ -332,28 +307,55 @@ impl Services {
                 }
                 _ => {}
             }
-            match allocate(&a.instance, &a.registration_id, policy, hubs.as_deref(), legacy.as_deref()) {
-                Allocation::Hub(h) => {
-                    state.assigned_hub = Some(h);
-                    state.device_id = Some(device_id.clone());
-                    state.substatus = Some("initialAssignment".into());
+            let mut initial_twin = None;
+            let mut twin_action = None;
+            if let (Some(cur), false) = (current, policy.update_hub_assignment) {
+                // Never re-provision: the device stays where it is, with its data.
+                state.assigned_hub.clone_from(&cur.state.assigned_hub);
+                state.device_id.clone_from(&cur.state.device_id);
+                state.substatus.clone_from(&cur.state.substatus);
+                state.payload.clone_from(&cur.state.payload);
+                twin_action = Some("kept".to_owned());
+            } else {
+                match self.allocate_for(a, &e, current, payload.as_ref()).await {
+                    Ok(choice) => {
+                        let same_hub = current
+                            .and_then(|c| c.state.assigned_hub.as_deref())
+                            .is_some_and(|h| h.eq_ignore_ascii_case(&choice.hub));
+                        let (substatus, action) = match (current.is_some(), same_hub, policy.migrate_device_data) {
+                            (false, _, _) => ("initialAssignment", "initial"),
+                            (true, true, true) => ("reprovisionedToInitialAssignment", "kept"),
+                            (true, _, false) => ("deviceDataReset", "reset"),
+                            (true, false, true) => ("deviceDataMigrated", "migrated"),
+                        };
+                        if matches!(action, "initial" | "reset") {
+                            initial_twin = choice.initial_twin.or_else(|| e.initial_twin.clone());
+                        }
+                        state.assigned_hub = Some(choice.hub);
+                        state.device_id = Some(
+                            current.and_then(|c| c.state.device_id.clone()).unwrap_or_else(|| e.device_id.clone()),
+                        );
+                        state.substatus = Some(substatus.to_owned());
+                        state.payload = choice.payload;
+                        twin_action = Some(action.to_owned());
+                    }
+                    Err((code, why)) => {
+                        state.status = RegistrationStatus::Failed;
+                        state.error_code = Some(code);
+                        state.error_message = Some(why);
+                    }
                 }
-                Allocation::NoHub(why) => {
-                    state.status = RegistrationStatus::Failed;
-                    state.error_code = Some(400_208);
-                    state.error_message = Some(why);
-                }
-                Allocation::Unsupported(why) => {
-                    state.status = RegistrationStatus::Failed;
-                    state.error_code = Some(400_209);
-                    state.error_message = Some(why);
-                }
+            }
+            if state.status == RegistrationStatus::Failed {
+                tracing_free_note(&state);
             }
             let record = RegistrationRecord {
                 state,
-                enrollment_group_id: group_id.clone(),
-                tls: tls.clone(),
+                enrollment_group_id: e.group_id.clone(),
+                tls: tls.clone().or_else(|| existing.as_ref().and_then(|r| r.tls.clone())),
                 operation_id: Some(self.operation_id()),
+                initial_twin,
+                twin_action,
             };
             let pre = match &existing {
                 Some(r) => Precondition::IfMatch(r.state.etag.as_deref().unwrap_or("")),
@@ -361,12 +363,98 @@ impl Services {
             };
             match self.store.put_registration(inst, &record, pre).await {
                 Ok(()) => return Ok(status_of(&record)),
-                // Another connection registered the same id meanwhile: go round and reuse it.
+                // Another connection registered the same id meanwhile: go round and decide again.
                 Err(StoreError::AlreadyExists | StoreError::PreconditionFailed | StoreError::NotFound) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(Error::Conflict(format!("registration {} is being changed concurrently; retry", a.registration_id)))
+    }
+
+    /// Picks the hub by the enrollment's policy, calling the custom webhook where it says so.
+    /// `Err((errorCode, message))` when no hub can be assigned.
+    async fn allocate_for(
+        &self,
+        a: &Attested,
+        e: &EnrollmentView,
+        current: Option<&RegistrationRecord>,
+        payload: Option<&Value>,
+    ) -> std::result::Result<Choice, (i64, String)> {
+        match allocate(
+            &a.instance,
+            &a.registration_id,
+            e.policy,
+            e.hubs.as_deref(),
+            e.legacy_hub.as_deref(),
+            &self.region,
+        ) {
+            Allocation::Hub(hub) => Ok(Choice { hub, initial_twin: None, payload: None }),
+            Allocation::NoHub(why) => Err((400_208, why)),
+            Allocation::Custom(hubs) => {
+                let Some(def) = &e.custom else {
+                    return Err((
+                        400_209,
+                        "custom allocation needs customAllocationDefinition on the enrollment".into(),
+                    ));
+                };
+                let request = self.webhook_request(a, current, payload, &hubs);
+                let answer = self
+                    .webhook
+                    .call(&def.webhook_url, &request)
+                    .await
+                    .map_err(|why| (400_209, format!("Custom allocation failed: {why}")))?;
+                let hub = answer.get("iotHubHostName").and_then(Value::as_str).ok_or_else(|| {
+                    (
+                        400_209,
+                        format!(
+                            "Custom allocation failed: the webhook's answer has no iotHubHostName (it answered {})",
+                            excerpt(&answer)
+                        ),
+                    )
+                })?;
+                let hub = hubs.iter().find(|h| h.eq_ignore_ascii_case(hub)).cloned().ok_or_else(|| {
+                    (400_209, format!("Custom allocation failed: the webhook chose {hub:?}, which is not one of the linked hubs offered ({})", hubs.join(", ")))
+                })?;
+                Ok(Choice {
+                    hub,
+                    initial_twin: answer.get("initialTwin").filter(|t| t.is_object()).cloned(),
+                    payload: answer.get("payload").filter(|p| !p.is_null()).cloned(),
+                })
+            }
+        }
+    }
+
+    /// The `AllocationRequest` of dps-protocol.md §6.3 (enrollment without secrets).
+    fn webhook_request(
+        &self,
+        a: &Attested,
+        current: Option<&RegistrationRecord>,
+        payload: Option<&Value>,
+        hubs: &[String],
+    ) -> Value {
+        let mut ctx = json!({ "registrationId": a.registration_id });
+        if let Some(c) = current {
+            ctx["currentIotHubHostName"] = json!(c.state.assigned_hub);
+            ctx["currentDeviceId"] = json!(c.state.device_id);
+        }
+        match a.kind {
+            AttestationType::X509 => ctx["x509"] = json!({ "certificateInfo": a.certificate }),
+            AttestationType::SymmetricKey => ctx["symmetricKey"] = json!({}),
+            _ => {}
+        }
+        if let Some(p) = payload {
+            ctx["payload"] = p.clone();
+        }
+        let mut body = json!({ "deviceRuntimeContext": ctx, "linkedHubs": hubs });
+        match &a.source {
+            EnrollmentSource::Individual(e) => {
+                body["individualEnrollment"] = serde_json::to_value(e.redacted()).unwrap_or(Value::Null)
+            }
+            EnrollmentSource::Group(g) => {
+                body["enrollmentGroup"] = serde_json::to_value(g.redacted()).unwrap_or(Value::Null)
+            }
+        }
+        body
     }
 
     /// The status of operation `operation_id` of an authenticated device.
@@ -385,6 +473,68 @@ impl Services {
             .await?
             .map(|r| r.state)
             .ok_or_else(|| Error::RegistrationNotFound(a.registration_id.clone()))
+    }
+}
+
+/// A short, safe excerpt of a JSON value for messages.
+fn excerpt(v: &Value) -> String {
+    let t = v.to_string();
+    if t.len() > 200 {
+        format!("{}…", &t[..t.char_indices().nth(200).map_or(t.len(), |(i, _)| i)])
+    } else {
+        t
+    }
+}
+
+/// Nothing to do: failures are logged by the adapter that reports them.
+fn tracing_free_note(_state: &DeviceRegistrationState) {}
+
+/// A hub choice with what the webhook added.
+struct Choice {
+    hub: String,
+    initial_twin: Option<Value>,
+    payload: Option<Value>,
+}
+
+/// The parts of an individual enrollment or group that registration uses.
+struct EnrollmentView {
+    status: Option<ProvisioningStatus>,
+    policy: Option<crate::model::AllocationPolicy>,
+    hubs: Option<Vec<String>>,
+    legacy_hub: Option<String>,
+    device_id: String,
+    group_id: Option<String>,
+    reprovision: Option<ReprovisionPolicy>,
+    initial_twin: Option<Value>,
+    custom: Option<crate::model::CustomAllocationDefinition>,
+}
+
+impl EnrollmentView {
+    fn of(a: &Attested) -> Self {
+        match &a.source {
+            EnrollmentSource::Individual(e) => EnrollmentView {
+                status: e.provisioning_status,
+                policy: e.allocation_policy,
+                hubs: e.iot_hubs.clone(),
+                legacy_hub: e.iot_hub_host_name.clone(),
+                device_id: e.device_id.clone().unwrap_or_else(|| a.registration_id.clone()),
+                group_id: None,
+                reprovision: e.reprovision_policy,
+                initial_twin: e.initial_twin.clone(),
+                custom: e.custom_allocation_definition.clone(),
+            },
+            EnrollmentSource::Group(g) => EnrollmentView {
+                status: g.provisioning_status,
+                policy: g.allocation_policy,
+                hubs: g.iot_hubs.clone(),
+                legacy_hub: g.iot_hub_host_name.clone(),
+                device_id: a.registration_id.clone(),
+                group_id: Some(g.enrollment_group_id.clone()),
+                reprovision: g.reprovision_policy,
+                initial_twin: g.initial_twin.clone(),
+                custom: g.custom_allocation_definition.clone(),
+            },
+        }
     }
 }
 
