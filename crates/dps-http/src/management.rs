@@ -231,6 +231,30 @@ async fn instance_route(state: &AppState, req: &Request, rg: &str, name: &str, r
                 .collect();
             Ok(ok(json!({ "value": keys })))
         }
+        (["tlsreadiness"], &Method::POST) => {
+            let i = in_group(state, rg, name).await?;
+            let body = body_json(req)?;
+            let policy = readiness_policy(&i, &body)?;
+            let report = s.tls_readiness(&i, &policy).await?;
+            let refused: Vec<Value> = report
+                .refused
+                .iter()
+                .map(|r| json!({ "registrationId": r.registration_id, "reason": r.reason }))
+                .collect();
+            Ok(ok(json!({
+                "policy": {
+                    "profile": policy.profile.name.as_str(),
+                    "tls13": policy.tls13,
+                    "minTlsVersion": policy.min_tls_version.map(|v| v.as_str()),
+                    "groups": policy.groups.iter().map(|g| dps_core::tls::group_name(*g)).collect::<Vec<_>>(),
+                },
+                "evaluated": report.evaluated,
+                "wouldBeRefused": refused.len(),
+                "refused": refused,
+                "acceptedAs": report.accepted,
+                "withoutTlsFacts": report.without_tls_facts,
+            })))
+        }
         (["certificates"], &Method::GET) => {
             let i = in_group(state, rg, name).await?;
             let list: Vec<Value> = s.certificates(&i).await?.iter().map(|c| certificate_view(state, &i, c)).collect();
@@ -360,4 +384,37 @@ async fn deploy(state: &AppState, req: &Request, rg: &str, deployment: &str) -> 
     .into_response();
     r.headers_mut().insert("x-ms-deployment", HeaderValue::from_static("opendps"));
     Ok(r)
+}
+
+/// The policy to evaluate: the body's `profile`, `tls13`, `minTlsVersion`, `groups`, defaulting
+/// to the default profile, TLS 1.2 only, the instance's own floor, and P-256 + P-384.
+fn readiness_policy(i: &Instance, body: &Value) -> ApiResult<dps_core::tls::readiness::Policy> {
+    use dps_core::tls::{Group, MinTlsVersion, ProfileName};
+    let profile = match body.get("profile").and_then(Value::as_str) {
+        None => ProfileName::default(),
+        Some(p) => p.parse::<ProfileName>().map_err(|e| ApiError::bad_request(e.to_string()))?,
+    };
+    let min_tls_version = match body.get("minTlsVersion").and_then(Value::as_str) {
+        None => i.min_tls_version,
+        Some(v) => Some(MinTlsVersion::parse(v).map_err(|e| ApiError::bad_request(e.to_string()))?),
+    };
+    let groups = match body.get("groups").and_then(Value::as_array) {
+        None => Group::DEFAULT.iter().map(|g| g.code()).collect(),
+        Some(list) => list
+            .iter()
+            .map(|g| {
+                g.as_str()
+                    .unwrap_or("")
+                    .parse::<Group>()
+                    .map(Group::code)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))
+            })
+            .collect::<ApiResult<Vec<u16>>>()?,
+    };
+    Ok(dps_core::tls::readiness::Policy {
+        profile: profile.profile(),
+        tls13: body.get("tls13").and_then(Value::as_bool).unwrap_or(false),
+        groups,
+        min_tls_version,
+    })
 }

@@ -119,6 +119,23 @@ enum TlsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Which registered devices a stricter TLS policy would lock out, from the TLS facts each
+    /// registration recorded (nothing is changed).
+    Readiness {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        dps: ops::NameArg,
+        /// Profile to evaluate (dps-recommended, dps-legacy-security, dps-legacy-performance).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Evaluate with TLS 1.3 enabled.
+        #[arg(long)]
+        tls13: bool,
+        /// Evaluate with this instance floor ("1.2" or "1.3"; default: the instance's).
+        #[arg(long)]
+        min_tls_version: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -337,6 +354,10 @@ fn main() -> std::process::ExitCode {
             .and_then(|rt| rt.block_on(serve(*args))),
         Command::Ca(CaCommand::ExportRoot { data_dir }) => export_root(data_dir),
         Command::Tls(TlsCommand::Profiles { json }) => profiles(json),
+        Command::Tls(TlsCommand::Readiness { client, dps, profile, tls13, min_tls_version }) => run_client(
+            &client,
+            |t, o| async move { ops::readiness(&t, &dps, profile, tls13, min_tls_version, o).await },
+        ),
         Command::Deployment { client, cmd } => {
             run_client(&client, |t, o| async move { ops::deployment(&t, cmd, o).await })
         }

@@ -872,3 +872,35 @@ pub async fn registration(t: &Target, cmd: RegistrationCmd, out: Output) -> anyh
     print(&v, out);
     Ok(())
 }
+
+/// `opendps tls readiness`.
+pub async fn readiness(
+    t: &Target,
+    dps: &NameArg,
+    profile: Option<String>,
+    tls13: bool,
+    min_tls_version: Option<String>,
+    out: Output,
+) -> anyhow::Result<()> {
+    let i = instance(t, dps).await?;
+    let mut body = json!({ "tls13": tls13 });
+    if let Some(p) = profile {
+        body["profile"] = json!(p);
+    }
+    if let Some(v) = min_tls_version {
+        body["minTlsVersion"] = json!(v);
+    }
+    let v = manage(t, "POST", &format!("{}/tlsReadiness", path_of(&i)), &[], Some(&body)).await?;
+    if out == Output::Table {
+        print(&v["refused"], out);
+        let _ = crate::print(&format!(
+            "\n{} of {} devices with TLS facts would be refused ({} without facts)\n",
+            v["wouldBeRefused"],
+            v["evaluated"],
+            v["withoutTlsFacts"].as_array().map_or(0, Vec::len)
+        ));
+    } else {
+        print(&v, out);
+    }
+    Ok(())
+}

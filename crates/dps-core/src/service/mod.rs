@@ -5,6 +5,7 @@ mod allocation;
 mod certificates;
 mod deploy;
 mod enrollments;
+mod readiness;
 mod regions;
 mod registration;
 mod throttle;
@@ -20,6 +21,7 @@ pub use deploy::{
     OWNER_POLICY,
 };
 pub use enrollments::{BulkError, BulkMode, BulkResult};
+pub use readiness::{ReadinessReport, Refused};
 pub use regions::{distance_km, is_known as is_known_region, REGIONS};
 pub use registration::{Attested, EnrollmentSource, Evidence, OperationStatus};
 pub use throttle::Throttle;

@@ -346,9 +346,6 @@ impl Services {
                     }
                 }
             }
-            if state.status == RegistrationStatus::Failed {
-                tracing_free_note(&state);
-            }
             let record = RegistrationRecord {
                 state,
                 enrollment_group_id: e.group_id.clone(),
@@ -485,9 +482,6 @@ fn excerpt(v: &Value) -> String {
         t
     }
 }
-
-/// Nothing to do: failures are logged by the adapter that reports them.
-fn tracing_free_note(_state: &DeviceRegistrationState) {}
 
 /// A hub choice with what the webhook added.
 struct Choice {

@@ -144,6 +144,14 @@ pub fn facts_json(facts: &HandshakeFacts, peer_certificates: &PeerCertificates) 
             "signatureAlgorithms": o.signature_algorithm_names(),
             "sni": o.sni,
             "alpn": o.alpn,
+            // Wire codes, so the readiness report can re-evaluate this offer later.
+            "codes": {
+                "legacyVersion": o.legacy_version,
+                "supportedVersions": o.supported_versions,
+                "cipherSuites": o.cipher_suites,
+                "groups": o.groups,
+                "signatureAlgorithms": o.signature_algorithms,
+            },
         })
     });
     serde_json::json!({
@@ -158,4 +166,57 @@ pub fn facts_json(facts: &HandshakeFacts, peer_certificates: &PeerCertificates) 
         },
         "offered": offered,
     })
+}
+
+impl Offered {
+    /// Rebuilds an offer from the `offered` object of [`facts_json`] (its `codes`).
+    pub fn from_json(offered: &serde_json::Value) -> Option<Offered> {
+        let codes = offered.get("codes")?;
+        let list = |k: &str| -> Option<Vec<u16>> {
+            codes.get(k)?.as_array()?.iter().map(|v| v.as_u64().and_then(|n| u16::try_from(n).ok())).collect()
+        };
+        Some(Offered {
+            legacy_version: u16::try_from(codes.get("legacyVersion")?.as_u64()?).ok()?,
+            supported_versions: match codes.get("supportedVersions") {
+                Some(serde_json::Value::Null) | None => None,
+                Some(_) => Some(list("supportedVersions")?),
+            },
+            cipher_suites: list("cipherSuites")?,
+            groups: list("groups").unwrap_or_default(),
+            signature_algorithms: list("signatureAlgorithms").unwrap_or_default(),
+            sni: offered.get("sni").and_then(serde_json::Value::as_str).map(str::to_owned),
+            alpn: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+
+    #[test]
+    fn offers_round_trip_through_json() {
+        let o = Offered {
+            legacy_version: 0x0303,
+            supported_versions: Some(vec![0x0304, 0x0303]),
+            cipher_suites: vec![0xC02F, 0x002F],
+            groups: vec![0x0017],
+            signature_algorithms: vec![0x0804],
+            sni: Some("dps.example".into()),
+            alpn: vec![],
+        };
+        let facts = HandshakeFacts {
+            offered: Some(o.clone()),
+            negotiated: Negotiated {
+                version: TlsVersion::Tls12,
+                cipher_suite: 0xC02F,
+                group: None,
+                alpn: None,
+                resumed: false,
+                client_certificate: false,
+            },
+        };
+        let v = facts_json(&facts, &PeerCertificates::default());
+        assert_eq!(Offered::from_json(&v["offered"]), Some(o));
+    }
 }
