@@ -50,6 +50,8 @@ pub struct AllocationConfig {
 /// The embedded store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreConfig {
+    /// `postgres://…`: a PostgreSQL database shared by several nodes, instead of the SQLite file.
+    pub url: Option<Secret>,
     /// The SQLite file (default `data_dir/opendps.db`).
     pub path: PathBuf,
     /// `full`: fsync every commit (survives power loss); `normal` (default): survives a crash.
@@ -165,6 +167,17 @@ pub struct Overrides {
     pub log_format: Option<String>,
     pub log_filter: Option<String>,
     pub public_host: Option<String>,
+    pub store_url: Option<String>,
+}
+
+/// A string that never prints (store URLs may carry passwords).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// One problem found by validation, with where it is.
@@ -325,8 +338,16 @@ impl Config {
             webhook_ca_file: raw.allocation.webhook_ca_file.clone(),
             allow_http_localhost: raw.allocation.allow_http_localhost.unwrap_or(false),
         };
-        let store =
-            StoreConfig { path: raw.store.path.clone().unwrap_or_else(|| data_dir.join("opendps.db")), durable_fsync };
+        if let Some(u) = &raw.store.url {
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                v.problem("store.url", "must be a postgres:// URL (leave it out for the embedded SQLite store)".into());
+            }
+        }
+        let store = StoreConfig {
+            url: raw.store.url.clone().map(Secret),
+            path: raw.store.path.clone().unwrap_or_else(|| data_dir.join("opendps.db")),
+            durable_fsync,
+        };
         let public_host = raw.service.public_host.clone().unwrap_or_else(|| {
             if address.is_unspecified() {
                 "localhost".to_owned()

@@ -43,6 +43,7 @@ pub struct RawAllocation {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
+    pub url: Option<String>,
     pub path: Option<PathBuf>,
     pub durability: Option<String>,
 }
@@ -173,6 +174,7 @@ impl Raw {
             set(&mut b.leaf_lifetime, &o.leaf_lifetime);
         }
         set(&mut self.service.public_host, &o.public_host);
+        set(&mut self.store.url, &o.store_url);
         set(&mut self.log.format, &o.log_format);
         set(&mut self.log.filter, &o.log_filter);
         self

@@ -232,18 +232,29 @@ impl Server {
             .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("TLS start-up task failed: {e}"))))?
             .map_err(ServerError::Tls)?;
 
-        let store_path = config.store.path.clone();
-        let durability = if config.store.durable_fsync {
-            dps_store_sqlite::Durability::Full
-        } else {
-            dps_store_sqlite::Durability::Normal
+        let store: Arc<dyn dps_core::store::Store> = match &config.store.url {
+            Some(url) => Arc::new(
+                dps_store_postgres::PgStore::connect(&url.0, 16)
+                    .await
+                    .map_err(|source| ServerError::Store { path: PathBuf::from("postgres://<redacted>"), source })?,
+            ),
+            None => {
+                let store_path = config.store.path.clone();
+                let durability = if config.store.durable_fsync {
+                    dps_store_sqlite::Durability::Full
+                } else {
+                    dps_store_sqlite::Durability::Normal
+                };
+                Arc::new(
+                    tokio::task::spawn_blocking(move || dps_store_sqlite::SqliteStore::open(&store_path, durability))
+                        .await
+                        .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("store task failed: {e}"))))?
+                        .map_err(|source| ServerError::Store { path: config.store.path.clone(), source })?,
+                )
+            }
         };
-        let store = tokio::task::spawn_blocking(move || dps_store_sqlite::SqliteStore::open(&store_path, durability))
-            .await
-            .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("store task failed: {e}"))))?
-            .map_err(|source| ServerError::Store { path: config.store.path.clone(), source })?;
         let services = dps_core::service::Services::new(
-            Arc::new(store),
+            store,
             Arc::new(dps_attest::SystemClock),
             Arc::new(dps_attest::OpensslEntropy),
             Arc::new(dps_attest::OpensslX509),

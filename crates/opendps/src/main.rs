@@ -185,6 +185,10 @@ struct ServeArgs {
     /// Host name or IP that connection strings carry (default: the listen address, or localhost).
     #[arg(long)]
     public_host: Option<String>,
+    /// Share a PostgreSQL database with other nodes (postgres://user@host/db) instead of the
+    /// embedded SQLite store.
+    #[arg(long, env = "OPENDPS_STORE_URL", hide_env_values = true)]
+    store_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -205,6 +209,7 @@ impl ServeArgs {
             log_format: self.log_format.clone(),
             log_filter: None,
             public_host: self.public_host.clone(),
+            store_url: self.store_url.clone(),
         }
     }
 }

@@ -472,8 +472,12 @@ impl Services {
             return Ok(None);
         }
         let body = serde_json::json!({ "name": d.name, "location": d.location, "sku": {"name": "S1", "capacity": 1}, "properties": {} });
-        let out = self.deploy(&d.resource_group, &d.location, &[(DPS_RESOURCE_TYPE.to_owned(), body)]).await?;
-        Ok(out.resources.into_iter().next().map(|(i, _)| i))
+        match self.deploy(&d.resource_group, &d.location, &[(DPS_RESOURCE_TYPE.to_owned(), body)]).await {
+            Ok(out) => Ok(out.resources.into_iter().next().map(|(i, _)| i)),
+            // Another node sharing the store created it first.
+            Err(Error::Conflict(_)) if !self.store.instances().await?.is_empty() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn instance(&self, name: &str) -> Result<Instance> {

@@ -1,0 +1,86 @@
+//! Stateless nodes sharing PostgreSQL: what one node writes, another serves. A device registers
+//! at node A and polls its operation at node B; an enrollment written through A is read at B.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::http;
+use dps_core::model::{IndividualEnrollment, LinkedHub};
+use serde_json::json;
+
+const KEY: &str = "bXVsdGktbm9kZS1rZXktbXVsdGktbm9kZS1rZXktMDEyMzQ1Njc4OQ==";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_share_one_postgres_store() {
+    let base =
+        std::env::var("OPENDPS_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("opendps_multi_{}", std::process::id());
+    let (admin, conn) =
+        tokio_postgres::connect(&base, tokio_postgres::NoTls).await.expect("PostgreSQL at 127.0.0.1:5432 is required");
+    tokio::spawn(conn);
+    admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).await.unwrap();
+    let url = format!("{base}?options=-csearch_path%3D{schema}");
+    let extra = format!("[store]\nurl = {url:?}\n");
+    let a = common::start(&extra).await;
+    let b = common::start(&extra).await;
+
+    let svc_a = &a.server.state.services;
+    let inst = svc_a
+        .update_instance("opendps", |i| {
+            i.iot_hubs.push(LinkedHub {
+                name: "hub.example".into(),
+                connection_string: "HostName=hub.example;SharedAccessKeyName=o;SharedAccessKey=aGVsbG8=".into(),
+                location: "local".into(),
+                allocation_weight: None,
+                apply_allocation_policy: None,
+            });
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let scope = inst.id_scope.to_string();
+    assert_eq!(
+        b.server.state.services.instance("opendps").await.unwrap().id_scope,
+        inst.id_scope,
+        "one instance, seen by both"
+    );
+    let e: IndividualEnrollment = serde_json::from_value(json!({ "registrationId": "roamer", "attestation": { "type": "symmetricKey", "symmetricKey": { "primaryKey": KEY, "secondaryKey": KEY } } })).unwrap();
+    svc_a.put_enrollment(&inst, "roamer", e, None).await.unwrap();
+
+    // Service API at B reads what A wrote.
+    let owner = &inst.authorization_policies[0];
+    let expiry = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let sas = dps_attest::sas::make_token("127.0.0.1", &owner.primary_key, expiry, Some(&owner.key_name)).unwrap();
+    let (status, _, v) = http(&b, "GET", "/enrollments/roamer?api-version=2021-10-01", Some(sas), "").await;
+    assert_eq!(status, 200, "{v}");
+
+    // Register at A, poll at B.
+    let tok = dps_attest::sas::make_token(&format!("{scope}/registrations/roamer"), KEY, expiry, None).unwrap();
+    let (status, _, v) = http(
+        &a,
+        "PUT",
+        &format!("/{scope}/registrations/roamer/register?api-version=2021-06-01"),
+        Some(tok.clone()),
+        "",
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    let op = v["operationId"].as_str().unwrap().to_owned();
+    let (status, _, v) = http(
+        &b,
+        "GET",
+        &format!("/{scope}/registrations/roamer/operations/{op}?api-version=2021-06-01"),
+        Some(tok),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["registrationState"]["assignedHub"], "hub.example");
+
+    let (a, b) = (a, b);
+    a.server.shutdown().await;
+    b.server.shutdown().await;
+    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}

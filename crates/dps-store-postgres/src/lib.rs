@@ -1,0 +1,491 @@
+//! `dps-store-postgres`: the `Store` port on PostgreSQL, for several stateless OpenDPS nodes
+//! sharing one database. Same schema shape as the SQLite store (entities as JSON beside the
+//! queried keys); every precondition is part of the statement that writes (`INSERT … ON
+//! CONFLICT DO NOTHING`, `UPDATE … WHERE etag = …`), so concurrent nodes never lose an update.
+//! Migrations run under an advisory lock, so nodes starting together migrate once.
+//!
+//! Only this crate and `dps-store-sqlite` know SQL. The connection URL is never logged (it may
+//! hold a password).
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use dps_core::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord};
+use dps_core::store::{InstanceWrite, Page, Precondition, Store, StoreError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_postgres::NoTls;
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS instances (
+        name_key TEXT PRIMARY KEY,
+        id_scope TEXT NOT NULL UNIQUE,
+        etag TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS documents (
+        kind SMALLINT NOT NULL,
+        instance TEXT NOT NULL,
+        id_key TEXT NOT NULL,
+        parent_key TEXT,
+        etag TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (kind, instance, id_key)
+    );
+    CREATE INDEX IF NOT EXISTS documents_by_parent ON documents (kind, instance, parent_key, id_key);"];
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Enrollment = 1,
+    Group = 2,
+    Registration = 3,
+    Certificate = 4,
+}
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("url", &"<redacted>").finish()
+    }
+}
+
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Corrupt(Box::new(e))
+}
+
+fn key(s: &str) -> String {
+    s.to_ascii_lowercase()
+}
+
+fn to_doc<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(corrupt)
+}
+
+fn from_doc<T: DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(corrupt)
+}
+
+/// Etags compare with or without their quotes.
+const ETAG_EQ: &str = "btrim(etag, '\"') = btrim($4, '\"')";
+
+impl PgStore {
+    /// Connects (a pool of at most `max_connections`) and migrates.
+    pub async fn connect(url: &str, max_connections: usize) -> Result<PgStore, StoreError> {
+        let cfg = tokio_postgres::Config::from_str(url).map_err(unavailable)?;
+        let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(mgr).max_size(max_connections.max(1)).build().map_err(unavailable)?;
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(unavailable)?;
+        tx.execute("SELECT pg_advisory_xact_lock(7402655)", &[]).await.map_err(unavailable)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS opendps_schema (version INTEGER NOT NULL)")
+            .await
+            .map_err(unavailable)?;
+        let version: i32 =
+            tx.query_opt("SELECT version FROM opendps_schema", &[]).await.map_err(unavailable)?.map_or(0, |r| r.get(0));
+        let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+        if version > known {
+            return Err(StoreError::Unavailable(
+                format!(
+                    "the database schema is version {version}, newer than this build knows ({known}); upgrade opendps"
+                )
+                .into(),
+            ));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+            tx.batch_execute(sql).await.map_err(unavailable)?;
+            tracing::info!(version = i + 1, "store schema migrated");
+        }
+        tx.execute("DELETE FROM opendps_schema", &[]).await.map_err(unavailable)?;
+        tx.execute("INSERT INTO opendps_schema (version) VALUES ($1)", &[&known]).await.map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn get_doc<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        instance: &str,
+        id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT doc FROM documents WHERE kind = $1 AND instance = $2 AND id_key = $3",
+                &[&(kind as i16), &key(instance), &key(id)],
+            )
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| from_doc(r.get::<_, &str>(0))).transpose()
+    }
+
+    async fn exists(&self, kind: Kind, instance: &str, id: &str) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT 1 FROM documents WHERE kind = $1 AND instance = $2 AND id_key = $3",
+                &[&(kind as i16), &key(instance), &key(id)],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(row.is_some())
+    }
+
+    async fn put_doc(
+        &self,
+        kind: Kind,
+        instance: &str,
+        id: &str,
+        parent: Option<&str>,
+        etag: &str,
+        doc: String,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let (k, inst, idk, parent) = (kind as i16, key(instance), key(id), parent.map(key));
+        match pre {
+            Precondition::Any => {
+                c.execute(
+                    "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (kind, instance, id_key) DO UPDATE SET parent_key = EXCLUDED.parent_key, etag = EXCLUDED.etag, doc = EXCLUDED.doc",
+                    &[&k, &inst, &idk, &parent, &etag, &doc],
+                )
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            }
+            Precondition::MustNotExist => {
+                let n = c
+                    .execute(
+                        "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES ($1, $2, $3, $4, $5, $6)
+                         ON CONFLICT (kind, instance, id_key) DO NOTHING",
+                        &[&k, &inst, &idk, &parent, &etag, &doc],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(StoreError::AlreadyExists)
+                }
+            }
+            Precondition::IfMatch(want) => {
+                let n = if want == "*" {
+                    c.execute(
+                        "UPDATE documents SET parent_key = $4, etag = $5, doc = $6 WHERE kind = $1 AND instance = $2 AND id_key = $3",
+                        &[&k, &inst, &idk, &parent, &etag, &doc],
+                    )
+                    .await
+                } else {
+                    c.execute(
+                        "UPDATE documents SET parent_key = $5, etag = $6, doc = $7
+                         WHERE kind = $1 AND instance = $2 AND id_key = $3 AND btrim(etag, '\"') = btrim($4, '\"')",
+                        &[&k, &inst, &idk, &want, &parent, &etag, &doc],
+                    )
+                    .await
+                }
+                .map_err(unavailable)?;
+                if n == 1 {
+                    Ok(())
+                } else if self.exists(kind, instance, id).await? {
+                    Err(StoreError::PreconditionFailed)
+                } else {
+                    Err(StoreError::NotFound)
+                }
+            }
+        }
+    }
+
+    async fn delete_doc(&self, kind: Kind, instance: &str, id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let (k, inst, idk) = (kind as i16, key(instance), key(id));
+        let n = match pre {
+            Precondition::IfMatch(want) if want != "*" => c
+                .execute(
+                    &format!("DELETE FROM documents WHERE kind = $1 AND instance = $2 AND id_key = $3 AND {ETAG_EQ}"),
+                    &[&k, &inst, &idk, &want],
+                )
+                .await
+                .map_err(unavailable)?,
+            _ => c
+                .execute("DELETE FROM documents WHERE kind = $1 AND instance = $2 AND id_key = $3", &[&k, &inst, &idk])
+                .await
+                .map_err(unavailable)?,
+        };
+        if n == 1 {
+            Ok(())
+        } else if self.exists(kind, instance, id).await? {
+            Err(StoreError::PreconditionFailed)
+        } else {
+            Err(StoreError::NotFound)
+        }
+    }
+
+    async fn page<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        instance: &str,
+        parent: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<T>, StoreError> {
+        let c = self.client().await?;
+        let limit = limit.max(1);
+        let lim = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+        let (k, inst, after) = (kind as i16, key(instance), after.unwrap_or("").to_owned());
+        let rows = match parent.map(key) {
+            Some(p) => c
+                .query(
+                    "SELECT id_key, doc FROM documents WHERE kind = $1 AND instance = $2 AND parent_key = $3 AND id_key > $4
+                     ORDER BY id_key LIMIT $5",
+                    &[&k, &inst, &p, &after, &lim],
+                )
+                .await,
+            None => c
+                .query(
+                    "SELECT id_key, doc FROM documents WHERE kind = $1 AND instance = $2 AND id_key > $3 ORDER BY id_key LIMIT $4",
+                    &[&k, &inst, &after, &lim],
+                )
+                .await,
+        }
+        .map_err(unavailable)?;
+        let mut rows: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let continuation = if more { rows.last().map(|(k, _)| k.clone()) } else { None };
+        let items = rows.iter().map(|(_, d)| from_doc(d)).collect::<Result<Vec<T>, _>>()?;
+        Ok(Page { items, continuation })
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn instances(&self) -> Result<Vec<Instance>, StoreError> {
+        let c = self.client().await?;
+        let rows = c.query("SELECT doc FROM instances ORDER BY name_key", &[]).await.map_err(unavailable)?;
+        rows.iter().map(|r| from_doc(r.get::<_, &str>(0))).collect()
+    }
+
+    async fn instance(&self, name: &str) -> Result<Option<Instance>, StoreError> {
+        let c = self.client().await?;
+        let row =
+            c.query_opt("SELECT doc FROM instances WHERE name_key = $1", &[&key(name)]).await.map_err(unavailable)?;
+        row.map(|r| from_doc(r.get::<_, &str>(0))).transpose()
+    }
+
+    async fn instance_by_scope(&self, scope: &IdScope) -> Result<Option<Instance>, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt("SELECT doc FROM instances WHERE id_scope = $1", &[&scope.as_str()])
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| from_doc(r.get::<_, &str>(0))).transpose()
+    }
+
+    async fn write_instances(&self, writes: &[InstanceWrite]) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(unavailable)?;
+        for w in writes {
+            match w {
+                InstanceWrite::Create(i) => {
+                    let taken = tx
+                        .query_opt(
+                            "SELECT name_key FROM instances WHERE name_key = $1 OR id_scope = $2 FOR UPDATE",
+                            &[&key(&i.name), &i.id_scope.as_str()],
+                        )
+                        .await
+                        .map_err(unavailable)?;
+                    if let Some(row) = taken {
+                        let other: String = row.get(0);
+                        return Err(if other == key(&i.name) {
+                            StoreError::AlreadyExists
+                        } else {
+                            StoreError::Conflict(format!("ID scope {} is used by {other}", i.id_scope))
+                        });
+                    }
+                    tx.execute(
+                        "INSERT INTO instances (name_key, id_scope, etag, doc) VALUES ($1, $2, $3, $4)",
+                        &[&key(&i.name), &i.id_scope.as_str(), &i.etag, &to_doc(i)?],
+                    )
+                    .await
+                    .map_err(|e| match e.code() {
+                        Some(c) if *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
+                            StoreError::Conflict("instance name or ID scope taken concurrently".into())
+                        }
+                        _ => unavailable(e),
+                    })?;
+                }
+                InstanceWrite::Update { instance: i, expected_etag } => {
+                    let cur = tx
+                        .query_opt(
+                            "SELECT etag, id_scope FROM instances WHERE name_key = $1 FOR UPDATE",
+                            &[&key(&i.name)],
+                        )
+                        .await
+                        .map_err(unavailable)?
+                        .ok_or(StoreError::NotFound)?;
+                    let (etag, scope): (String, String) = (cur.get(0), cur.get(1));
+                    if etag.trim_matches('"') != expected_etag.trim_matches('"') {
+                        return Err(StoreError::PreconditionFailed);
+                    }
+                    if scope != i.id_scope.as_str() {
+                        return Err(StoreError::Conflict("the ID scope of an instance never changes".into()));
+                    }
+                    tx.execute(
+                        "UPDATE instances SET etag = $2, doc = $3 WHERE name_key = $1",
+                        &[&key(&i.name), &i.etag, &to_doc(i)?],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                }
+            }
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn delete_instance(&self, name: &str) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(unavailable)?;
+        let n = tx.execute("DELETE FROM instances WHERE name_key = $1", &[&key(name)]).await.map_err(unavailable)?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.execute("DELETE FROM documents WHERE instance = $1", &[&key(name)]).await.map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn enrollment(
+        &self,
+        instance: &str,
+        registration_id: &str,
+    ) -> Result<Option<IndividualEnrollment>, StoreError> {
+        self.get_doc(Kind::Enrollment, instance, registration_id).await
+    }
+
+    async fn put_enrollment(
+        &self,
+        instance: &str,
+        e: &IndividualEnrollment,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        let etag = e.etag.clone().unwrap_or_default();
+        self.put_doc(Kind::Enrollment, instance, &e.registration_id, None, &etag, to_doc(e)?, pre).await
+    }
+
+    async fn delete_enrollment(
+        &self,
+        instance: &str,
+        registration_id: &str,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        self.delete_doc(Kind::Enrollment, instance, registration_id, pre).await
+    }
+
+    async fn enrollments(
+        &self,
+        instance: &str,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<IndividualEnrollment>, StoreError> {
+        self.page(Kind::Enrollment, instance, None, continuation, limit).await
+    }
+
+    async fn group(&self, instance: &str, group_id: &str) -> Result<Option<EnrollmentGroup>, StoreError> {
+        self.get_doc(Kind::Group, instance, group_id).await
+    }
+
+    async fn put_group(&self, instance: &str, g: &EnrollmentGroup, pre: Precondition<'_>) -> Result<(), StoreError> {
+        let etag = g.etag.clone().unwrap_or_default();
+        self.put_doc(Kind::Group, instance, &g.enrollment_group_id, None, &etag, to_doc(g)?, pre).await
+    }
+
+    async fn delete_group(&self, instance: &str, group_id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.delete_doc(Kind::Group, instance, group_id, pre).await
+    }
+
+    async fn groups(
+        &self,
+        instance: &str,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<EnrollmentGroup>, StoreError> {
+        self.page(Kind::Group, instance, None, continuation, limit).await
+    }
+
+    async fn registration(
+        &self,
+        instance: &str,
+        registration_id: &str,
+    ) -> Result<Option<RegistrationRecord>, StoreError> {
+        self.get_doc(Kind::Registration, instance, registration_id).await
+    }
+
+    async fn put_registration(
+        &self,
+        instance: &str,
+        r: &RegistrationRecord,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        let etag = r.state.etag.clone().unwrap_or_default();
+        let parent = r.enrollment_group_id.clone();
+        self.put_doc(Kind::Registration, instance, &r.state.registration_id, parent.as_deref(), &etag, to_doc(r)?, pre)
+            .await
+    }
+
+    async fn delete_registration(
+        &self,
+        instance: &str,
+        registration_id: &str,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        self.delete_doc(Kind::Registration, instance, registration_id, pre).await
+    }
+
+    async fn registrations(
+        &self,
+        instance: &str,
+        group_id: Option<&str>,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<RegistrationRecord>, StoreError> {
+        self.page(Kind::Registration, instance, group_id, continuation, limit).await
+    }
+
+    async fn certificate(&self, instance: &str, name: &str) -> Result<Option<CaCertificate>, StoreError> {
+        self.get_doc(Kind::Certificate, instance, name).await
+    }
+
+    async fn put_certificate(
+        &self,
+        instance: &str,
+        c: &CaCertificate,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        self.put_doc(Kind::Certificate, instance, &c.name, None, &c.etag, to_doc(c)?, pre).await
+    }
+
+    async fn delete_certificate(&self, instance: &str, name: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.delete_doc(Kind::Certificate, instance, name, pre).await
+    }
+
+    async fn certificates(&self, instance: &str) -> Result<Vec<CaCertificate>, StoreError> {
+        Ok(self.page(Kind::Certificate, instance, None, None, 10_000).await?.items)
+    }
+}
