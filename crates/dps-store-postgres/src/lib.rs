@@ -148,6 +148,7 @@ impl PgStore {
         Ok(row.is_some())
     }
 
+    #[allow(clippy::too_many_arguments)] // one row's columns and its precondition
     async fn put_doc(
         &self,
         kind: Kind,
