@@ -11,8 +11,8 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use dps_core::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord};
-use dps_core::store::{InstanceWrite, Page, Precondition, Store, StoreError};
+use dps_core::model::{IdScope, Instance};
+use dps_core::store::{DocWrite, DocumentStore, InstanceWrite, Kind, Precondition, RawPage, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_postgres::NoTls;
@@ -33,14 +33,6 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS instances (
         PRIMARY KEY (kind, instance, id_key)
     );
     CREATE INDEX IF NOT EXISTS documents_by_parent ON documents (kind, instance, parent_key, id_key);"];
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Enrollment = 1,
-    Group = 2,
-    Registration = 3,
-    Certificate = 4,
-}
 
 /// The PostgreSQL store.
 #[derive(Clone)]
@@ -119,12 +111,7 @@ impl PgStore {
         tx.commit().await.map_err(unavailable)
     }
 
-    async fn get_doc<T: DeserializeOwned>(
-        &self,
-        kind: Kind,
-        instance: &str,
-        id: &str,
-    ) -> Result<Option<T>, StoreError> {
+    async fn get_raw(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
         let c = self.client().await?;
         let row = c
             .query_opt(
@@ -133,7 +120,7 @@ impl PgStore {
             )
             .await
             .map_err(unavailable)?;
-        row.map(|r| from_doc(r.get::<_, &str>(0))).transpose()
+        Ok(row.map(|r| r.get::<_, String>(0)))
     }
 
     async fn exists(&self, kind: Kind, instance: &str, id: &str) -> Result<bool, StoreError> {
@@ -148,19 +135,16 @@ impl PgStore {
         Ok(row.is_some())
     }
 
-    #[allow(clippy::too_many_arguments)] // one row's columns and its precondition
-    async fn put_doc(
+    async fn put_raw(
         &self,
         kind: Kind,
         instance: &str,
-        id: &str,
-        parent: Option<&str>,
-        etag: &str,
-        doc: String,
+        d: DocWrite<'_>,
         pre: Precondition<'_>,
     ) -> Result<(), StoreError> {
         let c = self.client().await?;
-        let (k, inst, idk, parent) = (kind as i16, key(instance), key(id), parent.map(key));
+        let (id, etag, doc) = (d.id, d.etag, d.json);
+        let (k, inst, idk, parent) = (kind as i16, key(instance), key(id), d.parent.map(key));
         match pre {
             Precondition::Any => {
                 c.execute(
@@ -214,7 +198,7 @@ impl PgStore {
         }
     }
 
-    async fn delete_doc(&self, kind: Kind, instance: &str, id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+    async fn delete_raw(&self, kind: Kind, instance: &str, id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
         let c = self.client().await?;
         let (k, inst, idk) = (kind as i16, key(instance), key(id));
         let n = match pre {
@@ -239,14 +223,14 @@ impl PgStore {
         }
     }
 
-    async fn page<T: DeserializeOwned>(
+    async fn page_raw(
         &self,
         kind: Kind,
         instance: &str,
         parent: Option<&str>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Page<T>, StoreError> {
+    ) -> Result<RawPage, StoreError> {
         let c = self.client().await?;
         let limit = limit.max(1);
         let lim = i64::try_from(limit + 1).unwrap_or(i64::MAX);
@@ -271,13 +255,12 @@ impl PgStore {
         let more = rows.len() > limit;
         rows.truncate(limit);
         let continuation = if more { rows.last().map(|(k, _)| k.clone()) } else { None };
-        let items = rows.iter().map(|(_, d)| from_doc(d)).collect::<Result<Vec<T>, _>>()?;
-        Ok(Page { items, continuation })
+        Ok(RawPage { docs: rows.into_iter().map(|(_, d)| d).collect(), continuation })
     }
 }
 
 #[async_trait]
-impl Store for PgStore {
+impl DocumentStore for PgStore {
     async fn instances(&self) -> Result<Vec<Instance>, StoreError> {
         let c = self.client().await?;
         let rows = c.query("SELECT doc FROM instances ORDER BY name_key", &[]).await.map_err(unavailable)?;
@@ -372,121 +355,32 @@ impl Store for PgStore {
         tx.commit().await.map_err(unavailable)
     }
 
-    async fn enrollment(
-        &self,
-        instance: &str,
-        registration_id: &str,
-    ) -> Result<Option<IndividualEnrollment>, StoreError> {
-        self.get_doc(Kind::Enrollment, instance, registration_id).await
+    async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
+        self.get_raw(kind, instance, id).await
     }
 
-    async fn put_enrollment(
+    async fn put_doc(
         &self,
+        kind: Kind,
         instance: &str,
-        e: &IndividualEnrollment,
+        doc: DocWrite<'_>,
         pre: Precondition<'_>,
     ) -> Result<(), StoreError> {
-        let etag = e.etag.clone().unwrap_or_default();
-        self.put_doc(Kind::Enrollment, instance, &e.registration_id, None, &etag, to_doc(e)?, pre).await
+        self.put_raw(kind, instance, doc, pre).await
     }
 
-    async fn delete_enrollment(
-        &self,
-        instance: &str,
-        registration_id: &str,
-        pre: Precondition<'_>,
-    ) -> Result<(), StoreError> {
-        self.delete_doc(Kind::Enrollment, instance, registration_id, pre).await
+    async fn delete_doc(&self, kind: Kind, instance: &str, id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.delete_raw(kind, instance, id, pre).await
     }
 
-    async fn enrollments(
+    async fn page_docs(
         &self,
+        kind: Kind,
         instance: &str,
-        continuation: Option<&str>,
+        parent: Option<&str>,
+        after: Option<&str>,
         limit: usize,
-    ) -> Result<Page<IndividualEnrollment>, StoreError> {
-        self.page(Kind::Enrollment, instance, None, continuation, limit).await
-    }
-
-    async fn group(&self, instance: &str, group_id: &str) -> Result<Option<EnrollmentGroup>, StoreError> {
-        self.get_doc(Kind::Group, instance, group_id).await
-    }
-
-    async fn put_group(&self, instance: &str, g: &EnrollmentGroup, pre: Precondition<'_>) -> Result<(), StoreError> {
-        let etag = g.etag.clone().unwrap_or_default();
-        self.put_doc(Kind::Group, instance, &g.enrollment_group_id, None, &etag, to_doc(g)?, pre).await
-    }
-
-    async fn delete_group(&self, instance: &str, group_id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
-        self.delete_doc(Kind::Group, instance, group_id, pre).await
-    }
-
-    async fn groups(
-        &self,
-        instance: &str,
-        continuation: Option<&str>,
-        limit: usize,
-    ) -> Result<Page<EnrollmentGroup>, StoreError> {
-        self.page(Kind::Group, instance, None, continuation, limit).await
-    }
-
-    async fn registration(
-        &self,
-        instance: &str,
-        registration_id: &str,
-    ) -> Result<Option<RegistrationRecord>, StoreError> {
-        self.get_doc(Kind::Registration, instance, registration_id).await
-    }
-
-    async fn put_registration(
-        &self,
-        instance: &str,
-        r: &RegistrationRecord,
-        pre: Precondition<'_>,
-    ) -> Result<(), StoreError> {
-        let etag = r.state.etag.clone().unwrap_or_default();
-        let parent = r.enrollment_group_id.clone();
-        self.put_doc(Kind::Registration, instance, &r.state.registration_id, parent.as_deref(), &etag, to_doc(r)?, pre)
-            .await
-    }
-
-    async fn delete_registration(
-        &self,
-        instance: &str,
-        registration_id: &str,
-        pre: Precondition<'_>,
-    ) -> Result<(), StoreError> {
-        self.delete_doc(Kind::Registration, instance, registration_id, pre).await
-    }
-
-    async fn registrations(
-        &self,
-        instance: &str,
-        group_id: Option<&str>,
-        continuation: Option<&str>,
-        limit: usize,
-    ) -> Result<Page<RegistrationRecord>, StoreError> {
-        self.page(Kind::Registration, instance, group_id, continuation, limit).await
-    }
-
-    async fn certificate(&self, instance: &str, name: &str) -> Result<Option<CaCertificate>, StoreError> {
-        self.get_doc(Kind::Certificate, instance, name).await
-    }
-
-    async fn put_certificate(
-        &self,
-        instance: &str,
-        c: &CaCertificate,
-        pre: Precondition<'_>,
-    ) -> Result<(), StoreError> {
-        self.put_doc(Kind::Certificate, instance, &c.name, None, &c.etag, to_doc(c)?, pre).await
-    }
-
-    async fn delete_certificate(&self, instance: &str, name: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
-        self.delete_doc(Kind::Certificate, instance, name, pre).await
-    }
-
-    async fn certificates(&self, instance: &str) -> Result<Vec<CaCertificate>, StoreError> {
-        Ok(self.page(Kind::Certificate, instance, None, None, 10_000).await?.items)
+    ) -> Result<RawPage, StoreError> {
+        self.page_raw(kind, instance, parent, after, limit).await
     }
 }

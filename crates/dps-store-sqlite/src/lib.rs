@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use dps_core::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord};
-use dps_core::store::{InstanceWrite, Page, Precondition, Store, StoreError};
+use dps_core::model::{IdScope, Instance};
+use dps_core::store::{DocWrite, DocumentStore, InstanceWrite, Kind, Precondition, RawPage, StoreError};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -49,14 +49,6 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX documents_by_parent ON documents (kind, instance, parent_key, id_key);",
 ];
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Enrollment = 1,
-    Group = 2,
-    Registration = 3,
-    Certificate = 4,
-}
 
 /// The SQLite store.
 #[derive(Clone, Debug)]
@@ -175,39 +167,29 @@ impl SqliteStore {
         .map_err(unavailable)?
     }
 
-    async fn get_doc<T: DeserializeOwned + Send + 'static>(
-        &self,
-        kind: Kind,
-        instance: &str,
-        id: &str,
-    ) -> Result<Option<T>, StoreError> {
+    async fn get_raw(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
         let (instance, id) = (key(instance), key(id));
         self.read(move |c| {
-            let doc: Option<String> = c
-                .query_row(
-                    "SELECT doc FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
-                    params![kind as i64, instance, id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(unavailable)?;
-            doc.map(|d| from_doc(&d)).transpose()
+            c.query_row(
+                "SELECT doc FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
+                params![kind as i64, instance, id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(unavailable)
         })
         .await
     }
 
-    #[allow(clippy::too_many_arguments)] // one row's columns; a struct would only rename them
-    async fn put_doc(
+    async fn put_raw(
         &self,
         kind: Kind,
         instance: &str,
-        id: &str,
-        parent: Option<&str>,
-        etag: &str,
-        doc: String,
+        d: DocWrite<'_>,
         pre: Precondition<'_>,
     ) -> Result<(), StoreError> {
-        let (instance, id, parent, etag) = (key(instance), key(id), parent.map(key), etag.to_owned());
+        let (instance, id, parent, etag, doc) =
+            (key(instance), key(d.id), d.parent.map(key), d.etag.to_owned(), d.json.to_owned());
         let pre = OwnedPre::from(pre);
         self.write(move |tx| {
             let current: Option<String> = tx
@@ -230,7 +212,7 @@ impl SqliteStore {
         .await
     }
 
-    async fn delete_doc(&self, kind: Kind, instance: &str, id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+    async fn delete_raw(&self, kind: Kind, instance: &str, id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
         let (instance, id) = (key(instance), key(id));
         let pre = OwnedPre::from(pre);
         self.write(move |tx| {
@@ -256,14 +238,14 @@ impl SqliteStore {
         .await
     }
 
-    async fn page<T: DeserializeOwned + Send + 'static>(
+    async fn page_raw(
         &self,
         kind: Kind,
         instance: &str,
         parent: Option<&str>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Page<T>, StoreError> {
+    ) -> Result<RawPage, StoreError> {
         let (instance, parent, after) = (key(instance), parent.map(key), after.unwrap_or("").to_owned());
         let limit = limit.max(1);
         self.read(move |c| {
@@ -296,8 +278,7 @@ impl SqliteStore {
             let more = rows.len() > limit;
             rows.truncate(limit);
             let continuation = if more { rows.last().map(|(k, _)| k.clone()) } else { None };
-            let items = rows.iter().map(|(_, d)| from_doc(d)).collect::<Result<Vec<T>, _>>()?;
-            Ok(Page { items, continuation })
+            Ok(RawPage { docs: rows.into_iter().map(|(_, d)| d).collect(), continuation })
         })
         .await
     }
@@ -340,7 +321,7 @@ fn etag_eq(a: &str, b: &str) -> bool {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl DocumentStore for SqliteStore {
     async fn instances(&self) -> Result<Vec<Instance>, StoreError> {
         self.read(|c| {
             let mut st = c.prepare_cached("SELECT doc FROM instances ORDER BY name_key").map_err(unavailable)?;
@@ -453,121 +434,32 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn enrollment(
-        &self,
-        instance: &str,
-        registration_id: &str,
-    ) -> Result<Option<IndividualEnrollment>, StoreError> {
-        self.get_doc(Kind::Enrollment, instance, registration_id).await
+    async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
+        self.get_raw(kind, instance, id).await
     }
 
-    async fn put_enrollment(
+    async fn put_doc(
         &self,
+        kind: Kind,
         instance: &str,
-        e: &IndividualEnrollment,
+        doc: DocWrite<'_>,
         pre: Precondition<'_>,
     ) -> Result<(), StoreError> {
-        let etag = e.etag.clone().unwrap_or_default();
-        self.put_doc(Kind::Enrollment, instance, &e.registration_id, None, &etag, to_doc(e)?, pre).await
+        self.put_raw(kind, instance, doc, pre).await
     }
 
-    async fn delete_enrollment(
-        &self,
-        instance: &str,
-        registration_id: &str,
-        pre: Precondition<'_>,
-    ) -> Result<(), StoreError> {
-        self.delete_doc(Kind::Enrollment, instance, registration_id, pre).await
+    async fn delete_doc(&self, kind: Kind, instance: &str, id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.delete_raw(kind, instance, id, pre).await
     }
 
-    async fn enrollments(
+    async fn page_docs(
         &self,
+        kind: Kind,
         instance: &str,
-        continuation: Option<&str>,
+        parent: Option<&str>,
+        after: Option<&str>,
         limit: usize,
-    ) -> Result<Page<IndividualEnrollment>, StoreError> {
-        self.page(Kind::Enrollment, instance, None, continuation, limit).await
-    }
-
-    async fn group(&self, instance: &str, group_id: &str) -> Result<Option<EnrollmentGroup>, StoreError> {
-        self.get_doc(Kind::Group, instance, group_id).await
-    }
-
-    async fn put_group(&self, instance: &str, g: &EnrollmentGroup, pre: Precondition<'_>) -> Result<(), StoreError> {
-        let etag = g.etag.clone().unwrap_or_default();
-        self.put_doc(Kind::Group, instance, &g.enrollment_group_id, None, &etag, to_doc(g)?, pre).await
-    }
-
-    async fn delete_group(&self, instance: &str, group_id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
-        self.delete_doc(Kind::Group, instance, group_id, pre).await
-    }
-
-    async fn groups(
-        &self,
-        instance: &str,
-        continuation: Option<&str>,
-        limit: usize,
-    ) -> Result<Page<EnrollmentGroup>, StoreError> {
-        self.page(Kind::Group, instance, None, continuation, limit).await
-    }
-
-    async fn registration(
-        &self,
-        instance: &str,
-        registration_id: &str,
-    ) -> Result<Option<RegistrationRecord>, StoreError> {
-        self.get_doc(Kind::Registration, instance, registration_id).await
-    }
-
-    async fn put_registration(
-        &self,
-        instance: &str,
-        r: &RegistrationRecord,
-        pre: Precondition<'_>,
-    ) -> Result<(), StoreError> {
-        let etag = r.state.etag.clone().unwrap_or_default();
-        let parent = r.enrollment_group_id.clone();
-        self.put_doc(Kind::Registration, instance, &r.state.registration_id, parent.as_deref(), &etag, to_doc(r)?, pre)
-            .await
-    }
-
-    async fn delete_registration(
-        &self,
-        instance: &str,
-        registration_id: &str,
-        pre: Precondition<'_>,
-    ) -> Result<(), StoreError> {
-        self.delete_doc(Kind::Registration, instance, registration_id, pre).await
-    }
-
-    async fn registrations(
-        &self,
-        instance: &str,
-        group_id: Option<&str>,
-        continuation: Option<&str>,
-        limit: usize,
-    ) -> Result<Page<RegistrationRecord>, StoreError> {
-        self.page(Kind::Registration, instance, group_id, continuation, limit).await
-    }
-
-    async fn certificate(&self, instance: &str, name: &str) -> Result<Option<CaCertificate>, StoreError> {
-        self.get_doc(Kind::Certificate, instance, name).await
-    }
-
-    async fn put_certificate(
-        &self,
-        instance: &str,
-        c: &CaCertificate,
-        pre: Precondition<'_>,
-    ) -> Result<(), StoreError> {
-        self.put_doc(Kind::Certificate, instance, &c.name, None, &c.etag, to_doc(c)?, pre).await
-    }
-
-    async fn delete_certificate(&self, instance: &str, name: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
-        self.delete_doc(Kind::Certificate, instance, name, pre).await
-    }
-
-    async fn certificates(&self, instance: &str) -> Result<Vec<CaCertificate>, StoreError> {
-        Ok(self.page(Kind::Certificate, instance, None, None, 10_000).await?.items)
+    ) -> Result<RawPage, StoreError> {
+        self.page_raw(kind, instance, parent, after, limit).await
     }
 }

@@ -9,6 +9,9 @@ use crate::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod documents;
+
+pub use documents::{DocWrite, DocumentStore, Kind, RawPage};
 
 /// Condition for a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,231 @@
+//! What a backend implements: instances, and JSON documents keyed by (kind, instance, id).
+//! Every [`DocumentStore`] is a [`Store`] through the blanket impl below, so the per-entity
+//! mapping (which key, which parent, which etag) is written once, here, for every backend.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{InstanceWrite, Page, Precondition, Store, StoreError};
+use crate::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord};
+
+/// The kinds of document, with their stable numbers (stored in the database).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Enrollment = 1,
+    Group = 2,
+    Registration = 3,
+    Certificate = 4,
+}
+
+/// A page of raw documents.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawPage {
+    pub docs: Vec<String>,
+    pub continuation: Option<String>,
+}
+
+/// A backend's primitives. Keys given here are as callers wrote them; backends compare them
+/// case-insensitively (lower-cased).
+#[async_trait::async_trait]
+pub trait DocumentStore: Send + Sync + std::fmt::Debug {
+    async fn instances(&self) -> Result<Vec<Instance>, StoreError>;
+    async fn instance(&self, name: &str) -> Result<Option<Instance>, StoreError>;
+    async fn instance_by_scope(&self, scope: &IdScope) -> Result<Option<Instance>, StoreError>;
+    async fn write_instances(&self, writes: &[InstanceWrite]) -> Result<(), StoreError>;
+    async fn delete_instance(&self, name: &str) -> Result<(), StoreError>;
+
+    async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError>;
+    /// Writes a document under `pre`: `MustNotExist` fails with `AlreadyExists`, `IfMatch`
+    /// with `NotFound` or `PreconditionFailed`.
+    async fn put_doc(
+        &self,
+        kind: Kind,
+        instance: &str,
+        doc: DocWrite<'_>,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError>;
+    /// Deletes under `pre`; `NotFound` if absent.
+    async fn delete_doc(&self, kind: Kind, instance: &str, id: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
+    /// Documents in id order after `after`, optionally only those with `parent`.
+    async fn page_docs(
+        &self,
+        kind: Kind,
+        instance: &str,
+        parent: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<RawPage, StoreError>;
+}
+
+/// One document to write.
+#[derive(Clone, Copy, Debug)]
+pub struct DocWrite<'a> {
+    pub id: &'a str,
+    /// The group a registration belongs to.
+    pub parent: Option<&'a str>,
+    pub etag: &'a str,
+    pub json: &'a str,
+}
+
+fn to_doc<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(Box::new(e)))
+}
+
+fn from_doc<T: DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(Box::new(e)))
+}
+
+async fn get<S: DocumentStore + ?Sized, T: DeserializeOwned>(
+    s: &S,
+    kind: Kind,
+    instance: &str,
+    id: &str,
+) -> Result<Option<T>, StoreError> {
+    s.get_doc(kind, instance, id).await?.map(|d| from_doc(&d)).transpose()
+}
+
+async fn page<S: DocumentStore + ?Sized, T: DeserializeOwned>(
+    s: &S,
+    kind: Kind,
+    instance: &str,
+    parent: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Page<T>, StoreError> {
+    let raw = s.page_docs(kind, instance, parent, after, limit).await?;
+    Ok(Page { items: raw.docs.iter().map(|d| from_doc(d)).collect::<Result<_, _>>()?, continuation: raw.continuation })
+}
+
+#[async_trait::async_trait]
+impl<S: DocumentStore> Store for S {
+    async fn instances(&self) -> Result<Vec<Instance>, StoreError> {
+        DocumentStore::instances(self).await
+    }
+    async fn instance(&self, name: &str) -> Result<Option<Instance>, StoreError> {
+        DocumentStore::instance(self, name).await
+    }
+    async fn instance_by_scope(&self, scope: &IdScope) -> Result<Option<Instance>, StoreError> {
+        DocumentStore::instance_by_scope(self, scope).await
+    }
+    async fn write_instances(&self, writes: &[InstanceWrite]) -> Result<(), StoreError> {
+        DocumentStore::write_instances(self, writes).await
+    }
+    async fn delete_instance(&self, name: &str) -> Result<(), StoreError> {
+        DocumentStore::delete_instance(self, name).await
+    }
+
+    async fn enrollment(
+        &self,
+        instance: &str,
+        registration_id: &str,
+    ) -> Result<Option<IndividualEnrollment>, StoreError> {
+        get(self, Kind::Enrollment, instance, registration_id).await
+    }
+    async fn put_enrollment(
+        &self,
+        instance: &str,
+        e: &IndividualEnrollment,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        let json = to_doc(e)?;
+        let doc = DocWrite { id: &e.registration_id, parent: None, etag: e.etag.as_deref().unwrap_or(""), json: &json };
+        self.put_doc(Kind::Enrollment, instance, doc, pre).await
+    }
+    async fn delete_enrollment(
+        &self,
+        instance: &str,
+        registration_id: &str,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        self.delete_doc(Kind::Enrollment, instance, registration_id, pre).await
+    }
+    async fn enrollments(
+        &self,
+        instance: &str,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<IndividualEnrollment>, StoreError> {
+        page(self, Kind::Enrollment, instance, None, continuation, limit).await
+    }
+
+    async fn group(&self, instance: &str, group_id: &str) -> Result<Option<EnrollmentGroup>, StoreError> {
+        get(self, Kind::Group, instance, group_id).await
+    }
+    async fn put_group(&self, instance: &str, g: &EnrollmentGroup, pre: Precondition<'_>) -> Result<(), StoreError> {
+        let json = to_doc(g)?;
+        let doc =
+            DocWrite { id: &g.enrollment_group_id, parent: None, etag: g.etag.as_deref().unwrap_or(""), json: &json };
+        self.put_doc(Kind::Group, instance, doc, pre).await
+    }
+    async fn delete_group(&self, instance: &str, group_id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.delete_doc(Kind::Group, instance, group_id, pre).await
+    }
+    async fn groups(
+        &self,
+        instance: &str,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<EnrollmentGroup>, StoreError> {
+        page(self, Kind::Group, instance, None, continuation, limit).await
+    }
+
+    async fn registration(
+        &self,
+        instance: &str,
+        registration_id: &str,
+    ) -> Result<Option<RegistrationRecord>, StoreError> {
+        get(self, Kind::Registration, instance, registration_id).await
+    }
+    async fn put_registration(
+        &self,
+        instance: &str,
+        r: &RegistrationRecord,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        let json = to_doc(r)?;
+        let doc = DocWrite {
+            id: &r.state.registration_id,
+            parent: r.enrollment_group_id.as_deref(),
+            etag: r.state.etag.as_deref().unwrap_or(""),
+            json: &json,
+        };
+        self.put_doc(Kind::Registration, instance, doc, pre).await
+    }
+    async fn delete_registration(
+        &self,
+        instance: &str,
+        registration_id: &str,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        self.delete_doc(Kind::Registration, instance, registration_id, pre).await
+    }
+    async fn registrations(
+        &self,
+        instance: &str,
+        group_id: Option<&str>,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<RegistrationRecord>, StoreError> {
+        page(self, Kind::Registration, instance, group_id, continuation, limit).await
+    }
+
+    async fn certificate(&self, instance: &str, name: &str) -> Result<Option<CaCertificate>, StoreError> {
+        get(self, Kind::Certificate, instance, name).await
+    }
+    async fn put_certificate(
+        &self,
+        instance: &str,
+        c: &CaCertificate,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        let json = to_doc(c)?;
+        let doc = DocWrite { id: &c.name, parent: None, etag: &c.etag, json: &json };
+        self.put_doc(Kind::Certificate, instance, doc, pre).await
+    }
+    async fn delete_certificate(&self, instance: &str, name: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.delete_doc(Kind::Certificate, instance, name, pre).await
+    }
+    async fn certificates(&self, instance: &str) -> Result<Vec<CaCertificate>, StoreError> {
+        Ok(page(self, Kind::Certificate, instance, None, None, 10_000).await?.items)
+    }
+}
