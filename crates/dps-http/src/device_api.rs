@@ -114,7 +114,7 @@ async fn register(state: &AppState, req: &Request) -> ApiResult<Response> {
     let a = authenticate(state, req).await?;
     let tls = req.conn.as_ref().map(|c| crate::tls_facts_json(&c.tls, &c.peer_certificates));
     let payload = body.get("payload").filter(|p| !p.is_null()).cloned();
-    let op = state.services.register(&a, payload, tls).await?;
+    let op = state.services.register(&a, payload, tls, req.query("api-version")).await?;
     tracing::info!(
         registration_id = %a.registration_id,
         instance = %a.instance.name,

@@ -127,8 +127,11 @@ where
             return;
         }
     };
-    let attested = match authenticate(&c.ctx, &connect).await {
-        Ok(a) => a,
+    // CONNECT is refused only when it cannot be a DPS connection (username, client id). An
+    // attestation failure is accepted here and answered on the response topic of the register
+    // request, with a DPS error body, as DPS does (dps-protocol.md §2.1).
+    let user = match parse_connect(&connect) {
+        Ok(u) => u,
         Err((code, why)) => {
             tracing::info!(%peer, client_id = %connect.client_id, reason = %why, "mqtt: CONNECT refused");
             let ack = ConnAck::new(code, false);
@@ -137,6 +140,11 @@ where
             return;
         }
     };
+    let attested = authenticate(&c.ctx, &connect, &user).await;
+    if let Err(e) = &attested {
+        tracing::info!(%peer, client_id = %connect.client_id, error = %e, "mqtt: device not authenticated; requests will be refused");
+    }
+    let registration_id = user.registration_id.clone();
     let ack = ConnAck::new(ConnectReturnCode::Success, false);
     if !c.send(|b| ack.write(b)).await {
         return;
@@ -155,11 +163,11 @@ where
             Ok(Read::Packet(p)) => p,
             Ok(Read::Closed) => break,
             Ok(Read::Bad(why)) => {
-                tracing::info!(%peer, registration_id = %attested.registration_id, reason = %why, "mqtt: closing connection");
+                tracing::info!(%peer, registration_id = %registration_id, reason = %why, "mqtt: closing connection");
                 break;
             }
             Err(_) => {
-                tracing::info!(%peer, registration_id = %attested.registration_id, "mqtt: keep-alive expired; closing");
+                tracing::info!(%peer, registration_id = %registration_id, "mqtt: keep-alive expired; closing");
                 break;
             }
         };
@@ -188,7 +196,7 @@ where
                 c.send(|b| ack.write(b)).await
             }
             Packet::PingReq => c.send(|b| PingResp.write(b)).await,
-            Packet::Publish(p) => handle_publish(&mut c, &attested, p).await,
+            Packet::Publish(p) => handle_publish(&mut c, &attested, user.api_version.as_deref(), p).await,
             Packet::Disconnect => break,
             Packet::PubAck(_) => true,
             Packet::Connect(_) => {
@@ -207,7 +215,8 @@ where
     let _ = c.io.shutdown().await;
 }
 
-async fn authenticate(ctx: &ConnectionContext, connect: &v4::Connect) -> Result<Attested, (ConnectReturnCode, String)> {
+/// The CONNECT checks that refuse the connection itself.
+fn parse_connect(connect: &v4::Connect) -> Result<session::Username, (ConnectReturnCode, String)> {
     let login =
         connect.login.as_ref().ok_or((ConnectReturnCode::BadUserNamePassword, "CONNECT has no username".to_owned()))?;
     let user = session::parse_username(&login.username).map_err(|e| (ConnectReturnCode::BadUserNamePassword, e))?;
@@ -220,8 +229,17 @@ async fn authenticate(ctx: &ConnectionContext, connect: &v4::Connect) -> Result<
             ),
         ));
     }
-    let evidence = if !login.password.is_empty() {
-        Evidence::Sas(&login.password)
+    Ok(user)
+}
+
+async fn authenticate(
+    ctx: &ConnectionContext,
+    connect: &v4::Connect,
+    user: &session::Username,
+) -> Result<Attested, Error> {
+    let password = connect.login.as_ref().map_or("", |l| l.password.as_str());
+    let evidence = if !password.is_empty() {
+        Evidence::Sas(password)
     } else if !ctx.peer_certificates.is_empty() {
         Evidence::X509(&ctx.peer_certificates.0)
     } else {
@@ -230,10 +248,14 @@ async fn authenticate(ctx: &ConnectionContext, connect: &v4::Connect) -> Result<
     ctx.services
         .authenticate_device(&user.id_scope, &user.registration_id, evidence, Some(ctx.tls.negotiated.version))
         .await
-        .map_err(|e| (ConnectReturnCode::NotAuthorized, e.to_string()))
 }
 
-async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Conn<S>, a: &Attested, p: Publish) -> bool {
+async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut Conn<S>,
+    attested: &Result<Attested, Error>,
+    api_version: Option<&str>,
+    p: Publish,
+) -> bool {
     match p.qos {
         QoS::AtMostOnce => {}
         QoS::AtLeastOnce => {
@@ -258,6 +280,17 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Conn<S>, a: &
         Err((None, why)) => {
             tracing::info!(peer = %c.ctx.peer, reason = %why, "mqtt: bad request topic without $rid; closing");
             return false;
+        }
+    };
+    let a = match attested {
+        Ok(a) => a,
+        Err(e) => {
+            // Attestation failed at CONNECT: every request gets the DPS error (401002, …).
+            let rid = match &request {
+                Request::Register { rid } | Request::Poll { rid, .. } => rid.clone(),
+            };
+            let (status, body) = error_body(e);
+            return c.respond(status, &rid, None, &body).await;
         }
     };
     let services = c.ctx.services.clone();
@@ -288,7 +321,7 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Conn<S>, a: &
             }
             let tls = dps_core::tls::facts_json(&c.ctx.tls, &c.ctx.peer_certificates);
             let payload = body.get("payload").filter(|p| !p.is_null()).cloned();
-            match services.register(a, payload, Some(tls)).await {
+            match services.register(a, payload, Some(tls), api_version).await {
                 Ok(op) => {
                     tracing::info!(
                         registration_id = %a.registration_id,

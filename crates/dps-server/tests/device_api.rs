@@ -256,14 +256,22 @@ async fn mqtt_register_poll_and_bad_input() {
     tokio::task::spawn_blocking(move || {
         let scope = scope2;
         let user = |id: &str| format!("{scope}/registrations/{id}/api-version=2019-03-31&ClientVersion=test");
-        // Wrong key → CONNACK 5 (not authorized); mismatched client id → 2; garbage username → 4.
-        let (_, code) = mqtt_connect(
+        // Wrong key: CONNECT is accepted (session-present 0) and the register request is answered
+        // with the DPS 401 on its response topic (dps-protocol.md §2.1).
+        let (mut bad, code) = mqtt_connect(
             addr,
             "m-1",
             &user("m-1"),
             &token(&scope, "m-1", "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=", in_an_hour()),
         );
-        assert_eq!(code, 5);
+        assert_eq!(code, 0);
+        let p = Publish::new("$dps/registrations/PUT/iotdps-register/?$rid=41", QoS::AtMostOnce, "");
+        bad.send(|b| p.write(b));
+        let Some(Packet::Publish(r)) = bad.recv() else { panic!("no response to a refused device") };
+        assert_eq!(r.topic, "$dps/registrations/res/401/?$rid=41");
+        let v: Value = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(v["errorCode"], 401_002, "{v}");
+        // Mismatched client id → CONNACK 2; garbage username → CONNACK 4.
         let (_, code) =
             mqtt_connect(addr, "other", &user("m-1"), &token(&scope, "m-1", &device_key("m-1"), in_an_hour()));
         assert_eq!(code, 2);

@@ -254,7 +254,17 @@ impl Services {
     /// substatus says what happened (`reprovisionedToInitialAssignment` on the same hub,
     /// `deviceDataMigrated` or `deviceDataReset` on another). A device whose hub was unlinked
     /// is always allocated again.
-    pub async fn register(&self, a: &Attested, payload: Option<Value>, tls: Option<Value>) -> Result<OperationStatus> {
+    ///
+    /// `api_version` is the device's: before 2019-04-15 a re-provision to the same hub reports
+    /// `initialAssignment`, from then on `reprovisionedToInitialAssignment` (dps-protocol.md §1.3).
+    pub async fn register(
+        &self,
+        a: &Attested,
+        payload: Option<Value>,
+        tls: Option<Value>,
+        api_version: Option<&str>,
+    ) -> Result<OperationStatus> {
+        let legacy_substatus = api_version.is_some_and(|v| v < "2019-04-15");
         let e = EnrollmentView::of(a);
         self.throttle
             .take(&a.instance.name, self.clock.now())
@@ -324,6 +334,7 @@ impl Services {
                             .is_some_and(|h| h.eq_ignore_ascii_case(&choice.hub));
                         let (substatus, action) = match (current.is_some(), same_hub, policy.migrate_device_data) {
                             (false, _, _) => ("initialAssignment", "initial"),
+                            (true, true, true) if legacy_substatus => ("initialAssignment", "kept"),
                             (true, true, true) => ("reprovisionedToInitialAssignment", "kept"),
                             (true, _, false) => ("deviceDataReset", "reset"),
                             (true, false, true) => ("deviceDataMigrated", "migrated"),
