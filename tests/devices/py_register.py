@@ -61,6 +61,7 @@ def main() -> int:
             "createdDateTimeUtc": state.created_date_time,
             "lastUpdatedDateTimeUtc": state.last_update_date_time,
             "etag": state.etag,
+            "payload": state.response_payload,
         },
     }
     print(json.dumps({"ok": True, "result": out}), flush=True)
