@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use common::{health_ok, http, start, Client, TestServer};
-use dps_core::model::{AttestationMechanism, AttestationType, EnrollmentGroup, LinkedHub, SymmetricKeyAttestation};
+use dps_core::model::{AttestationMechanism, AttestationType, EnrollmentGroup, SymmetricKeyAttestation};
 use mqttbytes::v4::{self, Connect, Login, Packet, Publish, Subscribe};
 use mqttbytes::QoS;
 use serde_json::Value;
@@ -20,20 +20,7 @@ const GROUP_KEY: &str = "c2VjcmV0LWdyb3VwLWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OWFiY2R
 async fn setup(extra: &str) -> (TestServer, String) {
     let s = start(extra).await;
     let svc = &s.server.state.services;
-    let inst = svc
-        .update_instance("opendps", |i| {
-            i.iot_hubs.push(LinkedHub {
-                name: "hub-a.azure-devices.net".into(),
-                connection_string: "HostName=hub-a.azure-devices.net;SharedAccessKeyName=o;SharedAccessKey=aGVsbG8="
-                    .into(),
-                location: "local".into(),
-                allocation_weight: None,
-                apply_allocation_policy: None,
-            });
-            Ok(())
-        })
-        .await
-        .unwrap();
+    let inst = common::link_hub(&s, "hub-a.azure-devices.net").await;
     let group = EnrollmentGroup {
         enrollment_group_id: "group-1".into(),
         attestation: AttestationMechanism {

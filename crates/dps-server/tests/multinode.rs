@@ -7,7 +7,7 @@ mod common;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::http;
-use dps_core::model::{IndividualEnrollment, LinkedHub};
+use dps_core::model::IndividualEnrollment;
 use serde_json::json;
 
 const KEY: &str = "bXVsdGktbm9kZS1rZXktbXVsdGktbm9kZS1rZXktMDEyMzQ1Njc4OQ==";
@@ -27,19 +27,7 @@ async fn two_nodes_share_one_postgres_store() {
     let b = common::start(&extra).await;
 
     let svc_a = &a.server.state.services;
-    let inst = svc_a
-        .update_instance("opendps", |i| {
-            i.iot_hubs.push(LinkedHub {
-                name: "hub.example".into(),
-                connection_string: "HostName=hub.example;SharedAccessKeyName=o;SharedAccessKey=aGVsbG8=".into(),
-                location: "local".into(),
-                allocation_weight: None,
-                apply_allocation_policy: None,
-            });
-            Ok(())
-        })
-        .await
-        .unwrap();
+    let inst = common::link_hub(&a, "hub.example").await;
     let scope = inst.id_scope.to_string();
     assert_eq!(
         b.server.state.services.instance("opendps").await.unwrap().id_scope,

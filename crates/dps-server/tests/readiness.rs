@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{read_http_response, start, Client};
-use dps_core::model::{IndividualEnrollment, LinkedHub};
+use dps_core::model::IndividualEnrollment;
 use serde_json::{json, Value};
 
 const KEY: &str = "cmVhZGluZXNzLWtleS1yZWFkaW5lc3Mta2V5LTAxMjM0NTY3ODk=";
@@ -17,19 +17,7 @@ const KEY: &str = "cmVhZGluZXNzLWtleS1yZWFkaW5lc3Mta2V5LTAxMjM0NTY3ODk=";
 async fn readiness_report_names_the_devices_a_stricter_policy_would_refuse() {
     let s = start("").await;
     let svc = &s.server.state.services;
-    let inst = svc
-        .update_instance("opendps", |i| {
-            i.iot_hubs.push(LinkedHub {
-                name: "hub.example".into(),
-                connection_string: "HostName=hub.example;SharedAccessKeyName=o;SharedAccessKey=aGVsbG8=".into(),
-                location: "local".into(),
-                allocation_weight: None,
-                apply_allocation_policy: None,
-            });
-            Ok(())
-        })
-        .await
-        .unwrap();
+    let inst = common::link_hub(&s, "hub.example").await;
     let scope = inst.id_scope.to_string();
     // Three devices: a modern stack, a legacy RSA-kx/SHA-1 one, a CBC-SHA ECDHE one.
     for (id, ciphers) in [

@@ -111,18 +111,6 @@ impl PgStore {
         tx.commit().await.map_err(unavailable)
     }
 
-    async fn get_raw(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
-        let c = self.client().await?;
-        let row = c
-            .query_opt(
-                "SELECT doc FROM documents WHERE kind = $1 AND instance = $2 AND id_key = $3",
-                &[&(kind as i16), &key(instance), &key(id)],
-            )
-            .await
-            .map_err(unavailable)?;
-        Ok(row.map(|r| r.get::<_, String>(0)))
-    }
-
     async fn exists(&self, kind: Kind, instance: &str, id: &str) -> Result<bool, StoreError> {
         let c = self.client().await?;
         let row = c
@@ -133,129 +121,6 @@ impl PgStore {
             .await
             .map_err(unavailable)?;
         Ok(row.is_some())
-    }
-
-    async fn put_raw(
-        &self,
-        kind: Kind,
-        instance: &str,
-        d: DocWrite<'_>,
-        pre: Precondition<'_>,
-    ) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        let (id, etag, doc) = (d.id, d.etag, d.json);
-        let (k, inst, idk, parent) = (kind as i16, key(instance), key(id), d.parent.map(key));
-        match pre {
-            Precondition::Any => {
-                c.execute(
-                    "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES ($1, $2, $3, $4, $5, $6)
-                     ON CONFLICT (kind, instance, id_key) DO UPDATE SET parent_key = EXCLUDED.parent_key, etag = EXCLUDED.etag, doc = EXCLUDED.doc",
-                    &[&k, &inst, &idk, &parent, &etag, &doc],
-                )
-                .await
-                .map_err(unavailable)?;
-                Ok(())
-            }
-            Precondition::MustNotExist => {
-                let n = c
-                    .execute(
-                        "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES ($1, $2, $3, $4, $5, $6)
-                         ON CONFLICT (kind, instance, id_key) DO NOTHING",
-                        &[&k, &inst, &idk, &parent, &etag, &doc],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                if n == 1 {
-                    Ok(())
-                } else {
-                    Err(StoreError::AlreadyExists)
-                }
-            }
-            Precondition::IfMatch(want) => {
-                let n = if want == "*" {
-                    c.execute(
-                        "UPDATE documents SET parent_key = $4, etag = $5, doc = $6 WHERE kind = $1 AND instance = $2 AND id_key = $3",
-                        &[&k, &inst, &idk, &parent, &etag, &doc],
-                    )
-                    .await
-                } else {
-                    c.execute(
-                        "UPDATE documents SET parent_key = $5, etag = $6, doc = $7
-                         WHERE kind = $1 AND instance = $2 AND id_key = $3 AND btrim(etag, '\"') = btrim($4, '\"')",
-                        &[&k, &inst, &idk, &want, &parent, &etag, &doc],
-                    )
-                    .await
-                }
-                .map_err(unavailable)?;
-                if n == 1 {
-                    Ok(())
-                } else if self.exists(kind, instance, id).await? {
-                    Err(StoreError::PreconditionFailed)
-                } else {
-                    Err(StoreError::NotFound)
-                }
-            }
-        }
-    }
-
-    async fn delete_raw(&self, kind: Kind, instance: &str, id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        let (k, inst, idk) = (kind as i16, key(instance), key(id));
-        let n = match pre {
-            Precondition::IfMatch(want) if want != "*" => c
-                .execute(
-                    &format!("DELETE FROM documents WHERE kind = $1 AND instance = $2 AND id_key = $3 AND {ETAG_EQ}"),
-                    &[&k, &inst, &idk, &want],
-                )
-                .await
-                .map_err(unavailable)?,
-            _ => c
-                .execute("DELETE FROM documents WHERE kind = $1 AND instance = $2 AND id_key = $3", &[&k, &inst, &idk])
-                .await
-                .map_err(unavailable)?,
-        };
-        if n == 1 {
-            Ok(())
-        } else if self.exists(kind, instance, id).await? {
-            Err(StoreError::PreconditionFailed)
-        } else {
-            Err(StoreError::NotFound)
-        }
-    }
-
-    async fn page_raw(
-        &self,
-        kind: Kind,
-        instance: &str,
-        parent: Option<&str>,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<RawPage, StoreError> {
-        let c = self.client().await?;
-        let limit = limit.max(1);
-        let lim = i64::try_from(limit + 1).unwrap_or(i64::MAX);
-        let (k, inst, after) = (kind as i16, key(instance), after.unwrap_or("").to_owned());
-        let rows = match parent.map(key) {
-            Some(p) => c
-                .query(
-                    "SELECT id_key, doc FROM documents WHERE kind = $1 AND instance = $2 AND parent_key = $3 AND id_key > $4
-                     ORDER BY id_key LIMIT $5",
-                    &[&k, &inst, &p, &after, &lim],
-                )
-                .await,
-            None => c
-                .query(
-                    "SELECT id_key, doc FROM documents WHERE kind = $1 AND instance = $2 AND id_key > $3 ORDER BY id_key LIMIT $4",
-                    &[&k, &inst, &after, &lim],
-                )
-                .await,
-        }
-        .map_err(unavailable)?;
-        let mut rows: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        let more = rows.len() > limit;
-        rows.truncate(limit);
-        let continuation = if more { rows.last().map(|(k, _)| k.clone()) } else { None };
-        Ok(RawPage { docs: rows.into_iter().map(|(_, d)| d).collect(), continuation })
     }
 }
 
@@ -356,21 +221,103 @@ impl DocumentStore for PgStore {
     }
 
     async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
-        self.get_raw(kind, instance, id).await
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT doc FROM documents WHERE kind = $1 AND instance = $2 AND id_key = $3",
+                &[&(kind as i16), &key(instance), &key(id)],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(row.map(|r| r.get::<_, String>(0)))
     }
 
     async fn put_doc(
         &self,
         kind: Kind,
         instance: &str,
-        doc: DocWrite<'_>,
+        d: DocWrite<'_>,
         pre: Precondition<'_>,
     ) -> Result<(), StoreError> {
-        self.put_raw(kind, instance, doc, pre).await
+        let c = self.client().await?;
+        let (id, etag, doc) = (d.id, d.etag, d.json);
+        let (k, inst, idk, parent) = (kind as i16, key(instance), key(id), d.parent.map(key));
+        match pre {
+            Precondition::Any => {
+                c.execute(
+                    "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (kind, instance, id_key) DO UPDATE SET parent_key = EXCLUDED.parent_key, etag = EXCLUDED.etag, doc = EXCLUDED.doc",
+                    &[&k, &inst, &idk, &parent, &etag, &doc],
+                )
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            }
+            Precondition::MustNotExist => {
+                let n = c
+                    .execute(
+                        "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES ($1, $2, $3, $4, $5, $6)
+                         ON CONFLICT (kind, instance, id_key) DO NOTHING",
+                        &[&k, &inst, &idk, &parent, &etag, &doc],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(StoreError::AlreadyExists)
+                }
+            }
+            Precondition::IfMatch(want) => {
+                let n = if want == "*" {
+                    c.execute(
+                        "UPDATE documents SET parent_key = $4, etag = $5, doc = $6 WHERE kind = $1 AND instance = $2 AND id_key = $3",
+                        &[&k, &inst, &idk, &parent, &etag, &doc],
+                    )
+                    .await
+                } else {
+                    c.execute(
+                        "UPDATE documents SET parent_key = $5, etag = $6, doc = $7
+                         WHERE kind = $1 AND instance = $2 AND id_key = $3 AND btrim(etag, '\"') = btrim($4, '\"')",
+                        &[&k, &inst, &idk, &want, &parent, &etag, &doc],
+                    )
+                    .await
+                }
+                .map_err(unavailable)?;
+                if n == 1 {
+                    Ok(())
+                } else if self.exists(kind, instance, id).await? {
+                    Err(StoreError::PreconditionFailed)
+                } else {
+                    Err(StoreError::NotFound)
+                }
+            }
+        }
     }
 
     async fn delete_doc(&self, kind: Kind, instance: &str, id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
-        self.delete_raw(kind, instance, id, pre).await
+        let c = self.client().await?;
+        let (k, inst, idk) = (kind as i16, key(instance), key(id));
+        let n = match pre {
+            Precondition::IfMatch(want) if want != "*" => c
+                .execute(
+                    &format!("DELETE FROM documents WHERE kind = $1 AND instance = $2 AND id_key = $3 AND {ETAG_EQ}"),
+                    &[&k, &inst, &idk, &want],
+                )
+                .await
+                .map_err(unavailable)?,
+            _ => c
+                .execute("DELETE FROM documents WHERE kind = $1 AND instance = $2 AND id_key = $3", &[&k, &inst, &idk])
+                .await
+                .map_err(unavailable)?,
+        };
+        if n == 1 {
+            Ok(())
+        } else if self.exists(kind, instance, id).await? {
+            Err(StoreError::PreconditionFailed)
+        } else {
+            Err(StoreError::NotFound)
+        }
     }
 
     async fn page_docs(
@@ -381,6 +328,30 @@ impl DocumentStore for PgStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<RawPage, StoreError> {
-        self.page_raw(kind, instance, parent, after, limit).await
+        let c = self.client().await?;
+        let limit = limit.max(1);
+        let lim = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+        let (k, inst, after) = (kind as i16, key(instance), after.unwrap_or("").to_owned());
+        let rows = match parent.map(key) {
+            Some(p) => c
+                .query(
+                    "SELECT id_key, doc FROM documents WHERE kind = $1 AND instance = $2 AND parent_key = $3 AND id_key > $4
+                     ORDER BY id_key LIMIT $5",
+                    &[&k, &inst, &p, &after, &lim],
+                )
+                .await,
+            None => c
+                .query(
+                    "SELECT id_key, doc FROM documents WHERE kind = $1 AND instance = $2 AND id_key > $3 ORDER BY id_key LIMIT $4",
+                    &[&k, &inst, &after, &lim],
+                )
+                .await,
+        }
+        .map_err(unavailable)?;
+        let mut rows: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let continuation = if more { rows.last().map(|(k, _)| k.clone()) } else { None };
+        Ok(RawPage { docs: rows.into_iter().map(|(_, d)| d).collect(), continuation })
     }
 }

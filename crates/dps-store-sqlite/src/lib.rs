@@ -166,122 +166,6 @@ impl SqliteStore {
         .await
         .map_err(unavailable)?
     }
-
-    async fn get_raw(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
-        let (instance, id) = (key(instance), key(id));
-        self.read(move |c| {
-            c.query_row(
-                "SELECT doc FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
-                params![kind as i64, instance, id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(unavailable)
-        })
-        .await
-    }
-
-    async fn put_raw(
-        &self,
-        kind: Kind,
-        instance: &str,
-        d: DocWrite<'_>,
-        pre: Precondition<'_>,
-    ) -> Result<(), StoreError> {
-        let (instance, id, parent, etag, doc) =
-            (key(instance), key(d.id), d.parent.map(key), d.etag.to_owned(), d.json.to_owned());
-        let pre = OwnedPre::from(pre);
-        self.write(move |tx| {
-            let current: Option<String> = tx
-                .query_row(
-                    "SELECT etag FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
-                    params![kind as i64, instance, id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(unavailable)?;
-            pre.check(current.as_deref())?;
-            tx.execute(
-                "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (kind, instance, id_key) DO UPDATE SET parent_key = excluded.parent_key, etag = excluded.etag, doc = excluded.doc",
-                params![kind as i64, instance, id, parent, etag, doc],
-            )
-            .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn delete_raw(&self, kind: Kind, instance: &str, id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
-        let (instance, id) = (key(instance), key(id));
-        let pre = OwnedPre::from(pre);
-        self.write(move |tx| {
-            let current: Option<String> = tx
-                .query_row(
-                    "SELECT etag FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
-                    params![kind as i64, instance, id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(unavailable)?;
-            if current.is_none() {
-                return Err(StoreError::NotFound);
-            }
-            pre.check(current.as_deref())?;
-            tx.execute(
-                "DELETE FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
-                params![kind as i64, instance, id],
-            )
-            .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn page_raw(
-        &self,
-        kind: Kind,
-        instance: &str,
-        parent: Option<&str>,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<RawPage, StoreError> {
-        let (instance, parent, after) = (key(instance), parent.map(key), after.unwrap_or("").to_owned());
-        let limit = limit.max(1);
-        self.read(move |c| {
-            let lim = i64::try_from(limit + 1).unwrap_or(i64::MAX);
-            let mut rows: Vec<(String, String)> = Vec::new();
-            let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
-            match &parent {
-                Some(p) => {
-                    let mut st = c
-                        .prepare_cached(
-                            "SELECT id_key, doc FROM documents WHERE kind = ?1 AND instance = ?2 AND parent_key = ?3 AND id_key > ?4
-                             ORDER BY id_key LIMIT ?5",
-                        )
-                        .map_err(unavailable)?;
-                    for r in st.query_map(params![kind as i64, instance, p, after, lim], map).map_err(unavailable)? {
-                        rows.push(r.map_err(unavailable)?);
-                    }
-                }
-                None => {
-                    let mut st = c
-                        .prepare_cached(
-                            "SELECT id_key, doc FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key > ?3 ORDER BY id_key LIMIT ?4",
-                        )
-                        .map_err(unavailable)?;
-                    for r in st.query_map(params![kind as i64, instance, after, lim], map).map_err(unavailable)? {
-                        rows.push(r.map_err(unavailable)?);
-                    }
-                }
-            }
-            let more = rows.len() > limit;
-            rows.truncate(limit);
-            let continuation = if more { rows.last().map(|(k, _)| k.clone()) } else { None };
-            Ok(RawPage { docs: rows.into_iter().map(|(_, d)| d).collect(), continuation })
-        })
-        .await
-    }
 }
 
 /// A precondition that can cross to the blocking thread.
@@ -435,21 +319,74 @@ impl DocumentStore for SqliteStore {
     }
 
     async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
-        self.get_raw(kind, instance, id).await
+        let (instance, id) = (key(instance), key(id));
+        self.read(move |c| {
+            c.query_row(
+                "SELECT doc FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
+                params![kind as i64, instance, id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
     }
 
     async fn put_doc(
         &self,
         kind: Kind,
         instance: &str,
-        doc: DocWrite<'_>,
+        d: DocWrite<'_>,
         pre: Precondition<'_>,
     ) -> Result<(), StoreError> {
-        self.put_raw(kind, instance, doc, pre).await
+        let (instance, id, parent, etag, doc) =
+            (key(instance), key(d.id), d.parent.map(key), d.etag.to_owned(), d.json.to_owned());
+        let pre = OwnedPre::from(pre);
+        self.write(move |tx| {
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT etag FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
+                    params![kind as i64, instance, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            pre.check(current.as_deref())?;
+            tx.execute(
+                "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (kind, instance, id_key) DO UPDATE SET parent_key = excluded.parent_key, etag = excluded.etag, doc = excluded.doc",
+                params![kind as i64, instance, id, parent, etag, doc],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn delete_doc(&self, kind: Kind, instance: &str, id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
-        self.delete_raw(kind, instance, id, pre).await
+        let (instance, id) = (key(instance), key(id));
+        let pre = OwnedPre::from(pre);
+        self.write(move |tx| {
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT etag FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
+                    params![kind as i64, instance, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            if current.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            pre.check(current.as_deref())?;
+            tx.execute(
+                "DELETE FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
+                params![kind as i64, instance, id],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn page_docs(
@@ -460,6 +397,40 @@ impl DocumentStore for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<RawPage, StoreError> {
-        self.page_raw(kind, instance, parent, after, limit).await
+        let (instance, parent, after) = (key(instance), parent.map(key), after.unwrap_or("").to_owned());
+        let limit = limit.max(1);
+        self.read(move |c| {
+            let lim = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+            let mut rows: Vec<(String, String)> = Vec::new();
+            let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
+            match &parent {
+                Some(p) => {
+                    let mut st = c
+                        .prepare_cached(
+                            "SELECT id_key, doc FROM documents WHERE kind = ?1 AND instance = ?2 AND parent_key = ?3 AND id_key > ?4
+                             ORDER BY id_key LIMIT ?5",
+                        )
+                        .map_err(unavailable)?;
+                    for r in st.query_map(params![kind as i64, instance, p, after, lim], map).map_err(unavailable)? {
+                        rows.push(r.map_err(unavailable)?);
+                    }
+                }
+                None => {
+                    let mut st = c
+                        .prepare_cached(
+                            "SELECT id_key, doc FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key > ?3 ORDER BY id_key LIMIT ?4",
+                        )
+                        .map_err(unavailable)?;
+                    for r in st.query_map(params![kind as i64, instance, after, lim], map).map_err(unavailable)? {
+                        rows.push(r.map_err(unavailable)?);
+                    }
+                }
+            }
+            let more = rows.len() > limit;
+            rows.truncate(limit);
+            let continuation = if more { rows.last().map(|(k, _)| k.clone()) } else { None };
+            Ok(RawPage { docs: rows.into_iter().map(|(_, d)| d).collect(), continuation })
+        })
+        .await
     }
 }

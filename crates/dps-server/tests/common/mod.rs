@@ -299,3 +299,23 @@ pub async fn http(
     .await
     .unwrap()
 }
+
+/// Links an IoT hub (host `name`, location `local`) to the default instance; returns the instance.
+pub async fn link_hub(s: &TestServer, name: &str) -> dps_core::model::Instance {
+    let hub = dps_core::model::LinkedHub {
+        name: name.into(),
+        connection_string: format!("HostName={name};SharedAccessKeyName=o;SharedAccessKey=aGVsbG8="),
+        location: "local".into(),
+        allocation_weight: None,
+        apply_allocation_policy: None,
+    };
+    s.server
+        .state
+        .services
+        .update_instance("opendps", move |i| {
+            i.iot_hubs.push(hub);
+            Ok(())
+        })
+        .await
+        .expect("link hub")
+}
