@@ -349,7 +349,8 @@ def _run_json(cmd: list[str], env: dict | None = None, cwd: Path = HERE) -> dict
 
 
 def py_register(server: Server, registration_id: str, *, scope: str | None = None,
-                symmetric_key: str | None = None, cert: Path | None = None, key: Path | None = None) -> dict:
+                symmetric_key: str | None = None, cert: Path | None = None, key: Path | None = None,
+                websockets: bool = False) -> dict:
     """Register with azure-iot-device (Python, MQTT). Returns {"ok": bool, "result"|"error": ...}."""
     cmd = [sys.executable, str(HERE / "py_register.py"), "--host", server.ip, "--id-scope", scope or server.id_scope,
            "--registration-id", registration_id, "--root-ca", str(server.root_ca)]
@@ -357,6 +358,8 @@ def py_register(server: Server, registration_id: str, *, scope: str | None = Non
         cmd += ["--symmetric-key", symmetric_key]
     else:
         cmd += ["--cert", str(cert), "--key", str(key)]
+    if websockets:
+        cmd.append("--websockets")
     return _run_json(cmd)
 
 

@@ -4,7 +4,7 @@
 // test_device_sdks.py; the server's root CA is trusted through NODE_EXTRA_CA_CERTS.
 //
 // Arguments (all --name value):
-//   --host IP --id-scope SCOPE --registration-id ID --transport http|mqtt
+//   --host IP --id-scope SCOPE --registration-id ID --transport http|mqtt|mqttws
 //   and either --symmetric-key KEY, or --cert FILE --key FILE (the cert file may hold the chain)
 //   --timeout-ms N (default 60000)
 const fs = require('fs');
@@ -54,11 +54,14 @@ function main() {
   if (a.transport === 'http') {
     const { Http } = require('azure-iot-provisioning-device-http');
     transport = new Http();
+  } else if (a.transport === 'mqttws') {
+    const { MqttWs } = require('azure-iot-provisioning-device-mqtt');
+    transport = new MqttWs();
   } else if (a.transport === 'mqtt') {
     const { Mqtt } = require('azure-iot-provisioning-device-mqtt');
     transport = new Mqtt();
   } else {
-    throw new Error('--transport must be http or mqtt');
+    throw new Error('--transport must be http, mqtt or mqttws');
   }
 
   let security;

@@ -21,6 +21,7 @@ def main() -> int:
     p.add_argument("--symmetric-key")
     p.add_argument("--cert")
     p.add_argument("--key")
+    p.add_argument("--websockets", action="store_true", help="MQTT over WebSockets on 443")
     a = p.parse_args()
 
     from azure.iot.device import ProvisioningDeviceClient, X509
@@ -32,6 +33,7 @@ def main() -> int:
         registration_id=a.registration_id,
         id_scope=a.id_scope,
         server_verification_cert=root,
+        websockets=a.websockets,
     )
     if a.symmetric_key:
         client = ProvisioningDeviceClient.create_from_symmetric_key(symmetric_key=a.symmetric_key, **common)

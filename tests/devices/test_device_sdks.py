@@ -505,3 +505,19 @@ def test_tls13_instance_accepts_node_sdk_tls13(tls13_server, transport):
     key = enroll_symmetric(s, rid, dps_name="tls13-dps")
     hub, did = assert_assigned_node(node_register(s, rid, transport, scope=s.tls13_scope, symmetric_key=key), rid)
     assert_record(s, rid, hub, did, tls_version="TLSv1.3", dps_name="tls13-dps")
+
+
+def test_python_mqtt_over_websockets(server):
+    """MQTT over WebSockets on 443 (`/$iothub/websocket`, sub-protocol mqtt) with the Python SDK."""
+    rid = unique("py-ws")
+    key = enroll_symmetric(server, rid)
+    hub, did = assert_assigned_py(py_register(server, rid, symmetric_key=key, websockets=True), rid)
+    assert_record(server, rid, hub, did)
+
+
+def test_node_mqtt_over_websockets(server):
+    """MQTT over WebSockets on 443 with the Node SDK's MqttWs transport."""
+    rid = unique("node-ws")
+    key = enroll_symmetric(server, rid)
+    hub, did = assert_assigned_node(node_register(server, rid, "mqttws", symmetric_key=key), rid)
+    assert_record(server, rid, hub, did)
