@@ -70,17 +70,14 @@ impl DeviceCrypto for OpensslDeviceCrypto {
         })
     }
 
-    fn chains_to(&self, chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> bool {
+    fn chain_depth(&self, chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Option<usize> {
         let now = unix(now);
-        let Ok(anchor) = load(anchor_pem) else { return false };
-        let Ok(anchor_der) = anchor.to_der() else { return false };
+        let anchor = load(anchor_pem).ok()?;
+        let anchor_der = anchor.to_der().ok()?;
         if !valid_at(&anchor_der, now) {
-            return false;
+            return None;
         }
-        let certs: Vec<X509> = match chain.iter().map(|d| X509::from_der(d)).collect::<Result<_, _>>() {
-            Ok(c) => c,
-            Err(_) => return false,
-        };
+        let certs: Vec<X509> = chain.iter().map(|d| X509::from_der(d)).collect::<Result<_, _>>().ok()?;
         // The device must present the path from its leaf up to a certificate the anchor issued
         // (or the anchor itself); unpresented intermediates are never assumed.
         let top = certs.iter().enumerate().find_map(|(i, c)| {
@@ -92,18 +89,18 @@ impl DeviceCrypto for OpensslDeviceCrypto {
                 None
             }
         });
-        let Some(top) = top else { return false };
+        let top = top?;
         for k in 0..=top {
             if !valid_at(&chain[k], now) {
-                return false;
+                return None;
             }
             if k > 0 && !window(&chain[k]).is_some_and(|(_, _, ca)| ca) {
-                return false; // an intermediate must be a CA
+                return None; // an intermediate must be a CA
             }
             if k < top && !chain_issued_by(&certs[k], &certs[k + 1]) {
-                return false;
+                return None;
             }
         }
-        true
+        Some(top)
     }
 }

@@ -62,9 +62,10 @@ pub trait DeviceCrypto: Send + Sync + std::fmt::Debug {
     fn derive_key(&self, group_key: &str, registration_id: &str) -> Option<String>;
     /// Facts about the leaf of a presented chain (DER): subject CN, validity at `now`, info.
     fn leaf(&self, der: &[u8], now: SystemTime) -> Result<LeafFacts, String>;
-    /// Whether the presented chain (leaf first, DER) leads, signature by signature and within
-    /// validity at `now`, to a certificate issued by (or equal to) `anchor_pem`.
-    fn chains_to(&self, chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> bool;
+    /// If the presented chain (leaf first, DER) leads, signature by signature and within validity
+    /// at `now`, to a certificate issued by (or equal to) `anchor_pem`: the position in the chain
+    /// of the certificate the anchor vouches for (0 = the leaf itself was issued by the anchor).
+    fn chain_depth(&self, chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Option<usize>;
 }
 
 /// What attestation needs to know about a device certificate.

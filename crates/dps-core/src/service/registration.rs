@@ -192,6 +192,9 @@ impl Services {
                         return Ok(attested(EnrollmentSource::Individual(e), facts.info));
                     }
                 }
+                // Groups: the one whose CA vouches for the certificate closest to the leaf wins
+                // (the first intermediate, then the next one up; dps-protocol.md §4.3).
+                let mut best: Option<(usize, EnrollmentGroup)> = None;
                 for g in self.all_groups(&instance).await? {
                     if g.attestation.kind != AttestationType::X509 {
                         continue;
@@ -211,9 +214,15 @@ impl Services {
                             }
                         }
                     }
-                    if anchors.iter().any(|a| self.crypto.chains_to(chain, a, now)) {
-                        return Ok(attested(EnrollmentSource::Group(g), facts.info));
+                    let depth = anchors.iter().filter_map(|a| self.crypto.chain_depth(chain, a, now)).min();
+                    if let Some(d) = depth {
+                        if best.as_ref().is_none_or(|(bd, _)| d < *bd) {
+                            best = Some((d, g));
+                        }
                     }
+                }
+                if let Some((_, g)) = best {
+                    return Ok(attested(EnrollmentSource::Group(g), facts.info));
                 }
                 Err(denied())
             }
