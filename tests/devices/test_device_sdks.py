@@ -521,3 +521,19 @@ def test_node_mqtt_over_websockets(server):
     key = enroll_symmetric(server, rid)
     hub, did = assert_assigned_node(node_register(server, rid, "mqttws", symmetric_key=key), rid)
     assert_record(server, rid, hub, did)
+
+
+def test_x509_the_group_of_the_closest_ca_decides(server, certs):
+    """Two X.509 groups: one signed by the root, one by the intermediate. A device presenting
+    leaf + intermediate belongs to the intermediate's group (the first intermediate decides,
+    dps-protocol.md §4.3), whichever was enrolled first."""
+    root = certs.root(unique("closest-root"))
+    inter = certs.intermediate(unique("closest-int"), root)
+    g_root, g_int = unique("grp-root"), unique("grp-int")
+    enroll_x509_group(server, g_root, root)
+    enroll_x509_group(server, g_int, inter)
+    rid = unique("closest-dev")
+    leaf = certs.leaf(rid, inter, kind="ec")
+    hub, did = assert_assigned_py(py_register(server, rid, cert=leaf.chain_file(), key=leaf.key), rid)
+    rec = assert_record(server, rid, hub, did, client_cert=True)
+    assert rec["enrollmentGroupId"] == g_int, rec
