@@ -1,0 +1,200 @@
+//! `idle`: K MQTT-over-TLS connections opened (TLS, CONNECT, SUBSCRIBE) and left idle; the
+//! server's resident memory before, with them open, and after they close, per connection.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::device::{self, Auth, IdleConnection, Timing};
+use crate::load::{self, Spec};
+use crate::procstat;
+use crate::register::{Setup, SetupSpec};
+use crate::report::{verdict, Report};
+use crate::stats::LoadResult;
+use crate::{Attestation, Common, Protocol, WorkDir};
+
+#[derive(Args, Debug)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Idle connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Bound on the opening phase.
+    #[arg(long, default_value_t = 240)]
+    pub max_seconds: u64,
+    /// How long all connections stay open before memory is read.
+    #[arg(long, default_value_t = 5)]
+    pub hold_seconds: u64,
+    /// MQTT keep-alive of the idle connections (seconds; the server closes one silent for 1.5×).
+    #[arg(long, default_value_t = 600)]
+    pub keep_alive: u16,
+    /// CONNECT only, no SUBSCRIBE.
+    #[arg(long)]
+    pub no_subscribe: bool,
+    /// Registrations before the baseline is read (warm code paths, allocator, store).
+    #[arg(long, default_value_t = 200)]
+    pub warmup: usize,
+}
+
+/// The figures of an idle run.
+#[derive(Debug, Default, Clone)]
+pub struct IdleResult {
+    pub open: LoadResult,
+    pub base_rss_kib: u64,
+    pub open_rss_kib: u64,
+    pub closed_rss_kib: u64,
+    pub base_fds: usize,
+    pub open_fds: usize,
+    pub client_rss_delta_kib: u64,
+}
+
+impl IdleResult {
+    pub fn held(&self) -> u64 {
+        self.open.ok
+    }
+    /// Server KiB per held connection.
+    pub fn per_connection_kib(&self) -> Option<f64> {
+        (self.held() > 0).then(|| self.open_rss_kib.saturating_sub(self.base_rss_kib) as f64 / self.held() as f64)
+    }
+    pub fn peak_per_connection_kib(&self) -> Option<f64> {
+        (self.held() > 0)
+            .then(|| self.open.server.peak_rss_kib.saturating_sub(self.base_rss_kib) as f64 / self.held() as f64)
+    }
+}
+
+/// Opens, holds and closes the connections against `setup`'s server.
+pub async fn measure(setup: &Setup, a: &IdleArgs) -> anyhow::Result<IdleResult> {
+    let c = &a.common;
+    let pid = setup.server.pid;
+    if a.warmup > 0 {
+        let ids: Arc<Vec<String>> = Arc::new((0..a.warmup).map(|i| format!("idle-warm-{i:07}")).collect());
+        let auths = setup.creds(Attestation::Symmetric, &ids)?;
+        let spec = Spec {
+            label: "warm-up".into(),
+            n: a.warmup,
+            concurrency: a.concurrency.min(a.warmup),
+            max: Duration::from_secs(a.max_seconds.max(1)),
+            device_timeout: c.device_timeout(),
+            progress: false,
+        };
+        let r = setup.load(&spec, Protocol::Mqtt, ids, auths).await;
+        eprintln!("warm-up {}", r.line());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let base_rss_kib = procstat::rss_kib(pid).unwrap_or(0);
+    let base_fds = procstat::fd_count(pid).unwrap_or(0);
+    let me = std::process::id();
+    let client_base = procstat::rss_kib(me).unwrap_or(0);
+
+    let ids: Arc<Vec<String>> = Arc::new((0..a.connections).map(|i| format!("idle-{i:07}")).collect());
+    let auths = setup.creds(Attestation::Symmetric, &ids)?;
+    let held: Arc<Mutex<Vec<IdleConnection>>> = Arc::new(Mutex::new(Vec::with_capacity(a.connections)));
+    let spec = Spec {
+        label: format!("open {} idle MQTT-TLS connections", a.connections),
+        n: a.connections,
+        concurrency: a.concurrency,
+        max: Duration::from_secs(a.max_seconds.max(1)),
+        device_timeout: c.device_timeout(),
+        progress: true,
+    };
+    let (t, h, subscribe, keep_alive) = (setup.target.clone(), held.clone(), !a.no_subscribe, a.keep_alive);
+    let open = load::run(&spec, &setup.server.group(), move |i| {
+        let (t, ids, auths, h) = (t.clone(), ids.clone(), auths.clone(), h.clone());
+        async move {
+            let auth: &Auth = &auths[i];
+            let (conn, timing): (IdleConnection, Timing) =
+                device::mqtt_idle(&t, &ids[i], auth, subscribe, keep_alive).await?;
+            h.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(conn);
+            Ok(timing)
+        }
+    })
+    .await;
+    eprintln!("{}", open.line());
+    tokio::time::sleep(Duration::from_secs(a.hold_seconds)).await;
+    let open_rss_kib = procstat::rss_kib(pid).unwrap_or(0);
+    let open_fds = procstat::fd_count(pid).unwrap_or(0);
+    let client_rss_delta_kib = procstat::rss_kib(me).unwrap_or(0).saturating_sub(client_base);
+    // Close them all, give the server a moment, read again.
+    let conns = std::mem::take(&mut *held.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    drop(conns);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let closed_rss_kib = procstat::rss_kib(pid).unwrap_or(0);
+    Ok(IdleResult { open, base_rss_kib, open_rss_kib, closed_rss_kib, base_fds, open_fds, client_rss_delta_kib })
+}
+
+/// The report lines of an idle run.
+pub fn report(rep: &mut Report, a: &IdleArgs, r: &IdleResult) {
+    let mib = |k: u64| k as f64 / 1024.0;
+    rep.line(format!(
+        "{} connections asked, {} held open ({}); each: new full TLS 1.2 handshake, CONNECT (keep-alive {} s){}, \
+         then nothing. Memory read {} s after the last one opened.\n",
+        a.connections,
+        r.held(),
+        r.open.failures_text(),
+        a.keep_alive,
+        if a.no_subscribe { "" } else { ", SUBSCRIBE $dps/registrations/res/#" },
+        a.hold_seconds
+    ));
+    rep.line("| | server RSS MiB | server open fds |");
+    rep.line("|---|---|---|");
+    rep.line(format!("| before (after warm-up) | {:.1} | {} |", mib(r.base_rss_kib), r.base_fds));
+    rep.line(format!("| peak while opening | {:.1} | |", mib(r.open.server.peak_rss_kib.max(r.open_rss_kib))));
+    rep.line(format!("| all open, idle | {:.1} | {} |", mib(r.open_rss_kib), r.open_fds));
+    rep.line(format!("| 3 s after all closed | {:.1} | |", mib(r.closed_rss_kib)));
+    rep.line("");
+    if let Some(per) = r.per_connection_kib() {
+        rep.line(format!(
+            "Server memory per idle connection: **{per:.1} KiB** ((RSS open − RSS before) / connections held); \
+             {:.1} KiB at the peak while handshakes were in flight. The load generator's own RSS grew {:.1} MiB \
+             ({:.1} KiB per client connection). Opening rate: {:.0} connections/s.\n",
+            r.peak_per_connection_kib().unwrap_or(0.0),
+            mib(r.client_rss_delta_kib),
+            r.client_rss_delta_kib as f64 / r.held() as f64,
+            r.open.rate(),
+        ));
+        rep.line(format!(
+            "Target (reported, not asserted): idle MQTT-TLS connection ≤ 32 KiB of server memory: {}",
+            verdict(per <= 32.0)
+        ));
+    }
+}
+
+pub async fn idle(a: IdleArgs) -> anyhow::Result<()> {
+    let c = &a.common;
+    let work = WorkDir::new(c)?;
+    let need = a.connections as u64 + 4096;
+    let have = procstat::raise_own_nofile(need.max(65_536));
+    if have < need {
+        bail!("this process may open {have} files, {need} needed: raise `ulimit -n` (the hard limit) first");
+    }
+    if procstat::child_nofile(need + 4096) < a.connections as u64 + 1024 {
+        bail!(
+            "the server could not be given enough open files for {} connections: raise the hard `ulimit -n`",
+            a.connections
+        );
+    }
+    let setup = Setup::start(SetupSpec {
+        common: c,
+        default_address: Ipv4Addr::new(127, 0, 0, 92),
+        data_dir: work.path.join("opendps"),
+        max_connections: a.connections as u64 + 1000,
+        nofile: (a.connections as u64 + 16_384).max(65_536),
+        symmetric: true,
+        x509: false,
+    })?;
+    let r = measure(&setup, &a).await?;
+    let mut rep = Report::new("OpenDPS server memory per idle MQTT-over-TLS connection");
+    report(&mut rep, &a, &r);
+    rep.finish(c.report.as_deref())?;
+    if r.held() == 0 {
+        bail!("no connection could be opened; the server log ends with:\n{}", setup.server.log_tail(20));
+    }
+    Ok(())
+}

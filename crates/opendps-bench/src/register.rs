@@ -1,0 +1,532 @@
+//! `register` and `ceiling`: registrations/s of OpenDPS, each load paired with the nginx TLS
+//! ceiling measured just before it with the same client, concurrency and credentials.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+
+use crate::device::{self, Auth, Target};
+use crate::load::{self, Spec};
+use crate::nginx::{Nginx, NginxSpec};
+use crate::pki::Ca;
+use crate::report::{verdict, Report};
+use crate::server::{self, Server, ServerSpec};
+use crate::stats::{median, LoadResult};
+use crate::tlsclient::TlsClient;
+use crate::{Attestation, Common, Protocol, WorkDir};
+
+#[derive(Args, Debug)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Protocols to run, each a load of its own (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "https")]
+    pub protocol: Vec<Protocol>,
+    /// Attestations to run, each a load of its own (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "symmetric")]
+    pub attestation: Vec<Attestation>,
+    /// Devices per load.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Devices in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// No device starts after this many seconds of a load.
+    #[arg(long, default_value_t = 120)]
+    pub max_seconds: u64,
+    /// Pair each load with the nginx ceiling, measured just before it.
+    #[arg(long)]
+    pub with_ceiling: bool,
+    /// Repeat every (ceiling, load) pair this many times; ratios are reported per pair and as
+    /// the median.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Registrations before the measured loads (not reported in the table), per protocol and
+    /// attestation.
+    #[arg(long, default_value_t = 50)]
+    pub warmup: usize,
+    /// Resume TLS sessions instead of full handshakes (not available: see --help of the README).
+    #[arg(long)]
+    pub resume: bool,
+    #[command(flatten)]
+    pub nginx: NginxArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NginxArgs {
+    /// The nginx binary (default: nginx on the PATH or /usr/sbin/nginx; `apt-get install nginx`).
+    #[arg(long)]
+    pub nginx_bin: Option<PathBuf>,
+    /// nginx worker processes (2: one per core, as the OpenDPS runtime uses every core).
+    #[arg(long, default_value_t = 2)]
+    pub nginx_workers: usize,
+    /// Skip `openssl speed rsa2048 ecdhp256` (the crypto cost of one handshake) in the report.
+    #[arg(long)]
+    pub no_openssl_speed: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CeilingArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// With a client certificate (x509) or without (symmetric).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "symmetric")]
+    pub attestation: Vec<Attestation>,
+    /// Handshakes per load.
+    #[arg(long, default_value_t = 3000)]
+    pub handshakes: usize,
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 60)]
+    pub max_seconds: u64,
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    #[command(flatten)]
+    pub nginx: NginxArgs,
+}
+
+/// A server with a linked hub and the bench's enrollment groups, and a client for it.
+#[derive(Debug)]
+pub struct Setup {
+    pub server: Server,
+    pub target: Arc<Target>,
+    pub group_key: Option<String>,
+    pub ca: Option<Arc<Ca>>,
+    pub address: Ipv4Addr,
+}
+
+/// What a [`Setup`] needs.
+#[derive(Debug)]
+pub struct SetupSpec<'a> {
+    pub common: &'a Common,
+    pub default_address: Ipv4Addr,
+    pub data_dir: PathBuf,
+    pub max_connections: u64,
+    pub nofile: u64,
+    pub symmetric: bool,
+    pub x509: bool,
+}
+
+impl Setup {
+    pub fn start(s: SetupSpec<'_>) -> anyhow::Result<Setup> {
+        let c = s.common;
+        let address = c.address.unwrap_or(s.default_address);
+        if !address.is_loopback() {
+            bail!("--address {address}: the bench only runs on loopback (127.0.0.0/8)");
+        }
+        let spec = ServerSpec {
+            bin: server::find_bin(c.opendps_bin.as_deref())?,
+            data_dir: s.data_dir.clone(),
+            address: IpAddr::V4(address),
+            https_port: c.https_port,
+            mqtt_port: c.mqtt_port,
+            config: crate::server_config(c, s.max_connections)?,
+            nofile: s.nofile,
+        };
+        eprintln!("starting {} on {address} (data {})", spec.bin.display(), spec.data_dir.display());
+        let server = Server::start(spec)?;
+        server.link_hub()?;
+        let group_key = if s.symmetric { Some(server.symmetric_group("bench-sym")?) } else { None };
+        let ca = if s.x509 {
+            let ca = Ca::new("opendps-bench device CA")?;
+            let pem = s.data_dir.with_extension("device-ca.pem");
+            std::fs::write(&pem, ca.pem()?)?;
+            server.x509_group("bench-x509", &pem)?;
+            Some(Arc::new(ca))
+        } else {
+            None
+        };
+        let tls = TlsClient::new(&server.root_pem(), IpAddr::V4(address), &c.groups)?;
+        let target = Arc::new(Target { tls, https: server.https, mqtt: server.mqtt, scope: server.scope.clone() });
+        Ok(Setup { server, target, group_key, ca, address })
+    }
+
+    /// A credential per id.
+    pub fn creds(&self, att: Attestation, ids: &[String]) -> anyhow::Result<Arc<Vec<Auth>>> {
+        let v = match att {
+            Attestation::Symmetric => {
+                let g = self.group_key.as_deref().ok_or_else(|| anyhow!("no symmetric-key group"))?;
+                ids.iter()
+                    .map(|id| {
+                        dps_attest::derive_device_key(g, id).map(Auth::Key).ok_or_else(|| anyhow!("bad group key"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            }
+            Attestation::X509 => {
+                let ca = self.ca.as_ref().ok_or_else(|| anyhow!("no X.509 group"))?;
+                ids.iter().map(|id| ca.issue(id).map(Auth::Cert)).collect::<anyhow::Result<Vec<_>>>()?
+            }
+        };
+        Ok(Arc::new(v))
+    }
+
+    /// N registrations over `proto` of `ids` with `auths`.
+    pub async fn load(&self, spec: &Spec, proto: Protocol, ids: Arc<Vec<String>>, auths: Arc<Vec<Auth>>) -> LoadResult {
+        let t = self.target.clone();
+        load::run(spec, &self.server.group(), move |i| {
+            let (t, ids, auths) = (t.clone(), ids.clone(), auths.clone());
+            async move {
+                match proto {
+                    Protocol::Https => device::https_register(&t, &ids[i], &auths[i]).await,
+                    Protocol::Mqtt => device::mqtt_register(&t, &ids[i], &auths[i]).await,
+                }
+            }
+        })
+        .await
+    }
+
+    /// N ceiling requests to nginx with the same client and `auths`.
+    pub async fn ceiling_load(&self, spec: &Spec, nginx: &Nginx, auths: Arc<Vec<Auth>>) -> LoadResult {
+        let (t, addr) = (self.target.clone(), nginx.addr);
+        load::run(spec, &nginx.group(), move |i| {
+            let (t, auths) = (t.clone(), auths.clone());
+            async move { device::https_static(&t, addr, &auths[i]).await }
+        })
+        .await
+    }
+
+    /// nginx with this server's certificate chain and key, in `prefix`.
+    pub fn start_nginx(&self, c: &Common, n: &NginxArgs, prefix: &Path) -> anyhow::Result<Nginx> {
+        let bin = crate::nginx::find_bin(n.nginx_bin.as_deref())
+            .ok_or_else(|| anyhow!("nginx is not installed: apt-get install -y nginx (or pass --nginx-bin)"))?;
+        std::fs::create_dir_all(prefix)?;
+        let pki = self.server.spec.data_dir.join("pki");
+        let mut chain = std::fs::read_to_string(pki.join("server.pem")).context("the server's leaf")?;
+        if chain.matches("BEGIN CERTIFICATE").count() == 1 {
+            chain.push_str(&std::fs::read_to_string(pki.join("intermediate.pem")).context("the intermediate")?);
+        }
+        let chain_path = prefix.join("chain.pem");
+        std::fs::write(&chain_path, chain)?;
+        let spec = NginxSpec {
+            bin,
+            prefix: prefix.to_owned(),
+            listen: SocketAddr::new(IpAddr::V4(self.address), c.nginx_port),
+            chain: chain_path,
+            key: std::path::absolute(pki.join("server.key"))?,
+            workers: n.nginx_workers.max(1),
+            groups: "P-256:P-384".into(),
+            request_client_cert: true,
+            nofile: 65536,
+        };
+        let nginx = Nginx::start(&spec)?;
+        eprintln!("nginx ceiling on {} ({}, {} workers)", nginx.addr, nginx.version, spec.workers);
+        Ok(nginx)
+    }
+}
+
+/// `openssl speed` of the two operations a full handshake costs the server.
+pub fn openssl_speed() -> Vec<String> {
+    let out = std::process::Command::new("openssl")
+        .args(["speed", "-seconds", "2", "rsa2048", "ecdhp256"])
+        .stderr(std::process::Stdio::null())
+        .output();
+    let Ok(out) = out else { return vec!["openssl speed: not available".into()] };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = Vec::new();
+    let mut keep = false;
+    for l in text.lines() {
+        if l.trim_start().starts_with("sign") || l.contains("op      op/s") {
+            keep = true;
+        }
+        if keep && !l.trim().is_empty() {
+            lines.push(l.to_owned());
+        }
+    }
+    lines
+}
+
+/// A one-core estimate of full handshakes/s from `openssl speed` lines: 1 / (RSA sign + 2 ECDH),
+/// from the operations per second columns.
+pub fn handshake_estimate(lines: &[String]) -> Option<f64> {
+    let mut sign_per_s = None;
+    let mut ecdh_per_s = None;
+    for l in lines {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if l.trim_start().starts_with("rsa 2048") && w.len() >= 7 {
+            sign_per_s = w[5].parse::<f64>().ok();
+        }
+        if l.contains("ecdh (nistp256)") {
+            ecdh_per_s = w.last().and_then(|s| s.parse::<f64>().ok());
+        }
+    }
+    let (s, e) = (sign_per_s?, ecdh_per_s?);
+    Some(1.0 / (1.0 / s + 2.0 / e))
+}
+
+fn ids(tag: &str, n: usize) -> Arc<Vec<String>> {
+    Arc::new((0..n).map(|i| format!("{tag}-{i:07}")).collect())
+}
+
+fn spec(label: String, n: usize, c: usize, max: u64, common: &Common) -> Spec {
+    Spec {
+        label,
+        n,
+        concurrency: c,
+        max: Duration::from_secs(max.max(1)),
+        device_timeout: common.device_timeout(),
+        progress: true,
+    }
+}
+
+/// A paired measurement.
+struct Pair {
+    round: usize,
+    att: Attestation,
+    proto: Protocol,
+    ceiling: Option<LoadResult>,
+    opendps: LoadResult,
+}
+
+pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
+    if a.resume {
+        bail!(
+            "--resume is not available: resuming a TLS session from the client needs SSL_set_session, which the \
+             openssl crate exposes only as `unsafe`, and unsafe code is forbidden outside dps-tls. A safe \
+             wrapper in dps_tls::client would enable it (see bench/README.md)."
+        );
+    }
+    let c = &a.common;
+    let work = WorkDir::new(c)?;
+    let sym = a.attestation.contains(&Attestation::Symmetric);
+    let x509 = a.attestation.contains(&Attestation::X509);
+    let setup = Setup::start(SetupSpec {
+        common: c,
+        default_address: Ipv4Addr::new(127, 0, 0, 90),
+        data_dir: work.path.join("opendps"),
+        max_connections: 20_000,
+        nofile: 65_536,
+        symmetric: sym,
+        x509,
+    })?;
+    crate::procstat::raise_own_nofile(65_536);
+    let nginx = if a.with_ceiling { Some(setup.start_nginx(c, &a.nginx, &work.path.join("nginx"))?) } else { None };
+    let speed = if a.with_ceiling && !a.nginx.no_openssl_speed {
+        eprintln!("openssl speed rsa2048 ecdhp256 (about 10 s)...");
+        openssl_speed()
+    } else {
+        Vec::new()
+    };
+
+    // Warm-up: first connections, SQLite pages, allocator arenas.
+    for &att in &a.attestation {
+        for &proto in &a.protocol {
+            if a.warmup == 0 {
+                continue;
+            }
+            let tag = format!("warm-{}-{}", proto.name(), att.name());
+            let ids = ids(&tag, a.warmup);
+            let auths = setup.creds(att, &ids)?;
+            let mut s = spec(tag, a.warmup, a.concurrency.min(a.warmup), a.max_seconds, c);
+            s.progress = false;
+            let r = setup.load(&s, proto, ids, auths).await;
+            eprintln!("warm-up {}", r.line());
+        }
+    }
+
+    let mut pairs = Vec::new();
+    for round in 1..=a.rounds.max(1) {
+        for &att in &a.attestation {
+            for &proto in &a.protocol {
+                let tag = format!("r{round}-{}-{}", proto.name(), att.name());
+                let ids = ids(&tag, a.devices);
+                let auths = setup.creds(att, &ids)?;
+                let ceiling = match &nginx {
+                    Some(n) => {
+                        let label = format!("nginx ceiling r{round} ({})", att.name());
+                        let r = setup
+                            .ceiling_load(&spec(label, a.devices, a.concurrency, a.max_seconds, c), n, auths.clone())
+                            .await;
+                        eprintln!("{}", r.line());
+                        Some(r)
+                    }
+                    None => None,
+                };
+                let label = format!("OpenDPS r{round} {} {}", proto.name(), att.name());
+                let r = setup.load(&spec(label, a.devices, a.concurrency, a.max_seconds, c), proto, ids, auths).await;
+                eprintln!("{}", r.line());
+                if r.ok == 0 {
+                    eprintln!("no registration succeeded; the server log ends with:\n{}", setup.server.log_tail(20));
+                }
+                pairs.push(Pair { round, att, proto, ceiling, opendps: r });
+            }
+        }
+    }
+
+    let mut rep = Report::new("OpenDPS registrations per second against the nginx TLS ceiling");
+    rep.line(format!(
+        "Setup: {} devices per load, {} in flight, at most {} s per load, {} round(s), {} warm-up registrations per \
+         protocol and attestation. Client: TLS 1.2, groups {}, full handshake per device (no session cache, no \
+         ticket), server verified against the OpenDPS root; polls at once without waiting Retry-After. Server: `{}` \
+         on {}, store durability {}, log filter {}. Latency is per device, from TCP connect to the connection \
+         closed; the rate is successes over the wall time of the load.",
+        a.devices,
+        a.concurrency,
+        a.max_seconds,
+        a.rounds.max(1),
+        a.warmup,
+        c.groups,
+        setup.server.spec.bin.display(),
+        setup.address,
+        c.durability,
+        c.server_log,
+    ));
+    if let Some(n) = &nginx {
+        rep.line(format!(
+            "\nCeiling: {} with {} worker processes on {}, the same certificate chain and key, TLS 1.2, the default \
+             profile's twelve suites at @SECLEVEL=1, server preference, groups P-256:P-384, client certificate \
+             requested (optional_no_ca, as OpenDPS asks for one), session cache and tickets off, keepalive_timeout \
+             0, `return 202` of a 22-byte body: one full handshake per request, the same client, concurrency and \
+             credentials as the OpenDPS load measured right after it.",
+            n.version, a.nginx.nginx_workers, n.addr
+        ));
+    }
+    if let Some(cipher) = pairs.iter().find_map(|p| p.opendps.cipher.clone()) {
+        rep.line(format!("\nNegotiated: {cipher}."));
+    }
+    rep.line("");
+    let mut all: Vec<&LoadResult> = Vec::new();
+    for p in &pairs {
+        all.extend(p.ceiling.iter());
+        all.push(&p.opendps);
+    }
+    rep.loads(&all);
+    if nginx.is_some() {
+        rep.line("| round | protocol | attestation | OpenDPS /s | nginx /s | ratio | OpenDPS server CPU ms/reg | nginx CPU ms/handshake |");
+        rep.line("|---|---|---|---|---|---|---|---|");
+        for p in &pairs {
+            let Some(ce) = &p.ceiling else { continue };
+            rep.line(format!(
+                "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} | {} |",
+                p.round,
+                p.proto.name(),
+                p.att.name(),
+                p.opendps.rate(),
+                ce.rate(),
+                ratio(&p.opendps, ce).unwrap_or(0.0),
+                p.opendps.server_cpu_ms_per_op().map_or_else(|| "-".into(), |v| format!("{v:.2}")),
+                ce.server_cpu_ms_per_op().map_or_else(|| "-".into(), |v| format!("{v:.2}")),
+            ));
+        }
+        rep.line("");
+        if !speed.is_empty() {
+            rep.line("`openssl speed -seconds 2 rsa2048 ecdhp256` (one core):\n\n```");
+            for l in &speed {
+                rep.line(l);
+            }
+            rep.line("```");
+            if let Some(e) = handshake_estimate(&speed) {
+                rep.line(format!(
+                    "\nServer-side crypto of one full handshake (one RSA-2048 sign + two P-256 ECDH operations) \
+                     allows about {e:.0} handshakes/s per core, {:.0}/s on all cores if nothing else ran.\n",
+                    e * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64
+                ));
+            }
+        }
+        rep.line("Targets (reported, not asserted):\n");
+        for &proto in &a.protocol {
+            for &att in &a.attestation {
+                let ratios: Vec<f64> = pairs
+                    .iter()
+                    .filter(|p| p.proto == proto && p.att == att)
+                    .filter_map(|p| ratio(&p.opendps, p.ceiling.as_ref()?))
+                    .collect();
+                if let Some(m) = median(ratios) {
+                    rep.line(format!(
+                        "- {} {} full-handshake registrations/s ≥ 0.8 × nginx handshakes/s (groups {}): median ratio \
+                         {m:.2}: {}",
+                        proto.name().to_uppercase(),
+                        att.name(),
+                        c.groups,
+                        verdict(m >= 0.8)
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(hwm) = crate::procstat::hwm_kib(setup.server.pid) {
+        rep.line(format!("\nOpenDPS peak RSS over the whole run (VmHWM): {:.1} MiB.", hwm as f64 / 1024.0));
+    }
+    drop(nginx);
+    rep.finish(c.report.as_deref())?;
+    if pairs.iter().any(|p| p.opendps.ok == 0) {
+        bail!("a load had no successful registration");
+    }
+    Ok(())
+}
+
+fn ratio(opendps: &LoadResult, ceiling: &LoadResult) -> Option<f64> {
+    let c = ceiling.rate();
+    (c > 0.0).then(|| opendps.rate() / c)
+}
+
+pub async fn ceiling(a: CeilingArgs) -> anyhow::Result<()> {
+    let c = &a.common;
+    let work = WorkDir::new(c)?;
+    let x509 = a.attestation.contains(&Attestation::X509);
+    // The server runs only to make (and serve, idle) the certificate nginx uses.
+    let setup = Setup::start(SetupSpec {
+        common: c,
+        default_address: Ipv4Addr::new(127, 0, 0, 91),
+        data_dir: work.path.join("opendps"),
+        max_connections: 20_000,
+        nofile: 65_536,
+        symmetric: true,
+        x509,
+    })?;
+    crate::procstat::raise_own_nofile(65_536);
+    let nginx = setup.start_nginx(c, &a.nginx, &work.path.join("nginx"))?;
+    let speed = if a.nginx.no_openssl_speed { Vec::new() } else { openssl_speed() };
+    let mut results = Vec::new();
+    for round in 1..=a.rounds.max(1) {
+        for &att in &a.attestation {
+            let auths = setup.creds(att, &ids(&format!("c{round}-{}", att.name()), a.handshakes))?;
+            let label = format!("nginx ceiling r{round} ({})", att.name());
+            let r =
+                setup.ceiling_load(&spec(label, a.handshakes, a.concurrency, a.max_seconds, c), &nginx, auths).await;
+            eprintln!("{}", r.line());
+            results.push(r);
+        }
+    }
+    let mut rep = Report::new("nginx full-handshake ceiling");
+    rep.line(format!(
+        "{} with {} workers on {}; {} handshakes per load, {} in flight; client groups {}.\n",
+        nginx.version, a.nginx.nginx_workers, nginx.addr, a.handshakes, a.concurrency, c.groups
+    ));
+    rep.loads(&results.iter().collect::<Vec<_>>());
+    if !speed.is_empty() {
+        rep.line("```");
+        for l in &speed {
+            rep.line(l);
+        }
+        rep.line("```");
+    }
+    rep.finish(c.report.as_deref())?;
+    if results.iter().any(|r| r.ok == 0) {
+        bail!("a ceiling load had no successful handshake");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_estimate_from_openssl_speed() {
+        let lines: Vec<String> = [
+            "                  sign    verify    sign/s verify/s",
+            "rsa 2048 bits 0.000800s 0.000025s   1250.0  40000.0",
+            "                              op      op/s",
+            " 256 bits ecdh (nistp256)   0.0000s  10000.0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let e = handshake_estimate(&lines).expect("estimate");
+        assert!((e - 1000.0).abs() < 1e-6, "{e}");
+    }
+}

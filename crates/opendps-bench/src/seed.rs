@@ -1,0 +1,316 @@
+//! The growth benchmark's fixture: N individual enrollments (symmetric key) and their
+//! registration records, written straight into a stopped server's SQLite file.
+//!
+//! This is a benchmark fixture, not an operator path: the server must NOT be running. The rows
+//! are exactly what the store writes (the `dps_core` model types through `serde_json`, keys
+//! lower-cased, kind 1 = enrollment, 3 = registration); they go in by plain SQL in large
+//! transactions because the `Store` trait commits one row per call, which makes a million rows
+//! take many minutes. `--seed-via store` uses the trait instead (slow, for checking).
+//!
+//! Registration ids are spread over the key space like real serial numbers (a hash of the
+//! index), so lookups and inserts land all over the B-tree, not at its end. Device keys are
+//! derived from the id (HMAC-SHA512 under a fixed bench secret): 64 bytes, as DPS makes them,
+//! and the load generator can recompute them without storing a million keys.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use dps_core::model::{
+    AttestationMechanism, AttestationType, DeviceRegistrationState, IndividualEnrollment, ProvisioningStatus,
+    RegistrationRecord, RegistrationStatus, ReprovisionPolicy, SymmetricKeyAttestation,
+};
+use dps_core::store::{Precondition, Store};
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::sign::Signer;
+
+/// The hub every seeded registration is assigned to (the one the bench links).
+pub const HUB: &str = "hub-a.azure-devices.net";
+const SECRET_PRIMARY: &[u8] = b"opendps-bench growth fixture primary";
+const SECRET_SECONDARY: &[u8] = b"opendps-bench growth fixture secondary";
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The registration id of seeded device `i`.
+pub fn id(i: u64) -> String {
+    format!("grow-{:016x}-{i}", splitmix64(i))
+}
+
+fn hmac512(secret: &[u8], data: &str) -> anyhow::Result<String> {
+    let k = PKey::hmac(secret)?;
+    let mut s = Signer::new(MessageDigest::sha512(), &k)?;
+    s.update(data.as_bytes())?;
+    Ok(dps_core::base64::encode(&s.sign_to_vec()?))
+}
+
+/// The primary key (base64, 64 bytes) of seeded device `id`.
+pub fn primary_key(id: &str) -> anyhow::Result<String> {
+    hmac512(SECRET_PRIMARY, id)
+}
+
+/// The `k`-th of a pseudo-random walk over 0..n that starts where `salt` says: distinct for
+/// k < n (the step is coprime with n), so that no two devices of one load share an id (the
+/// same device registering twice at once would supersede its own operation).
+pub fn spread(salt: u64, k: u64, n: u64) -> u64 {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let n = n.max(1);
+    let step = [7919u64, 7927, 7933, 7937, 7949, 7951].into_iter().find(|p| gcd(*p, n) == 1).unwrap_or(1);
+    (splitmix64(salt ^ 0x5eed) % n + (k % n) * (step % n)) % n
+}
+
+/// A quoted 32-hex-digit etag, as the service makes them, derived from the id.
+fn etag(id: &str, salt: u64) -> String {
+    let h = id.bytes().fold(salt, |h, b| splitmix64(h ^ u64::from(b)));
+    format!("\"{:016x}{:016x}\"", h, splitmix64(h))
+}
+
+/// The enrollment of seeded device `id`, as the service would have stored it.
+pub fn enrollment(id: &str, now: &str) -> anyhow::Result<IndividualEnrollment> {
+    Ok(IndividualEnrollment {
+        registration_id: id.to_owned(),
+        device_id: None,
+        registration_state: None,
+        attestation: AttestationMechanism {
+            kind: AttestationType::SymmetricKey,
+            tpm: None,
+            x509: None,
+            symmetric_key: Some(SymmetricKeyAttestation {
+                primary_key: Some(primary_key(id)?),
+                secondary_key: Some(hmac512(SECRET_SECONDARY, id)?),
+            }),
+        },
+        optional_device_information: None,
+        capabilities: Some(Default::default()),
+        iot_hub_host_name: None,
+        initial_twin: None,
+        etag: Some(etag(id, 1)),
+        provisioning_status: Some(ProvisioningStatus::Enabled),
+        reprovision_policy: Some(ReprovisionPolicy { update_hub_assignment: true, migrate_device_data: true }),
+        created_date_time_utc: Some(now.to_owned()),
+        last_updated_date_time_utc: Some(now.to_owned()),
+        allocation_policy: None,
+        iot_hubs: None,
+        custom_allocation_definition: None,
+        extra: Default::default(),
+    })
+}
+
+/// The registration record of seeded device `id`: assigned to [`HUB`].
+pub fn registration(id: &str, now: &str) -> RegistrationRecord {
+    RegistrationRecord {
+        state: DeviceRegistrationState {
+            registration_id: id.to_owned(),
+            created_date_time_utc: Some(now.to_owned()),
+            assigned_hub: Some(HUB.to_owned()),
+            device_id: Some(id.to_owned()),
+            status: RegistrationStatus::Assigned,
+            substatus: Some("initialAssignment".to_owned()),
+            error_code: None,
+            error_message: None,
+            last_updated_date_time_utc: Some(now.to_owned()),
+            etag: Some(etag(id, 3)),
+            payload: None,
+            extra: Default::default(),
+        },
+        enrollment_group_id: None,
+        tls: None,
+        operation_id: None,
+        initial_twin: None,
+        twin_action: Some("initial".to_owned()),
+    }
+}
+
+/// What seeding did.
+#[derive(Clone, Debug, Default)]
+pub struct Seeded {
+    pub enrollments: u64,
+    pub registrations: u64,
+    pub seconds: f64,
+    pub db_bytes: u64,
+}
+
+/// Checks that the `documents` table is the one this fixture writes.
+fn check_schema(c: &rusqlite::Connection) -> anyhow::Result<()> {
+    let mut st = c.prepare("SELECT name FROM pragma_table_info('documents') ORDER BY cid")?;
+    let cols: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let want = ["kind", "instance", "id_key", "parent_key", "etag", "doc"];
+    if cols != want {
+        bail!("the store's documents table is {cols:?}, not {want:?}: update opendps-bench's seeding");
+    }
+    Ok(())
+}
+
+/// Size of the database with its WAL.
+pub fn db_bytes(db: &Path) -> u64 {
+    let wal = db.with_extension("db-wal");
+    [db.to_owned(), wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+}
+
+/// Writes devices 0..`enrolled` as enrollments and 0..`registered` also as registrations into
+/// instance `instance` of the stopped server's database `db`, `batch` rows per transaction,
+/// giving up after `max`.
+pub fn seed_sql(
+    db: &Path,
+    instance: &str,
+    enrolled: u64,
+    registered: u64,
+    batch: u64,
+    max: Duration,
+) -> anyhow::Result<Seeded> {
+    let t0 = Instant::now();
+    let mut c = rusqlite::Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
+    c.busy_timeout(Duration::from_secs(5))?;
+    // A fixture: no fsync while seeding, a big page cache; one checkpoint at the end.
+    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF; PRAGMA cache_size=-524288;")?;
+    check_schema(&c)?;
+    let inst = instance.to_ascii_lowercase();
+    let now = dps_core::time::format_utc(std::time::SystemTime::now());
+    let mut out = Seeded::default();
+    let mut last_note = Instant::now();
+    let mut i = 0;
+    while i < enrolled {
+        if t0.elapsed() > max {
+            bail!("seeding stopped at the time bound ({} s) after {i} of {enrolled} devices", max.as_secs());
+        }
+        let end = (i + batch.max(1)).min(enrolled);
+        let tx = c.transaction()?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES (?1, ?2, ?3, NULL, ?4, ?5)",
+            )?;
+            for k in i..end {
+                let id = id(k);
+                let e = enrollment(&id, &now)?;
+                let etag = e.etag.clone().unwrap_or_default();
+                put.execute(rusqlite::params![1, inst, id.to_ascii_lowercase(), etag, serde_json::to_string(&e)?])?;
+                out.enrollments += 1;
+                if k < registered {
+                    let r = registration(&id, &now);
+                    let etag = r.state.etag.clone().unwrap_or_default();
+                    put.execute(rusqlite::params![3, inst, id.to_ascii_lowercase(), etag, serde_json::to_string(&r)?])?;
+                    out.registrations += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        i = end;
+        if last_note.elapsed() > Duration::from_secs(5) {
+            eprintln!("  seeding: {i}/{enrolled} devices in {:.0} s", t0.elapsed().as_secs_f64());
+            last_note = Instant::now();
+        }
+    }
+    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+    drop(c);
+    out.seconds = t0.elapsed().as_secs_f64();
+    out.db_bytes = db_bytes(db);
+    Ok(out)
+}
+
+/// The same rows through the store's own `Store` trait (one transaction per row).
+pub async fn seed_store(
+    db: &Path,
+    instance: &str,
+    enrolled: u64,
+    registered: u64,
+    max: Duration,
+) -> anyhow::Result<Seeded> {
+    let t0 = Instant::now();
+    let store = dps_store_sqlite::SqliteStore::open(db, dps_store_sqlite::Durability::Normal)?;
+    let now = dps_core::time::format_utc(std::time::SystemTime::now());
+    let mut out = Seeded::default();
+    for k in 0..enrolled {
+        if t0.elapsed() > max {
+            bail!("seeding stopped at the time bound ({} s) after {k} of {enrolled} devices", max.as_secs());
+        }
+        let id = id(k);
+        store.put_enrollment(instance, &enrollment(&id, &now)?, Precondition::Any).await?;
+        out.enrollments += 1;
+        if k < registered {
+            store.put_registration(instance, &registration(&id, &now), Precondition::Any).await?;
+            out.registrations += 1;
+        }
+    }
+    drop(store);
+    out.seconds = t0.elapsed().as_secs_f64();
+    out.db_bytes = db_bytes(db);
+    Ok(out)
+}
+
+/// Reads devices back through the store's own code: they must deserialize, with their key.
+pub async fn verify(db: &Path, instance: &str, ids: &[String], registered: &[String]) -> anyhow::Result<()> {
+    let store = dps_store_sqlite::SqliteStore::open(db, dps_store_sqlite::Durability::Normal)?;
+    for id in ids {
+        let e = store.enrollment(instance, id).await?.with_context(|| format!("seeded enrollment {id} not found"))?;
+        let key = e.attestation.symmetric_key.and_then(|k| k.primary_key);
+        if key.as_deref() != Some(primary_key(id)?.as_str()) {
+            bail!("seeded enrollment {id} has the wrong key");
+        }
+    }
+    for id in registered {
+        let r =
+            store.registration(instance, id).await?.with_context(|| format!("seeded registration {id} not found"))?;
+        if r.state.assigned_hub.as_deref() != Some(HUB) {
+            bail!("seeded registration {id} is not assigned to {HUB}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sql_rows_read_back_through_the_store_like_store_rows() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+        // Schema by the store itself.
+        drop(dps_store_sqlite::SqliteStore::open(&a, dps_store_sqlite::Durability::Normal)?);
+        let s = seed_sql(&a, "OpenDPS", 30, 20, 7, Duration::from_secs(60))?;
+        assert_eq!((s.enrollments, s.registrations), (30, 20));
+        let b_seeded = seed_store(&b, "OpenDPS", 30, 20, Duration::from_secs(60)).await?;
+        assert_eq!((b_seeded.enrollments, b_seeded.registrations), (30, 20));
+        let ids: Vec<String> = (0..30).map(id).collect();
+        verify(&a, "opendps", &ids, &ids[..20]).await?;
+        verify(&b, "opendps", &ids, &ids[..20]).await?;
+        // Device 25 is enrolled but not registered.
+        let store = dps_store_sqlite::SqliteStore::open(&a, dps_store_sqlite::Durability::Normal)?;
+        assert!(store.registration("opendps", &ids[25]).await?.is_none());
+        // Both paths wrote the same keys and kinds.
+        let rows = |p: &Path| -> anyhow::Result<Vec<(i64, String, String)>> {
+            let c = rusqlite::Connection::open(p)?;
+            let mut st = c.prepare("SELECT kind, instance, id_key FROM documents ORDER BY kind, id_key")?;
+            let v = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+            Ok(v)
+        };
+        assert_eq!(rows(&a)?, rows(&b)?);
+        Ok(())
+    }
+
+    #[test]
+    fn ids_and_keys_are_stable_and_spread() -> anyhow::Result<()> {
+        assert_eq!(id(1), id(1));
+        assert_ne!(id(1)[..10], id(2)[..10]);
+        assert!(dps_core::model::validate_registration_id(&id(123)).is_ok());
+        let k = primary_key("x")?;
+        assert_eq!(dps_core::base64::decode(&k).map(|b| b.len()), Some(64));
+        for n in [1u64, 10, 7919, 10_000] {
+            let picked: std::collections::BTreeSet<u64> = (0..n).map(|k| spread(3, k, n)).collect();
+            assert_eq!(picked.len() as u64, n, "a walk over {n} repeats");
+            assert!(picked.iter().all(|&i| i < n));
+        }
+        Ok(())
+    }
+}

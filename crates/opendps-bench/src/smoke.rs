@@ -1,0 +1,150 @@
+//! `smoke`: every benchmark, tiny, for CI. It checks that the tool works end to end (every
+//! part has successes and no failure) and judges no timing.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::growth::{self, GrowthArgs, SeedVia};
+use crate::idle::{self, IdleArgs};
+use crate::load::Spec;
+use crate::register::{NginxArgs, Setup, SetupSpec};
+use crate::report::Report;
+use crate::stats::LoadResult;
+use crate::{Attestation, Common, Protocol, WorkDir};
+
+#[derive(Args, Debug)]
+pub struct SmokeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Registrations per protocol and attestation.
+    #[arg(long, default_value_t = 20)]
+    pub devices: usize,
+    /// Idle connections.
+    #[arg(long, default_value_t = 100)]
+    pub connections: usize,
+    /// Store size of the growth point.
+    #[arg(long, default_value_t = 1000)]
+    pub enrollments: u64,
+    /// Bound on each load.
+    #[arg(long, default_value_t = 30)]
+    pub max_seconds: u64,
+    /// Skip the nginx ceiling even if nginx is installed.
+    #[arg(long)]
+    pub no_ceiling: bool,
+    /// The nginx binary.
+    #[arg(long)]
+    pub nginx_bin: Option<std::path::PathBuf>,
+}
+
+pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let c = &a.common;
+    let work = WorkDir::new(c)?;
+    let address = c.address.unwrap_or(Ipv4Addr::new(127, 0, 0, 94));
+    crate::procstat::raise_own_nofile(8192);
+    let mut parts: Vec<(String, LoadResult)> = Vec::new();
+    let spec = |label: String, n: usize| Spec {
+        label,
+        n,
+        concurrency: 4,
+        max: Duration::from_secs(a.max_seconds.max(1)),
+        device_timeout: c.device_timeout(),
+        progress: false,
+    };
+
+    let mut common = c.clone();
+    common.address = Some(address);
+    let setup = Setup::start(SetupSpec {
+        common: &common,
+        default_address: address,
+        data_dir: work.path.join("opendps"),
+        max_connections: 2000,
+        nofile: 65_536,
+        symmetric: true,
+        x509: true,
+    })?;
+    for proto in [Protocol::Https, Protocol::Mqtt] {
+        for att in [Attestation::Symmetric, Attestation::X509] {
+            let tag = format!("smoke-{}-{}", proto.name(), att.name());
+            let ids: Arc<Vec<String>> = Arc::new((0..a.devices).map(|i| format!("{tag}-{i:04}")).collect());
+            let auths = setup.creds(att, &ids)?;
+            let r = setup.load(&spec(format!("{} {}", proto.name(), att.name()), a.devices), proto, ids, auths).await;
+            eprintln!("{}", r.line());
+            parts.push((format!("{}-{}", proto.name(), att.name()), r));
+        }
+    }
+
+    let nginx_bin = crate::nginx::find_bin(a.nginx_bin.as_deref());
+    let ceiling_note = match (&nginx_bin, a.no_ceiling) {
+        (_, true) => "skipped (--no-ceiling)".to_owned(),
+        (None, false) => "skipped (nginx not installed: apt-get install -y nginx)".to_owned(),
+        (Some(bin), false) => {
+            let n = NginxArgs { nginx_bin: Some(bin.clone()), nginx_workers: 2, no_openssl_speed: true };
+            let nginx = setup.start_nginx(&common, &n, &work.path.join("nginx"))?;
+            for att in [Attestation::Symmetric, Attestation::X509] {
+                let ids: Vec<String> = (0..a.devices).map(|i| format!("smoke-ceiling-{i:04}")).collect();
+                let auths = setup.creds(att, &ids)?;
+                let r =
+                    setup.ceiling_load(&spec(format!("nginx ceiling {}", att.name()), a.devices), &nginx, auths).await;
+                eprintln!("{}", r.line());
+                parts.push((format!("ceiling-{}", att.name()), r));
+            }
+            format!("ran ({})", nginx.version)
+        }
+    };
+
+    let idle_args = IdleArgs {
+        common: common.clone(),
+        connections: a.connections,
+        concurrency: 8,
+        max_seconds: a.max_seconds,
+        hold_seconds: 1,
+        keep_alive: 60,
+        no_subscribe: false,
+        warmup: 10,
+    };
+    let idle_result = idle::measure(&setup, &idle_args).await?;
+    parts.push(("idle".into(), idle_result.open.clone()));
+    drop(setup);
+
+    let growth_args = GrowthArgs {
+        common: common.clone(),
+        enrollments: vec![a.enrollments],
+        devices: a.devices,
+        concurrency: 4,
+        protocol: Protocol::Https,
+        max_seconds: a.max_seconds,
+        seed_batch: 500,
+        seed_max_seconds: 120,
+        seed_via: SeedVia::Sql,
+        warmup: 10,
+        rounds: 1,
+    };
+    let seeded = growth::seed_point(&growth_args, address, work.path.join("growth"), a.enrollments).await?;
+    let point = growth::measure_point(&growth_args, address, &seeded, 1).await?;
+    parts.push((format!("growth-{}-first", a.enrollments), point.first.clone()));
+    parts.push((format!("growth-{}-again", a.enrollments), point.again.clone()));
+
+    let mut rep = Report::new("opendps-bench smoke run (CI: checks the tool works, judges no timing)");
+    rep.line(format!("Ceiling: {ceiling_note}.\n"));
+    rep.loads(&parts.iter().map(|(_, r)| r).collect::<Vec<_>>());
+    idle::report(&mut rep, &idle_args, &idle_result);
+    rep.line("");
+    growth::report(&mut rep, &growth_args, std::slice::from_ref(&point));
+    rep.finish(c.report.as_deref())?;
+
+    let bad: Vec<&str> = parts.iter().filter(|(_, r)| r.ok == 0 || r.failed() > 0).map(|(n, _)| n.as_str()).collect();
+    let summary: Vec<String> = parts.iter().map(|(n, r)| format!("{n} {}/{}", r.ok, r.attempted)).collect();
+    let line = format!("{}, ceiling {ceiling_note}; in {:.1} s", summary.join(", "), t0.elapsed().as_secs_f64());
+    if bad.is_empty() {
+        println!("smoke: PASS {line}");
+        Ok(())
+    } else {
+        println!("smoke: FAIL ({}) {line}", bad.join(", "));
+        bail!("smoke run failed: {}", bad.join(", "))
+    }
+}
