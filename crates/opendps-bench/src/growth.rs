@@ -197,7 +197,7 @@ pub async fn measure_point(a: &GrowthArgs, address: Ipv4Addr, s: &Seeded, round:
 pub fn report(rep: &mut Report, a: &GrowthArgs, points: &[Point]) {
     rep.line(format!(
         "Per store size: {} devices per phase over {}, {} in flight, {} warm-up re-registrations, {} round(s) \
-         alternating the sizes (a restarted server each time); seeding via {:?}. \"first registration\": enrolled \
+         alternating the sizes (a restarted server each time); seeding via {}. \"first registration\": enrolled \
          devices with no registration record yet; \"re-registration\": random seeded devices that have one. \
          Individual symmetric-key enrollments (device key = the enrollment's primary key).\n",
         a.devices,
@@ -205,7 +205,10 @@ pub fn report(rep: &mut Report, a: &GrowthArgs, points: &[Point]) {
         a.concurrency,
         a.warmup,
         a.rounds.max(1),
-        a.seed_via
+        match a.seed_via {
+            SeedVia::Sql => "SQL",
+            SeedVia::Store => "the Store trait",
+        }
     ));
     rep.line("| store size | enrollments | registrations | database MiB | seeding s | server startup s |");
     rep.line("|---|---|---|---|---|---|");

@@ -49,7 +49,7 @@ pub struct RegisterArgs {
     /// attestation.
     #[arg(long, default_value_t = 50)]
     pub warmup: usize,
-    /// Resume TLS sessions instead of full handshakes (not available: see --help of the README).
+    /// Resume TLS sessions instead of full handshakes (not available yet, see bench/README.md).
     #[arg(long)]
     pub resume: bool,
     #[command(flatten)]
