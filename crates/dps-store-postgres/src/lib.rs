@@ -12,9 +12,9 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use dps_core::model::{IdScope, Instance};
-use dps_core::store::{DocWrite, DocumentStore, InstanceWrite, Kind, Precondition, RawPage, StoreError};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use dps_core::store::{
+    from_doc, to_doc, DocWrite, DocumentStore, InstanceWrite, Kind, Precondition, RawPage, StoreError,
+};
 use tokio_postgres::NoTls;
 
 const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS instances (
@@ -46,24 +46,8 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Unavailable(Box::new(e))
-}
-
-fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Corrupt(Box::new(e))
-}
-
 fn key(s: &str) -> String {
     s.to_ascii_lowercase()
-}
-
-fn to_doc<T: Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(corrupt)
-}
-
-fn from_doc<T: DeserializeOwned>(s: &str) -> Result<T, StoreError> {
-    serde_json::from_str(s).map_err(corrupt)
 }
 
 /// Etags compare with or without their quotes.
@@ -72,27 +56,30 @@ const ETAG_EQ: &str = "btrim(etag, '\"') = btrim($4, '\"')";
 impl PgStore {
     /// Connects (a pool of at most `max_connections`) and migrates.
     pub async fn connect(url: &str, max_connections: usize) -> Result<PgStore, StoreError> {
-        let cfg = tokio_postgres::Config::from_str(url).map_err(unavailable)?;
+        let cfg = tokio_postgres::Config::from_str(url).map_err(StoreError::unavailable)?;
         let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(mgr).max_size(max_connections.max(1)).build().map_err(unavailable)?;
+        let pool = Pool::builder(mgr).max_size(max_connections.max(1)).build().map_err(StoreError::unavailable)?;
         let store = PgStore { pool };
         store.migrate().await?;
         Ok(store)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(unavailable)
+        self.pool.get().await.map_err(StoreError::unavailable)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(unavailable)?;
-        tx.execute("SELECT pg_advisory_xact_lock(7402655)", &[]).await.map_err(unavailable)?;
+        let tx = c.transaction().await.map_err(StoreError::unavailable)?;
+        tx.execute("SELECT pg_advisory_xact_lock(7402655)", &[]).await.map_err(StoreError::unavailable)?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS opendps_schema (version INTEGER NOT NULL)")
             .await
-            .map_err(unavailable)?;
-        let version: i32 =
-            tx.query_opt("SELECT version FROM opendps_schema", &[]).await.map_err(unavailable)?.map_or(0, |r| r.get(0));
+            .map_err(StoreError::unavailable)?;
+        let version: i32 = tx
+            .query_opt("SELECT version FROM opendps_schema", &[])
+            .await
+            .map_err(StoreError::unavailable)?
+            .map_or(0, |r| r.get(0));
         let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
         if version > known {
             return Err(StoreError::Unavailable(
@@ -103,12 +90,14 @@ impl PgStore {
             ));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
-            tx.batch_execute(sql).await.map_err(unavailable)?;
+            tx.batch_execute(sql).await.map_err(StoreError::unavailable)?;
             tracing::info!(version = i + 1, "store schema migrated");
         }
-        tx.execute("DELETE FROM opendps_schema", &[]).await.map_err(unavailable)?;
-        tx.execute("INSERT INTO opendps_schema (version) VALUES ($1)", &[&known]).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
+        tx.execute("DELETE FROM opendps_schema", &[]).await.map_err(StoreError::unavailable)?;
+        tx.execute("INSERT INTO opendps_schema (version) VALUES ($1)", &[&known])
+            .await
+            .map_err(StoreError::unavailable)?;
+        tx.commit().await.map_err(StoreError::unavailable)
     }
 
     async fn exists(&self, kind: Kind, instance: &str, id: &str) -> Result<bool, StoreError> {
@@ -119,7 +108,7 @@ impl PgStore {
                 &[&(kind as i16), &key(instance), &key(id)],
             )
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         Ok(row.is_some())
     }
 }
@@ -128,14 +117,17 @@ impl PgStore {
 impl DocumentStore for PgStore {
     async fn instances(&self) -> Result<Vec<Instance>, StoreError> {
         let c = self.client().await?;
-        let rows = c.query("SELECT doc FROM instances ORDER BY name_key", &[]).await.map_err(unavailable)?;
+        let rows =
+            c.query("SELECT doc FROM instances ORDER BY name_key", &[]).await.map_err(StoreError::unavailable)?;
         rows.iter().map(|r| from_doc(r.get::<_, &str>(0))).collect()
     }
 
     async fn instance(&self, name: &str) -> Result<Option<Instance>, StoreError> {
         let c = self.client().await?;
-        let row =
-            c.query_opt("SELECT doc FROM instances WHERE name_key = $1", &[&key(name)]).await.map_err(unavailable)?;
+        let row = c
+            .query_opt("SELECT doc FROM instances WHERE name_key = $1", &[&key(name)])
+            .await
+            .map_err(StoreError::unavailable)?;
         row.map(|r| from_doc(r.get::<_, &str>(0))).transpose()
     }
 
@@ -144,13 +136,13 @@ impl DocumentStore for PgStore {
         let row = c
             .query_opt("SELECT doc FROM instances WHERE id_scope = $1", &[&scope.as_str()])
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         row.map(|r| from_doc(r.get::<_, &str>(0))).transpose()
     }
 
     async fn write_instances(&self, writes: &[InstanceWrite]) -> Result<(), StoreError> {
         let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(unavailable)?;
+        let tx = c.transaction().await.map_err(StoreError::unavailable)?;
         for w in writes {
             match w {
                 InstanceWrite::Create(i) => {
@@ -160,7 +152,7 @@ impl DocumentStore for PgStore {
                             &[&key(&i.name), &i.id_scope.as_str()],
                         )
                         .await
-                        .map_err(unavailable)?;
+                        .map_err(StoreError::unavailable)?;
                     if let Some(row) = taken {
                         let other: String = row.get(0);
                         return Err(if other == key(&i.name) {
@@ -178,7 +170,7 @@ impl DocumentStore for PgStore {
                         Some(c) if *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
                             StoreError::Conflict("instance name or ID scope taken concurrently".into())
                         }
-                        _ => unavailable(e),
+                        _ => StoreError::unavailable(e),
                     })?;
                 }
                 InstanceWrite::Update { instance: i, expected_etag } => {
@@ -188,7 +180,7 @@ impl DocumentStore for PgStore {
                             &[&key(&i.name)],
                         )
                         .await
-                        .map_err(unavailable)?
+                        .map_err(StoreError::unavailable)?
                         .ok_or(StoreError::NotFound)?;
                     let (etag, scope): (String, String) = (cur.get(0), cur.get(1));
                     if etag.trim_matches('"') != expected_etag.trim_matches('"') {
@@ -202,22 +194,27 @@ impl DocumentStore for PgStore {
                         &[&key(&i.name), &i.etag, &to_doc(i)?],
                     )
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(StoreError::unavailable)?;
                 }
             }
         }
-        tx.commit().await.map_err(unavailable)
+        tx.commit().await.map_err(StoreError::unavailable)
     }
 
     async fn delete_instance(&self, name: &str) -> Result<(), StoreError> {
         let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(unavailable)?;
-        let n = tx.execute("DELETE FROM instances WHERE name_key = $1", &[&key(name)]).await.map_err(unavailable)?;
+        let tx = c.transaction().await.map_err(StoreError::unavailable)?;
+        let n = tx
+            .execute("DELETE FROM instances WHERE name_key = $1", &[&key(name)])
+            .await
+            .map_err(StoreError::unavailable)?;
         if n == 0 {
             return Err(StoreError::NotFound);
         }
-        tx.execute("DELETE FROM documents WHERE instance = $1", &[&key(name)]).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
+        tx.execute("DELETE FROM documents WHERE instance = $1", &[&key(name)])
+            .await
+            .map_err(StoreError::unavailable)?;
+        tx.commit().await.map_err(StoreError::unavailable)
     }
 
     async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
@@ -228,7 +225,7 @@ impl DocumentStore for PgStore {
                 &[&(kind as i16), &key(instance), &key(id)],
             )
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         Ok(row.map(|r| r.get::<_, String>(0)))
     }
 
@@ -250,7 +247,7 @@ impl DocumentStore for PgStore {
                     &[&k, &inst, &idk, &parent, &etag, &doc],
                 )
                 .await
-                .map_err(unavailable)?;
+                .map_err(StoreError::unavailable)?;
                 Ok(())
             }
             Precondition::MustNotExist => {
@@ -261,7 +258,7 @@ impl DocumentStore for PgStore {
                         &[&k, &inst, &idk, &parent, &etag, &doc],
                     )
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(StoreError::unavailable)?;
                 if n == 1 {
                     Ok(())
                 } else {
@@ -283,7 +280,7 @@ impl DocumentStore for PgStore {
                     )
                     .await
                 }
-                .map_err(unavailable)?;
+                .map_err(StoreError::unavailable)?;
                 if n == 1 {
                     Ok(())
                 } else if self.exists(kind, instance, id).await? {
@@ -305,11 +302,11 @@ impl DocumentStore for PgStore {
                     &[&k, &inst, &idk, &want],
                 )
                 .await
-                .map_err(unavailable)?,
+                .map_err(StoreError::unavailable)?,
             _ => c
                 .execute("DELETE FROM documents WHERE kind = $1 AND instance = $2 AND id_key = $3", &[&k, &inst, &idk])
                 .await
-                .map_err(unavailable)?,
+                .map_err(StoreError::unavailable)?,
         };
         if n == 1 {
             Ok(())
@@ -347,7 +344,7 @@ impl DocumentStore for PgStore {
                 )
                 .await,
         }
-        .map_err(unavailable)?;
+        .map_err(StoreError::unavailable)?;
         let mut rows: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         let more = rows.len() > limit;
         rows.truncate(limit);

@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use dps_core::model::{IdScope, Instance};
-use dps_core::store::{DocWrite, DocumentStore, InstanceWrite, Kind, Precondition, RawPage, StoreError};
+use dps_core::store::{
+    from_doc, to_doc, DocWrite, DocumentStore, InstanceWrite, Kind, Precondition, RawPage, StoreError,
+};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 /// Fsync policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,40 +63,24 @@ struct Inner {
     readers: Vec<Mutex<Connection>>,
 }
 
-fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Unavailable(Box::new(e))
-}
-
-fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Corrupt(Box::new(e))
-}
-
 fn key(s: &str) -> String {
     s.to_ascii_lowercase()
 }
 
-fn to_doc<T: Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(corrupt)
-}
-
-fn from_doc<T: DeserializeOwned>(s: &str) -> Result<T, StoreError> {
-    serde_json::from_str(s).map_err(corrupt)
-}
-
 fn open_conn(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
-    let c = Connection::open(path).map_err(unavailable)?;
-    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(unavailable)?;
+    let c = Connection::open(path).map_err(StoreError::unavailable)?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(StoreError::unavailable)?;
     let sync = match durability {
         Durability::Normal => "NORMAL",
         Durability::Full => "FULL",
     };
     c.execute_batch(&format!("PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"))
-        .map_err(unavailable)?;
+        .map_err(StoreError::unavailable)?;
     Ok(c)
 }
 
 fn migrate(c: &mut Connection) -> Result<(), StoreError> {
-    let version: usize = c.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
+    let version: usize = c.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(StoreError::unavailable)?;
     if version > MIGRATIONS.len() {
         return Err(StoreError::Unavailable(
             format!(
@@ -107,10 +91,10 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
         ));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-        tx.execute_batch(sql).map_err(unavailable)?;
-        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::unavailable)?;
+        tx.execute_batch(sql).map_err(StoreError::unavailable)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(StoreError::unavailable)?;
+        tx.commit().map_err(StoreError::unavailable)?;
         tracing::info!(version = i + 1, "store schema migrated");
     }
     Ok(())
@@ -138,13 +122,13 @@ impl SqliteStore {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut c = inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::unavailable)?;
             let out = f(&tx)?;
-            tx.commit().map_err(unavailable)?;
+            tx.commit().map_err(StoreError::unavailable)?;
             Ok(out)
         })
         .await
-        .map_err(unavailable)?
+        .map_err(StoreError::unavailable)?
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -164,7 +148,7 @@ impl SqliteStore {
             f(&c)
         })
         .await
-        .map_err(unavailable)?
+        .map_err(StoreError::unavailable)?
     }
 }
 
@@ -208,9 +192,10 @@ fn etag_eq(a: &str, b: &str) -> bool {
 impl DocumentStore for SqliteStore {
     async fn instances(&self) -> Result<Vec<Instance>, StoreError> {
         self.read(|c| {
-            let mut st = c.prepare_cached("SELECT doc FROM instances ORDER BY name_key").map_err(unavailable)?;
-            let docs = st.query_map([], |r| r.get::<_, String>(0)).map_err(unavailable)?;
-            docs.map(|d| d.map_err(unavailable).and_then(|d| from_doc(&d))).collect()
+            let mut st =
+                c.prepare_cached("SELECT doc FROM instances ORDER BY name_key").map_err(StoreError::unavailable)?;
+            let docs = st.query_map([], |r| r.get::<_, String>(0)).map_err(StoreError::unavailable)?;
+            docs.map(|d| d.map_err(StoreError::unavailable).and_then(|d| from_doc(&d))).collect()
         })
         .await
     }
@@ -221,7 +206,7 @@ impl DocumentStore for SqliteStore {
             let doc: Option<String> = c
                 .query_row("SELECT doc FROM instances WHERE name_key = ?1", params![name], |r| r.get(0))
                 .optional()
-                .map_err(unavailable)?;
+                .map_err(StoreError::unavailable)?;
             doc.map(|d| from_doc(&d)).transpose()
         })
         .await
@@ -233,7 +218,7 @@ impl DocumentStore for SqliteStore {
             let doc: Option<String> = c
                 .query_row("SELECT doc FROM instances WHERE id_scope = ?1", params![scope], |r| r.get(0))
                 .optional()
-                .map_err(unavailable)?;
+                .map_err(StoreError::unavailable)?;
             doc.map(|d| from_doc(&d)).transpose()
         })
         .await
@@ -252,7 +237,7 @@ impl DocumentStore for SqliteStore {
                                 |r| r.get(0),
                             )
                             .optional()
-                            .map_err(unavailable)?;
+                            .map_err(StoreError::unavailable)?;
                         if exists.is_some() {
                             return Err(StoreError::AlreadyExists);
                         }
@@ -263,7 +248,7 @@ impl DocumentStore for SqliteStore {
                                 |r| r.get(0),
                             )
                             .optional()
-                            .map_err(unavailable)?;
+                            .map_err(StoreError::unavailable)?;
                         if let Some(other) = taken {
                             return Err(StoreError::Conflict(format!("ID scope {} is used by {other}", i.id_scope)));
                         }
@@ -271,7 +256,7 @@ impl DocumentStore for SqliteStore {
                             "INSERT INTO instances (name_key, id_scope, etag, doc) VALUES (?1, ?2, ?3, ?4)",
                             params![key(&i.name), i.id_scope.as_str(), i.etag, to_doc(i)?],
                         )
-                        .map_err(unavailable)?;
+                        .map_err(StoreError::unavailable)?;
                     }
                     InstanceWrite::Update { instance: i, expected_etag } => {
                         let current: Option<(String, String)> = tx
@@ -281,7 +266,7 @@ impl DocumentStore for SqliteStore {
                                 |r| Ok((r.get(0)?, r.get(1)?)),
                             )
                             .optional()
-                            .map_err(unavailable)?;
+                            .map_err(StoreError::unavailable)?;
                         match current {
                             None => return Err(StoreError::NotFound),
                             Some((etag, _)) if !etag_eq(&etag, expected_etag) => {
@@ -296,7 +281,7 @@ impl DocumentStore for SqliteStore {
                             "UPDATE instances SET etag = ?2, doc = ?3 WHERE name_key = ?1",
                             params![key(&i.name), i.etag, to_doc(i)?],
                         )
-                        .map_err(unavailable)?;
+                        .map_err(StoreError::unavailable)?;
                     }
                 }
             }
@@ -308,11 +293,13 @@ impl DocumentStore for SqliteStore {
     async fn delete_instance(&self, name: &str) -> Result<(), StoreError> {
         let name = key(name);
         self.write(move |tx| {
-            let n = tx.execute("DELETE FROM instances WHERE name_key = ?1", params![name]).map_err(unavailable)?;
+            let n = tx
+                .execute("DELETE FROM instances WHERE name_key = ?1", params![name])
+                .map_err(StoreError::unavailable)?;
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
-            tx.execute("DELETE FROM documents WHERE instance = ?1", params![name]).map_err(unavailable)?;
+            tx.execute("DELETE FROM documents WHERE instance = ?1", params![name]).map_err(StoreError::unavailable)?;
             Ok(())
         })
         .await
@@ -327,7 +314,7 @@ impl DocumentStore for SqliteStore {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(unavailable)
+            .map_err(StoreError::unavailable)
         })
         .await
     }
@@ -350,14 +337,14 @@ impl DocumentStore for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()
-                .map_err(unavailable)?;
+                .map_err(StoreError::unavailable)?;
             pre.check(current.as_deref())?;
             tx.execute(
                 "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (kind, instance, id_key) DO UPDATE SET parent_key = excluded.parent_key, etag = excluded.etag, doc = excluded.doc",
                 params![kind as i64, instance, id, parent, etag, doc],
             )
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
             Ok(())
         })
         .await
@@ -374,7 +361,7 @@ impl DocumentStore for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()
-                .map_err(unavailable)?;
+                .map_err(StoreError::unavailable)?;
             if current.is_none() {
                 return Err(StoreError::NotFound);
             }
@@ -383,7 +370,7 @@ impl DocumentStore for SqliteStore {
                 "DELETE FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
                 params![kind as i64, instance, id],
             )
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
             Ok(())
         })
         .await
@@ -410,9 +397,9 @@ impl DocumentStore for SqliteStore {
                             "SELECT id_key, doc FROM documents WHERE kind = ?1 AND instance = ?2 AND parent_key = ?3 AND id_key > ?4
                              ORDER BY id_key LIMIT ?5",
                         )
-                        .map_err(unavailable)?;
-                    for r in st.query_map(params![kind as i64, instance, p, after, lim], map).map_err(unavailable)? {
-                        rows.push(r.map_err(unavailable)?);
+                        .map_err(StoreError::unavailable)?;
+                    for r in st.query_map(params![kind as i64, instance, p, after, lim], map).map_err(StoreError::unavailable)? {
+                        rows.push(r.map_err(StoreError::unavailable)?);
                     }
                 }
                 None => {
@@ -420,9 +407,9 @@ impl DocumentStore for SqliteStore {
                         .prepare_cached(
                             "SELECT id_key, doc FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key > ?3 ORDER BY id_key LIMIT ?4",
                         )
-                        .map_err(unavailable)?;
-                    for r in st.query_map(params![kind as i64, instance, after, lim], map).map_err(unavailable)? {
-                        rows.push(r.map_err(unavailable)?);
+                        .map_err(StoreError::unavailable)?;
+                    for r in st.query_map(params![kind as i64, instance, after, lim], map).map_err(StoreError::unavailable)? {
+                        rows.push(r.map_err(StoreError::unavailable)?);
                     }
                 }
             }

@@ -14,6 +14,16 @@ fn map(e: StoreError, name: &str) -> Error {
     }
 }
 
+/// `If-Match` against the current etag (`*` matches; quotes are optional, as in the stores).
+fn check_if_match(if_match: Option<&str>, current: &str, name: &str) -> Result<()> {
+    match if_match {
+        Some(tag) if tag != "*" && tag.trim_matches('"') != current.trim_matches('"') => {
+            Err(Error::PreconditionFailed(format!("certificate {name}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 256
@@ -82,11 +92,7 @@ impl Services {
     ) -> Result<CaCertificate> {
         let mut cert = self.certificate(instance, name).await?;
         let old_etag = cert.etag.clone();
-        if let Some(tag) = if_match {
-            if tag != "*" && tag != old_etag {
-                return Err(Error::PreconditionFailed(format!("certificate {name}")));
-            }
-        }
+        check_if_match(if_match, &old_etag, name)?;
         cert.verification_code = Some(crate::ports::random_hex(self.entropy.as_ref(), 24).to_ascii_uppercase());
         cert.updated = crate::time::format_rfc1123(self.clock.now());
         cert.etag = self.etag();
@@ -108,11 +114,7 @@ impl Services {
     ) -> Result<CaCertificate> {
         let mut cert = self.certificate(instance, name).await?;
         let old_etag = cert.etag.clone();
-        if let Some(tag) = if_match {
-            if tag != "*" && tag != old_etag {
-                return Err(Error::PreconditionFailed(format!("certificate {name}")));
-            }
-        }
+        check_if_match(if_match, &old_etag, name)?;
         let code = cert.verification_code.clone().ok_or_else(|| {
             Error::Invalid(format!("certificate {name} has no verification code: generate one first"))
         })?;

@@ -3,9 +3,8 @@
 //! mapping (which key, which parent, which etag) is written once, here, for every backend.
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
-use super::{InstanceWrite, Page, Precondition, Store, StoreError};
+use super::{from_doc, to_doc, InstanceWrite, Page, Precondition, Store, StoreError};
 use crate::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord};
 
 /// The kinds of document, with their stable numbers (stored in the database).
@@ -65,14 +64,6 @@ pub struct DocWrite<'a> {
     pub parent: Option<&'a str>,
     pub etag: &'a str,
     pub json: &'a str,
-}
-
-fn to_doc<T: Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(Box::new(e)))
-}
-
-fn from_doc<T: DeserializeOwned>(s: &str) -> Result<T, StoreError> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(Box::new(e)))
 }
 
 async fn get<S: DocumentStore + ?Sized, T: DeserializeOwned>(

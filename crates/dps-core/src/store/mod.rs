@@ -42,6 +42,28 @@ pub enum StoreError {
     Corrupt(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl StoreError {
+    /// The backend could not be reached or failed (I/O, driver).
+    pub fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Unavailable(Box::new(e))
+    }
+
+    /// Stored data does not decode.
+    pub fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Corrupt(Box::new(e))
+    }
+}
+
+/// JSON encoding of stored entities, shared by every backend.
+pub fn to_doc<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(StoreError::corrupt)
+}
+
+/// Decodes a stored entity.
+pub fn from_doc<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(StoreError::corrupt)
+}
+
 /// One page of a query.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Page<T> {
