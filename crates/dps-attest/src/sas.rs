@@ -8,23 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{ct_eq, hmac_sha256};
 
-/// Why a token was refused. The message never contains the token or the key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SasError {
-    #[error("the Authorization header is not a SharedAccessSignature")]
-    NotSas,
-    #[error("the SAS token has no {0} field")]
-    Missing(&'static str),
-    #[error("the SAS token's {0} field is malformed")]
-    Malformed(&'static str),
-    #[error("the SAS token expired {0} s ago")]
-    Expired(u64),
-    #[error("the SAS token is for {actual}, not {expected}")]
-    WrongResource { expected: String, actual: String },
-    #[error("the SAS signature does not match")]
-    BadSignature,
-}
+pub use dps_core::ports::SasError;
 
 /// A parsed token. Fields are the raw text from the token.
 #[derive(Clone, PartialEq, Eq)]
@@ -93,6 +77,12 @@ impl SasToken {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let se = se.ceil() as u64;
         Ok(SasToken { sr_raw, sig, se, se_raw, skn })
+    }
+
+    /// When the token expires.
+    pub fn expires(&self) -> SystemTime {
+        // Absurd expiries are capped at the end of year 9999.
+        UNIX_EPOCH + Duration::from_secs(self.se.min(253_402_300_799))
     }
 
     /// The resource, percent-decoded.

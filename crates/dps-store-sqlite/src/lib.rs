@@ -177,15 +177,10 @@ impl OwnedPre {
             (OwnedPre::MustNotExist, None) => Ok(()),
             (OwnedPre::MustNotExist, Some(_)) => Err(StoreError::AlreadyExists),
             (OwnedPre::IfMatch(_), None) => Err(StoreError::NotFound),
-            (OwnedPre::IfMatch(want), Some(have)) if want == "*" || etag_eq(want, have) => Ok(()),
+            (OwnedPre::IfMatch(want), Some(have)) if want == "*" || dps_core::store::etag_matches(have, want) => Ok(()),
             (OwnedPre::IfMatch(_), Some(_)) => Err(StoreError::PreconditionFailed),
         }
     }
-}
-
-/// Etags compare with or without their surrounding quotes (C# adds them, Node copies verbatim).
-fn etag_eq(a: &str, b: &str) -> bool {
-    a.trim_matches('"') == b.trim_matches('"')
 }
 
 #[async_trait]
@@ -269,7 +264,7 @@ impl DocumentStore for SqliteStore {
                             .map_err(StoreError::unavailable)?;
                         match current {
                             None => return Err(StoreError::NotFound),
-                            Some((etag, _)) if !etag_eq(&etag, expected_etag) => {
+                            Some((etag, _)) if !dps_core::store::etag_matches(&etag, expected_etag) => {
                                 return Err(StoreError::PreconditionFailed)
                             }
                             Some((_, scope)) if scope != i.id_scope.as_str() => {
