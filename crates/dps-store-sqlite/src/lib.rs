@@ -19,6 +19,8 @@ use dps_core::store::{
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+mod bulk;
+
 /// Fsync policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {

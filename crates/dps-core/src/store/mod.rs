@@ -11,7 +11,7 @@ use crate::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment
 pub mod conformance;
 mod documents;
 
-pub use documents::{DocWrite, DocumentStore, Kind, RawPage};
+pub use documents::{DocWrite, Document, DocumentStore, Kind, OwnedDoc, RawPage};
 
 /// Condition for a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
