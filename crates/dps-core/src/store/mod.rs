@@ -12,7 +12,7 @@ pub mod conformance;
 mod documents;
 pub mod memory;
 
-pub use documents::{DocWrite, DocumentStore, Kind, RawPage};
+pub use documents::{DocWrite, Document, DocumentStore, Kind, OwnedDoc, RawPage};
 
 /// Condition for a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
