@@ -39,6 +39,7 @@ pub mod alg {
     pub const XOR: u16 = 0x000A;
     pub const SHA256: u16 = 0x000B;
     pub const NULL: u16 = 0x0010;
+    pub const RSAES: u16 = 0x0015;
     pub const ECC: u16 = 0x0023;
     pub const CFB: u16 = 0x0043;
 }

@@ -77,10 +77,9 @@ pub fn parse_public(tpm2b: &[u8]) -> Result<PublicArea, TpmError> {
         alg::RSA => {
             let symmetric = sym_def(&mut r)?;
             let scheme = r.u16("scheme").map_err(short)?;
-            if scheme != alg::NULL {
-                // Only storage keys matter here, and those must have a NULL scheme; refuse the
-                // other shapes without parsing every scheme's details.
-                return Err(TpmError::Scheme(KeyRole::PublicArea));
+            // Every RSA scheme but NULL and RSAES carries a hash algorithm.
+            if scheme != alg::NULL && scheme != alg::RSAES {
+                r.u16("scheme hash").map_err(short)?;
             }
             let key_bits = r.u16("keyBits").map_err(short)?;
             let exponent = r.u32("exponent").map_err(short)?;
@@ -217,7 +216,7 @@ impl TpmRsaKey {
             alg::ECC => return Err(TpmError::Ecc(role)),
             other => return Err(TpmError::NotRsa { role, alg: other }),
         }
-        let Parameters::Rsa { symmetric, key_bits, exponent, ref modulus, .. } = area.parameters else {
+        let Parameters::Rsa { symmetric, scheme, key_bits, exponent, ref modulus } = area.parameters else {
             return Err(TpmError::NotRsa { role, alg: area.object_type });
         };
         if key_bits != 2048 {
@@ -239,6 +238,9 @@ impl TpmRsaKey {
                 attributes: a,
                 extra: " fixed to its TPM (fixedTPM, fixedParent)",
             });
+        }
+        if scheme != alg::NULL {
+            return Err(TpmError::Scheme(role));
         }
         if symmetric.algorithm != alg::AES || symmetric.mode != alg::CFB || !matches!(symmetric.key_bits, 128 | 256) {
             return Err(TpmError::Symmetric(role));

@@ -226,7 +226,14 @@ fn malformed_and_unsuitable_keys_get_typed_errors() {
     assert!(e.to_string().contains("fixedTPM"), "{e}");
     assert!(matches!(ek_with(|b| b[49] = 0x42), Err(TpmError::Symmetric(Ek))), "CBC mode");
     assert!(matches!(ek_with(|b| b[47] = 0xC0), Err(TpmError::Symmetric(Ek))), "AES-192");
-    assert!(matches!(ek_with(|b| b[51] = 0x14), Err(TpmError::Scheme(_))), "RSASSA");
+    let rsassa = |b: &mut Vec<u8>| {
+        b[51] = 0x14; // RSASSA, which carries a hash
+        b.splice(52..52, [0x00, 0x0B]);
+        b[1] += 2;
+    };
+    assert!(matches!(ek_with(rsassa), Err(TpmError::Scheme(Ek))), "RSASSA");
+    let rsaes = |b: &mut Vec<u8>| b[51] = 0x15; // RSAES, which does not
+    assert!(matches!(ek_with(rsaes), Err(TpmError::Scheme(Ek))), "RSAES");
     assert!(matches!(ek_with(|b| b[57] = 0x02), Err(TpmError::Exponent { exponent: 2, .. })));
     assert!(matches!(ek_with(|b| b[60] = 0x01), Err(TpmError::Modulus { .. })), "top bit clear");
     assert!(matches!(ek_with(|b| b[3] = 0x25), Err(TpmError::NotRsa { alg: 0x0025, .. })), "symcipher");
