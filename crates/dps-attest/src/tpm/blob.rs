@@ -34,8 +34,16 @@ pub const IDENTITY_KEY_ATTRIBUTES: u32 = attr::USER_WITH_AUTH | attr::NO_DA | at
 /// A key OpenDPS issues to a TPM (the HMAC key the device's SAS tokens are signed with), or the
 /// IoT Hub device key it hands over the same way. Secret: `Debug` shows only the length, and
 /// the bytes are zeroed when dropped.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct IdentityKey(Zeroizing<Vec<u8>>);
+
+/// Constant-time (only the length can leak).
+impl PartialEq for IdentityKey {
+    fn eq(&self, other: &Self) -> bool {
+        crate::ct_eq(&self.0, &other.0)
+    }
+}
+impl Eq for IdentityKey {}
 
 impl std::fmt::Debug for IdentityKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -83,6 +83,12 @@ impl SoftTpm {
         }
     }
 
+    /// Two software TPMs made once per test process (RSA key generation dominates test time).
+    pub(crate) fn shared(which: usize) -> &'static SoftTpm {
+        static TPMS: std::sync::OnceLock<[SoftTpm; 2]> = std::sync::OnceLock::new();
+        &TPMS.get_or_init(|| [SoftTpm::new(), SoftTpm::new()])[which]
+    }
+
     /// What a client does with a blob: ActivateCredential(SRK, EK), Import under the SRK with
     /// the credential as the inner key. Returns the imported HMAC key.
     pub(crate) fn activate(&self, blob: &[u8]) -> Result<Vec<u8>, String> {

@@ -76,8 +76,8 @@ fn our_make_credential_opens_like_tpm2_tools_output() {
 
 #[test]
 fn challenge_round_trips_through_the_software_tpm() {
-    let tpm = SoftTpm::new();
-    let (ek, srk) = keys(&tpm);
+    let tpm = SoftTpm::shared(0);
+    let (ek, srk) = keys(tpm);
     let c = challenge(&ek, &srk).expect("challenge");
     assert_eq!(c.blob.len(), 766, "RSA-2048 EK and SRK, 32-byte key");
     assert_eq!(c.blob_base64().len(), 1024);
@@ -91,8 +91,8 @@ fn challenge_round_trips_through_the_software_tpm() {
 
 #[test]
 fn blob_layout_is_what_the_clients_parse() {
-    let tpm = SoftTpm::new();
-    let (ek, srk) = keys(&tpm);
+    let tpm = SoftTpm::shared(0);
+    let (ek, srk) = keys(tpm);
     let c = challenge(&ek, &srk).expect("challenge");
     let f = ActivationBlobFields::parse(&c.blob).expect("six fields, nothing trailing");
     assert_eq!(f.credential_blob.len(), 2 + 52, "TPM2B(TPM2B(32-byte HMAC) ‖ 18-byte encIdentity)");
@@ -125,8 +125,8 @@ fn blob_layout_is_what_the_clients_parse() {
 
 #[test]
 fn every_challenge_is_fresh() {
-    let tpm = SoftTpm::new();
-    let (ek, srk) = keys(&tpm);
+    let tpm = SoftTpm::shared(0);
+    let (ek, srk) = keys(tpm);
     let a = challenge(&ek, &srk).expect("a");
     let b = challenge(&ek, &srk).expect("b");
     assert_ne!(a.key, b.key);
@@ -140,10 +140,10 @@ fn every_challenge_is_fresh() {
 
 #[test]
 fn blob_is_bound_to_the_ek_and_the_srk() {
-    let tpm = SoftTpm::new();
-    let other = SoftTpm::new();
-    let (ek, srk) = keys(&tpm);
-    let (other_ek, other_srk) = keys(&other);
+    let tpm = SoftTpm::shared(0);
+    let other = SoftTpm::shared(1);
+    let (ek, srk) = keys(tpm);
+    let (other_ek, other_srk) = keys(other);
     let for_other_ek = challenge(&other_ek, &srk).expect("blob");
     assert!(tpm.activate(&for_other_ek.blob).expect_err("another EK").contains("does not decrypt"));
     let for_other_srk = challenge(&ek, &other_srk).expect("blob");
@@ -152,8 +152,8 @@ fn blob_is_bound_to_the_ek_and_the_srk() {
 
 #[test]
 fn hub_key_sizes_that_import() {
-    let tpm = SoftTpm::new();
-    let (ek, srk) = keys(&tpm);
+    let tpm = SoftTpm::shared(0);
+    let (ek, srk) = keys(tpm);
     for (len, blob_len) in [(16, 750), (32, 766), (64, 798)] {
         let key = IdentityKey::from_bytes(&vec![0x5A; len]).expect("key");
         let blob = activation_blob(&ek, &srk, &key).expect("blob");
@@ -182,8 +182,8 @@ fn aes256_protectors_use_their_key_size() {
 
 #[test]
 fn broken_variants_break_the_software_device() {
-    let tpm = SoftTpm::new();
-    let (ek, srk) = keys(&tpm);
+    let tpm = SoftTpm::shared(0);
+    let (ek, srk) = keys(tpm);
     let no_field6 = testing::blob_variant(&ek, &srk, &[1; 32], 16, false).expect("variant");
     assert_eq!(no_field6.len(), 764);
     assert!(ActivationBlobFields::parse(&no_field6).is_none(), "a client cannot unmarshal it");
@@ -269,8 +269,8 @@ fn identity_key_debug_is_redacted() {
     let k = IdentityKey::from_bytes(b"super-secret-key-bytes").expect("key");
     let dbg = format!("{k:?}");
     assert!(!dbg.contains("super") && dbg.contains("22 bytes"), "{dbg}");
-    let tpm = SoftTpm::new();
-    let (ek, srk) = keys(&tpm);
+    let tpm = SoftTpm::shared(0);
+    let (ek, srk) = keys(tpm);
     let c = challenge(&ek, &srk).expect("challenge");
     let dbg = format!("{c:?}");
     assert!(!dbg.contains(&hex(c.key.as_bytes())) && dbg.contains("redacted"), "{dbg}");
