@@ -8,6 +8,10 @@
 //       -> {"signature": b64}: activateIdentityKey(blob), then signWithIdentity(data)
 //   node tpm_client.js <host> <port> sign <data-b64>
 //       -> {"signature": b64}: signWithIdentity(data) with the key already in the TPM
+//   node tpm_client.js <host> <port> sasl <idScope> <registrationId> <challenges> <data-b64>
+//       -> {"init": b64, "responses": [b64...]}: the AMQP transport's SaslTpm mechanism, fed
+//          the one-byte first challenge and then <challenges> (comma-separated base64); its
+//          final callback activates the reassembled blob and answers "sig=" + signWithIdentity(data)
 //
 // On failure: {"error": message} and exit code 1. One line of JSON on stdout either way.
 //
@@ -19,6 +23,7 @@
 
 const { Tpm, TpmTcpDevice } = require('tss.js');
 const { TpmSecurityClient } = require('azure-iot-security-tpm');
+const { SaslTpm } = require('azure-iot-provisioning-device-amqp/dist/sasl_tpm.js');
 
 function out(obj, code) {
   process.stdout.write(JSON.stringify(obj) + '\n', () => process.exit(code));
@@ -56,6 +61,23 @@ async function main() {
     await call((cb) => c.activateIdentityKey(Buffer.from(blob, 'base64'), cb));
     const sig = await call((cb) => c.signWithIdentity(Buffer.from(data, 'base64'), cb));
     return { signature: sig.toString('base64') };
+  }
+  if (cmd === 'sasl') {
+    const [idScope, registrationId, challenges, data] = args;
+    const ek = await call((cb) => c.getEndorsementKey(cb));
+    const srk = await call((cb) => c.getStorageRootKey(cb));
+    const sasl = new SaslTpm(idScope, registrationId, ek, srk, (blob, cb) => {
+      c.activateIdentityKey(blob, (err) => {
+        if (err) return cb(err);
+        c.signWithIdentity(Buffer.from(data, 'base64'), (e, sig) => (e ? cb(e) : cb(null, 'sig=' + sig.toString('base64'))));
+      });
+    });
+    const init = await call((cb) => sasl.start(cb));
+    const responses = [];
+    for (const ch of [Buffer.from([0]), ...challenges.split(',').map((x) => Buffer.from(x, 'base64'))]) {
+      responses.push((await call((cb) => sasl.step(ch, cb))).toString('base64'));
+    }
+    return { init: init.toString('base64'), hostname: sasl.hostname, responses };
   }
   if (cmd === 'sign') {
     const sig = await call((cb) => c.signWithIdentity(Buffer.from(args[0], 'base64'), cb));

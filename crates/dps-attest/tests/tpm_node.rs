@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use dps_attest::tpm::{self, testing, IdentityKey, TpmRsaKey};
+use dps_attest::tpm::{self, sasl, testing, IdentityKey, TpmRsaKey};
 use swtpm::{run, Swtpm};
 
 /// tests/tpm in the repository.
@@ -152,4 +152,37 @@ fn node_client_refuses_client_breaking_variants() {
     // After all that, our own blob still works on this TPM.
     let c = tpm::challenge(&ek, &srk).expect("challenge");
     assert_eq!(activate_and_sign(&tpm, &c.blob, data).expect("ours"), c.key.hmac_sha256(data).expect("hmac"));
+}
+
+/// The AMQP transport's own SASL `TPM` mechanism (SaslTpm from azure-iot-provisioning-device-amqp)
+/// fed our challenges: its init and responses parse, and it reassembles the segmented blob into
+/// one the TPM activates. Only the AMQP framing is left to the listener.
+#[test]
+fn node_amqp_sasl_tpm_mechanism_reassembles_our_segments() {
+    let tpm = Swtpm::start();
+    let (ek, srk) = client_keys(&tpm);
+    let c = tpm::challenge(&ek, &srk).expect("challenge");
+    let segments = sasl::challenge_segments(&c.blob).expect("segments");
+    assert_eq!(segments.len(), 2, "a 766-byte blob in two challenges");
+    let list: Vec<String> = segments.iter().map(|s| b64(s)).collect();
+    let data = b"0ne00000A0A%2Fregistrations%2Ftpm-amqp-1\n1893456000";
+    let v = node(&tpm, &["sasl", "0ne00000A0A", "tpm-amqp-1", &list.join(","), &b64(data)]).expect("sasl");
+
+    let init = dps_core::base64::decode(&str_field(&v, "init")).expect("b64");
+    let init = sasl::parse_init(&init).expect("the client's init parses");
+    assert_eq!((init.id_scope, init.registration_id), ("0ne00000A0A", "tpm-amqp-1"));
+    assert!(TpmRsaKey::endorsement_key(init.endorsement_key).expect("EK").same_key(&ek));
+    assert_eq!(str_field(&v, "hostname"), "0ne00000A0A/registrations/tpm-amqp-1");
+
+    let responses: Vec<Vec<u8>> = v["responses"]
+        .as_array()
+        .expect("responses")
+        .iter()
+        .map(|r| dps_core::base64::decode(r.as_str().expect("str")).expect("b64"))
+        .collect();
+    assert_eq!(responses.len(), 1 + segments.len());
+    assert_eq!(sasl::parse_srk_response(&responses[0]).expect("SRK response"), srk.tpm2b());
+    assert_eq!(responses[1], [0x00], "a non-final segment is acknowledged with 0x00");
+    let last = sasl::parse_sas_response(&responses[2]).expect("final response");
+    assert_eq!(last, format!("sig={}", b64(&c.key.hmac_sha256(data).expect("hmac"))));
 }

@@ -15,6 +15,7 @@ mod error;
 mod marshal;
 mod primitives;
 mod public;
+pub mod sasl;
 #[cfg(test)]
 mod soft_device;
 #[cfg(any(test, feature = "testing"))]
