@@ -151,7 +151,8 @@ where
     // The connection's lifetime ends here at the latest: a peer that never answers our Close
     // does not keep fe2o3's engine (and the socket) alive.
     let kill = CancellationToken::new();
-    let stream = Replay::new(prefix, io, settings.max_frame_size, peer, kill.clone());
+    let reported = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = Replay::new(prefix, io, settings.max_frame_size, peer, kill.clone(), reported.clone());
     let acceptor = ConnectionAcceptor::builder()
         .container_id(settings.container_id.clone())
         .max_frame_size(settings.max_frame_size)
@@ -166,7 +167,9 @@ where
     let connection = match opened {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "amqp: connection not opened");
+            if !reported.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!(%peer, error = %e, "amqp: connection not opened");
+            }
             kill.cancel();
             return;
         }
@@ -481,7 +484,7 @@ impl Conn<'_> {
             LinkEndpoint::Sender(s) => {
                 links.sender = Some(s);
                 while let Some(msg) = links.waiting.pop_front() {
-                    self.send_response(links, msg).await;
+                    send_response(&self.ctx.settings, self.ctx.peer, links, msg).await;
                 }
             }
             LinkEndpoint::Receiver(r) => links.receiver = Some(r),
@@ -575,7 +578,7 @@ impl Conn<'_> {
                 // Settle the request first (the device's send completes on it), then answer.
                 let _ = receiver.accept(info).await;
                 if links.sender.is_some() {
-                    self.send_response(links, msg).await;
+                    send_response(&self.ctx.settings, self.ctx.peer, links, msg).await;
                 } else if links.waiting.len() < MAX_WAITING {
                     links.waiting.push_back(msg);
                 } else {
@@ -584,19 +587,20 @@ impl Conn<'_> {
             }
         }
     }
+}
 
-    async fn send_response(&self, links: &mut Links, msg: Message<Data>) {
-        let Some(sender) = links.sender.as_mut() else { return };
-        let sendable = Sendable::builder().message(msg).settled(false).build();
-        match tokio::time::timeout(self.ctx.settings.response_timeout, sender.send(sendable)).await {
-            Ok(Ok(_outcome)) => {}
-            Ok(Err(e)) => {
-                tracing::info!(peer = %self.peer(), error = %e, "amqp: response not delivered");
-                links.sender = None;
-            }
-            Err(_) => {
-                tracing::info!(peer = %self.peer(), "amqp: response not settled within {:?}", self.ctx.settings.response_timeout);
-            }
+/// Sends a response on the sender link, waiting (bounded) for the device's credit and settlement.
+async fn send_response(settings: &AmqpSettings, peer: SocketAddr, links: &mut Links, msg: Message<Data>) {
+    let Some(sender) = links.sender.as_mut() else { return };
+    let sendable = Sendable::builder().message(msg).settled(false).build();
+    match tokio::time::timeout(settings.response_timeout, sender.send(sendable)).await {
+        Ok(Ok(_outcome)) => {}
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "amqp: response not delivered");
+            links.sender = None;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "amqp: response not settled within {:?}", settings.response_timeout);
         }
     }
 }

@@ -6,6 +6,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use std::future::Future;
@@ -136,12 +138,22 @@ pub(crate) struct Replay<S> {
     guard: FrameGuard,
     peer: SocketAddr,
     failed: bool,
+    /// Set once a violation was logged, so the driver does not log the same failure again.
+    reported: Arc<AtomicBool>,
     kill: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl<S> Replay<S> {
-    pub(crate) fn new(prefix: Bytes, inner: S, max_frame: u32, peer: SocketAddr, kill: CancellationToken) -> Replay<S> {
+    pub(crate) fn new(
+        prefix: Bytes,
+        inner: S,
+        max_frame: u32,
+        peer: SocketAddr,
+        kill: CancellationToken,
+        reported: Arc<AtomicBool>,
+    ) -> Replay<S> {
         Replay {
+            reported,
             prefix,
             inner,
             guard: FrameGuard::new(max_frame),
@@ -158,6 +170,7 @@ impl<S> Replay<S> {
     fn violation(&mut self, v: FrameViolation) -> io::Error {
         if !self.failed {
             self.failed = true;
+            self.reported.store(true, Ordering::Relaxed);
             tracing::info!(peer = %self.peer, reason = %v, "amqp: malformed frame; closing the connection");
         }
         io::Error::new(io::ErrorKind::InvalidData, v)
