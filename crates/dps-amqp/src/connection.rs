@@ -250,8 +250,8 @@ enum SessionEnd {
 enum Event {
     Shutdown,
     AuthTimeout,
-    Attach(Option<Attach>),
-    Delivery(Result<Delivery<Body<Value>>, RecvError>),
+    Attach(Option<Box<Attach>>),
+    Delivery(Box<Result<Delivery<Body<Value>>, RecvError>>),
     SenderDetached,
 }
 
@@ -385,34 +385,38 @@ impl Conn<'_> {
             let event = tokio::select! {
                 () = shutdown.cancelled() => Event::Shutdown,
                 () = tokio::time::sleep_until(self.auth_deadline), if pending => Event::AuthTimeout,
-                a = session.next_incoming_attach() => Event::Attach(a),
-                d = next_delivery(&mut links.receiver) => Event::Delivery(d),
+                a = session.next_incoming_attach() => Event::Attach(a.map(Box::new)),
+                d = next_delivery(&mut links.receiver) => Event::Delivery(Box::new(d)),
                 () = sender_detached(&mut links.sender) => Event::SenderDetached,
             };
             match event {
+                Event::Delivery(d) => self.on_delivery_result(*d, &mut links).await,
                 Event::Shutdown | Event::AuthTimeout => return SessionEnd::Stop,
                 Event::Attach(None) => return SessionEnd::Ended,
-                Event::Attach(Some(attach)) => self.on_attach(attach, session, &mut links).await,
+                Event::Attach(Some(attach)) => self.on_attach(*attach, session, &mut links).await,
                 Event::SenderDetached => links.sender = None,
-                Event::Delivery(Ok(delivery)) => self.on_delivery(delivery, &mut links).await,
-                Event::Delivery(Err(RecvError::MessageDecode(e))) => {
-                    tracing::info!(peer = %self.peer(), error = %e.source, "amqp: request message does not decode");
-                    let err = mapping::rejection(&DeviceError::bad_request(format!(
-                        "the message does not decode: {}",
-                        e.source
-                    )));
-                    if let Some(r) = &links.receiver {
-                        let _ = r.reject(e.info, err).await;
-                    }
+            }
+        }
+    }
+
+    async fn on_delivery_result(&mut self, d: Result<Delivery<Body<Value>>, RecvError>, links: &mut Links) {
+        match d {
+            Ok(delivery) => self.on_delivery(delivery, links).await,
+            Err(RecvError::MessageDecode(e)) => {
+                tracing::info!(peer = %self.peer(), error = %e.source, "amqp: request message does not decode");
+                let err =
+                    mapping::rejection(&DeviceError::bad_request(format!("the message does not decode: {}", e.source)));
+                if let Some(r) = &links.receiver {
+                    let _ = r.reject(e.info, err).await;
                 }
-                Event::Delivery(Err(RecvError::MessageSizeExceeded(e))) => {
-                    tracing::info!(peer = %self.peer(), error = %e, "amqp: request larger than the link's max-message-size; link detached");
-                    links.receiver = None;
-                }
-                Event::Delivery(Err(e)) => {
-                    tracing::debug!(peer = %self.peer(), error = %e, "amqp: request link ended");
-                    links.receiver = None;
-                }
+            }
+            Err(RecvError::MessageSizeExceeded(e)) => {
+                tracing::info!(peer = %self.peer(), error = %e, "amqp: request larger than the link's max-message-size; link detached");
+                links.receiver = None;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer(), error = %e, "amqp: request link ended");
+                links.receiver = None;
             }
         }
     }
@@ -578,9 +582,9 @@ impl Conn<'_> {
                 // Settle the request first (the device's send completes on it), then answer.
                 let _ = receiver.accept(info).await;
                 if links.sender.is_some() {
-                    send_response(&self.ctx.settings, self.ctx.peer, links, msg).await;
+                    send_response(&self.ctx.settings, self.ctx.peer, links, *msg).await;
                 } else if links.waiting.len() < MAX_WAITING {
-                    links.waiting.push_back(msg);
+                    links.waiting.push_back(*msg);
                 } else {
                     tracing::info!(peer = %self.peer(), "amqp: responses pile up without a response link; dropping one");
                 }

@@ -19,6 +19,8 @@
 pub mod address;
 pub mod api;
 mod connection;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod header;
 pub mod mapping;
 pub mod replay;

@@ -144,7 +144,7 @@ pub fn body_registration_id(body: &[u8]) -> Option<String> {
 #[derive(Debug)]
 pub enum Answer {
     /// Accept the request delivery, then send this message on the sender link.
-    Respond(Message<Data>),
+    Respond(Box<Message<Data>>),
     /// Reject the request delivery with this error.
     Reject(definitions::Error),
 }
@@ -154,10 +154,10 @@ pub fn answer(reply: &DeviceReply, correlation_id: Option<MessageId>) -> Answer 
     match reply {
         DeviceReply::Accepted { operation_id, retry_after_secs } => {
             let body = serde_json::json!({ "operationId": operation_id, "status": "assigning" });
-            Answer::Respond(response(correlation_id, &body, Some(*retry_after_secs)))
+            Answer::Respond(Box::new(response(correlation_id, &body, Some(*retry_after_secs))))
         }
         DeviceReply::Status { body, retry_after_secs, .. } => {
-            Answer::Respond(response(correlation_id, body, *retry_after_secs))
+            Answer::Respond(Box::new(response(correlation_id, body, *retry_after_secs)))
         }
         DeviceReply::Error(e) => Answer::Reject(rejection(e)),
     }
@@ -169,8 +169,7 @@ pub fn response(
     body: &serde_json::Value,
     retry_after: Option<u32>,
 ) -> Message<Data> {
-    let mut properties = Properties::default();
-    properties.correlation_id = correlation_id;
+    let properties = Properties { correlation_id, ..Properties::default() };
     let mut app = ApplicationProperties::builder();
     if let Some(secs) = retry_after {
         app = app.insert("retry-after", secs.to_string()).insert("Retry-After", secs.to_string());
@@ -211,8 +210,7 @@ mod tests {
         for (k, v) in props {
             app = app.insert(*k, *v);
         }
-        let mut p = Properties::default();
-        p.correlation_id = correlation;
+        let p = Properties { correlation_id: correlation, ..Properties::default() };
         Message {
             header: None,
             delivery_annotations: None,
@@ -279,6 +277,7 @@ mod tests {
         ] {
             let reply = DeviceReply::Accepted { operation_id: "op".into(), retry_after_secs: 3 };
             let Answer::Respond(m) = answer(&reply, Some(corr.clone())) else { panic!("not a response") };
+            let m = *m;
             assert_eq!(m.properties.as_ref().and_then(|p| p.correlation_id.clone()), Some(corr));
             let app = &m.application_properties.as_ref().expect("app properties").0;
             assert_eq!(app.get("retry-after"), Some(&SimpleValue::String("3".into())));
@@ -292,7 +291,7 @@ mod tests {
             retry_after_secs: None,
         };
         let Answer::Respond(m) = answer(&reply, None) else { panic!("not a response") };
-        assert!(m.application_properties.as_ref().map_or(true, |a| a.0.is_empty()));
+        assert!(m.application_properties.as_ref().is_none_or(|a| a.0.is_empty()));
     }
 
     #[test]

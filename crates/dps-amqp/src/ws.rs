@@ -6,7 +6,7 @@
 //! `Sink` for them, as axum's `WebSocket` and tokio-tungstenite's `WebSocketStream` are), a
 //! function that says what a message is, and one that makes a binary message. With axum:
 //!
-//! ```ignore
+//! ```text
 //! use axum::extract::ws::Message;
 //! let io = WsByteStream::new(socket, |m| match m {
 //!     Message::Binary(b) => WsFrame::Binary(b),
