@@ -169,10 +169,11 @@ async fn main() {
         handshake_timeout: Duration::from_secs(10),
         max_handshakes: 64,
     };
-    let tls = ServerTls::start(source, &[spec("amqp"), spec("https")]).unwrap_or_else(|e| {
-        eprintln!("fake_dps: TLS: {e}");
-        std::process::exit(1)
-    });
+    let tls = ServerTls::start(source, &[spec("amqp"), spec("https")], std::sync::Arc::new(dps_attest::SystemClock))
+        .unwrap_or_else(|e| {
+            eprintln!("fake_dps: TLS: {e}");
+            std::process::exit(1)
+        });
     let shared = Shared {
         api: Arc::new(FakeApi(Arc::new(devices))),
         settings: Arc::new(AmqpSettings::default()),
