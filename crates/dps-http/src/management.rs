@@ -100,8 +100,11 @@ fn body_json(req: &Request) -> ApiResult<Value> {
     if req.body.is_empty() {
         return Ok(json!({}));
     }
-    let text = String::from_utf8_lossy(&req.body);
-    serde_json::from_str(&dps_arm::relax_json(&text))
+    // Refused, not repaired: replacement characters would change what the client sent.
+    let text = std::str::from_utf8(&req.body).map_err(|e| {
+        ApiError::bad_request(format!("the body is not valid UTF-8 (invalid bytes at offset {})", e.valid_up_to()))
+    })?;
+    serde_json::from_str(&dps_arm::relax_json(text))
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
 }
 
