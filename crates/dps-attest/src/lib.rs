@@ -4,13 +4,18 @@
 //!   §4.1, §4.5), verified in constant time.
 //! - [`derive_device_key`]: enrollment-group key derivation (§4.2).
 //! - [`OpensslX509`]: the `X509Inspector` port (certificate info, CA flag, issued-by checks).
+//! - [`OpensslDeviceCrypto`]: the `DeviceCrypto` port; device chains are verified by OpenSSL's
+//!   verifier ([`verify_chain`]: partial chains up to the enrollment's CA, the caller's time,
+//!   purpose, key usage, path length, name constraints, no weak signatures).
 //! - [`entropy`]: the `Entropy` port on OpenSSL's CSPRNG.
 
 mod device;
 pub mod sas;
 mod x509;
 
-pub use device::{OpensslDeviceCrypto, SAS_SKEW};
+pub use device::{
+    check_leaf_usage, leaf_facts, verify_chain, CertificateError, OpensslDeviceCrypto, MAX_CHAIN, SAS_SKEW,
+};
 pub use x509::{chain_issued_by, OpensslX509};
 
 use openssl::hash::MessageDigest;

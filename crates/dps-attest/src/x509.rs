@@ -23,7 +23,7 @@ pub fn load(text: &str) -> Result<X509, String> {
     X509::from_der(&der).map_err(|_| "the base64 data is not a DER X.509 certificate".to_owned())
 }
 
-fn info(cert: &X509) -> Result<(X509CertificateInfo, bool), String> {
+pub(crate) fn info(cert: &X509) -> Result<(X509CertificateInfo, bool), String> {
     let der = cert.to_der().map_err(|_| "cannot encode the certificate".to_owned())?;
     let (_, parsed) = X509Certificate::from_der(&der).map_err(|e| format!("cannot parse the certificate: {e}"))?;
     let digest = |md| cert.digest(md).map(|d| hex_upper(&d)).unwrap_or_default();

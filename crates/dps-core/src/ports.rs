@@ -61,10 +61,12 @@ pub trait DeviceCrypto: Send + Sync + std::fmt::Debug {
     /// The device key of `registration_id` in a group with key `group_key` (§4.2).
     fn derive_key(&self, group_key: &str, registration_id: &str) -> Option<String>;
     /// Facts about the leaf of a presented chain (DER): subject CN, validity at `now`, info.
+    /// `Err` for a certificate that cannot be parsed or is not usable for TLS client
+    /// authentication (`docs/x509.md`, "Device certificates").
     fn leaf(&self, der: &[u8], now: SystemTime) -> Result<LeafFacts, String>;
-    /// If the presented chain (leaf first, DER) leads, signature by signature and within validity
-    /// at `now`, to a certificate issued by (or equal to) `anchor_pem`: the position in the chain
-    /// of the certificate the anchor vouches for (0 = the leaf itself was issued by the anchor).
+    /// If the presented chain (leaf first, DER) verifies up to `anchor_pem` as the only trust
+    /// anchor, at `now` and by the rules of `docs/x509.md` ("Chains for enrollment groups"): the
+    /// position in the chain of the certificate the anchor issued (0 = the leaf itself).
     fn chain_depth(&self, chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Option<usize>;
 }
 
