@@ -9,7 +9,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dps_core::ports::{DeviceCrypto, LeafFacts};
+use dps_core::ports::{CertificateError, DeviceCrypto, LeafFacts, SasClaims, SasError};
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
@@ -31,21 +31,21 @@ pub const MAX_CHAIN: usize = 10;
 /// certificate but the trust anchor.
 const AUTH_LEVEL: i32 = 1;
 
-/// Why a presented certificate or chain is refused. The messages are for logs and operators;
-/// devices get one "unauthorized" for every reason (no enumeration of enrollments).
+/// Why a presented chain is not vouched for by an anchor ([`verify_chain`]). The messages are for
+/// logs and operators; devices get one "unauthorized" for every reason (no enumeration of
+/// enrollments).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum CertificateError {
+pub enum ChainError {
     #[error("the device presented no certificate")]
     NoCertificate,
     #[error("the device presented {0} certificates, more than {MAX_CHAIN}")]
     TooLong(usize),
     #[error("certificate {0} of the presented chain is not valid DER X.509")]
     NotDer(usize),
-    #[error("the device certificate cannot be parsed: {0}")]
-    Unparsable(String),
-    #[error("the device certificate is not for TLS client authentication: {0}")]
-    Usage(&'static str),
+    /// The leaf itself is refused (unreadable, or not for TLS client authentication).
+    #[error(transparent)]
+    Leaf(#[from] CertificateError),
     #[error("the enrollment's CA certificate cannot be read")]
     Anchor,
     #[error("the chain does not verify at certificate {depth} (0 = the device's): {reason}")]
@@ -54,9 +54,9 @@ pub enum CertificateError {
     OpenSsl,
 }
 
-impl From<openssl::error::ErrorStack> for CertificateError {
+impl From<openssl::error::ErrorStack> for ChainError {
     fn from(_: openssl::error::ErrorStack) -> Self {
-        CertificateError::OpenSsl
+        ChainError::OpenSsl
     }
 }
 
@@ -72,29 +72,28 @@ fn unix(t: SystemTime) -> i64 {
 /// extendedKeyUsage, that includes clientAuth; when it has a keyUsage, that includes
 /// digitalSignature (the device signs the handshake). Absent extensions allow everything.
 pub fn check_leaf_usage(leaf: &X509Certificate<'_>) -> Result<(), CertificateError> {
+    let refuse = CertificateError::NotForClientAuth;
     match leaf.extended_key_usage() {
         Ok(Some(eku)) if !eku.value.client_auth => {
-            return Err(CertificateError::Usage("its extendedKeyUsage does not include clientAuth"))
+            return Err(refuse("its extendedKeyUsage does not include clientAuth"))
         }
         Ok(_) => {}
-        Err(_) => return Err(CertificateError::Usage("its extendedKeyUsage is malformed or repeated")),
+        Err(_) => return Err(refuse("its extendedKeyUsage is malformed or repeated")),
     }
     match leaf.key_usage() {
-        Ok(Some(ku)) if !ku.value.digital_signature() => {
-            Err(CertificateError::Usage("its keyUsage does not include digitalSignature"))
-        }
+        Ok(Some(ku)) if !ku.value.digital_signature() => Err(refuse("its keyUsage does not include digitalSignature")),
         Ok(_) => Ok(()),
-        Err(_) => Err(CertificateError::Usage("its keyUsage is malformed or repeated")),
+        Err(_) => Err(refuse("its keyUsage is malformed or repeated")),
     }
 }
 
 /// Facts about a device certificate (DER): its subject CN, validity at `now`, and info. A
 /// certificate that is not usable for TLS client authentication ([`check_leaf_usage`]) is refused.
 pub fn leaf_facts(der: &[u8], now: SystemTime) -> Result<LeafFacts, CertificateError> {
-    let cert = X509::from_der(der).map_err(|_| CertificateError::NotDer(0))?;
-    let (_, parsed) = X509Certificate::from_der(der).map_err(|e| CertificateError::Unparsable(e.to_string()))?;
+    let cert = X509::from_der(der).map_err(|_| CertificateError::BadDer)?;
+    let (_, parsed) = X509Certificate::from_der(der).map_err(|e| CertificateError::Unreadable(e.to_string()))?;
     check_leaf_usage(&parsed)?;
-    let (info, _) = info(&cert).map_err(CertificateError::Unparsable)?;
+    let (info, _) = info(&cert)?;
     let common_name =
         parsed.subject().iter_common_name().next().and_then(|n| n.as_str().ok()).map(str::to_owned).unwrap_or_default();
     let now = unix(now);
@@ -119,21 +118,21 @@ pub fn leaf_facts(der: &[u8], now: SystemTime) -> Result<LeafFacts, CertificateE
 /// basicConstraints path length and name constraints; the leaf is usable for TLS client
 /// authentication (purpose `sslclient` and [`check_leaf_usage`]); key sizes and signature
 /// algorithms meet OpenSSL's security level 1 (no MD5 or SHA-1 signatures below the anchor).
-pub fn verify_chain(chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Result<usize, CertificateError> {
+pub fn verify_chain(chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Result<usize, ChainError> {
     if chain.is_empty() {
-        return Err(CertificateError::NoCertificate);
+        return Err(ChainError::NoCertificate);
     }
     if chain.len() > MAX_CHAIN {
-        return Err(CertificateError::TooLong(chain.len()));
+        return Err(ChainError::TooLong(chain.len()));
     }
     let certs: Vec<X509> = chain
         .iter()
         .enumerate()
-        .map(|(i, der)| X509::from_der(der).map_err(|_| CertificateError::NotDer(i)))
+        .map(|(i, der)| X509::from_der(der).map_err(|_| ChainError::NotDer(i)))
         .collect::<Result<_, _>>()?;
-    let (_, parsed) = X509Certificate::from_der(&chain[0]).map_err(|e| CertificateError::Unparsable(e.to_string()))?;
+    let (_, parsed) = X509Certificate::from_der(&chain[0]).map_err(|e| CertificateError::Unreadable(e.to_string()))?;
     check_leaf_usage(&parsed)?;
-    let anchor = load(anchor_pem).map_err(|_| CertificateError::Anchor)?;
+    let anchor = load(anchor_pem).map_err(|_| ChainError::Anchor)?;
 
     let mut param = X509VerifyParam::new()?;
     param.set_flags(X509VerifyFlags::PARTIAL_CHAIN)?;
@@ -157,40 +156,61 @@ pub fn verify_chain(chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Res
         Ok((verified, c.error(), c.error_depth(), built))
     })?;
     if !verified {
-        return Err(CertificateError::Verify { depth, reason: error.error_string() });
+        return Err(ChainError::Verify { depth, reason: error.error_string() });
     }
     // The verified chain is leaf .. anchor; the certificate the anchor issued is just below it.
     // A chain of one is the leaf trusted as the anchor itself: only a self-signed leaf counts
     // (it issued itself).
     if built < 2 && !chain_issued_by(&certs[0], &certs[0]) {
-        return Err(CertificateError::Verify { depth: 0, reason: "the device certificate is the CA itself" });
+        return Err(ChainError::Verify { depth: 0, reason: "the device certificate is the CA itself" });
     }
     Ok(built.saturating_sub(2))
 }
 
 impl DeviceCrypto for OpensslDeviceCrypto {
-    fn verify_sas(&self, token: &str, resource: &str, keys: &[String], now: SystemTime) -> Result<bool, String> {
-        let t = SasToken::parse(token).map_err(|e| e.to_string())?;
-        t.check_expiry(now, SAS_SKEW).map_err(|e| e.to_string())?;
-        t.check_resource(resource).map_err(|e| e.to_string())?;
-        // `skn` may be absent, empty or "registration" for devices (dps-protocol.md §4.1).
+    fn verify_sas(
+        &self,
+        token: &str,
+        resource: &str,
+        keys: &[String],
+        now: SystemTime,
+    ) -> Result<Option<SystemTime>, SasError> {
+        let t = SasToken::parse(token)?;
+        t.check_expiry(now, SAS_SKEW)?;
+        t.check_resource(resource)?;
+        // `skn` may be absent, empty or "registration" for devices (docs/protocol.md, "SAS tokens").
         if let Some(skn) = t.skn.as_deref().filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("registration")) {
-            return Err(format!("a device SAS token's skn must be \"registration\" or absent, not {skn:?}"));
+            let shown: String = skn.chars().take(64).collect();
+            return Err(SasError::WrongKeyName(shown));
         }
         // Every key is tried, so timing does not tell which one (or whether any) matched.
         let mut ok = false;
         for k in keys {
             ok |= t.signed_with(k);
         }
-        Ok(ok)
+        Ok(ok.then(|| t.expires().checked_add(SAS_SKEW).unwrap_or(t.expires())))
+    }
+
+    fn sas_claims(&self, token: &str, now: SystemTime) -> Result<SasClaims, SasError> {
+        let t = SasToken::parse(token)?;
+        t.check_expiry(now, SAS_SKEW)?;
+        Ok(SasClaims {
+            resource: t.resource().ok_or(SasError::Malformed("sr"))?,
+            key_name: t.skn.clone(),
+            expires: t.expires(),
+        })
+    }
+
+    fn sas_signed_with(&self, token: &str, key: &str) -> bool {
+        SasToken::parse(token).is_ok_and(|t| t.signed_with(key))
     }
 
     fn derive_key(&self, group_key: &str, registration_id: &str) -> Option<String> {
         crate::derive_device_key(group_key, registration_id)
     }
 
-    fn leaf(&self, der: &[u8], now: SystemTime) -> Result<LeafFacts, String> {
-        leaf_facts(der, now).map_err(|e| e.to_string())
+    fn leaf(&self, der: &[u8], now: SystemTime) -> Result<LeafFacts, CertificateError> {
+        leaf_facts(der, now)
     }
 
     fn chain_depth(&self, chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Option<usize> {

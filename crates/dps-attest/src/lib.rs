@@ -8,14 +8,15 @@
 //!   verifier ([`verify_chain`]: partial chains up to the enrollment's CA, the caller's time,
 //!   purpose, key usage, path length, name constraints, no weak signatures).
 //! - [`entropy`]: the `Entropy` port on OpenSSL's CSPRNG.
+//! - [`tpm`]: TPM 2.0 attestation, the server's half: EK/SRK checks and activation blobs
+//!   (docs/tpm.md).
 
 mod device;
 pub mod sas;
+pub mod tpm;
 mod x509;
 
-pub use device::{
-    check_leaf_usage, leaf_facts, verify_chain, CertificateError, OpensslDeviceCrypto, MAX_CHAIN, SAS_SKEW,
-};
+pub use device::{check_leaf_usage, leaf_facts, verify_chain, ChainError, OpensslDeviceCrypto, MAX_CHAIN, SAS_SKEW};
 pub use x509::{chain_issued_by, OpensslX509};
 
 use openssl::hash::MessageDigest;

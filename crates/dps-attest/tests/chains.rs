@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dps_attest::{leaf_facts, verify_chain, CertificateError, OpensslDeviceCrypto};
+use dps_attest::{leaf_facts, verify_chain, ChainError, OpensslDeviceCrypto};
 use dps_core::ports::DeviceCrypto;
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -158,7 +158,7 @@ fn ders(chain: &[&Cert]) -> Vec<Vec<u8>> {
 }
 
 /// The reason OpenSSL (or the usage check) gives, or the depth found.
-fn verify(chain: &[&Cert], anchor: &Cert) -> Result<usize, CertificateError> {
+fn verify(chain: &[&Cert], anchor: &Cert) -> Result<usize, ChainError> {
     verify_chain(&ders(chain), &anchor.pem(), SystemTime::now())
 }
 
@@ -312,15 +312,15 @@ fn name_constraints_are_enforced() {
 fn garbage_is_refused_with_a_reason() {
     let root = Spec::ca("root").issue(None);
     let leaf = Spec::leaf("device-1").issue(Some(&root));
-    assert_eq!(verify_chain(&[], &root.pem(), SystemTime::now()), Err(CertificateError::NoCertificate));
-    assert_eq!(verify_chain(&[b"not der".to_vec()], &root.pem(), SystemTime::now()), Err(CertificateError::NotDer(0)));
+    assert_eq!(verify_chain(&[], &root.pem(), SystemTime::now()), Err(ChainError::NoCertificate));
+    assert_eq!(verify_chain(&[b"not der".to_vec()], &root.pem(), SystemTime::now()), Err(ChainError::NotDer(0)));
     assert_eq!(
         verify_chain(&[leaf.der(), vec![0x30, 0x03, 1, 2, 3]], &root.pem(), SystemTime::now()),
-        Err(CertificateError::NotDer(1))
+        Err(ChainError::NotDer(1))
     );
-    assert_eq!(verify_chain(&[leaf.der()], "not a certificate", SystemTime::now()), Err(CertificateError::Anchor));
+    assert_eq!(verify_chain(&[leaf.der()], "not a certificate", SystemTime::now()), Err(ChainError::Anchor));
     let long: Vec<Vec<u8>> = (0..11).map(|_| leaf.der()).collect();
-    assert_eq!(verify_chain(&long, &root.pem(), SystemTime::now()), Err(CertificateError::TooLong(11)));
+    assert_eq!(verify_chain(&long, &root.pem(), SystemTime::now()), Err(ChainError::TooLong(11)));
     let mut truncated = leaf.der();
     truncated.truncate(truncated.len() / 2);
     assert!(leaf_facts(&truncated, SystemTime::now()).is_err());

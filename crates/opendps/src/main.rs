@@ -249,7 +249,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(i) = &server.created_default {
         println!("  created DPS instance:         {} (first start)", i.name);
     }
-    if let Ok(Some(i)) = server.state.services.store.instance(&config.service.default_instance).await {
+    if let Ok(i) = server.state.services.instance(&config.service.default_instance).await {
         println!("  DPS instance:                 {}", i.name);
         println!("  ID scope:                     {}", i.id_scope);
         println!("  global device endpoint:       {}", config.service.public_host);

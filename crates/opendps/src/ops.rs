@@ -429,11 +429,12 @@ async fn connection_string(t: &Target, i: &Value, policy: Option<&str>) -> anyho
         .or_else(|| if policy.is_none() { list.first() } else { None })
         .ok_or_else(|| anyhow!("instance has no shared access policy {want}"))?;
     let host = i.pointer("/properties/serviceOperationsHostName").and_then(Value::as_str).unwrap_or("localhost");
-    Ok(format!(
-        "HostName={host};SharedAccessKeyName={};SharedAccessKey={}",
-        cell(&p["keyName"]),
-        cell(&p["primaryKey"])
-    ))
+    let cs = dps_core::model::ConnectionString {
+        host_name: host.into(),
+        key_name: cell(&p["keyName"]),
+        key: cell(&p["primaryKey"]),
+    };
+    Ok(cs.to_string())
 }
 
 async fn service(t: &Target, name: &NameArg) -> anyhow::Result<Service> {

@@ -107,6 +107,8 @@ mod tests {
         assert!(IdScope::parse("1ne00000A0A").is_err());
         assert!(IdScope::parse("0ne00000A0AA").is_err());
         assert!(IdScope::parse("0ne+0000A0A").is_err());
+        assert!(IdScope::parse("0n\u{20ac}456789").is_err());
+        assert!(IdScope::parse("0ne\u{20ac}45678").is_err());
     }
 
     #[test]
