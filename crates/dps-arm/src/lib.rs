@@ -31,7 +31,7 @@
 //! template limits (256 parameters, 512 variables, 800 resources, 64 outputs, 24,576 characters
 //! per expression, 4 MB per template and 1 MB per resource after expansion) and by bounds of its
 //! own (1 MiB per string, 10,000 elements per array or properties per object, values 128 levels
-//! deep, 256 levels of evaluation nesting, 32 MiB of values produced and 20 million steps per
+//! deep, 256 levels of evaluation nesting, 32 MiB of values produced and 2 million steps per
 //! deployment). Whatever the template, evaluation ends with a result or an error, in bounded
 //! memory, stack and time; a bound reached is an [`ArmError::Limit`] that names the field and the
 //! expression.
