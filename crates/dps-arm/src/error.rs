@@ -21,7 +21,7 @@ pub enum ArmError {
     MissingParameter { name: String },
 
     /// A parameter value outside of the parameter's `allowedValues`.
-    #[error("parameter '{name}' does not allow the value {value}: allowed values are {}", list(.allowed))]
+    #[error("parameter '{name}' does not allow the value {}: allowed values are {}", shown(.value), list(.allowed))]
     NotAllowed { name: String, value: Value, allowed: Vec<Value> },
 
     /// A parameter value that breaks `minValue`, `maxValue`, `minLength` or `maxLength`.
@@ -68,10 +68,38 @@ pub enum ArmError {
     /// user-defined functions, `reference()`, ...).
     #[error("{path}: {message}")]
     Unsupported { path: String, message: String },
+
+    /// A bound of the evaluation (see [`Limits`](crate::Limits)) was reached: ARM's template
+    /// limits (parameters, variables, resources, outputs, expression length, resource and
+    /// template size) or the evaluator's own (string, array and object sizes, nesting, total work).
+    /// `at` is the template field or section; `expression` the template expression being
+    /// evaluated when the bound was reached, if any (its first 200 characters).
+    #[error("{at}: {}", limit(.expression.as_deref(), .message))]
+    Limit { at: String, expression: Option<String>, message: String },
 }
 
+/// How many values of a list, and characters of a value, an error message shows.
+const SHOWN_VALUES: usize = 20;
+const SHOWN_CHARS: usize = 200;
+
 fn list(values: &[Value]) -> String {
-    values.iter().map(Value::to_string).collect::<Vec<_>>().join(", ")
+    let mut text = values.iter().take(SHOWN_VALUES).map(shown).collect::<Vec<_>>().join(", ");
+    if values.len() > SHOWN_VALUES {
+        text.push_str(&format!(" and {} more", values.len() - SHOWN_VALUES));
+    }
+    text
+}
+
+/// A value's JSON text for a message, cut after 200 characters.
+fn shown(value: &Value) -> String {
+    crate::limits::shorten(&value.to_string(), SHOWN_CHARS)
+}
+
+fn limit(expression: Option<&str>, message: &str) -> String {
+    match expression {
+        Some(e) => format!("cannot evaluate {e:?}: {message}"),
+        None => message.to_owned(),
+    }
 }
 
 fn placeholders(found: &[(String, String)]) -> String {
@@ -113,6 +141,22 @@ mod tests {
              resources[0].location still holds the placeholder '<any-region>'\n  \
              resources[0].name still holds the placeholder '<name>'"
         );
+    }
+
+    #[test]
+    fn long_values_are_cut_in_messages() {
+        let e = ArmError::NotAllowed {
+            name: "p".into(),
+            value: "x".repeat(10_000).into(),
+            allowed: (0..1000).map(serde_json::Value::from).collect(),
+        };
+        let message = e.to_string();
+        assert!(message.len() < 400, "{message}");
+        assert!(message.ends_with("18, 19 and 980 more"), "{message}");
+        let e = ArmError::Limit { at: "variables.v".into(), expression: Some("[f()]".into()), message: "m".into() };
+        assert_eq!(e.to_string(), r#"variables.v: cannot evaluate "[f()]": m"#);
+        let e = ArmError::Limit { at: "resources".into(), expression: None, message: "m".into() };
+        assert_eq!(e.to_string(), "resources: m");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::cmp::Ordering;
 
 use serde_json::{Map, Number, Value};
 
+use crate::limits::Meter;
 use crate::{hash, ArmError, ResourceGroup};
 
 /// Why an expression could not be evaluated; turned into an [`ArmError`] that names the field.
@@ -14,8 +15,11 @@ pub(crate) enum EvalError {
     UnknownFunction(String),
     UnknownVariable(String),
     Unsupported(String),
-    /// An error that already names its own place (in a variable or parameter default).
-    Arm(ArmError),
+    /// A bound of [`crate::Limits`] was reached.
+    Limit(String),
+    /// An error that already names its own place (in a variable or parameter default); boxed to
+    /// keep `Result`s small in the evaluator's recursion.
+    Arm(Box<ArmError>),
 }
 
 fn fail<T>(message: impl Into<String>) -> Result<T, EvalError> {
@@ -186,28 +190,58 @@ pub(crate) fn to_text(value: &Value) -> String {
     }
 }
 
-/// Equality as `equals()` sees it: numbers by value, objects and arrays deeply.
-pub(crate) fn values_equal(a: &Value, b: &Value) -> bool {
+/// Equality as `equals()` sees it: numbers by value, objects and arrays deeply. The nodes
+/// visited are counted as evaluation steps.
+pub(crate) fn values_equal(a: &Value, b: &Value, meter: &mut Meter) -> Result<bool, EvalError> {
+    let mut visited = 0;
+    let equal = equal_counting(a, b, &mut visited);
+    meter.steps(visited)?;
+    Ok(equal)
+}
+
+fn equal_counting(a: &Value, b: &Value, visited: &mut u64) -> bool {
+    *visited += 1;
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
             (Some(p), Some(q)) => p == q,
             _ => x.as_f64() == y.as_f64(),
         },
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| values_equal(p, q)),
+        (Value::String(x), Value::String(y)) => {
+            *visited += (x.len().min(y.len()) / 64) as u64;
+            x == y
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| equal_counting(p, q, visited))
+        }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| values_equal(v, w)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| equal_counting(v, w, visited)))
         }
         _ => a == b,
     }
 }
 
+/// Whether `items` holds a value equal to `wanted` (its position, from the end if `last`).
+fn position(items: &[Value], wanted: &Value, last: bool, meter: &mut Meter) -> Result<Option<usize>, EvalError> {
+    let order: Box<dyn Iterator<Item = (usize, &Value)>> =
+        if last { Box::new(items.iter().enumerate().rev()) } else { Box::new(items.iter().enumerate()) };
+    for (i, item) in order {
+        if values_equal(item, wanted, meter)? {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
 /// `.name` on a value: exact key first, then ARM's case-insensitive match.
-pub(crate) fn property(target: &Value, name: &str) -> Result<Value, EvalError> {
+pub(crate) fn property(target: &Value, name: &str, meter: &mut Meter) -> Result<Value, EvalError> {
     match target {
-        Value::Object(map) => match get_ci(map, name) {
+        Value::Object(map) => match get_ci_metered(map, name, meter)? {
             Some(value) => Ok(value.clone()),
             None => {
-                let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+                let mut keys: Vec<&str> = map.keys().take(20).map(String::as_str).collect();
+                if map.len() > keys.len() {
+                    keys.push("...");
+                }
                 fail(format!("the object has no property '{name}' (it has: {})", keys.join(", ")))
             }
         },
@@ -216,7 +250,7 @@ pub(crate) fn property(target: &Value, name: &str) -> Result<Value, EvalError> {
 }
 
 /// `[index]` on a value: arrays by integer, objects by property name.
-pub(crate) fn index(target: &Value, index: &Value) -> Result<Value, EvalError> {
+pub(crate) fn index(target: &Value, index: &Value, meter: &mut Meter) -> Result<Value, EvalError> {
     match (target, index) {
         (Value::Array(items), Value::Number(n)) => {
             let Some(i) = n.as_i64() else {
@@ -227,13 +261,26 @@ pub(crate) fn index(target: &Value, index: &Value) -> Result<Value, EvalError> {
                 Ok,
             )
         }
-        (Value::Object(_), Value::String(name)) => property(target, name),
+        (Value::Object(_), Value::String(name)) => property(target, name, meter),
         (target, index) => fail(format!("cannot index {} with {}", describe(target), describe(index))),
     }
 }
 
 pub(crate) fn get_ci<'m>(map: &'m Map<String, Value>, key: &str) -> Option<&'m Value> {
     map.get(key).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+}
+
+/// [`get_ci`], counting the keys searched as evaluation steps.
+fn get_ci_metered<'m>(
+    map: &'m Map<String, Value>,
+    key: &str,
+    meter: &mut Meter,
+) -> Result<Option<&'m Value>, EvalError> {
+    if let Some(value) = map.get(key) {
+        return Ok(Some(value));
+    }
+    meter.steps(map.len() as u64)?;
+    Ok(get_ci(map, key))
 }
 
 /// The arguments of one call, with typed accessors whose errors name the function.
@@ -298,7 +345,14 @@ fn overflow(name: &str) -> EvalError {
 }
 
 /// Calls the function `name` (as written; matched case-insensitively) on evaluated arguments.
-pub(crate) fn call(name: &str, values: &[Value], rg: &ResourceGroup<'_>) -> Result<Value, EvalError> {
+/// Sizes of results are checked against `meter`'s limits before they are built wherever they are
+/// known in advance, and work that is not linear in the size of the arguments is counted.
+pub(crate) fn call(
+    name: &str,
+    values: &[Value],
+    rg: &ResourceGroup<'_>,
+    meter: &mut Meter,
+) -> Result<Value, EvalError> {
     let a = Args { name, values };
     let lower = name.to_ascii_lowercase();
     let value = match lower.as_str() {
@@ -327,10 +381,10 @@ pub(crate) fn call(name: &str, values: &[Value], rg: &ResourceGroup<'_>) -> Resu
         "tenantresourceid" => resource_id(&a, rg, IdScope::Tenant)?.into(),
 
         // Strings.
-        "concat" => concat(&a)?,
+        "concat" => concat(&a, meter)?,
         "format" => {
             a.count(1, usize::MAX)?;
-            format(a.str(0)?, &values[1..])?.into()
+            format(a.str(0)?, &values[1..], meter)?.into()
         }
         "tolower" => {
             a.count(1, 1)?;
@@ -350,11 +404,13 @@ pub(crate) fn call(name: &str, values: &[Value], rg: &ResourceGroup<'_>) -> Resu
         }
         "replace" => {
             a.count(3, 3)?;
-            let old = a.str(1)?;
+            let (text, old, new) = (a.str(0)?, a.str(1)?, a.str(2)?);
             if old.is_empty() {
                 return fail("replace() cannot replace an empty string");
             }
-            a.str(0)?.replace(old, a.str(2)?).into()
+            let found = text.matches(old).count() as u128;
+            meter.string("replace()", text.len() as u128 - found * old.len() as u128 + found * new.len() as u128)?;
+            text.replace(old, new).into()
         }
         "substring" => {
             a.count(2, 3)?;
@@ -389,7 +445,9 @@ pub(crate) fn call(name: &str, values: &[Value], rg: &ResourceGroup<'_>) -> Resu
                     .collect::<Result<_, _>>()?,
                 _ => return Err(a.wrong(1, "a string or an array of strings")),
             };
-            Value::Array(split(s, &delimiters).into_iter().map(Value::String).collect())
+            let scanned: usize = delimiters.iter().map(|d| d.len().max(1)).sum();
+            meter.steps((s.len() as u64).saturating_mul(scanned as u64))?;
+            Value::Array(split(s, &delimiters, meter)?.into_iter().map(Value::String).collect())
         }
         "padleft" => {
             a.count(2, 3)?;
@@ -410,6 +468,7 @@ pub(crate) fn call(name: &str, values: &[Value], rg: &ResourceGroup<'_>) -> Resu
             };
             let total = usize::try_from(total).map_err(|_| a.wrong(1, "a non-negative integer"))?;
             let missing = total.saturating_sub(text.chars().count());
+            meter.string("padLeft()", missing as u128 * pad.len_utf8() as u128 + text.len() as u128)?;
             std::iter::repeat_n(pad, missing).chain(text.chars()).collect::<String>().into()
         }
         "uniquestring" => {
@@ -422,7 +481,9 @@ pub(crate) fn call(name: &str, values: &[Value], rg: &ResourceGroup<'_>) -> Resu
         }
         "base64" => {
             a.count(1, 1)?;
-            base64_encode(a.str(0)?.as_bytes()).into()
+            let text = a.str(0)?;
+            meter.string("base64()", text.len().div_ceil(3) as u128 * 4)?;
+            base64_encode(text.as_bytes()).into()
         }
         "base64tostring" | "base64tojson" => {
             a.count(1, 1)?;
@@ -478,7 +539,7 @@ pub(crate) fn call(name: &str, values: &[Value], rg: &ResourceGroup<'_>) -> Resu
         }
         "equals" => {
             a.count(2, 2)?;
-            Value::Bool(values_equal(&values[0], &values[1]))
+            Value::Bool(values_equal(&values[0], &values[1], meter)?)
         }
         "greater" | "greaterorequals" | "less" | "lessorequals" => {
             a.count(2, 2)?;
@@ -525,8 +586,8 @@ pub(crate) fn call(name: &str, values: &[Value], rg: &ResourceGroup<'_>) -> Resu
                     Value::String(_) | Value::Number(_) => s.contains(&to_text(&values[1])),
                     _ => return Err(a.wrong(1, "a string")),
                 },
-                Value::Array(items) => items.iter().any(|item| values_equal(item, &values[1])),
-                Value::Object(map) => get_ci(map, a.str(1)?).is_some(),
+                Value::Array(items) => position(items, &values[1], false, meter)?.is_some(),
+                Value::Object(map) => get_ci_metered(map, a.str(1)?, meter)?.is_some(),
                 _ => return Err(a.wrong(0, "a string, an array or an object")),
             })
         }
@@ -539,11 +600,7 @@ pub(crate) fn call(name: &str, values: &[Value], rg: &ResourceGroup<'_>) -> Resu
                     let found = if last { s.rfind(&needle) } else { s.find(&needle) };
                     int(found.map_or(-1, |at| s[..at].chars().count() as i64))
                 }
-                Value::Array(items) => {
-                    let hit = |item: &Value| values_equal(item, &values[1]);
-                    let found = if last { items.iter().rposition(hit) } else { items.iter().position(hit) };
-                    int(found.map_or(-1, |at| at as i64))
-                }
+                Value::Array(items) => int(position(items, &values[1], last, meter)?.map_or(-1, |at| at as i64)),
                 _ => return Err(a.wrong(0, "a string or an array")),
             }
         }
@@ -590,7 +647,11 @@ pub(crate) fn call(name: &str, values: &[Value], rg: &ResourceGroup<'_>) -> Resu
                     other => Ok(to_text(other)),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            parts.join(a.str(1)?).into()
+            let separator = a.str(1)?;
+            let bytes = parts.iter().map(|p| p.len() as u128).sum::<u128>()
+                + parts.len().saturating_sub(1) as u128 * separator.len() as u128;
+            meter.string("join()", bytes)?;
+            parts.join(separator).into()
         }
         "createarray" => Value::Array(values.to_vec()),
         "createobject" => {
@@ -609,6 +670,7 @@ pub(crate) fn call(name: &str, values: &[Value], rg: &ResourceGroup<'_>) -> Resu
                 return Err(a.wrong(0, "an object"));
             };
             let mut keys: Vec<&String> = map.keys().collect();
+            meter.steps((keys.len() as u64).saturating_mul(u64::from(usize::BITS - keys.len().leading_zeros())))?;
             keys.sort_by(|x, y| x.to_lowercase().cmp(&y.to_lowercase()).then(x.cmp(y)));
             Value::Array(
                 keys.into_iter()
@@ -623,7 +685,7 @@ pub(crate) fn call(name: &str, values: &[Value], rg: &ResourceGroup<'_>) -> Resu
         }
         "union" | "intersection" => {
             a.count(1, usize::MAX)?;
-            union_or_intersection(&a, lower == "union")?
+            union_or_intersection(&a, lower == "union", meter)?
         }
         "range" => {
             a.count(2, 2)?;
@@ -735,38 +797,67 @@ fn resource_id(a: &Args<'_>, rg: &ResourceGroup<'_>, scope: IdScope) -> Result<S
 }
 
 /// `concat()`: arrays (nulls skipped) into one array, or scalars into one string.
-fn concat(a: &Args<'_>) -> Result<Value, EvalError> {
+fn concat(a: &Args<'_>, meter: &mut Meter) -> Result<Value, EvalError> {
     a.count(1, usize::MAX)?;
     if a.values.iter().any(Value::is_array) {
-        let mut items = Vec::new();
+        let mut count = 0usize;
         for (i, value) in a.values.iter().enumerate() {
             match value {
-                Value::Array(more) => items.extend(more.iter().cloned()),
+                Value::Array(more) => count = count.saturating_add(more.len()),
                 Value::Null => {}
                 _ => return Err(a.wrong(i, "an array, like the other arguments")),
             }
         }
+        meter.items("concat()", count)?;
+        let items = a.values.iter().filter_map(Value::as_array).flatten().cloned().collect();
         return Ok(Value::Array(items));
     }
-    let mut text = String::new();
+    let mut texts = Vec::with_capacity(a.values.len());
     for (i, value) in a.values.iter().enumerate() {
         if value.is_object() {
             return Err(a.wrong(i, "a string or an array"));
         }
-        text.push_str(&to_text(value));
+        texts.push(to_text(value));
     }
-    Ok(text.into())
+    meter.string("concat()", texts.iter().map(|t| t.len() as u128).sum())?;
+    Ok(texts.concat().into())
 }
 
-/// .NET composite formatting as `format()` does it, without format specifiers or alignment.
-fn format(template: &str, args: &[Value]) -> Result<String, EvalError> {
-    let mut out = String::new();
+/// .NET composite formatting as `format()` does it, without format specifiers or alignment. The
+/// size of the result is known (and checked) before it is built.
+fn format(template: &str, args: &[Value], meter: &mut Meter) -> Result<String, EvalError> {
+    let texts: Vec<String> = args.iter().map(to_text).collect();
+    let mut bytes: u128 = 0;
+    format_pieces(template, texts.len(), |piece| {
+        bytes += match piece {
+            Piece::Char(c) => c.len_utf8() as u128,
+            Piece::Arg(i) => texts[i].len() as u128,
+        }
+    })?;
+    meter.string("format()", bytes)?;
+    let mut out = String::with_capacity(usize::try_from(bytes).unwrap_or_default());
+    format_pieces(template, texts.len(), |piece| match piece {
+        Piece::Char(c) => out.push(c),
+        Piece::Arg(i) => out.push_str(&texts[i]),
+    })?;
+    Ok(out)
+}
+
+/// A piece of a format string's result: a character, or the argument with that index.
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    Char(char),
+    Arg(usize),
+}
+
+/// Reads a format string with `args` arguments, handing each piece of the result to `each`.
+fn format_pieces(template: &str, args: usize, mut each: impl FnMut(Piece)) -> Result<(), EvalError> {
     let mut chars = template.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '{' if chars.peek() == Some(&'{') => {
                 chars.next();
-                out.push('{');
+                each(Piece::Char('{'));
             }
             '{' => {
                 let mut item = String::new();
@@ -774,51 +865,59 @@ fn format(template: &str, args: &[Value]) -> Result<String, EvalError> {
                     match chars.next() {
                         Some('}') => break,
                         Some(c) => item.push(c),
-                        None => return fail(format!("format(): '{{{item}' in the format string has no closing '}}'")),
+                        None => {
+                            return fail(format!(
+                                "format(): '{{{}' in the format string has no closing '}}'",
+                                crate::limits::shorten(&item, 40)
+                            ))
+                        }
                     }
                 }
                 let Ok(i) = item.trim().parse::<usize>() else {
                     return fail(format!(
-                        "format(): '{{{item}}}' is not supported (only '{{0}}', '{{1}}', ... without format specifiers)"
+                        "format(): '{{{}}}' is not supported (only '{{0}}', '{{1}}', ... without format specifiers)",
+                        crate::limits::shorten(&item, 40)
                     ));
                 };
-                let Some(arg) = args.get(i) else {
-                    return fail(format!("format(): '{{{i}}}' refers to a missing argument ({} given)", args.len()));
-                };
-                out.push_str(&to_text(arg));
+                if i >= args {
+                    return fail(format!("format(): '{{{i}}}' refers to a missing argument ({args} given)"));
+                }
+                each(Piece::Arg(i));
             }
             '}' if chars.peek() == Some(&'}') => {
                 chars.next();
-                out.push('}');
+                each(Piece::Char('}'));
             }
             '}' => return fail("format(): a lone '}' in the format string (write '}}')"),
-            c => out.push(c),
+            c => each(Piece::Char(c)),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// `split()` with one or several delimiters, like .NET `String.Split(string[])`.
-fn split(s: &str, delimiters: &[String]) -> Vec<String> {
+fn split(s: &str, delimiters: &[String], meter: &Meter) -> Result<Vec<String>, EvalError> {
     let delimiters: Vec<&str> = delimiters.iter().map(String::as_str).filter(|d| !d.is_empty()).collect();
     let mut parts = Vec::new();
-    let (mut start, mut i) = (0, 0);
-    while i < s.len() {
-        if s.is_char_boundary(i) {
-            if let Some(d) = delimiters.iter().find(|d| s[i..].starts_with(**d)) {
-                parts.push(s[start..i].to_owned());
-                i += d.len();
-                start = i;
-                continue;
+    let mut start = 0;
+    let mut rest = s.char_indices();
+    while let Some((i, _)) = rest.next() {
+        let tail = s.get(i..).unwrap_or_default();
+        if let Some(d) = delimiters.iter().find(|d| tail.starts_with(**d)) {
+            meter.items("split()", parts.len() + 2)?;
+            parts.push(s.get(start..i).unwrap_or_default().to_owned());
+            start = i + d.len();
+            // Skip the rest of the delimiter (whole characters: it matched as a string).
+            while rest.as_str().len() > s.len() - start {
+                rest.next();
             }
         }
-        i += 1;
     }
-    parts.push(s[start..].to_owned());
-    parts
+    parts.push(s.get(start..).unwrap_or_default().to_owned());
+    Ok(parts)
 }
 
-fn union_or_intersection(a: &Args<'_>, union: bool) -> Result<Value, EvalError> {
+fn union_or_intersection(a: &Args<'_>, union: bool, meter: &mut Meter) -> Result<Value, EvalError> {
     let values = a.values;
     if values.iter().all(Value::is_object) {
         let maps: Vec<&Map<String, Value>> = values.iter().filter_map(Value::as_object).collect();
@@ -827,7 +926,15 @@ fn union_or_intersection(a: &Args<'_>, union: bool) -> Result<Value, EvalError> 
             if union {
                 out.extend(map.iter().map(|(k, v)| (k.clone(), v.clone())));
             } else {
-                out.retain(|k, v| map.get(k).is_some_and(|w| values_equal(v, w)));
+                let mut kept = Map::new();
+                for (k, v) in out {
+                    if let Some(w) = map.get(&k) {
+                        if values_equal(&v, w, meter)? {
+                            kept.insert(k, v);
+                        }
+                    }
+                }
+                out = kept;
             }
         }
         return Ok(Value::Object(out));
@@ -838,8 +945,16 @@ fn union_or_intersection(a: &Args<'_>, union: bool) -> Result<Value, EvalError> 
         let candidates: Box<dyn Iterator<Item = &Value>> =
             if union { Box::new(arrays.iter().flat_map(|items| items.iter())) } else { Box::new(arrays[0].iter()) };
         for item in candidates {
-            let everywhere = union || arrays[1..].iter().all(|other| other.iter().any(|o| values_equal(o, item)));
-            if everywhere && !out.iter().any(|o| values_equal(o, item)) {
+            let mut everywhere = true;
+            if !union {
+                for other in &arrays[1..] {
+                    if position(other, item, false, meter)?.is_none() {
+                        everywhere = false;
+                        break;
+                    }
+                }
+            }
+            if everywhere && position(&out, item, false, meter)?.is_none() {
                 out.push(item.clone());
             }
         }
@@ -874,7 +989,14 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let (mut bits, mut n) = (0u32, 0u32);
     for c in text.bytes() {
-        let v = BASE64.iter().position(|&b| b == c)? as u32;
+        let v = u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        });
         bits = (bits << 6) | v;
         n += 6;
         if n >= 8 {
@@ -893,13 +1015,14 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::{base64_decode, base64_encode, call, check_known, EvalError, SUPPORTED};
-    use crate::ResourceGroup;
+    use crate::limits::Meter;
+    use crate::{Limits, ResourceGroup};
 
     const RG: ResourceGroup<'static> = ResourceGroup { name: "rg", location: "westus", subscription_id: "sub" };
 
     fn ok(name: &str, args: Value) -> Value {
         let Value::Array(args) = args else { panic!("args must be an array") };
-        match call(name, &args, &RG) {
+        match call(name, &args, &RG, &mut Meter::new(Limits::default())) {
             Ok(v) => v,
             Err(e) => panic!("{name}: {e:?}"),
         }
@@ -907,7 +1030,7 @@ mod tests {
 
     fn err(name: &str, args: Value) -> String {
         let Value::Array(args) = args else { panic!("args must be an array") };
-        match call(name, &args, &RG) {
+        match call(name, &args, &RG, &mut Meter::new(Limits::default())) {
             Err(EvalError::Message(m)) => m,
             other => panic!("{name}: expected a message, got {other:?}"),
         }
@@ -919,7 +1042,8 @@ mod tests {
             if matches!(*name, "parameters" | "variables" | "if") {
                 continue;
             }
-            assert!(!matches!(call(name, &[], &RG), Err(EvalError::UnknownFunction(_))), "{name}");
+            let result = call(name, &[], &RG, &mut Meter::new(Limits::default()));
+            assert!(!matches!(result, Err(EvalError::UnknownFunction(_))), "{name}");
             assert!(check_known(&name.to_uppercase()).is_ok());
         }
         assert!(matches!(check_known("nope"), Err(EvalError::UnknownFunction(n)) if n == "nope"));

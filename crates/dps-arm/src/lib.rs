@@ -27,6 +27,15 @@
 //!
 //! `uniqueString()` and `guid()` are deterministic but are not byte-identical to Azure's.
 //!
+//! A template is input from a client: evaluation is bounded ([`Limits`]) by ARM's documented
+//! template limits (256 parameters, 512 variables, 800 resources, 64 outputs, 24,576 characters
+//! per expression, 4 MB per template and 1 MB per resource after expansion) and by bounds of its
+//! own (1 MiB per string, 10,000 elements per array or properties per object, values 128 levels
+//! deep, 256 levels of evaluation nesting, 32 MiB of values produced and 2 million steps per
+//! deployment). Whatever the template, evaluation ends with a result or an error, in bounded
+//! memory, stack and time; a bound reached is an [`ArmError::Limit`] that names the field and the
+//! expression.
+//!
 //! Not supported (each an [`ArmError::Unsupported`] naming the place): `copy` loops, nested
 //! deployments (`Microsoft.Resources/deployments`), user-defined `functions`, `languageVersion`
 //! 2.0 templates, Key Vault references in parameters files, and functions that need a live Azure
@@ -36,12 +45,14 @@ mod error;
 mod expr;
 mod functions;
 mod hash;
+mod limits;
 mod relax;
 mod template;
 
 use serde_json::{Map, Value};
 
 pub use error::ArmError;
+pub use limits::Limits;
 pub use relax::relax_json;
 
 /// What to deploy, and where.
@@ -99,6 +110,15 @@ pub struct Deployment {
 ///
 /// Errors come one at a time (the first met), except placeholders: every resource field still
 /// holding one is listed in a single [`ArmError::Placeholders`].
+///
+/// Evaluation is bounded by [`Limits::default`]: see [`evaluate_with_limits`].
 pub fn evaluate(input: &DeploymentInput<'_>) -> Result<Deployment, ArmError> {
-    template::evaluate(input)
+    template::evaluate(input, &Limits::default())
+}
+
+/// [`evaluate`] within other [`Limits`]. Whatever the template, evaluation ends, within the
+/// limits' memory and work, with a result or an error; a bound reached is an
+/// [`ArmError::Limit`] naming the template field and the expression.
+pub fn evaluate_with_limits(input: &DeploymentInput<'_>, limits: &Limits) -> Result<Deployment, ArmError> {
+    template::evaluate(input, limits)
 }

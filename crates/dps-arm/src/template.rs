@@ -4,9 +4,35 @@ use serde_json::{Map, Value};
 
 use crate::expr::{self, Expr};
 use crate::functions::{self, describe, get_ci, EvalError};
-use crate::{relax_json, ArmError, Deployment, DeploymentInput, Resource, ResourceGroup};
+use crate::limits::{json_len, shorten, Meter};
+use crate::{relax_json, ArmError, Deployment, DeploymentInput, Limits, Resource, ResourceGroup};
 
-pub(crate) fn evaluate(input: &DeploymentInput<'_>) -> Result<Deployment, ArmError> {
+/// How many characters of an expression an error message quotes.
+const SHOWN_EXPRESSION: usize = 200;
+
+fn too_many(section: &str, what: &str, count: usize, max: usize) -> ArmError {
+    ArmError::Limit {
+        at: section.to_owned(),
+        expression: None,
+        message: format!("the template has {count} {what}, more than the {max} ARM allows"),
+    }
+}
+
+fn too_large(at: &str, document: &str, bytes: usize, max: usize) -> ArmError {
+    ArmError::Limit {
+        at: at.to_owned(),
+        expression: None,
+        message: format!("{document} is {bytes} bytes long, more than the {max} bytes ARM allows"),
+    }
+}
+
+pub(crate) fn evaluate(input: &DeploymentInput<'_>, limits: &Limits) -> Result<Deployment, ArmError> {
+    if input.template_text.len() > limits.template_bytes {
+        return Err(too_large("template", "the template", input.template_text.len(), limits.template_bytes));
+    }
+    if let Some(text) = input.parameters_file_text.filter(|t| t.len() > limits.parameters_file_bytes) {
+        return Err(too_large("parameters file", "the parameters file", text.len(), limits.parameters_file_bytes));
+    }
     let template = parse_json(input.template_text, "template")?;
     let Value::Object(root) = &template else {
         return Err(invalid("template", "must be a JSON object with 'parameters', 'variables' and 'resources'"));
@@ -33,6 +59,16 @@ pub(crate) fn evaluate(input: &DeploymentInput<'_>) -> Result<Deployment, ArmErr
     let declarations = section(root, "parameters")?;
     let variables = section(root, "variables")?;
     let outputs = section(root, "outputs")?;
+    for (name, map, max) in [
+        ("parameters", declarations, limits.parameters),
+        ("variables", variables, limits.variables),
+        ("outputs", outputs, limits.outputs),
+    ] {
+        let count = map.map_or(0, Map::len);
+        if count > max {
+            return Err(too_many(name, name, count, max));
+        }
+    }
     let resources = match get_ci(root, "resources") {
         Some(Value::Array(items)) => items,
         Some(Value::Object(_)) => {
@@ -45,7 +81,7 @@ pub(crate) fn evaluate(input: &DeploymentInput<'_>) -> Result<Deployment, ArmErr
         None => return Err(invalid("template", "has no 'resources' array")),
     };
 
-    let mut engine = Engine::new(input.resource_group, declarations, variables)?;
+    let mut engine = Engine::new(input.resource_group, declarations, variables, *limits)?;
     if let Some(text) = input.parameters_file_text {
         engine.apply_parameters_file(text)?;
     }
@@ -62,11 +98,58 @@ pub(crate) fn evaluate(input: &DeploymentInput<'_>) -> Result<Deployment, ArmErr
         return Err(ArmError::Placeholders(placeholders));
     }
     let outputs = engine.outputs(outputs)?;
+    let total = evaluated.iter().map(|r| json_len(&r.body)).chain(outputs.values().map(json_len)).sum::<usize>();
+    if total > limits.deployment_bytes {
+        return Err(ArmError::Limit {
+            at: "template".to_owned(),
+            expression: None,
+            message: format!(
+                "the evaluated resources and outputs are {total} bytes of JSON, more than the {} bytes ARM allows \
+                 for a template after expansion",
+                limits.deployment_bytes
+            ),
+        });
+    }
     Ok(Deployment { resources: evaluated, outputs, parameters })
 }
 
 fn invalid(path: impl Into<String>, message: impl Into<String>) -> ArmError {
     ArmError::Invalid { path: path.into(), message: message.into() }
+}
+
+/// The error of the expression string `s` at `at` (kept out of the evaluator's recursive frames).
+#[cold]
+#[inline(never)]
+fn expression_error(e: EvalError, s: &str, at: &Path<'_>) -> ArmError {
+    match e {
+        EvalError::Message(message) => {
+            ArmError::Expression { at: at.render(), expression: shorten(s, SHOWN_EXPRESSION), message }
+        }
+        EvalError::UnknownFunction(name) => ArmError::UnknownFunction { name, at: at.render() },
+        EvalError::UnknownVariable(name) => ArmError::UnknownVariable { name, at: at.render() },
+        EvalError::Unsupported(message) => ArmError::Unsupported { path: at.render(), message },
+        EvalError::Limit(_) => limit_error(e, at, Some(s)),
+        EvalError::Arm(e) => *e,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn expression_too_long(s: &str, at: &Path<'_>, max: usize) -> ArmError {
+    let message =
+        format!("the expression is {} characters long, more than the {max} characters ARM allows", s.chars().count());
+    ArmError::Limit { at: at.render(), expression: Some(shorten(s, SHOWN_EXPRESSION)), message }
+}
+
+/// The [`ArmError::Limit`] of a bound reached at `at`, while evaluating `expression` if any.
+#[cold]
+#[inline(never)]
+fn limit_error(e: EvalError, at: &Path<'_>, expression: Option<&str>) -> ArmError {
+    let message = match e {
+        EvalError::Limit(message) => message,
+        other => format!("{other:?}"),
+    };
+    ArmError::Limit { at: at.render(), expression: expression.map(|s| shorten(s, SHOWN_EXPRESSION)), message }
 }
 
 /// Parses relaxed JSON (comments and trailing commas allowed, a leading BOM ignored).
@@ -89,14 +172,35 @@ fn section<'t>(root: &'t Map<String, Value>, key: &str) -> Result<Option<&'t Map
     }
 }
 
-/// Appends a key to a JSON path: `.key` when it reads as an identifier, `['key']` otherwise.
+/// Appends a key to a JSON path: `.key` when it reads as an identifier, `['key']` otherwise (a
+/// key longer than 64 characters is cut, so that messages stay short).
 pub(crate) fn join_key(path: &str, key: &str) -> String {
     let plain = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
         && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+    let key = shorten(key, 64);
     if plain {
         format!("{path}.{key}")
     } else {
         format!("{path}['{}']", key.replace('\'', "\\'"))
+    }
+}
+
+/// A JSON path, rendered (with [`join_key`]) only when a message needs it: building the text of
+/// every path while walking a template would cost the length of the path at every node.
+#[derive(Debug, Clone, Copy)]
+enum Path<'p> {
+    Root(&'p str),
+    Key(&'p Path<'p>, &'p str),
+    Index(&'p Path<'p>, usize),
+}
+
+impl Path<'_> {
+    fn render(&self) -> String {
+        match self {
+            Path::Root(text) => (*text).to_owned(),
+            Path::Key(parent, key) => join_key(&parent.render(), key),
+            Path::Index(parent, i) => format!("{}[{i}]", parent.render()),
+        }
     }
 }
 
@@ -121,17 +225,23 @@ fn is_placeholder(s: &str) -> bool {
     s.len() >= 3 && s.starts_with('<') && s.ends_with('>') && !s[1..s.len() - 1].contains(['<', '>'])
 }
 
-fn collect_placeholders(value: &Value, path: &str, found: &mut Vec<(String, String)>) {
+/// Placeholders reported at most (the message lists each).
+const MAX_PLACEHOLDERS: usize = 50;
+
+fn collect_placeholders(value: &Value, path: &Path<'_>, found: &mut Vec<(String, String)>) {
+    if found.len() >= MAX_PLACEHOLDERS {
+        return;
+    }
     match value {
-        Value::String(s) if is_placeholder(s) => found.push((path.to_owned(), s.clone())),
+        Value::String(s) if is_placeholder(s) => found.push((path.render(), shorten(s, 200))),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                collect_placeholders(item, &format!("{path}[{i}]"), found);
+                collect_placeholders(item, &Path::Index(path, i), found);
             }
         }
         Value::Object(map) => {
             for (key, item) in map {
-                collect_placeholders(item, &join_key(path, key), found);
+                collect_placeholders(item, &Path::Key(path, key), found);
             }
         }
         _ => {}
@@ -139,22 +249,22 @@ fn collect_placeholders(value: &Value, path: &str, found: &mut Vec<(String, Stri
 }
 
 /// Finds the first `copy` property loop (`"copy": [{"name": .., "count": .., "input": ..}]`).
-fn find_property_copy(value: &Value, path: &str) -> Option<String> {
+fn find_property_copy(value: &Value, path: &Path<'_>) -> Option<String> {
     match value {
         Value::Object(map) => map.iter().find_map(|(key, item)| {
-            let here = join_key(path, key);
+            let here = Path::Key(path, key);
             let is_loop = key.eq_ignore_ascii_case("copy")
                 && item.as_array().is_some_and(|loops| {
                     loops.iter().any(|l| l.as_object().is_some_and(|l| get_ci(l, "input").is_some()))
                 });
             if is_loop {
-                Some(here)
+                Some(here.render())
             } else {
                 find_property_copy(item, &here)
             }
         }),
         Value::Array(items) => {
-            items.iter().enumerate().find_map(|(i, item)| find_property_copy(item, &format!("{path}[{i}]")))
+            items.iter().enumerate().find_map(|(i, item)| find_property_copy(item, &Path::Index(path, i)))
         }
         _ => None,
     }
@@ -283,16 +393,46 @@ impl ParamDecl {
     }
 
     fn wrong_type(&self, value: &Value) -> ArmError {
-        ArmError::WrongType { name: self.name.clone(), expected: self.ty.name().to_owned(), value: value.to_string() }
+        ArmError::WrongType {
+            name: self.name.clone(),
+            expected: self.ty.name().to_owned(),
+            value: shorten(&value.to_string(), 200),
+        }
     }
 
     /// Checks `allowedValues` and the min/max constraints.
-    fn validate(&self, value: &Value) -> Result<(), ArmError> {
+    fn validate(&self, value: &Value, meter: &mut Meter) -> Result<(), ArmError> {
         if let Some(allowed) = &self.allowed {
-            let permitted = |v: &Value| allowed.iter().any(|a| functions::values_equal(a, v));
+            let limit = |e: EvalError| match e {
+                EvalError::Limit(message) => ArmError::Limit {
+                    at: join_key(&join_key("parameters", &self.name), "allowedValues"),
+                    expression: None,
+                    message,
+                },
+                other => invalid("parameters", format!("{other:?}")),
+            };
+            let mut permitted = |v: &Value| -> Result<bool, ArmError> {
+                for a in allowed {
+                    if functions::values_equal(a, v, meter).map_err(limit)? {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            };
             let ok = match value {
-                Value::Array(items) if self.ty == ParamType::Array => permitted(value) || items.iter().all(permitted),
-                _ => permitted(value),
+                Value::Array(items) if self.ty == ParamType::Array => {
+                    permitted(value)? || {
+                        let mut all = true;
+                        for item in items {
+                            if !permitted(item)? {
+                                all = false;
+                                break;
+                            }
+                        }
+                        all
+                    }
+                }
+                _ => permitted(value)?,
             };
             if !ok {
                 return Err(ArmError::NotAllowed {
@@ -326,6 +466,14 @@ impl ParamDecl {
     }
 }
 
+/// What a call names: a parameter, a variable (by index), or a function.
+#[derive(Debug, Clone, Copy)]
+enum Lookup {
+    Parameter(usize),
+    Variable(usize),
+    Function,
+}
+
 /// Which part of the template an expression sits in; `variables()` is not allowed in parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Section {
@@ -345,6 +493,7 @@ struct Engine<'a> {
     var_values: Vec<Option<Value>>,
     var_stack: Vec<usize>,
     section: Section,
+    meter: Meter,
 }
 
 impl<'a> Engine<'a> {
@@ -352,6 +501,7 @@ impl<'a> Engine<'a> {
         rg: ResourceGroup<'a>,
         declarations: Option<&Map<String, Value>>,
         variables: Option<&Map<String, Value>>,
+        limits: Limits,
     ) -> Result<Self, ArmError> {
         let params = declarations
             .into_iter()
@@ -376,6 +526,7 @@ impl<'a> Engine<'a> {
             vars,
             var_stack: Vec::new(),
             section: Section::Body,
+            meter: Meter::new(limits),
         })
     }
 
@@ -457,14 +608,18 @@ impl<'a> Engine<'a> {
             return Ok(value.clone());
         }
         if let Some(at) = self.param_stack.iter().position(|&i| i == index) {
-            let mut chain: Vec<String> = self.param_stack[at..].iter().map(|&i| self.params[i].name.clone()).collect();
-            chain.push(self.params[index].name.clone());
+            let mut chain: Vec<String> =
+                self.param_stack[at..].iter().map(|&i| shorten(&self.params[i].name, 64)).collect();
+            chain.push(shorten(&self.params[index].name, 64));
             return Err(ArmError::Cycle { section: "parameters", chain });
         }
         let value = match (self.provided[index].clone(), self.params[index].default.clone()) {
             (Some(value), _) => value,
             (None, Some(default)) => {
-                let path = join_key(&join_key("parameters", &self.params[index].name), "defaultValue");
+                let name = self.params[index].name.clone();
+                let (root, key) = (Path::Root("parameters"), name.as_str());
+                let parent = Path::Key(&root, key);
+                let path = Path::Key(&parent, "defaultValue");
                 self.param_stack.push(index);
                 let outer = std::mem::replace(&mut self.section, Section::Parameters);
                 let value = self.eval_value(&default, &path);
@@ -478,7 +633,7 @@ impl<'a> Engine<'a> {
             }
             (None, None) => return Err(ArmError::MissingParameter { name: self.params[index].name.clone() }),
         };
-        self.params[index].validate(&value)?;
+        self.params[index].validate(&value, &mut self.meter)?;
         self.param_values[index] = Some(value.clone());
         Ok(value)
     }
@@ -495,35 +650,52 @@ impl<'a> Engine<'a> {
         if let Some(value) = &self.var_values[index] {
             return Ok(value.clone());
         }
-        if let Some(at) = self.var_stack.iter().position(|&i| i == index) {
-            let mut chain: Vec<String> = self.var_stack[at..].iter().map(|&i| self.vars[i].0.clone()).collect();
-            chain.push(self.vars[index].0.clone());
-            return Err(ArmError::Cycle { section: "variables", chain });
+        if self.var_stack.contains(&index) {
+            return Err(self.variable_cycle(index));
         }
         let (name, raw) = self.vars[index].clone();
         self.var_stack.push(index);
-        let value = self.eval_value(&raw, &join_key("variables", &name));
+        let root = Path::Root("variables");
+        let value = self.eval_value(&raw, &Path::Key(&root, &name));
         self.var_stack.pop();
         let value = value?;
         self.var_values[index] = Some(value.clone());
         Ok(value)
     }
 
+    #[cold]
+    #[inline(never)]
+    fn variable_cycle(&self, index: usize) -> ArmError {
+        let at = self.var_stack.iter().position(|&i| i == index).unwrap_or_default();
+        let mut chain: Vec<String> = self.var_stack[at..].iter().map(|&i| shorten(&self.vars[i].0, 64)).collect();
+        chain.push(shorten(&self.vars[index].0, 64));
+        ArmError::Cycle { section: "variables", chain }
+    }
+
     /// Evaluates every expression string inside `value` (values only, not keys).
-    fn eval_value(&mut self, value: &Value, path: &str) -> Result<Value, ArmError> {
+    fn eval_value(&mut self, value: &Value, path: &Path<'_>) -> Result<Value, ArmError> {
+        if let Err(e) = self.meter.enter() {
+            return Err(limit_error(e, path, None));
+        }
+        let result = self.eval_value_inner(value, path);
+        self.meter.leave();
+        result
+    }
+
+    fn eval_value_inner(&mut self, value: &Value, path: &Path<'_>) -> Result<Value, ArmError> {
         Ok(match value {
             Value::String(s) => self.eval_string(s, path)?,
-            Value::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, item)| self.eval_value(item, &format!("{path}[{i}]")))
-                    .collect::<Result<_, _>>()?,
-            ),
+            Value::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    out.push(self.eval_value(item, &Path::Index(path, i))?);
+                }
+                Value::Array(out)
+            }
             Value::Object(map) => {
                 let mut out = Map::new();
                 for (key, item) in map {
-                    out.insert(key.clone(), self.eval_value(item, &join_key(path, key))?);
+                    out.insert(key.clone(), self.eval_value(item, &Path::Key(path, key))?);
                 }
                 Value::Object(out)
             }
@@ -531,74 +703,111 @@ impl<'a> Engine<'a> {
         })
     }
 
-    fn eval_string(&mut self, s: &str, at: &str) -> Result<Value, ArmError> {
+    fn eval_string(&mut self, s: &str, at: &Path<'_>) -> Result<Value, ArmError> {
         let inner = match classify(s) {
             Text::Literal(text) => return Ok(Value::String(text.to_owned())),
             Text::Expression(inner) => inner,
         };
-        let expression = expr::parse(inner).map_err(|message| ArmError::Expression {
-            at: at.to_owned(),
-            expression: s.to_owned(),
-            message,
-        })?;
-        self.eval_expr(&expression).map_err(|e| match e {
-            EvalError::Message(message) => {
-                ArmError::Expression { at: at.to_owned(), expression: s.to_owned(), message }
-            }
-            EvalError::UnknownFunction(name) => ArmError::UnknownFunction { name, at: at.to_owned() },
-            EvalError::UnknownVariable(name) => ArmError::UnknownVariable { name, at: at.to_owned() },
-            EvalError::Unsupported(message) => ArmError::Unsupported { path: at.to_owned(), message },
-            EvalError::Arm(e) => e,
-        })
+        let max = self.meter.limits.expression_chars;
+        if s.len() > max.saturating_mul(4) || s.chars().count() > max {
+            return Err(expression_too_long(s, at, max));
+        }
+        let expression = match expr::parse(inner) {
+            Ok(expression) => expression,
+            Err(message) => return Err(expression_error(EvalError::Message(message), s, at)),
+        };
+        match self.eval_expr(&expression) {
+            Ok(value) => Ok(value),
+            Err(e) => Err(expression_error(e, s, at)),
+        }
     }
 
+    /// Evaluates one node of an expression; every result is admitted by the meter (sizes and
+    /// the deployment's total).
     fn eval_expr(&mut self, expression: &Expr) -> Result<Value, EvalError> {
+        self.meter.enter()?;
+        let result = self.eval_expr_inner(expression).and_then(|value| {
+            self.meter.admit(&value)?;
+            Ok(value)
+        });
+        self.meter.leave();
+        result
+    }
+
+    fn eval_expr_inner(&mut self, expression: &Expr) -> Result<Value, EvalError> {
         match expression {
             Expr::Str(s) => Ok(Value::String(s.clone())),
             Expr::Int(n) => Ok(Value::from(*n)),
-            Expr::Prop { target, name } => functions::property(&self.eval_expr(target)?, name),
+            Expr::Prop { target, name } => {
+                let target = self.eval_expr(target)?;
+                functions::property(&target, name, &mut self.meter)
+            }
             Expr::Index { target, index } => {
                 let target = self.eval_expr(target)?;
-                functions::index(&target, &self.eval_expr(index)?)
+                let index = self.eval_expr(index)?;
+                functions::index(&target, &index, &mut self.meter)
             }
             Expr::Call { name, args } => self.call(name, args),
         }
     }
 
+    /// A call: `if` evaluates only the branch taken; every other function gets its arguments
+    /// evaluated. Kept small, with the rare paths in functions of their own: it is on every level
+    /// of the evaluator's recursion.
     fn call(&mut self, name: &str, args: &[Expr]) -> Result<Value, EvalError> {
         functions::check_known(name)?;
-        let lower = name.to_ascii_lowercase();
-        if lower == "if" {
-            let [condition, yes, no] = args else {
-                return Err(EvalError::Message(format!("{name}() takes 3 arguments, got {}", args.len())));
-            };
-            return match self.eval_expr(condition)? {
-                Value::Bool(true) => self.eval_expr(yes),
-                Value::Bool(false) => self.eval_expr(no),
-                other => {
-                    Err(EvalError::Message(format!("argument 1 of {name}() must be a bool, got {}", describe(&other))))
-                }
-            };
+        if name.eq_ignore_ascii_case("if") {
+            let branch = self.choose_branch(name, args)?;
+            return self.eval_expr(branch);
         }
-        let values = args.iter().map(|arg| self.eval_expr(arg)).collect::<Result<Vec<_>, _>>()?;
-        match lower.as_str() {
-            "parameters" | "variables" => {
-                let [Value::String(wanted)] = values.as_slice() else {
-                    return Err(EvalError::Message(format!("{name}() takes one string argument, the name")));
-                };
-                if lower == "parameters" {
-                    let index = self.param_index(wanted).ok_or_else(|| {
-                        EvalError::Message(format!("parameter '{wanted}' is not declared in the template's parameters"))
-                    })?;
-                    self.parameter(index).map_err(EvalError::Arm)
-                } else if self.section == Section::Parameters {
-                    Err(EvalError::Message("variables() cannot be used in the parameters section".to_owned()))
-                } else {
-                    let index = self.var_index(wanted).ok_or_else(|| EvalError::UnknownVariable(wanted.clone()))?;
-                    self.variable(index).map_err(EvalError::Arm)
-                }
+        // A plain loop: iterator adapters would add frames to every level of the recursion.
+        let mut values = Vec::with_capacity(args.len());
+        for arg in args {
+            values.push(self.eval_expr(arg)?);
+        }
+        let result = match self.lookup(name, &values)? {
+            Lookup::Parameter(index) => self.parameter(index),
+            Lookup::Variable(index) => self.variable(index),
+            Lookup::Function => return functions::call(name, &values, &self.rg, &mut self.meter),
+        };
+        result.map_err(|e| EvalError::Arm(Box::new(e)))
+    }
+
+    /// The branch of `if(condition, yes, no)` to evaluate.
+    #[inline(never)]
+    fn choose_branch<'e>(&mut self, name: &str, args: &'e [Expr]) -> Result<&'e Expr, EvalError> {
+        let [condition, yes, no] = args else {
+            return Err(EvalError::Message(format!("{name}() takes 3 arguments, got {}", args.len())));
+        };
+        match self.eval_expr(condition)? {
+            Value::Bool(true) => Ok(yes),
+            Value::Bool(false) => Ok(no),
+            other => {
+                Err(EvalError::Message(format!("argument 1 of {name}() must be a bool, got {}", describe(&other))))
             }
-            _ => functions::call(name, &values, &self.rg),
+        }
+    }
+
+    /// What `parameters(name)` or `variables(name)` refers to; `Function` for other calls.
+    #[inline(never)]
+    fn lookup(&self, name: &str, values: &[Value]) -> Result<Lookup, EvalError> {
+        let parameters = name.eq_ignore_ascii_case("parameters");
+        if !parameters && !name.eq_ignore_ascii_case("variables") {
+            return Ok(Lookup::Function);
+        }
+        let [Value::String(wanted)] = values else {
+            return Err(EvalError::Message(format!("{name}() takes one string argument, the name")));
+        };
+        if parameters {
+            let index = self.param_index(wanted).ok_or_else(|| {
+                EvalError::Message(format!("parameter '{wanted}' is not declared in the template's parameters"))
+            })?;
+            Ok(Lookup::Parameter(index))
+        } else if self.section == Section::Parameters {
+            Err(EvalError::Message("variables() cannot be used in the parameters section".to_owned()))
+        } else {
+            let index = self.var_index(wanted).ok_or_else(|| EvalError::UnknownVariable(wanted.clone()))?;
+            Ok(Lookup::Variable(index))
         }
     }
 
@@ -614,6 +823,7 @@ impl<'a> Engine<'a> {
     ) -> Result<(), ArmError> {
         for (i, raw) in list.iter().enumerate() {
             let path = format!("{prefix}[{i}]");
+            let here = Path::Root(&path);
             let Value::Object(raw) = raw else {
                 return Err(invalid(path, format!("must be an object, got {}", describe(raw))));
             };
@@ -623,14 +833,14 @@ impl<'a> Engine<'a> {
                     message: "copy loops are not supported: write each resource out".to_owned(),
                 });
             }
-            if let Some(at) = find_property_copy(&Value::Object(raw.clone()), &path) {
+            if let Some(at) = find_property_copy(&Value::Object(raw.clone()), &here) {
                 return Err(ArmError::Unsupported {
                     path: at,
                     message: "copy property loops are not supported: write the array out".to_owned(),
                 });
             }
             if let Some((key, condition)) = raw.iter().find(|(k, _)| k.eq_ignore_ascii_case("condition")) {
-                match self.eval_value(condition, &join_key(&path, key))? {
+                match self.eval_value(condition, &Path::Key(&here, key))? {
                     Value::Bool(true) => {}
                     Value::Bool(false) => continue,
                     other => {
@@ -638,13 +848,21 @@ impl<'a> Engine<'a> {
                     }
                 }
             }
+            if out.len() >= self.meter.limits.resources {
+                return Err(too_many(
+                    "resources",
+                    "resources (nested ones included)",
+                    out.len() + 1,
+                    self.meter.limits.resources,
+                ));
+            }
             let mut body = Map::new();
             let mut children = None;
             for (key, value) in raw {
                 if key.eq_ignore_ascii_case("resources") {
                     children = Some((key, value));
                 } else {
-                    body.insert(key.clone(), self.eval_value(value, &join_key(&path, key))?);
+                    body.insert(key.clone(), self.eval_value(value, &Path::Key(&here, key))?);
                 }
             }
             let text_field = |field: &str| -> Result<(String, String), ArmError> {
@@ -684,7 +902,19 @@ impl<'a> Engine<'a> {
                 });
             }
             let body = Value::Object(body);
-            collect_placeholders(&body, &path, placeholders);
+            let bytes = json_len(&body);
+            if bytes > self.meter.limits.resource_bytes {
+                return Err(ArmError::Limit {
+                    at: path,
+                    expression: None,
+                    message: format!(
+                        "the evaluated resource is {bytes} bytes of JSON, more than the {} bytes ARM allows for one \
+                         resource",
+                        self.meter.limits.resource_bytes
+                    ),
+                });
+            }
+            collect_placeholders(&body, &here, placeholders);
             out.push(Resource { resource_type: resource_type.clone(), api_version, name: name.clone(), body });
             if let Some((key, children)) = children {
                 let child_path = join_key(&path, key);
@@ -714,7 +944,8 @@ impl<'a> Engine<'a> {
                 });
             }
             if let Some((key, condition)) = output.iter().find(|(k, _)| k.eq_ignore_ascii_case("condition")) {
-                match self.eval_value(condition, &join_key(&path, key))? {
+                let root = Path::Root(&path);
+                match self.eval_value(condition, &Path::Key(&root, key))? {
                     Value::Bool(true) => {}
                     Value::Bool(false) => continue,
                     other => {
@@ -731,7 +962,7 @@ impl<'a> Engine<'a> {
                 return Err(invalid(path, "has no 'value'"));
             };
             let value_path = join_key(&path, key);
-            let value = self.eval_value(raw, &value_path)?;
+            let value = self.eval_value(raw, &Path::Root(&value_path))?;
             if !ty.accepts(&value) {
                 return Err(invalid(value_path, format!("is declared {} but is {}", ty.name(), describe(&value))));
             }

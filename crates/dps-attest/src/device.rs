@@ -1,16 +1,64 @@
 //! The `DeviceCrypto` port: SAS checks and X.509 chain checks for device attestation.
+//!
+//! Chains are verified by OpenSSL's verifier (`X509_verify_cert`), never walked by hand; the
+//! rules are those of `docs/x509.md` ("Device certificates"): the enrollment's CA is the only
+//! trust anchor (it may be an intermediate: partial chains are allowed up to it), the device
+//! presents every certificate below it, the time is the caller's, the leaf must be usable for TLS
+//! client authentication, path lengths and name constraints hold, and no certificate below the
+//! anchor is signed with MD5 or SHA-1.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dps_core::ports::{CertificateError, DeviceCrypto, LeafFacts, SasClaims, SasError, X509Inspector};
-use openssl::x509::X509;
+use dps_core::ports::{CertificateError, DeviceCrypto, LeafFacts, SasClaims, SasError};
+use openssl::stack::Stack;
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
+use openssl::x509::{X509PurposeId, X509StoreContext, X509};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::sas::SasToken;
-use crate::x509::{chain_issued_by, load, OpensslX509};
+use crate::x509::{chain_issued_by, info, load};
 
 /// Device tokens may come from clocks this far ahead or behind.
 pub const SAS_SKEW: Duration = Duration::from_secs(300);
+
+/// The most certificates a presented chain may hold (leaf, intermediates, anchor and above).
+pub const MAX_CHAIN: usize = 10;
+
+/// OpenSSL's security level for certificate chains (`X509_VERIFY_PARAM_set_auth_level`): at 1,
+/// keys of at least 80 bits of security (RSA 1024, EC 160) and signatures of at least 80 bits,
+/// which refuses MD5 and SHA-1 signatures (OpenSSL 3 rates them 39 and 63 bits) on every
+/// certificate but the trust anchor.
+const AUTH_LEVEL: i32 = 1;
+
+/// Why a presented chain is not vouched for by an anchor ([`verify_chain`]). The messages are for
+/// logs and operators; devices get one "unauthorized" for every reason (no enumeration of
+/// enrollments).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    #[error("the device presented no certificate")]
+    NoCertificate,
+    #[error("the device presented {0} certificates, more than {MAX_CHAIN}")]
+    TooLong(usize),
+    #[error("certificate {0} of the presented chain is not valid DER X.509")]
+    NotDer(usize),
+    /// The leaf itself is refused (unreadable, or not for TLS client authentication).
+    #[error(transparent)]
+    Leaf(#[from] CertificateError),
+    #[error("the enrollment's CA certificate cannot be read")]
+    Anchor,
+    #[error("the chain does not verify at certificate {depth} (0 = the device's): {reason}")]
+    Verify { depth: u32, reason: &'static str },
+    #[error("OpenSSL failed while verifying the chain")]
+    OpenSsl,
+}
+
+impl From<openssl::error::ErrorStack> for ChainError {
+    fn from(_: openssl::error::ErrorStack) -> Self {
+        ChainError::OpenSsl
+    }
+}
 
 /// OpenSSL-backed device crypto.
 #[derive(Debug, Default, Clone, Copy)]
@@ -20,15 +68,103 @@ fn unix(t: SystemTime) -> i64 {
     i64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()).unwrap_or(i64::MAX)
 }
 
-/// Validity window and CA flag of a DER certificate.
-fn window(der: &[u8]) -> Option<(i64, i64, bool)> {
-    let (_, c) = X509Certificate::from_der(der).ok()?;
-    let ca = c.basic_constraints().ok().flatten().is_some_and(|b| b.value.ca);
-    Some((c.validity().not_before.timestamp(), c.validity().not_after.timestamp(), ca))
+/// A device (leaf) certificate must be usable for TLS client authentication: when it has an
+/// extendedKeyUsage, that includes clientAuth; when it has a keyUsage, that includes
+/// digitalSignature (the device signs the handshake). Absent extensions allow everything.
+pub fn check_leaf_usage(leaf: &X509Certificate<'_>) -> Result<(), CertificateError> {
+    let refuse = CertificateError::NotForClientAuth;
+    match leaf.extended_key_usage() {
+        Ok(Some(eku)) if !eku.value.client_auth => {
+            return Err(refuse("its extendedKeyUsage does not include clientAuth"))
+        }
+        Ok(_) => {}
+        Err(_) => return Err(refuse("its extendedKeyUsage is malformed or repeated")),
+    }
+    match leaf.key_usage() {
+        Ok(Some(ku)) if !ku.value.digital_signature() => Err(refuse("its keyUsage does not include digitalSignature")),
+        Ok(_) => Ok(()),
+        Err(_) => Err(refuse("its keyUsage is malformed or repeated")),
+    }
 }
 
-fn valid_at(der: &[u8], now: i64) -> bool {
-    window(der).is_some_and(|(nb, na, _)| nb <= now && now <= na)
+/// Facts about a device certificate (DER): its subject CN, validity at `now`, and info. A
+/// certificate that is not usable for TLS client authentication ([`check_leaf_usage`]) is refused.
+pub fn leaf_facts(der: &[u8], now: SystemTime) -> Result<LeafFacts, CertificateError> {
+    let cert = X509::from_der(der).map_err(|_| CertificateError::BadDer)?;
+    let (_, parsed) = X509Certificate::from_der(der).map_err(|e| CertificateError::Unreadable(e.to_string()))?;
+    check_leaf_usage(&parsed)?;
+    let (info, _) = info(&cert)?;
+    let common_name =
+        parsed.subject().iter_common_name().next().and_then(|n| n.as_str().ok()).map(str::to_owned).unwrap_or_default();
+    let now = unix(now);
+    let validity = parsed.validity();
+    Ok(LeafFacts {
+        common_name,
+        sha256_thumbprint: info.sha256_thumbprint.clone(),
+        sha1_thumbprint: info.sha1_thumbprint.clone(),
+        time_valid: validity.not_before.timestamp() <= now && now <= validity.not_after.timestamp(),
+        info,
+    })
+}
+
+/// Verifies a presented chain (DER, leaf first) against one trust anchor (PEM or base64 DER) at
+/// `now`, with OpenSSL's verifier. Returns the position in the presented chain of the
+/// certificate the anchor issued (0 = the leaf itself; a self-signed leaf that is the anchor
+/// also gives 0).
+///
+/// What is checked: every signature up to the anchor, which is the only trusted certificate
+/// (certificates above it are ignored; missing intermediates are never fetched or assumed);
+/// every validity window at `now`, the anchor's included; issuers are CAs within their
+/// basicConstraints path length and name constraints; the leaf is usable for TLS client
+/// authentication (purpose `sslclient` and [`check_leaf_usage`]); key sizes and signature
+/// algorithms meet OpenSSL's security level 1 (no MD5 or SHA-1 signatures below the anchor).
+pub fn verify_chain(chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Result<usize, ChainError> {
+    if chain.is_empty() {
+        return Err(ChainError::NoCertificate);
+    }
+    if chain.len() > MAX_CHAIN {
+        return Err(ChainError::TooLong(chain.len()));
+    }
+    let certs: Vec<X509> = chain
+        .iter()
+        .enumerate()
+        .map(|(i, der)| X509::from_der(der).map_err(|_| ChainError::NotDer(i)))
+        .collect::<Result<_, _>>()?;
+    let (_, parsed) = X509Certificate::from_der(&chain[0]).map_err(|e| CertificateError::Unreadable(e.to_string()))?;
+    check_leaf_usage(&parsed)?;
+    let anchor = load(anchor_pem).map_err(|_| ChainError::Anchor)?;
+
+    let mut param = X509VerifyParam::new()?;
+    param.set_flags(X509VerifyFlags::PARTIAL_CHAIN)?;
+    param.set_time(unix(now) as _);
+    param.set_purpose(X509PurposeId::SSL_CLIENT)?;
+    param.set_auth_level(AUTH_LEVEL);
+    param.set_depth(i32::try_from(MAX_CHAIN).unwrap_or(i32::MAX));
+    let mut store = X509StoreBuilder::new()?;
+    store.set_param(&param)?;
+    store.add_cert(anchor)?;
+    let store = store.build();
+
+    let mut untrusted = Stack::new()?;
+    for cert in &certs[1..] {
+        untrusted.push(cert.clone())?;
+    }
+    let mut context = X509StoreContext::new()?;
+    let (verified, error, depth, built) = context.init(&store, &certs[0], &untrusted, |c| {
+        let verified = c.verify_cert()?;
+        let built = c.chain().map_or(0, |s| s.len());
+        Ok((verified, c.error(), c.error_depth(), built))
+    })?;
+    if !verified {
+        return Err(ChainError::Verify { depth, reason: error.error_string() });
+    }
+    // The verified chain is leaf .. anchor; the certificate the anchor issued is just below it.
+    // A chain of one is the leaf trusted as the anchor itself: only a self-signed leaf counts
+    // (it issued itself).
+    if built < 2 && !chain_issued_by(&certs[0], &certs[0]) {
+        return Err(ChainError::Verify { depth: 0, reason: "the device certificate is the CA itself" });
+    }
+    Ok(built.saturating_sub(2))
 }
 
 impl DeviceCrypto for OpensslDeviceCrypto {
@@ -74,54 +210,10 @@ impl DeviceCrypto for OpensslDeviceCrypto {
     }
 
     fn leaf(&self, der: &[u8], now: SystemTime) -> Result<LeafFacts, CertificateError> {
-        let cert = X509::from_der(der).map_err(|_| CertificateError::BadDer)?;
-        let pem = String::from_utf8(cert.to_pem().map_err(|_| CertificateError::BadDer)?)
-            .map_err(|_| CertificateError::BadDer)?;
-        let parsed = OpensslX509.parse(&pem)?;
-        let cn = X509Certificate::from_der(der)
-            .ok()
-            .and_then(|(_, c)| c.subject().iter_common_name().next().and_then(|n| n.as_str().ok()).map(str::to_owned))
-            .unwrap_or_default();
-        Ok(LeafFacts {
-            common_name: cn,
-            sha256_thumbprint: parsed.info.sha256_thumbprint.clone(),
-            sha1_thumbprint: parsed.info.sha1_thumbprint.clone(),
-            time_valid: valid_at(der, unix(now)),
-            info: parsed.info,
-        })
+        leaf_facts(der, now)
     }
 
     fn chain_depth(&self, chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Option<usize> {
-        let now = unix(now);
-        let anchor = load(anchor_pem).ok()?;
-        let anchor_der = anchor.to_der().ok()?;
-        if !valid_at(&anchor_der, now) {
-            return None;
-        }
-        let certs: Vec<X509> = chain.iter().map(|d| X509::from_der(d)).collect::<Result<_, _>>().ok()?;
-        // The device must present the path from its leaf up to a certificate the anchor issued
-        // (or the anchor itself); unpresented intermediates are never assumed.
-        let top = certs.iter().enumerate().find_map(|(i, c)| {
-            if i > 0 && chain[i] == anchor_der {
-                Some(i - 1)
-            } else if chain_issued_by(c, &anchor) {
-                Some(i)
-            } else {
-                None
-            }
-        });
-        let top = top?;
-        for k in 0..=top {
-            if !valid_at(&chain[k], now) {
-                return None;
-            }
-            if k > 0 && !window(&chain[k]).is_some_and(|(_, _, ca)| ca) {
-                return None; // an intermediate must be a CA
-            }
-            if k < top && !chain_issued_by(&certs[k], &certs[k + 1]) {
-                return None;
-            }
-        }
-        Some(top)
+        verify_chain(chain, anchor_pem, now).ok()
     }
 }

@@ -4,6 +4,9 @@
 //!   §4.1, §4.5), verified in constant time.
 //! - [`derive_device_key`]: enrollment-group key derivation (§4.2).
 //! - [`OpensslX509`]: the `X509Inspector` port (certificate info, CA flag, issued-by checks).
+//! - [`OpensslDeviceCrypto`]: the `DeviceCrypto` port; device chains are verified by OpenSSL's
+//!   verifier ([`verify_chain`]: partial chains up to the enrollment's CA, the caller's time,
+//!   purpose, key usage, path length, name constraints, no weak signatures).
 //! - [`entropy`]: the `Entropy` port on OpenSSL's CSPRNG.
 //! - [`tpm`]: TPM 2.0 attestation, the server's half: EK/SRK checks and activation blobs
 //!   (docs/tpm.md).
@@ -13,7 +16,7 @@ pub mod sas;
 pub mod tpm;
 mod x509;
 
-pub use device::{OpensslDeviceCrypto, SAS_SKEW};
+pub use device::{check_leaf_usage, leaf_facts, verify_chain, ChainError, OpensslDeviceCrypto, MAX_CHAIN, SAS_SKEW};
 pub use x509::{chain_issued_by, OpensslX509};
 
 use openssl::hash::MessageDigest;

@@ -54,7 +54,7 @@ impl SasToken {
         let body = text
             .get(..22)
             .filter(|p| p.eq_ignore_ascii_case("SharedAccessSignature "))
-            .map(|_| &text[22..])
+            .and_then(|_| text.get(22..))
             .ok_or(SasError::NotSas)?;
         let (mut sr, mut sig, mut se, mut skn) = (None, None, None, None);
         for part in body.trim().split('&') {
@@ -88,11 +88,13 @@ impl SasToken {
         percent_decode(&self.sr_raw)
     }
 
-    /// Checks expiry (with `skew` of tolerance for device clocks) at `now`.
+    /// Checks expiry (with `skew` of tolerance for device clocks) at `now`. The arithmetic
+    /// saturates: an expiry as large as `u64::MAX` (or `1e300`, which parses to it) is far in the
+    /// future, never "expired" by wrapping around.
     pub fn check_expiry(&self, now: SystemTime, skew: Duration) -> Result<(), SasError> {
         let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        if self.se + skew.as_secs() < now {
-            return Err(SasError::Expired(now - self.se));
+        if self.se.saturating_add(skew.as_secs()) < now {
+            return Err(SasError::Expired(now.saturating_sub(self.se)));
         }
         Ok(())
     }
@@ -179,6 +181,51 @@ mod tests {
             "skew tolerated"
         );
         assert!(tok.check_resource("0ne00000A0A/registrations/other").is_err());
+    }
+
+    #[test]
+    fn absurd_expiries_do_not_wrap_around() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_796_133_720);
+        let skew = Duration::from_secs(300);
+        for se in ["18446744073709551615", "18446744073709551616", "99999999999999999999999", "1e300", "1.9e19"] {
+            let t = format!("SharedAccessSignature sr=a&sig=YQ==&se={se}");
+            let tok = SasToken::parse(&t).expect(se);
+            assert_eq!(tok.se, u64::MAX, "{se}");
+            assert_eq!(tok.check_expiry(now, skew), Ok(()), "{se}");
+            assert_eq!(tok.check_expiry(UNIX_EPOCH + Duration::from_secs(1 << 62), Duration::MAX), Ok(()));
+        }
+        // The signature covers `se` as written, so a huge expiry is only as good as its signature.
+        let t = make_token("0ne00000A0A/registrations/dev", KEY, u64::MAX, None).expect("token");
+        let tok = SasToken::parse(&t).expect("parse");
+        assert!(tok.signed_with(KEY));
+        assert_eq!(tok.check_expiry(now, skew), Ok(()));
+        // An old token says how long ago it expired, whatever the skew.
+        let tok = SasToken::parse("SharedAccessSignature sr=a&sig=YQ==&se=0").expect("parse");
+        assert_eq!(tok.check_expiry(now, skew), Err(SasError::Expired(1_796_133_720)));
+        assert_eq!(tok.check_expiry(now, Duration::MAX), Ok(()));
+        assert_eq!(tok.check_expiry(UNIX_EPOCH, Duration::ZERO), Ok(()));
+        for bad in ["-1", "NaN", "inf", "-inf", "1e400", "", "0x10", "1 2"] {
+            let t = format!("SharedAccessSignature sr=a&sig=YQ==&se={bad}");
+            assert_eq!(SasToken::parse(&t), Err(SasError::Malformed("se")), "{bad}");
+        }
+    }
+
+    #[test]
+    fn percent_escapes_need_two_hex_digits() {
+        assert_eq!(percent_decode("a%2Fb%2fc"), Some("a/b/c".to_owned()));
+        for bad in ["%+f", "%-1", "%2", "%", "%zz", "%\u{e9}", "%C3"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+        assert_eq!(percent_decode("%C3%A9"), Some("é".to_owned()));
+    }
+
+    #[test]
+    fn multibyte_text_around_the_prefix_is_refused_not_a_panic() {
+        for bad in
+            ["SharedAccessSignatur\u{e9}", "SharedAccessSignature\u{e9}sr=a", "\u{1f600}".repeat(10).as_str(), "é"]
+        {
+            assert!(SasToken::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub fn load(text: &str) -> Result<X509, CertificateError> {
     X509::from_der(&der).map_err(|_| CertificateError::BadDer)
 }
 
-fn info(cert: &X509) -> Result<(X509CertificateInfo, bool), CertificateError> {
+pub(crate) fn info(cert: &X509) -> Result<(X509CertificateInfo, bool), CertificateError> {
     let der = cert.to_der().map_err(|_| CertificateError::BadDer)?;
     let (_, parsed) = X509Certificate::from_der(&der).map_err(|e| CertificateError::Unreadable(e.to_string()))?;
     let digest = |md| cert.digest(md).map(|d| hex_upper(&d)).unwrap_or_default();

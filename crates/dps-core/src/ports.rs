@@ -37,6 +37,10 @@ pub enum CertificateError {
     BadDer,
     #[error("the certificate cannot be read: {0}")]
     Unreadable(String),
+    /// A device certificate whose extendedKeyUsage or keyUsage excludes TLS client
+    /// authentication (`docs/x509.md`, "Device certificates"); the text says which.
+    #[error("the device certificate is not for TLS client authentication: {0}")]
+    NotForClientAuth(&'static str),
 }
 
 /// X.509 parsing and signature checks (implemented with OpenSSL's crypto in `dps-attest`).
@@ -117,10 +121,12 @@ pub trait DeviceCrypto: Send + Sync + std::fmt::Debug {
     /// "Symmetric keys").
     fn derive_key(&self, group_key: &str, registration_id: &str) -> Option<String>;
     /// Facts about the leaf of a presented chain (DER): subject CN, validity at `now`, info.
+    /// `Err` for a certificate that cannot be parsed or is not usable for TLS client
+    /// authentication (`docs/x509.md`, "Device certificates").
     fn leaf(&self, der: &[u8], now: SystemTime) -> Result<LeafFacts, CertificateError>;
-    /// If the presented chain (leaf first, DER) leads, signature by signature and within validity
-    /// at `now`, to a certificate issued by (or equal to) `anchor_pem`: the position in the chain
-    /// of the certificate the anchor vouches for (0 = the leaf itself was issued by the anchor).
+    /// If the presented chain (leaf first, DER) verifies up to `anchor_pem` as the only trust
+    /// anchor, at `now` and by the rules of `docs/x509.md` ("Chains for enrollment groups"): the
+    /// position in the chain of the certificate the anchor issued (0 = the leaf itself).
     fn chain_depth(&self, chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Option<usize>;
 }
 

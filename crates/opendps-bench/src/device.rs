@@ -236,6 +236,10 @@ async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Result<(u16, Vec<u8>)
     Ok((status, body))
 }
 
+/// The largest chunk of a chunked response accepted (the server's answers are a few KB): a
+/// larger size is a bad response, not an allocation or an overflow of `line_end + size`.
+const MAX_CHUNK: usize = 16 << 20;
+
 async fn read_chunked<S: AsyncRead + Unpin>(s: &mut S, mut raw: Vec<u8>) -> Result<Vec<u8>, Failure> {
     let mut body = Vec::new();
     loop {
@@ -249,7 +253,9 @@ async fn read_chunked<S: AsyncRead + Unpin>(s: &mut S, mut raw: Vec<u8>) -> Resu
         };
         let size_text = String::from_utf8_lossy(&raw[..line_end]).into_owned();
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| Failure::new("http: bad chunk size"))?;
+            .ok()
+            .filter(|&n| n <= MAX_CHUNK)
+            .ok_or_else(|| Failure::new("http: bad chunk size"))?;
         while raw.len() < line_end + 2 + size + 2 {
             if fill(s, &mut raw).await? == 0 {
                 return Err(Failure::new("http: connection closed inside a chunk"));
