@@ -14,6 +14,7 @@ pub mod auth;
 pub mod device_api;
 pub mod error;
 pub mod management;
+pub mod openapi;
 pub mod service_api;
 pub mod websocket;
 
