@@ -12,15 +12,20 @@ fn hex_upper(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02X}")).collect()
 }
 
-/// Reads PEM, or base64 DER without armour (both forms appear in DPS APIs).
+/// Reads PEM, base64 DER without armour, or base64 of the PEM text (what the Node and Python
+/// service SDKs send when handed a PEM file): all three appear in DPS APIs.
 pub fn load(text: &str) -> Result<X509, String> {
     let t = text.trim();
     if t.starts_with("-----BEGIN") {
         return X509::from_pem(t.as_bytes()).map_err(|_| "the PEM does not hold a valid X.509 certificate".to_owned());
     }
     let compact: String = t.chars().filter(|c| !c.is_whitespace()).collect();
-    let der = dps_core::base64::decode(&compact).ok_or("the certificate is neither PEM nor base64 DER")?;
-    X509::from_der(&der).map_err(|_| "the base64 data is not a DER X.509 certificate".to_owned())
+    let der = dps_core::base64::decode(&compact).ok_or("the certificate is neither PEM nor base64 (DER or PEM)")?;
+    if der.trim_ascii_start().starts_with(b"-----BEGIN") {
+        return X509::from_pem(der.trim_ascii())
+            .map_err(|_| "the base64 data is PEM text without a valid X.509 certificate".to_owned());
+    }
+    X509::from_der(&der).map_err(|_| "the base64 data is neither a DER X.509 certificate nor PEM text".to_owned())
 }
 
 fn info(cert: &X509) -> Result<(X509CertificateInfo, bool), String> {

@@ -5,6 +5,7 @@ mod allocation;
 mod certificates;
 mod deploy;
 mod enrollments;
+pub mod query;
 mod readiness;
 mod regions;
 mod registration;
