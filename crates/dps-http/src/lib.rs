@@ -15,6 +15,7 @@ pub mod device_api;
 pub mod error;
 pub mod management;
 pub mod openapi;
+pub mod routes;
 pub mod service_api;
 pub mod websocket;
 
@@ -187,6 +188,7 @@ async fn root_get(
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/openapi.yaml", get(openapi::serve))
         .route("/$iothub/websocket", get(websocket::mqtt_over_websocket))
         .route("/", get(root_get))
         .fallback(dispatch)

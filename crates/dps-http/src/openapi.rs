@@ -3,3 +3,9 @@
 
 /// The document, as shipped in the repository.
 pub const DOCUMENT: &str = include_str!("../../../docs/openapi.yaml");
+
+/// `GET /openapi.yaml`.
+pub async fn serve() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([(axum::http::header::CONTENT_TYPE, "application/yaml; charset=utf-8")], DOCUMENT).into_response()
+}
