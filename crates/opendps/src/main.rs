@@ -442,6 +442,10 @@ fn main() -> std::process::ExitCode {
         Command::Deployment(cmd) => run_client(&g, |t, o| async move { ops::deployment(&t, cmd, &o).await }),
         Command::Dps(cmd) => run_client(&g, |t, o| async move { ops::dps(&t, cmd, &o).await }),
         Command::Enrollment(cmd) => run_client(&g, |t, o| async move { ops::enrollment(&t, cmd, &o).await }),
+        // With the group key given, nothing is read from a server.
+        Command::EnrollmentGroup(ops::GroupCmd::ComputeDeviceKey { key: Some(key), registration_id, .. }) => {
+            ops::derived_key(&key, &registration_id).and_then(|v| g.printer().print(&v))
+        }
         Command::EnrollmentGroup(cmd) => run_client(&g, |t, o| async move { ops::group(&t, cmd, &o).await }),
         Command::Registration(cmd) => run_client(&g, |t, o| async move { ops::registration(&t, cmd, &o).await }),
         Command::Openapi => print(dps_http::openapi::DOCUMENT),

@@ -1489,12 +1489,17 @@ pub async fn group(t: &Target, cmd: GroupCmd, out: &Printer) -> anyhow::Result<(
                 }
                 (None, None) => bail!("pass --group-id or --key"),
             };
-            let derived = dps_attest::derive_device_key(&key, &registration_id)
-                .ok_or_else(|| anyhow!("the group key is not base64"))?;
-            json!(derived)
+            derived_key(&key, &registration_id)?
         }
     };
     out.print(&v)
+}
+
+/// The device key of `registration_id` in a symmetric-key group with key `group_key`.
+pub fn derived_key(group_key: &str, registration_id: &str) -> anyhow::Result<Value> {
+    let derived = dps_attest::derive_device_key(group_key, registration_id)
+        .ok_or_else(|| anyhow!("the group key is not base64"))?;
+    Ok(json!(derived))
 }
 
 /// A registration record for people: the negotiated TLS facts only (version, suite, group,
