@@ -304,6 +304,15 @@ async fn serve(args: ServeArgs, global: GlobalArgs) -> anyhow::Result<()> {
             line("service connection string:", &format!("opendps dps connection-string{dir}"));
         }
     }
+    // Signal handlers first: a stop right after READY must be a clean shutdown.
+    let (mut term, mut int, mut hup) = (
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot install the SIGTERM handler")?,
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("cannot install the SIGINT handler")?,
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?,
+    );
     print(&banner)?;
     // systemd (Type=notify): ready once every listener accepts. No-op without NOTIFY_SOCKET.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -313,14 +322,6 @@ async fn serve(args: ServeArgs, global: GlobalArgs) -> anyhow::Result<()> {
     let token = server.shutdown_token();
     let tls = server.tls.clone();
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
         loop {
             tokio::select! {
                 _ = term.recv() => break,
