@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def test_readme_first_start_and_first_device(tmp_path):
         pytest.fail("tests/devices/.venv and tests/devices/node_modules are needed (scripts/test installs them)")
     # The binary `cargo run --release` runs, built before the clock of the namespaced run starts.
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "opendps"], cwd=REPO, check=True, timeout=3600)
+    if shutil.which("ip") is None:  # iproute2 brings the namespace's loopback up
+        subprocess.run(["sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2"],
+                       capture_output=True, timeout=600)
     probe = subprocess.run(["unshare", "--net", "--mount", "true"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.fail(f"cannot make network and mount namespaces (root is needed): {probe.stderr.strip()}")

@@ -250,16 +250,13 @@ fn init_logging(config: &Config) {
     }
 }
 
-/// The config file: `--config`, else the default path when it exists.
-fn config_path(args: &ServeArgs) -> Option<PathBuf> {
-    args.config.clone().or_else(|| {
-        let p = PathBuf::from(dps_config::DEFAULT_CONFIG_PATH);
-        p.is_file().then_some(p)
-    })
+/// The config file: `--config`, else `default` when it exists.
+fn config_path(explicit: Option<&std::path::Path>, default: &std::path::Path) -> Option<PathBuf> {
+    explicit.map(std::path::Path::to_owned).or_else(|| default.is_file().then(|| default.to_owned()))
 }
 
 async fn serve(args: ServeArgs, global: GlobalArgs) -> anyhow::Result<()> {
-    let config_file = config_path(&args);
+    let config_file = config_path(args.config.as_deref(), std::path::Path::new(dps_config::DEFAULT_CONFIG_PATH));
     let config = Config::load_with_env(config_file.as_deref(), std::env::vars(), &args.overrides(global.data_dir))?;
     init_logging(&config);
     let listeners = dps_server::bind(&config).await?;
@@ -499,6 +496,17 @@ mod tests {
         let mut problems = Vec::new();
         check(&cmd, "", &mut problems);
         assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn the_default_config_file_is_read_when_present() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let default = dir.path().join("opendps.toml");
+        let explicit = dir.path().join("other.toml");
+        assert_eq!(config_path(None, &default), None, "absent: defaults");
+        std::fs::write(&default, "").expect("write");
+        assert_eq!(config_path(None, &default), Some(default.clone()));
+        assert_eq!(config_path(Some(&explicit), &default), Some(explicit.clone()), "--config wins");
     }
 
     #[test]
