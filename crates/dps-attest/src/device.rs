@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dps_core::ports::{DeviceCrypto, LeafFacts, X509Inspector};
+use dps_core::ports::{CertificateError, DeviceCrypto, LeafFacts, SasClaims, SasError, X509Inspector};
 use openssl::x509::X509;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -32,30 +32,51 @@ fn valid_at(der: &[u8], now: i64) -> bool {
 }
 
 impl DeviceCrypto for OpensslDeviceCrypto {
-    fn verify_sas(&self, token: &str, resource: &str, keys: &[String], now: SystemTime) -> Result<bool, String> {
-        let t = SasToken::parse(token).map_err(|e| e.to_string())?;
-        t.check_expiry(now, SAS_SKEW).map_err(|e| e.to_string())?;
-        t.check_resource(resource).map_err(|e| e.to_string())?;
-        // `skn` may be absent, empty or "registration" for devices (dps-protocol.md §4.1).
+    fn verify_sas(
+        &self,
+        token: &str,
+        resource: &str,
+        keys: &[String],
+        now: SystemTime,
+    ) -> Result<Option<SystemTime>, SasError> {
+        let t = SasToken::parse(token)?;
+        t.check_expiry(now, SAS_SKEW)?;
+        t.check_resource(resource)?;
+        // `skn` may be absent, empty or "registration" for devices (docs/protocol.md, "SAS tokens").
         if let Some(skn) = t.skn.as_deref().filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("registration")) {
-            return Err(format!("a device SAS token's skn must be \"registration\" or absent, not {skn:?}"));
+            let shown: String = skn.chars().take(64).collect();
+            return Err(SasError::WrongKeyName(shown));
         }
         // Every key is tried, so timing does not tell which one (or whether any) matched.
         let mut ok = false;
         for k in keys {
             ok |= t.signed_with(k);
         }
-        Ok(ok)
+        Ok(ok.then(|| t.expires().checked_add(SAS_SKEW).unwrap_or(t.expires())))
+    }
+
+    fn sas_claims(&self, token: &str, now: SystemTime) -> Result<SasClaims, SasError> {
+        let t = SasToken::parse(token)?;
+        t.check_expiry(now, SAS_SKEW)?;
+        Ok(SasClaims {
+            resource: t.resource().ok_or(SasError::Malformed("sr"))?,
+            key_name: t.skn.clone(),
+            expires: t.expires(),
+        })
+    }
+
+    fn sas_signed_with(&self, token: &str, key: &str) -> bool {
+        SasToken::parse(token).is_ok_and(|t| t.signed_with(key))
     }
 
     fn derive_key(&self, group_key: &str, registration_id: &str) -> Option<String> {
         crate::derive_device_key(group_key, registration_id)
     }
 
-    fn leaf(&self, der: &[u8], now: SystemTime) -> Result<LeafFacts, String> {
-        let cert = X509::from_der(der).map_err(|_| "the device certificate is not valid DER".to_owned())?;
-        let pem = String::from_utf8(cert.to_pem().map_err(|_| "cannot encode the certificate")?)
-            .map_err(|_| "cannot encode")?;
+    fn leaf(&self, der: &[u8], now: SystemTime) -> Result<LeafFacts, CertificateError> {
+        let cert = X509::from_der(der).map_err(|_| CertificateError::BadDer)?;
+        let pem = String::from_utf8(cert.to_pem().map_err(|_| CertificateError::BadDer)?)
+            .map_err(|_| CertificateError::BadDer)?;
         let parsed = OpensslX509.parse(&pem)?;
         let cn = X509Certificate::from_der(der)
             .ok()

@@ -5,9 +5,12 @@
 //! - [`derive_device_key`]: enrollment-group key derivation (§4.2).
 //! - [`OpensslX509`]: the `X509Inspector` port (certificate info, CA flag, issued-by checks).
 //! - [`entropy`]: the `Entropy` port on OpenSSL's CSPRNG.
+//! - [`tpm`]: TPM 2.0 attestation, the server's half: EK/SRK checks and activation blobs
+//!   (docs/tpm.md).
 
 mod device;
 pub mod sas;
+pub mod tpm;
 mod x509;
 
 pub use device::{OpensslDeviceCrypto, SAS_SKEW};

@@ -8,23 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{ct_eq, hmac_sha256};
 
-/// Why a token was refused. The message never contains the token or the key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SasError {
-    #[error("the Authorization header is not a SharedAccessSignature")]
-    NotSas,
-    #[error("the SAS token has no {0} field")]
-    Missing(&'static str),
-    #[error("the SAS token's {0} field is malformed")]
-    Malformed(&'static str),
-    #[error("the SAS token expired {0} s ago")]
-    Expired(u64),
-    #[error("the SAS token is for {actual}, not {expected}")]
-    WrongResource { expected: String, actual: String },
-    #[error("the SAS signature does not match")]
-    BadSignature,
-}
+pub use dps_core::ports::SasError;
 
 /// A parsed token. Fields are the raw text from the token.
 #[derive(Clone, PartialEq, Eq)]
@@ -47,22 +31,20 @@ impl std::fmt::Debug for SasToken {
     }
 }
 
-/// Percent-decodes `s`; `+` is kept (every SDK encodes a literal plus as %2B).
+/// Percent-decodes `s` into UTF-8; `+` is kept (every SDK encodes a literal plus as %2B).
+/// `None` when an escape is malformed (`%` not followed by two hex digits, e.g. `%zz`, `%+F`,
+/// a trailing `%`) or the result is not UTF-8: such text is refused, never passed through.
 pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+    let escapes_well_formed =
+        b.iter().enumerate().filter(|(_, c)| **c == b'%').all(
+            |(i, _)| matches!(b.get(i + 1..i + 3), Some([h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit()),
+        );
+    if !escapes_well_formed {
+        // The crate passes malformed escapes through unchanged; we refuse them instead.
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s).decode_utf8().ok().map(std::borrow::Cow::into_owned)
 }
 
 impl SasToken {
@@ -93,6 +75,12 @@ impl SasToken {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let se = se.ceil() as u64;
         Ok(SasToken { sr_raw, sig, se, se_raw, skn })
+    }
+
+    /// When the token expires.
+    pub fn expires(&self) -> SystemTime {
+        // Absurd expiries are capped at the end of year 9999.
+        UNIX_EPOCH + Duration::from_secs(self.se.min(253_402_300_799))
     }
 
     /// The resource, percent-decoded.
@@ -191,6 +179,19 @@ mod tests {
             "skew tolerated"
         );
         assert!(tok.check_resource("0ne00000A0A/registrations/other").is_err());
+    }
+
+    #[test]
+    fn percent_decoding_refuses_malformed_escapes() {
+        assert_eq!(percent_decode("0ne%2Fregistrations%2fdev+1").as_deref(), Some("0ne/registrations/dev+1"));
+        assert_eq!(percent_decode("100%25").as_deref(), Some("100%"));
+        assert_eq!(percent_decode("caf%C3%A9").as_deref(), Some("caf\u{e9}"));
+        // `%+F` once decoded to 0x0F (`from_str_radix` takes a sign); `%-1`, `% F`, `%zz`, a
+        // lone or trailing `%`, and bytes that are not UTF-8 are all refused.
+        for bad in ["%+F", "%-1", "% F", "%zz", "%", "ab%", "ab%4", "%%41", "%FF", "%C3"] {
+            assert_eq!(percent_decode(bad), None, "{bad:?}");
+        }
+        assert_eq!(SasToken::parse("SharedAccessSignature sr=a&sig=YQ%+F&se=1"), Err(SasError::Malformed("sig")));
     }
 
     #[test]

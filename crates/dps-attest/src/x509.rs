@@ -1,5 +1,5 @@
 use dps_core::model::X509CertificateInfo;
-use dps_core::ports::{ParsedCertificate, X509Inspector};
+use dps_core::ports::{CertificateError, ParsedCertificate, X509Inspector};
 use openssl::hash::MessageDigest;
 use openssl::x509::X509;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -14,23 +14,22 @@ fn hex_upper(b: &[u8]) -> String {
 
 /// Reads PEM, base64 DER without armour, or base64 of the PEM text (what the Node and Python
 /// service SDKs send when handed a PEM file): all three appear in DPS APIs.
-pub fn load(text: &str) -> Result<X509, String> {
+pub fn load(text: &str) -> Result<X509, CertificateError> {
     let t = text.trim();
     if t.starts_with("-----BEGIN") {
-        return X509::from_pem(t.as_bytes()).map_err(|_| "the PEM does not hold a valid X.509 certificate".to_owned());
+        return X509::from_pem(t.as_bytes()).map_err(|_| CertificateError::BadPem);
     }
     let compact: String = t.chars().filter(|c| !c.is_whitespace()).collect();
-    let der = dps_core::base64::decode(&compact).ok_or("the certificate is neither PEM nor base64 (DER or PEM)")?;
+    let der = dps_core::base64::decode(&compact).ok_or(CertificateError::NotEncoded)?;
     if der.trim_ascii_start().starts_with(b"-----BEGIN") {
-        return X509::from_pem(der.trim_ascii())
-            .map_err(|_| "the base64 data is PEM text without a valid X.509 certificate".to_owned());
+        return X509::from_pem(der.trim_ascii()).map_err(|_| CertificateError::BadPem);
     }
-    X509::from_der(&der).map_err(|_| "the base64 data is neither a DER X.509 certificate nor PEM text".to_owned())
+    X509::from_der(&der).map_err(|_| CertificateError::BadDer)
 }
 
-fn info(cert: &X509) -> Result<(X509CertificateInfo, bool), String> {
-    let der = cert.to_der().map_err(|_| "cannot encode the certificate".to_owned())?;
-    let (_, parsed) = X509Certificate::from_der(&der).map_err(|e| format!("cannot parse the certificate: {e}"))?;
+fn info(cert: &X509) -> Result<(X509CertificateInfo, bool), CertificateError> {
+    let der = cert.to_der().map_err(|_| CertificateError::BadDer)?;
+    let (_, parsed) = X509Certificate::from_der(&der).map_err(|e| CertificateError::Unreadable(e.to_string()))?;
     let digest = |md| cert.digest(md).map(|d| hex_upper(&d)).unwrap_or_default();
     let time = |t: x509_parser::time::ASN1Time| {
         let secs = u64::try_from(t.timestamp()).unwrap_or(0);
@@ -53,11 +52,11 @@ fn info(cert: &X509) -> Result<(X509CertificateInfo, bool), String> {
 }
 
 impl X509Inspector for OpensslX509 {
-    fn parse(&self, pem_or_base64: &str) -> Result<ParsedCertificate, String> {
+    fn parse(&self, pem_or_base64: &str) -> Result<ParsedCertificate, CertificateError> {
         let cert = load(pem_or_base64)?;
         let (info, is_ca) = info(&cert)?;
-        let pem = String::from_utf8(cert.to_pem().map_err(|_| "cannot encode the certificate".to_owned())?)
-            .map_err(|_| "cannot encode the certificate".to_owned())?;
+        let pem = String::from_utf8(cert.to_pem().map_err(|_| CertificateError::BadDer)?)
+            .map_err(|_| CertificateError::BadDer)?;
         Ok(ParsedCertificate { info, is_ca, pem })
     }
 

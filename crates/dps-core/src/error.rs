@@ -62,6 +62,8 @@ pub enum Error {
     PreconditionFailed(String),
     #[error("{property} is read-only once the instance exists (it is {current}); {attempt}")]
     Immutable { property: &'static str, current: String, attempt: String },
+    #[error("{0}")]
+    TooLarge(String),
     #[error("too many registrations for this DPS instance; retry after {} s", .retry_after.as_secs())]
     Throttled { retry_after: std::time::Duration },
     #[error("the store failed")]
@@ -72,6 +74,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Invalid(_) | Error::Immutable { .. } => ErrorKind::BadRequest,
+            Error::TooLarge(_) => ErrorKind::PayloadTooLarge,
             Error::Unauthorized(_) => ErrorKind::Unauthorized,
             Error::Forbidden(_) => ErrorKind::Forbidden,
             Error::EnrollmentNotFound(_)
@@ -115,5 +118,47 @@ impl Error {
             Error::Throttled { retry_after } => Some(retry_after.as_secs().max(1)),
             _ => None,
         }
+    }
+}
+
+/// An error as every DPS wire format carries it (docs/protocol.md, "Error body"): the HTTP-style
+/// status, the six-digit code (`status * 1000 + n`), a message for the caller, a tracking id and
+/// a timestamp. Built once, by [`crate::service::Services::wire_error`], for every transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireError {
+    pub status: u16,
+    pub error_code: u32,
+    pub message: String,
+    pub tracking_id: String,
+    pub timestamp_utc: String,
+    /// Seconds before retrying (throttling, unavailability).
+    pub retry_after: Option<u32>,
+}
+
+impl WireError {
+    /// The DPS error body: `{errorCode, trackingId, message, timestampUtc}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "errorCode": self.error_code,
+            "trackingId": self.tracking_id,
+            "message": self.message,
+            "timestampUtc": self.timestamp_utc,
+        })
+    }
+}
+
+/// Displays an error with its sources, `a: b: c`: the one log line of a failure.
+#[derive(Debug)]
+pub struct DisplayChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
     }
 }

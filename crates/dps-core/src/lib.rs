@@ -11,10 +11,12 @@
 //! Invariant: nothing here performs I/O or depends on a TLS, HTTP or SQL library.
 
 pub mod base64;
+pub mod device;
 pub mod error;
 pub mod model;
 pub mod ports;
 pub mod service;
 pub mod store;
+pub mod testing;
 pub mod time;
 pub mod tls;

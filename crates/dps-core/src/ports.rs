@@ -25,10 +25,24 @@ pub struct ParsedCertificate {
     pub pem: String,
 }
 
+/// Why certificate text could not be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertificateError {
+    #[error("the certificate is neither PEM nor base64 (of DER or of the PEM text)")]
+    NotEncoded,
+    #[error("the PEM does not hold a valid X.509 certificate")]
+    BadPem,
+    #[error("the base64 data is neither a DER X.509 certificate nor PEM text")]
+    BadDer,
+    #[error("the certificate cannot be read: {0}")]
+    Unreadable(String),
+}
+
 /// X.509 parsing and signature checks (implemented with OpenSSL's crypto in `dps-attest`).
 pub trait X509Inspector: Send + Sync + std::fmt::Debug {
-    /// Parses a PEM certificate, or base64 DER without armour.
-    fn parse(&self, pem_or_base64: &str) -> Result<ParsedCertificate, String>;
+    /// Parses a PEM certificate, base64 DER without armour, or base64 of the PEM text.
+    fn parse(&self, pem_or_base64: &str) -> Result<ParsedCertificate, CertificateError>;
     /// Whether `leaf` carries a valid signature by `issuer`'s key.
     fn is_signed_by(&self, leaf_pem: &str, issuer_pem: &str) -> bool;
 }
@@ -52,16 +66,58 @@ pub(crate) fn new_key(e: &dyn Entropy, bytes: usize) -> String {
     crate::base64::encode(&buf)
 }
 
+/// Why a SAS token was refused. The message never contains the token or a key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SasError {
+    #[error("the Authorization header is not a SharedAccessSignature")]
+    NotSas,
+    #[error("the SAS token has no {0} field")]
+    Missing(&'static str),
+    #[error("the SAS token's {0} field is malformed")]
+    Malformed(&'static str),
+    #[error("the SAS token expired {0} s ago")]
+    Expired(u64),
+    #[error("the SAS token is for {actual}, not {expected}")]
+    WrongResource { expected: String, actual: String },
+    #[error("a device SAS token's skn must be \"registration\" or absent, not {0:?}")]
+    WrongKeyName(String),
+    #[error("the SAS signature does not match")]
+    BadSignature,
+}
+
+/// A SAS token's fields, for the service API (which resolves the policy by `skn`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SasClaims {
+    /// The decoded resource (`sr`).
+    pub resource: String,
+    /// `skn`, if present.
+    pub key_name: Option<String>,
+    /// When the token expires.
+    pub expires: SystemTime,
+}
+
 /// Device-credential cryptography (implemented in `dps-attest`).
 pub trait DeviceCrypto: Send + Sync + std::fmt::Debug {
     /// Checks a device SAS token's shape, expiry (with tolerated skew) and resource
     /// (`{scope}/registrations/{id}`, case-insensitive); then whether any of `keys` signed it.
-    /// `Err` names what is wrong with the token itself (never the token or a key).
-    fn verify_sas(&self, token: &str, resource: &str, keys: &[String], now: SystemTime) -> Result<bool, String>;
-    /// The device key of `registration_id` in a group with key `group_key` (§4.2).
+    /// `Ok(Some(expiry))` when one did, `Ok(None)` when none did (every key is tried).
+    fn verify_sas(
+        &self,
+        token: &str,
+        resource: &str,
+        keys: &[String],
+        now: SystemTime,
+    ) -> Result<Option<SystemTime>, SasError>;
+    /// Parses a service SAS token and checks its expiry (with tolerated skew) at `now`.
+    fn sas_claims(&self, token: &str, now: SystemTime) -> Result<SasClaims, SasError>;
+    /// Whether `token` was signed with base64 key `key` (constant time).
+    fn sas_signed_with(&self, token: &str, key: &str) -> bool;
+    /// The device key of `registration_id` in a group with key `group_key` (docs/protocol.md,
+    /// "Symmetric keys").
     fn derive_key(&self, group_key: &str, registration_id: &str) -> Option<String>;
     /// Facts about the leaf of a presented chain (DER): subject CN, validity at `now`, info.
-    fn leaf(&self, der: &[u8], now: SystemTime) -> Result<LeafFacts, String>;
+    fn leaf(&self, der: &[u8], now: SystemTime) -> Result<LeafFacts, CertificateError>;
     /// If the presented chain (leaf first, DER) leads, signature by signature and within validity
     /// at `now`, to a certificate issued by (or equal to) `anchor_pem`: the position in the chain
     /// of the certificate the anchor vouches for (0 = the leaf itself was issued by the anchor).
@@ -79,13 +135,39 @@ pub struct LeafFacts {
     pub time_valid: bool,
 }
 
-/// Calls a custom allocation webhook (dps-protocol.md §6.3): POST `body` as JSON to `url`,
-/// return the JSON answer of a 2xx. `Err` says exactly what the webhook did ("timed out after
-/// 10 s", "answered HTTP 500: …", "is not reachable: connection refused", "answered invalid
-/// JSON: …") and never contains the URL's query (it may hold a function key).
+/// What a custom allocation webhook did instead of answering. `target` is the URL without its
+/// query (which may hold a function key).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebhookError {
+    #[error("custom allocation webhooks are not enabled on this server")]
+    Disabled,
+    #[error("the webhook URL is not allowed: {0}")]
+    NotAllowed(String),
+    #[error("{target} is not reachable: {cause}")]
+    Unreachable { target: String, cause: String },
+    #[error("the webhook did not answer within {}", short_duration(*.after))]
+    TimedOut { after: std::time::Duration },
+    #[error("{target} answered HTTP {status}: {excerpt}")]
+    Status { target: String, status: u16, excerpt: String },
+    #[error("{target} answered HTTP {status} with an unusable body ({cause}): {excerpt}")]
+    InvalidAnswer { target: String, status: u16, cause: String, excerpt: String },
+}
+
+/// `1s`, `1500ms`: a duration as operators write it.
+fn short_duration(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Calls a custom allocation webhook (docs/allocation.md): POST `body` as JSON to `url`,
+/// return the JSON answer of a 2xx.
 #[async_trait::async_trait]
 pub trait AllocationWebhook: Send + Sync + std::fmt::Debug {
-    async fn call(&self, url: &str, body: &serde_json::Value) -> Result<serde_json::Value, String>;
+    async fn call(&self, url: &str, body: &serde_json::Value) -> Result<serde_json::Value, WebhookError>;
 }
 
 /// The webhook client of a server with none configured.
@@ -94,7 +176,7 @@ pub struct NoWebhook;
 
 #[async_trait::async_trait]
 impl AllocationWebhook for NoWebhook {
-    async fn call(&self, _url: &str, _body: &serde_json::Value) -> Result<serde_json::Value, String> {
-        Err("custom allocation webhooks are not enabled on this server".into())
+    async fn call(&self, _url: &str, _body: &serde_json::Value) -> Result<serde_json::Value, WebhookError> {
+        Err(WebhookError::Disabled)
     }
 }

@@ -1,16 +1,19 @@
-//! `dps-http`: the HTTPS adapter. It parses HTTP, calls the domain (`dps_core::service`), and
-//! maps outcomes to status codes and DPS error bodies (dps-protocol.md §1.7) once, in `error.rs`;
-//! it never sees OpenSSL.
+//! `dps-http`: the HTTPS adapter. It parses HTTP, calls the domain (`dps_core`), and turns
+//! outcomes into status codes and DPS error bodies (docs/protocol.md, "Error body") in one
+//! place, `error.rs`; it never sees OpenSSL.
 //!
+//! - `device_api`: the device API's HTTPS binding: bytes to `dps_core::device` requests and
+//!   replies back to bytes.
 //! - `service_api`: the DPS service API (enrollments, groups, registration states), SAS auth.
 //! - `management`: the ARM-shaped management API (instances, keys, CA certificates,
 //!   deployments), admin auth. The `opendps` CLI speaks only this and the service API.
+//! - `websocket`: `GET /$iothub/websocket` and `GET /` upgrades, handed by sub-protocol to the
+//!   drivers the composition root registers (MQTT, AMQP); dps-http knows none of them.
 //! - `GET /health`.
 //!
 //! Paths are matched case-insensitively (the SDKs disagree on case) and percent-decoded per
 //! segment; bodies are capped (413 beyond).
 
-pub mod auth;
 pub mod device_api;
 pub mod error;
 pub mod management;
@@ -19,9 +22,7 @@ pub mod routes;
 pub mod service_api;
 pub mod websocket;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::extract::{Extension, State};
@@ -30,65 +31,56 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
 pub use axum::Router;
-use dps_core::tls::{HandshakeFacts, PeerCertificates};
+use dps_core::device::{ConnectionFacts, DeviceSession};
+use dps_core::error::WireError;
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+
+pub use websocket::{ByteStream, WsHandler, WsRoute};
 
 /// What the connection knows about its client, attached to every request as an extension.
 #[derive(Clone, Debug)]
 pub struct ConnectionInfo {
-    pub peer: SocketAddr,
-    pub tls: Arc<HandshakeFacts>,
-    /// Possession proved by the handshake; trust is NOT decided (attestation decides).
-    pub peer_certificates: Arc<PeerCertificates>,
+    pub facts: ConnectionFacts,
+    /// The device API of this connection: requests on one keep-alive connection share it, so
+    /// a device's credential (its client chain above all) is checked once per connection.
+    pub device: Arc<Mutex<DeviceSession>>,
 }
 
-/// The DPS error body (dps-protocol.md §1.7, §9 item 9).
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ErrorBody {
-    pub error_code: u32,
-    pub tracking_id: String,
-    pub message: String,
-    pub timestamp_utc: String,
-}
-
-/// A DPS error response: status, body, and `x-ms-request-id` = trackingId.
-pub fn error_response(status: StatusCode, error_code: u32, message: impl Into<String>) -> Response {
-    let body = ErrorBody {
-        error_code,
-        tracking_id: uuid::Uuid::new_v4().to_string(),
-        message: message.into(),
-        timestamp_utc: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-    };
-    let request_id = HeaderValue::from_str(&body.tracking_id).ok();
-    let mut response = (status, Json(body)).into_response();
-    if let Some(id) = request_id {
-        response.headers_mut().insert("x-ms-request-id", id);
+/// A DPS error response: status, body, `x-ms-request-id` = trackingId, `x-ms-error-code`, and
+/// `Retry-After` where the error says so.
+pub fn error_response(e: &WireError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, Json(e.body())).into_response();
+    let h = response.headers_mut();
+    if let Ok(id) = HeaderValue::from_str(&e.tracking_id) {
+        h.insert("x-ms-request-id", id);
+    }
+    if let Ok(code) = HeaderValue::from_str(&e.error_code.to_string()) {
+        h.insert("x-ms-error-code", code);
+    }
+    if let Some(v) = e.retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+        h.insert("retry-after", v);
     }
     response
-}
-
-/// The TLS facts of a connection as JSON (see `dps_core::tls::facts_json`).
-pub fn tls_facts_json(facts: &HandshakeFacts, peer_certificates: &PeerCertificates) -> serde_json::Value {
-    dps_core::tls::facts_json(facts, peer_certificates)
 }
 
 /// `GET /health`: 200 while the server serves, with the caller's own TLS facts (useful when a
 /// device's TLS stack is in doubt).
 async fn health(Extension(conn): Extension<ConnectionInfo>) -> Response {
-    Json(serde_json::json!({ "status": "ok", "tls": tls_facts_json(&conn.tls, &conn.peer_certificates) }))
-        .into_response()
+    Json(serde_json::json!({
+        "status": "ok",
+        "tls": dps_core::tls::facts_json(&conn.facts.tls, &conn.facts.peer_certificates)
+    }))
+    .into_response()
 }
 
 /// Everything the HTTP adapter needs, shared by all connections.
 #[derive(Debug)]
 pub struct AppState {
     pub services: dps_core::service::Services,
-    /// The management API's bearer credential.
-    pub admin_token: String,
     /// The host name clients use for this server (connection strings, ARM view).
     pub public_host: String,
     pub subscription_id: String,
@@ -96,7 +88,7 @@ pub struct AppState {
     pub default_location: String,
     /// Largest request body accepted (413 beyond).
     pub max_body: usize,
-    /// Cancelled when the server shuts down (ends upgraded MQTT-over-WebSocket sessions).
+    /// Cancelled when the server shuts down (ends upgraded WebSocket sessions).
     pub shutdown: CancellationToken,
 }
 
@@ -124,7 +116,7 @@ impl Request {
 }
 
 fn decode(s: &str) -> String {
-    dps_attest::sas::percent_decode(s).unwrap_or_else(|| s.to_owned())
+    percent_encoding::percent_decode_str(s).decode_utf8().map_or_else(|_| s.to_owned(), |d| d.into_owned())
 }
 
 async fn dispatch(
@@ -139,7 +131,7 @@ async fn dispatch(
         Ok(b) => b,
         Err(_) => {
             return error::ApiError::new(413, format!("the request body is larger than {} bytes", state.max_body))
-                .into_response_logged(&method, &path)
+                .into_response(&state, &method, &path)
         }
     };
     let req = Request {
@@ -161,62 +153,78 @@ async fn dispatch(
         conn: conn.map(|Extension(c)| c),
     };
     if let Some(r) = management::handle(&state, &req).await {
-        return r.unwrap_or_else(|e| management::arm_error(e, &method, &path));
+        return r.unwrap_or_else(|e| management::arm_error(&state, e, &method, &path));
     }
     if let Some(r) = device_api::handle(&state, &req).await {
-        return r.unwrap_or_else(|e| e.into_response_logged(&method, &path));
+        return r;
     }
     if let Some(r) = service_api::handle(&state, &req).await {
-        return r.unwrap_or_else(|e| e.into_response_logged(&method, &path));
+        return r.unwrap_or_else(|e| e.into_response(&state, &method, &path));
     }
-    error::ApiError::new(404, format!("{method} {path} is not a DPS operation")).into_response_logged(&method, &path)
+    error::ApiError::new(404, format!("{method} {} is not a DPS operation", dps_core::device::excerpt(&path, 200)))
+        .into_response(&state, &method, &path)
 }
 
-/// `GET /`: MQTT over WebSockets when it is an upgrade (C# uses `/`), else not found.
-async fn root_get(
-    state: State<Arc<AppState>>,
-    conn: Option<Extension<ConnectionInfo>>,
-    ws: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
-    match ws {
-        Ok(ws) => websocket::mqtt_over_websocket(state, conn, ws).await,
-        Err(_) => error::ApiError::new(404, "GET / is not a DPS operation").into_response_logged("GET", "/"),
+/// The HTTPS side of the server: routes, and the WebSocket sub-protocols the composition root
+/// hands to other drivers (MQTT, AMQP).
+#[derive(Clone, Debug)]
+pub struct HttpService {
+    state: Arc<AppState>,
+    router: Router,
+}
+
+impl HttpService {
+    pub fn new(state: Arc<AppState>, ws_routes: Vec<WsRoute>) -> Self {
+        let ws = Arc::new(websocket::WsRoutes::new(ws_routes));
+        let router = Router::new()
+            .route("/health", get(health))
+            .route("/openapi.yaml", get(openapi::serve))
+            .route("/$iothub/websocket", get(websocket::upgrade))
+            .route("/", get(websocket::upgrade))
+            .fallback(dispatch)
+            .layer(Extension(ws))
+            .with_state(state.clone());
+        HttpService { state, router }
     }
-}
 
-/// The HTTPS routes.
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/openapi.yaml", get(openapi::serve))
-        .route("/$iothub/websocket", get(websocket::mqtt_over_websocket))
-        .route("/", get(root_get))
-        .fallback(dispatch)
-        .with_state(state)
-}
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
 
-/// Serves HTTP/1.1 on one established (TLS) connection until the client closes it, or until
-/// `shutdown`, when the request in flight is finished and the connection closed.
-pub async fn serve_connection<S>(io: S, info: ConnectionInfo, router: Router, shutdown: CancellationToken)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let peer = info.peer;
-    let service = router.layer(Extension(info));
-    let service = hyper_util::service::TowerToHyperService::new(service);
-    let conn = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    /// Serves HTTP/1.1 on one established (TLS) connection until the client closes it, or
+    /// until `shutdown`, when the request in flight is finished and the connection closed.
+    pub async fn serve_connection<S>(&self, io: S, facts: ConnectionFacts, shutdown: CancellationToken)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = facts.peer;
+        let device = Arc::new(Mutex::new(self.state.services.device_session(facts.clone())));
+        let service = self.router.clone().layer(Extension(ConnectionInfo { facts, device }));
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "https connection ended with an error");
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "https connection ended with an error");
     }
+}
+
+/// The host the client addressed (the `Host` header), without port, lower-cased.
+pub fn request_host(h: &http::HeaderMap) -> String {
+    let host = h.get("host").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.split(':').next().unwrap_or(host),
+    };
+    host.to_ascii_lowercase()
 }

@@ -10,7 +10,6 @@ use dps_core::model::{AccessRight, CaCertificate, Instance};
 use dps_core::service::{ResourceChange, DPS_RESOURCE_TYPE};
 use serde_json::{json, Value};
 
-use crate::auth::admin;
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, Request};
 
@@ -100,8 +99,10 @@ fn body_json(req: &Request) -> ApiResult<Value> {
     if req.body.is_empty() {
         return Ok(json!({}));
     }
-    let text = String::from_utf8_lossy(&req.body);
-    serde_json::from_str(&dps_arm::relax_json(&text))
+    let text = std::str::from_utf8(&req.body).map_err(|e| {
+        ApiError::bad_request(format!("the body is not UTF-8 text (invalid byte at offset {})", e.valid_up_to()))
+    })?;
+    serde_json::from_str(&dps_arm::relax_json(text))
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
 }
 
@@ -109,23 +110,34 @@ fn ok(v: Value) -> Response {
     Json(v).into_response()
 }
 
-/// The ARM error shape.
-pub fn arm_error(e: ApiError, method: &str, path: &str) -> Response {
-    if e.status.is_server_error() {
-        tracing::error!(%method, %path, status = e.status.as_u16(), error = %e.message, "management request failed");
-    } else {
-        tracing::info!(%method, %path, status = e.status.as_u16(), error = %e.message, "management request refused");
-    }
-    let code = match e.status.as_u16() {
+/// The ARM error shape, logged once.
+pub fn arm_error(state: &AppState, e: ApiError, method: &str, path: &str) -> Response {
+    let wire = e.wire(state);
+    crate::error::log_refusal(&wire, method, path);
+    let code = match wire.status {
         400 => "InvalidRequest",
         401 => "AuthenticationFailed",
         404 => "ResourceNotFound",
         409 => "Conflict",
         412 => "PreconditionFailed",
         413 => "RequestTooLarge",
+        429 => "TooManyRequests",
+        503 => "ServiceUnavailable",
         _ => "InternalError",
     };
-    (e.status, Json(json!({ "error": { "code": code, "message": e.message, "httpStatusCode": e.status.as_u16().to_string(), "errorCode": e.code } }))).into_response()
+    let status = StatusCode::from_u16(wire.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({ "error": {
+        "code": code,
+        "message": wire.message,
+        "httpStatusCode": wire.status.to_string(),
+        "errorCode": wire.error_code,
+        "trackingId": wire.tracking_id,
+    } });
+    let mut r = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&wire.tracking_id) {
+        r.headers_mut().insert("x-ms-request-id", v);
+    }
+    r
 }
 
 /// Routes `/subscriptions/…`; `None` if the path is not a management path.
@@ -136,7 +148,7 @@ pub async fn handle(state: &AppState, req: &Request) -> Option<ApiResult<Respons
     }
     Some(
         async {
-            admin(state, &req.headers)?;
+            state.services.check_admin(req.header("authorization"))?;
             route(state, req, &seg).await
         }
         .await,
@@ -150,23 +162,14 @@ async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Res
     let tail: Vec<&str> = seg.iter().skip(2).map(String::as_str).collect();
     match (tail.as_slice(), m) {
         (["providers", "microsoft.devices", "provisioningservices"], &Method::GET) => {
-            let all: Vec<Value> = s
-                .store
-                .instances()
-                .await
-                .map_err(dps_core::error::Error::from)?
-                .iter()
-                .map(|i| instance_view(state, i))
-                .collect();
+            let all: Vec<Value> = s.instances().await?.iter().map(|i| instance_view(state, i)).collect();
             Ok(ok(json!({ "value": all })))
         }
         (["resourcegroups", _, "providers", "microsoft.devices", "provisioningservices"], &Method::GET) => {
             let rg = &raw[3];
             let all: Vec<Value> = s
-                .store
                 .instances()
-                .await
-                .map_err(dps_core::error::Error::from)?
+                .await?
                 .iter()
                 .filter(|i| i.resource_group.eq_ignore_ascii_case(rg))
                 .map(|i| instance_view(state, i))
@@ -205,13 +208,8 @@ async fn instance_route(state: &AppState, req: &Request, rg: &str, name: &str, r
             if let Some(obj) = body.as_object_mut() {
                 obj.insert("name".into(), json!(name));
             }
-            if let (Some(tag), Ok(cur)) = (if_match, s.instance(name).await) {
-                if tag != "*" && tag.trim_matches('"') != cur.etag.trim_matches('"') {
-                    return Err(dps_core::error::Error::PreconditionFailed(format!("DPS instance {name}")).into());
-                }
-            }
             let body = unmask_hubs(s.instance(name).await.ok().as_ref(), body);
-            let out = s.deploy(rg, &state.default_location, &[(DPS_RESOURCE_TYPE.to_owned(), body)]).await?;
+            let out = s.put_instance(rg, &state.default_location, body, if_match).await?;
             let (inst, change) =
                 out.resources.into_iter().next().ok_or_else(|| ApiError::new(500, "deployment returned nothing"))?;
             let status = if change == ResourceChange::Created { StatusCode::CREATED } else { StatusCode::OK };
@@ -316,6 +314,7 @@ fn unmask_hubs(current: Option<&Instance>, mut body: Value) -> Value {
                 continue;
             }
             let host = cs.split(';').find_map(|p| {
+                // The masked key is not base64, so the string is read part by part here.
                 p.split_once('=')
                     .filter(|(k, _)| k.eq_ignore_ascii_case("HostName"))
                     .map(|(_, v)| v.to_ascii_lowercase())
@@ -358,7 +357,7 @@ async fn deploy(state: &AppState, req: &Request, rg: &str, deployment: &str) -> 
         resources.push((r.resource_type.clone(), unmask_hubs(current.as_ref(), r.body.clone())));
     }
     let out = state.services.deploy(rg, &location, &resources).await?;
-    let now = dps_core::time::format_utc(std::time::SystemTime::now());
+    let now = dps_core::time::format_utc(state.services.now_time());
     let changes: Vec<Value> = out
         .resources
         .iter()

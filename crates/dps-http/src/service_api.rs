@@ -1,4 +1,4 @@
-//! The DPS service API (data plane, dps-protocol.md §5): enrollments, enrollment groups,
+//! The DPS service API (data plane, docs/protocol.md, "Service API"): enrollments, enrollment groups,
 //! registration states. Routes match case-insensitively; ids are percent-decoded.
 
 use axum::http::{HeaderValue, Method, StatusCode};
@@ -10,11 +10,10 @@ use dps_core::service::{BulkMode, BulkResult};
 use dps_core::store::Page;
 use serde_json::Value;
 
-use crate::auth::service_caller;
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, Request};
 
-/// Service api-versions the SDKs send (dps-protocol.md §5.1).
+/// Service api-versions the SDKs send (docs/protocol.md, "Service API").
 pub const SERVICE_API_VERSIONS: &[&str] = &[
     "2017-08-31-preview",
     "2017-11-15",
@@ -152,7 +151,8 @@ async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Res
     let m = &req.method;
     let id = req.segments.get(1).map(String::as_str);
     let if_match = req.header("if-match");
-    let right = |r| service_caller(state, &req.headers, r);
+    let host = crate::request_host(&req.headers);
+    let right = |r| state.services.service_caller(req.header("authorization"), &host, r);
     match (seg[0].as_str(), seg.len(), m) {
         // Individual enrollments.
         ("enrollments", 1, &Method::POST) => {

@@ -1,48 +1,64 @@
-//! The MQTT connection driver: socket, buffer, framing, keep-alive; the domain is called for
-//! CONNECT (authentication) and for each request PUBLISH.
+//! The MQTT connection driver (docs/protocol.md, "MQTT"): socket, buffer, framing with the
+//! `mqttbytes` codec, keep-alive. CONNECT becomes the device session's connection-level
+//! authentication; each request PUBLISH becomes one `dps_core::device` operation, whose reply
+//! goes back on the response topic.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use dps_core::error::Error;
-use dps_core::model::RegistrationStatus;
-use dps_core::service::{Attested, Evidence, Services};
-use dps_core::tls::{HandshakeFacts, PeerCertificates};
+use dps_core::device::{AuthOutcome, ConnectionFacts, Credential, DeviceReply, DeviceSession, Operation};
+use dps_core::service::Services;
 use mqttbytes::v4::{
     self, ConnAck, ConnectReturnCode, Packet, PingResp, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
 };
-use mqttbytes::QoS;
-use serde_json::Value;
+use mqttbytes::{Protocol, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use crate::session::{self, Request, MAX_PACKET, RETRY_AFTER_SECS};
+use crate::session::{self, Request, MAX_PACKET};
 
-/// What the connection knows from below (TCP and TLS).
+/// What the connection knows from below (TCP and TLS), and the domain.
 #[derive(Clone, Debug)]
 pub struct ConnectionContext {
-    pub peer: SocketAddr,
-    pub tls: Arc<HandshakeFacts>,
-    pub peer_certificates: Arc<PeerCertificates>,
+    pub facts: ConnectionFacts,
     pub services: Services,
+    pub limits: Limits,
 }
 
-/// How long a client may take to send CONNECT.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time bounds of one connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a client may take to send CONNECT.
+    pub connect_timeout: Duration,
+    /// The longest keep-alive honoured (a client asking for more, or for none, gets this).
+    pub max_keep_alive: Duration,
+    /// How long a connection whose device was refused at CONNECT may stay (it can only be
+    /// told, request by request, that it was refused).
+    pub refused_lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connect_timeout: Duration::from_secs(10),
+            max_keep_alive: Duration::from_secs(1740),
+            refused_lifetime: Duration::from_secs(30),
+        }
+    }
+}
 
 struct Conn<S> {
     io: S,
     buf: BytesMut,
     out: BytesMut,
-    ctx: ConnectionContext,
 }
 
 enum Read {
     Packet(Packet),
     Closed,
     Bad(String),
+    BadLevel(u8),
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -56,6 +72,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         "packet of {n} bytes exceeds the {MAX_PACKET}-byte limit (DPS messages are at most 96 KB)"
                     ))
                 }
+                Err(mqttbytes::Error::InvalidProtocolLevel(l)) => return Read::BadLevel(l),
                 Err(e) => return Read::Bad(format!("malformed MQTT packet: {e:?}")),
             }
             match self.io.read_buf(&mut self.buf).await {
@@ -73,116 +90,131 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.io.write_all(&self.out).await.is_ok() && self.io.flush().await.is_ok()
     }
 
-    async fn respond(&mut self, status: u16, rid: &str, retry_after: Option<u32>, body: &Value) -> bool {
-        let topic = session::response_topic(status, rid, retry_after);
-        let payload = serde_json::to_vec(body).unwrap_or_default();
-        let p = Publish::new(topic, QoS::AtMostOnce, payload);
+    async fn refuse_connect(&mut self, code: ConnectReturnCode) {
+        let ack = ConnAck::new(code, false);
+        self.send(|b| ack.write(b)).await;
+        let _ = self.io.shutdown().await;
+    }
+
+    async fn respond(&mut self, rid: &str, reply: &DeviceReply) -> bool {
+        let topic = session::response_topic(reply.status(), rid, reply.retry_after());
+        let p = Publish::new(topic, QoS::AtMostOnce, reply.body_bytes());
         self.send(|b| p.write(b)).await
     }
 }
 
-fn error_body(e: &Error) -> (u16, Value) {
-    let status = e.kind().status();
-    let message =
-        if status >= 500 { "the service failed to complete the request; try again".to_owned() } else { e.to_string() };
-    (
-        status,
-        serde_json::json!({
-            "errorCode": e.code(),
-            "trackingId": tracking_id(),
-            "message": message,
-            "timestampUtc": dps_core::time::format_utc(std::time::SystemTime::now()),
-        }),
-    )
-}
-
-fn tracking_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// Serves the DPS device API on one MQTT connection (already through TLS).
+/// Serves the DPS device API on one MQTT connection (already through TLS, or a WebSocket).
 pub async fn serve_connection<S>(io: S, ctx: ConnectionContext, shutdown: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let peer = ctx.peer;
-    let mut c = Conn { io, buf: BytesMut::with_capacity(4096), out: BytesMut::with_capacity(1024), ctx };
+    let span = tracing::info_span!("mqtt_connection", transport = ctx.facts.transport.as_str(), peer = %ctx.facts.peer);
+    serve(io, ctx, shutdown).instrument(span).await;
+}
+
+async fn serve<S>(io: S, ctx: ConnectionContext, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = ctx.limits;
+    let mut c = Conn { io, buf: BytesMut::with_capacity(4096), out: BytesMut::with_capacity(1024) };
     let first = tokio::select! {
         () = shutdown.cancelled() => return,
-        r = tokio::time::timeout(CONNECT_TIMEOUT, c.read()) => r,
+        r = tokio::time::timeout(limits.connect_timeout, c.read()) => r,
     };
     let connect = match first {
         Ok(Read::Packet(Packet::Connect(connect))) => connect,
-        Ok(Read::Packet(other)) => {
-            tracing::info!(%peer, packet = ?std::mem::discriminant(&other), "mqtt: first packet is not CONNECT; closing");
+        Ok(Read::Packet(_)) => {
+            tracing::info!("mqtt: first packet is not CONNECT; closing");
+            return;
+        }
+        Ok(Read::BadLevel(level)) => {
+            tracing::info!(level, "mqtt: CONNECT with an unsupported protocol level (DPS speaks MQTT 3.1.1); refused");
+            c.refuse_connect(ConnectReturnCode::RefusedProtocolVersion).await;
             return;
         }
         Ok(Read::Bad(why)) => {
-            tracing::info!(%peer, reason = %why, "mqtt: bad CONNECT; closing");
+            tracing::info!(reason = %dps_core::device::excerpt(&why, 200), "mqtt: bad CONNECT; closing");
             return;
         }
         Ok(Read::Closed) => return,
         Err(_) => {
-            tracing::info!(%peer, "mqtt: no CONNECT within {CONNECT_TIMEOUT:?}; closing");
+            tracing::info!("mqtt: no CONNECT within {:?}; closing", limits.connect_timeout);
             return;
         }
     };
+    if connect.protocol != Protocol::V4 {
+        tracing::info!("mqtt: CONNECT for MQTT 5 (DPS speaks MQTT 3.1.1); refused");
+        c.refuse_connect(ConnectReturnCode::RefusedProtocolVersion).await;
+        return;
+    }
     // CONNECT is refused only when it cannot be a DPS connection (username, client id). An
-    // attestation failure is accepted here and answered on the response topic of the register
-    // request, with a DPS error body, as DPS does (dps-protocol.md §2.1).
+    // attestation failure is accepted here and answered on the response topic of each request,
+    // with a DPS error body, as DPS does (docs/protocol.md, "MQTT").
     let user = match parse_connect(&connect) {
         Ok(u) => u,
         Err((code, why)) => {
-            tracing::info!(%peer, client_id = %connect.client_id, reason = %why, "mqtt: CONNECT refused");
-            let ack = ConnAck::new(code, false);
-            c.send(|b| ack.write(b)).await;
-            let _ = c.io.shutdown().await;
+            tracing::info!(
+                client_id = %dps_core::device::excerpt(&connect.client_id, 130),
+                reason = %dps_core::device::excerpt(&why, 300),
+                "mqtt: CONNECT refused"
+            );
+            c.refuse_connect(code).await;
             return;
         }
     };
-    let attested = authenticate(&c.ctx, &connect, &user).await;
-    if let Err(e) = &attested {
-        tracing::info!(%peer, client_id = %connect.client_id, error = %e, "mqtt: device not authenticated; requests will be refused");
-    }
-    let registration_id = user.registration_id.clone();
+    let mut device = ctx.services.device_session(ctx.facts.clone());
+    let password = connect.login.as_ref().map_or("", |l| l.password.as_str());
+    let credential = if password.is_empty() { Credential::ClientCertificate } else { Credential::Sas(password) };
+    let outcome =
+        device.authenticate(&user.id_scope, &user.registration_id, user.api_version.as_deref(), credential).await;
+    let refused = matches!(outcome, AuthOutcome::Refused(_));
     let ack = ConnAck::new(ConnectReturnCode::Success, false);
     if !c.send(|b| ack.write(b)).await {
         return;
     }
-    // Keep-alive: the client must send something within 1.5 × its keep-alive.
-    let idle = match connect.keep_alive {
-        0 => Duration::from_secs(3600),
-        k => Duration::from_millis(u64::from(k) * 1500),
-    };
+    // Keep-alive: the client must send something within 1.5 × its keep-alive, bounded.
+    let asked = Duration::from_millis(u64::from(connect.keep_alive) * 1500);
+    let mut idle = if connect.keep_alive == 0 { limits.max_keep_alive } else { asked.min(limits.max_keep_alive) };
+    let deadline = refused.then(|| tokio::time::Instant::now() + limits.refused_lifetime);
+    if refused {
+        idle = idle.min(limits.refused_lifetime);
+    }
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => break,
+            () = sleep_until(deadline) => {
+                tracing::info!("mqtt: closing the connection of a refused device");
+                break;
+            }
             r = tokio::time::timeout(idle, c.read()) => r,
         };
         let packet = match next {
             Ok(Read::Packet(p)) => p,
             Ok(Read::Closed) => break,
             Ok(Read::Bad(why)) => {
-                tracing::info!(%peer, registration_id = %registration_id, reason = %why, "mqtt: closing connection");
+                tracing::info!(reason = %dps_core::device::excerpt(&why, 200), "mqtt: closing connection");
                 break;
             }
+            Ok(Read::BadLevel(_)) => break,
             Err(_) => {
-                tracing::info!(%peer, registration_id = %registration_id, "mqtt: keep-alive expired; closing");
+                tracing::info!("mqtt: keep-alive expired; closing");
                 break;
             }
         };
         let ok = match packet {
+            Packet::Subscribe(s) if s.filters.is_empty() => {
+                tracing::info!("mqtt: SUBSCRIBE without topic filters (a protocol violation); closing");
+                false
+            }
             Packet::Subscribe(s) => {
                 let codes = s
                     .filters
                     .iter()
                     .map(|f| {
                         if session::accepts_filter(&f.path) {
-                            SubscribeReasonCode::Success(if f.qos == QoS::AtMostOnce {
-                                QoS::AtMostOnce
-                            } else {
-                                QoS::AtLeastOnce
-                            })
+                            let qos = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                            SubscribeReasonCode::Success(qos)
                         } else {
                             SubscribeReasonCode::Failure
                         }
@@ -196,16 +228,16 @@ where
                 c.send(|b| ack.write(b)).await
             }
             Packet::PingReq => c.send(|b| PingResp.write(b)).await,
-            Packet::Publish(p) => handle_publish(&mut c, &attested, user.api_version.as_deref(), p).await,
+            Packet::Publish(p) => handle_publish(&mut c, &mut device, p).await,
             Packet::Disconnect => break,
             Packet::PubAck(_) => true,
             Packet::Connect(_) => {
-                tracing::info!(%peer, "mqtt: second CONNECT on one connection; closing");
-                break;
+                tracing::info!("mqtt: second CONNECT on one connection; closing");
+                false
             }
-            other => {
-                tracing::info!(%peer, packet = ?std::mem::discriminant(&other), "mqtt: unexpected packet; closing");
-                break;
+            _ => {
+                tracing::info!("mqtt: unexpected packet; closing");
+                false
             }
         };
         if !ok {
@@ -213,6 +245,13 @@ where
         }
     }
     let _ = c.io.shutdown().await;
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The CONNECT checks that refuse the connection itself.
@@ -225,35 +264,17 @@ fn parse_connect(connect: &v4::Connect) -> Result<session::Username, (ConnectRet
             ConnectReturnCode::BadClientId,
             format!(
                 "client id {:?} is not the registration id {:?} of the username",
-                connect.client_id, user.registration_id
+                dps_core::device::excerpt(&connect.client_id, 130),
+                dps_core::device::excerpt(&user.registration_id, 130)
             ),
         ));
     }
     Ok(user)
 }
 
-async fn authenticate(
-    ctx: &ConnectionContext,
-    connect: &v4::Connect,
-    user: &session::Username,
-) -> Result<Attested, Error> {
-    let password = connect.login.as_ref().map_or("", |l| l.password.as_str());
-    let evidence = if !password.is_empty() {
-        Evidence::Sas(password)
-    } else if !ctx.peer_certificates.is_empty() {
-        Evidence::X509(&ctx.peer_certificates.0)
-    } else {
-        Evidence::None
-    };
-    ctx.services
-        .authenticate_device(&user.id_scope, &user.registration_id, evidence, Some(ctx.tls.negotiated.version))
-        .await
-}
-
 async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
     c: &mut Conn<S>,
-    attested: &Result<Attested, Error>,
-    api_version: Option<&str>,
+    device: &mut DeviceSession,
     p: Publish,
 ) -> bool {
     match p.qos {
@@ -266,93 +287,25 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         QoS::ExactlyOnce => {
-            tracing::info!(peer = %c.ctx.peer, "mqtt: QoS 2 publish refused (DPS supports QoS 0 and 1); closing");
+            tracing::info!("mqtt: QoS 2 publish refused (DPS supports QoS 0 and 1); closing");
             return false;
         }
     }
-    let request = match session::parse_topic(&p.topic) {
-        Ok(r) => r,
+    let (rid, op) = match session::parse_topic(&p.topic) {
+        Ok(Request::Register { rid }) => (rid, Operation::Register { body: &p.payload }),
+        Ok(Request::Poll { rid, operation_id }) => {
+            let reply = device.handle(Operation::OperationStatus { operation_id: &operation_id }).await;
+            return c.respond(&rid, &reply).await;
+        }
         Err((Some(rid), why)) => {
-            tracing::info!(peer = %c.ctx.peer, reason = %why, "mqtt: bad request topic");
-            let (status, body) = error_body(&Error::Invalid(why));
-            return c.respond(status, &rid, None, &body).await;
+            let reply = DeviceReply::Error(device.bad_request(why));
+            return c.respond(&rid, &reply).await;
         }
         Err((None, why)) => {
-            tracing::info!(peer = %c.ctx.peer, reason = %why, "mqtt: bad request topic without $rid; closing");
+            tracing::info!(reason = %dps_core::device::excerpt(&why, 200), "mqtt: bad request topic without $rid; closing");
             return false;
         }
     };
-    let a = match attested {
-        Ok(a) => a,
-        Err(e) => {
-            // Attestation failed at CONNECT: every request gets the DPS error (401002, …).
-            let rid = match &request {
-                Request::Register { rid } | Request::Poll { rid, .. } => rid.clone(),
-            };
-            let (status, body) = error_body(e);
-            return c.respond(status, &rid, None, &body).await;
-        }
-    };
-    let services = c.ctx.services.clone();
-    match request {
-        Request::Register { rid } => {
-            // Lenient body (dps-protocol.md §1.4): empty, `{}`, `payload: null`, no registrationId.
-            let body: Value = if p.payload.iter().all(u8::is_ascii_whitespace) {
-                Value::Null
-            } else {
-                match serde_json::from_slice(&p.payload) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        let (status, body) =
-                            error_body(&Error::Invalid(format!("the register body is not valid JSON: {e}")));
-                        return c.respond(status, &rid, None, &body).await;
-                    }
-                }
-            };
-            if let Some(id) = body.get("registrationId").and_then(Value::as_str) {
-                if !id.eq_ignore_ascii_case(&a.registration_id) {
-                    let e = Error::Invalid(format!(
-                        "registrationId {id:?} in the body is not the connection's {:?}",
-                        a.registration_id
-                    ));
-                    let (status, body) = error_body(&e);
-                    return c.respond(status, &rid, None, &body).await;
-                }
-            }
-            let tls = dps_core::tls::facts_json(&c.ctx.tls, &c.ctx.peer_certificates);
-            let payload = body.get("payload").filter(|p| !p.is_null()).cloned();
-            match services.register(a, payload, Some(tls), api_version).await {
-                Ok(op) => {
-                    tracing::info!(
-                        registration_id = %a.registration_id,
-                        instance = %a.instance.name,
-                        attestation = a.kind.as_str(),
-                        status = ?op.status,
-                        hub = op.registration_state.as_ref().and_then(|s| s.assigned_hub.as_deref()).unwrap_or("-"),
-                        protocol = "mqtt",
-                        "device registered"
-                    );
-                    let body = serde_json::json!({ "operationId": op.operation_id, "status": "assigning" });
-                    c.respond(202, &rid, Some(RETRY_AFTER_SECS), &body).await
-                }
-                Err(e) => {
-                    tracing::info!(registration_id = %a.registration_id, error = %e, "mqtt: registration refused");
-                    let (status, body) = error_body(&e);
-                    let retry = e.retry_after().map(|s| u32::try_from(s).unwrap_or(u32::MAX));
-                    c.respond(status, &rid, retry, &body).await
-                }
-            }
-        }
-        Request::Poll { rid, operation_id } => match services.operation_status(a, &operation_id).await {
-            Ok(op) if op.status == RegistrationStatus::Assigning => {
-                c.respond(202, &rid, Some(RETRY_AFTER_SECS), &op.to_json()).await
-            }
-            Ok(op) => c.respond(200, &rid, None, &op.to_json()).await,
-            Err(e) => {
-                tracing::info!(registration_id = %a.registration_id, error = %e, "mqtt: operation status refused");
-                let (status, body) = error_body(&e);
-                c.respond(status, &rid, None, &body).await
-            }
-        },
-    }
+    let reply = device.handle(op).await;
+    c.respond(&rid, &reply).await
 }

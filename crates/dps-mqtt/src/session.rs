@@ -6,9 +6,6 @@ pub const MAX_PACKET: usize = 96 * 1024 + 1024;
 /// The topic devices subscribe to for responses.
 pub const RESPONSE_FILTER: &str = "$dps/registrations/res/#";
 
-/// Seconds a device is told to wait before polling.
-pub const RETRY_AFTER_SECS: u32 = 1;
-
 /// The parts of a DPS MQTT username:
 /// `{idScope}/registrations/{registrationId}/api-version={v}[&ClientVersion=…]`.
 #[derive(Clone, Debug, PartialEq, Eq)]

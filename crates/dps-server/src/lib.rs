@@ -114,24 +114,43 @@ pub fn connection_string(state: &dps_http::AppState, instance: &dps_core::model:
         .iter()
         .find(|p| p.key_name == "provisioningserviceowner")
         .or_else(|| instance.authorization_policies.first())?;
-    Some(format!("HostName={};SharedAccessKeyName={};SharedAccessKey={}", state.public_host, p.key_name, p.primary_key))
+    let cs = dps_core::model::ConnectionString {
+        host_name: state.public_host.clone(),
+        key_name: p.key_name.clone(),
+        key: p.primary_key.clone(),
+    };
+    Some(cs.to_string())
 }
 
-/// Listeners bound before the server starts. `None` for a disabled listener.
-#[derive(Debug)]
+/// The transports this server can run, one entry each: its name, its settings, the flag that
+/// moves its port, and the protocol behind its TLS. Adding a transport is adding a line here
+/// (and its driver in `listener.rs`).
+fn transports(config: &Config) -> [(&'static str, &ListenerConfig, &'static str, Protocol); 2] {
+    [("https", &config.https, "--https-port", Protocol::Https), ("mqtt", &config.mqtt, "--mqtt-port", Protocol::Mqtt)]
+}
+
+/// Listeners bound before the server starts, one per enabled transport.
+#[derive(Debug, Default)]
 pub struct BoundListeners {
-    pub https: Option<TcpListener>,
-    pub mqtt: Option<TcpListener>,
+    pub listeners: Vec<(&'static str, TcpListener)>,
+}
+
+impl BoundListeners {
+    /// The bound address of listener `name`.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| *n == name).and_then(|(_, l)| l.local_addr().ok())
+    }
 }
 
 /// Binds every enabled listener of `config`.
 pub async fn bind(config: &Config) -> Result<BoundListeners, ServerError> {
-    async fn one(name: &'static str, l: &ListenerConfig, flag: &str) -> Result<Option<TcpListener>, ServerError> {
+    let mut bound = BoundListeners::default();
+    for (name, l, flag, _) in transports(config) {
         if !l.enabled {
-            return Ok(None);
+            continue;
         }
         let addr = SocketAddr::new(l.address, l.port);
-        TcpListener::bind(addr).await.map(Some).map_err(|source| {
+        let listener = TcpListener::bind(addr).await.map_err(|source| {
             let hint = match source.kind() {
                 std::io::ErrorKind::PermissionDenied => format!(
                     "permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE. Run as root, or pick another port with {flag}"
@@ -145,12 +164,37 @@ pub async fn bind(config: &Config) -> Result<BoundListeners, ServerError> {
                 _ => format!("{source}"),
             };
             ServerError::Bind { listener: name, addr, hint, source }
-        })
+        })?;
+        bound.listeners.push((name, listener));
     }
-    Ok(BoundListeners {
-        https: one("HTTPS", &config.https, "--https-port").await?,
-        mqtt: one("MQTT", &config.mqtt, "--mqtt-port").await?,
-    })
+    Ok(bound)
+}
+
+/// The host names clients may address this server by: the public host name, the names and
+/// addresses its certificate is issued for, and the listen addresses. A service SAS token must
+/// name one of them (or `{instance}.…`).
+fn host_names(config: &Config) -> Vec<String> {
+    let mut names = vec![config.service.public_host.clone(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if let CertificateSource::BuiltIn(b) = &config.tls.certificate {
+        names.extend(b.dns_names.iter().cloned());
+        names.extend(b.ip_addresses.iter().map(ToString::to_string));
+    }
+    for (_, l, _, _) in transports(config) {
+        if !l.address.is_unspecified() {
+            names.push(l.address.to_string());
+        }
+    }
+    if let Ok(h) = gethostname::gethostname().into_string() {
+        names.push(h);
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn mqtt_limits(config: &Config) -> dps_mqtt::Limits {
+    let _ = config;
+    dps_mqtt::Limits::default()
 }
 
 /// Where the built-in CA keeps its files.
@@ -162,7 +206,7 @@ fn credential_source(config: &Config) -> (CredentialSource, Duration) {
     match &config.tls.certificate {
         CertificateSource::BuiltIn(b) => {
             let mut ips = b.ip_addresses.clone();
-            for l in [&config.https, &config.mqtt] {
+            for (_, l, _, _) in transports(config) {
                 if !l.address.is_unspecified() && !ips.contains(&l.address) {
                     ips.push(l.address);
                 }
@@ -205,6 +249,8 @@ pub struct Server {
     pub mqtt_addr: Option<SocketAddr>,
     pub tls: Arc<ServerTls>,
     pub state: Arc<dps_http::AppState>,
+    /// The management API's bearer credential (also in `data_dir/admin.token`).
+    pub admin_token: String,
     /// The instance created on this first start, if it was the first.
     pub created_default: Option<dps_core::model::Instance>,
     shutdown: CancellationToken,
@@ -215,11 +261,20 @@ impl Server {
     /// Starts serving on already-bound listeners. Fails closed: no valid server credentials,
     /// no server. Blocking work (key generation on first start) runs off the async threads.
     pub async fn start(config: Config, listeners: BoundListeners) -> Result<Server, ServerError> {
+        Self::start_with_clock(config, listeners, Arc::new(dps_attest::SystemClock)).await
+    }
+
+    /// [`Server::start`] with the clock injected (tests move time instead of waiting for it).
+    pub async fn start_with_clock(
+        config: Config,
+        listeners: BoundListeners,
+        clock: Arc<dyn dps_core::ports::Clock>,
+    ) -> Result<Server, ServerError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
         let (source, check_interval) = credential_source(&config);
         let mut specs = Vec::new();
-        for (name, l) in [("https", &config.https), ("mqtt", &config.mqtt)] {
+        for (name, l, _, _) in transports(&config) {
             specs.push(ListenerSpec {
                 name: name.to_owned(),
                 policy: policy(&config, l),
@@ -227,7 +282,8 @@ impl Server {
                 max_handshakes: config.tls.max_handshakes,
             });
         }
-        let tls = tokio::task::spawn_blocking(move || ServerTls::start(source, &specs))
+        let tls_clock = clock.clone();
+        let tls = tokio::task::spawn_blocking(move || ServerTls::start(source, &specs, tls_clock))
             .await
             .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("TLS start-up task failed: {e}"))))?
             .map_err(ServerError::Tls)?;
@@ -253,14 +309,17 @@ impl Server {
                 )
             }
         };
+        let admin_token = admin_token(&config)?;
         let services = dps_core::service::Services::new(
             store,
-            Arc::new(dps_attest::SystemClock),
+            clock,
             Arc::new(dps_attest::OpensslEntropy),
             Arc::new(dps_attest::OpensslX509),
             Arc::new(dps_attest::OpensslDeviceCrypto),
         )
         .with_registration_quota(config.service.registrations_per_minute)
+        .with_host_names(host_names(&config))
+        .with_admin_token(admin_token.clone())
         .with_region(&config.service.region)
         .with_http_localhost_webhooks(config.allocation.allow_http_localhost)
         .with_webhook(Arc::new(HttpsWebhook {
@@ -282,7 +341,6 @@ impl Server {
         let shutdown = CancellationToken::new();
         let state = Arc::new(dps_http::AppState {
             services,
-            admin_token: admin_token(&config)?,
             public_host: config.service.public_host.clone(),
             subscription_id: SUBSCRIPTION_ID.into(),
             default_location: config.service.region.clone(),
@@ -293,24 +351,21 @@ impl Server {
         let tracker = TaskTracker::new();
         tracker.spawn(tls.clone().run(check_interval, config.tls.ticket_key_lifetime, shutdown.clone()));
 
+        let drivers = listener::Drivers::new(state.clone(), mqtt_limits(&config));
         let mut addrs = (None, None);
-        let router = dps_http::router(state.clone());
-        for (name, listener, protocol) in [
-            ("https", listeners.https, Protocol::Https(router)),
-            ("mqtt", listeners.mqtt, Protocol::Mqtt(state.services.clone())),
-        ] {
-            let Some(listener) = listener else { continue };
+        for (name, listener) in listeners.listeners {
+            let Some((_, _, _, protocol)) = transports(&config).into_iter().find(|t| t.0 == name) else { continue };
             let addr = listener.local_addr().ok();
-            if name == "https" {
-                addrs.0 = addr;
-            } else {
-                addrs.1 = addr;
+            match protocol {
+                Protocol::Https => addrs.0 = addr,
+                Protocol::Mqtt => addrs.1 = addr,
             }
             let Some(acceptor) = tls.acceptor(name) else { continue };
             tracker.spawn(listener::accept_loop(listener::LoopArgs {
                 listener,
                 acceptor,
                 protocol,
+                drivers: drivers.clone(),
                 max_connections: config.tls.max_connections,
                 tracker: tracker.clone(),
                 shutdown: shutdown.clone(),
@@ -328,7 +383,7 @@ impl Server {
                 tracing::warn!(grace = ?grace, "connections still open after the shutdown grace period; closing them");
             }
         });
-        Ok(Server { https_addr: addrs.0, mqtt_addr: addrs.1, tls, state, created_default, shutdown, done })
+        Ok(Server { https_addr: addrs.0, mqtt_addr: addrs.1, tls, state, admin_token, created_default, shutdown, done })
     }
 
     /// A token that stops the server when cancelled.

@@ -1,9 +1,11 @@
-//! One accept loop per listener: connection cap, TLS handshake, then the port's protocol.
+//! One accept loop per listener: connection cap, TLS handshake, then the port's protocol
+//! driver. The drivers are built once (`Drivers`), including the WebSocket routes that the
+//! HTTPS port hands to the MQTT driver (and, later, others).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dps_http::ConnectionInfo;
+use dps_core::device::{ConnectionFacts, Transport};
 use dps_tls::ListenerAcceptor;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -11,23 +13,60 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// What runs inside TLS on a port.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
-    Https(dps_http::Router),
-    Mqtt(dps_core::service::Services),
+    Https,
+    Mqtt,
+}
+
+impl Protocol {
+    fn transport(self) -> Transport {
+        match self {
+            Protocol::Https => Transport::Https,
+            Protocol::Mqtt => Transport::Mqtt,
+        }
+    }
+}
+
+/// Every protocol driver, built once and shared by the accept loops.
+#[derive(Clone, Debug)]
+pub(crate) struct Drivers {
+    https: dps_http::HttpService,
+    services: dps_core::service::Services,
+    mqtt_limits: dps_mqtt::Limits,
+}
+
+impl Drivers {
+    pub(crate) fn new(state: Arc<dps_http::AppState>, mqtt_limits: dps_mqtt::Limits) -> Self {
+        let services = state.services.clone();
+        let mqtt_ws = {
+            let services = services.clone();
+            dps_http::WsRoute {
+                protocols: vec!["mqtt", "MQTT"],
+                transport: Transport::MqttWs,
+                max_message: dps_mqtt::session::MAX_PACKET * 2,
+                handler: Arc::new(move |stream, facts, shutdown| {
+                    let ctx = dps_mqtt::ConnectionContext { facts, services: services.clone(), limits: mqtt_limits };
+                    Box::pin(dps_mqtt::serve_connection(stream, ctx, shutdown))
+                }),
+            }
+        };
+        Drivers { https: dps_http::HttpService::new(state, vec![mqtt_ws]), services, mqtt_limits }
+    }
 }
 
 pub(crate) struct LoopArgs {
     pub listener: TcpListener,
     pub acceptor: Arc<ListenerAcceptor>,
     pub protocol: Protocol,
+    pub drivers: Drivers,
     pub max_connections: usize,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
 pub(crate) async fn accept_loop(args: LoopArgs) {
-    let LoopArgs { listener, acceptor, protocol, max_connections, tracker, shutdown } = args;
+    let LoopArgs { listener, acceptor, protocol, drivers, max_connections, tracker, shutdown } = args;
     let connections = Arc::new(Semaphore::new(max_connections));
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -51,7 +90,7 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let protocol = protocol.clone();
+        let drivers = drivers.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
@@ -59,22 +98,17 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
                 () = shutdown.cancelled() => return,
                 r = acceptor.accept(tcp, peer) => match r { Ok(c) => c, Err(_) => return }, // logged by accept
             };
+            let facts = ConnectionFacts {
+                transport: protocol.transport(),
+                peer,
+                tls: Arc::new(conn.facts),
+                peer_certificates: Arc::new(conn.peer_certificates),
+            };
             match protocol {
-                Protocol::Https(router) => {
-                    let info = ConnectionInfo {
-                        peer,
-                        tls: Arc::new(conn.facts),
-                        peer_certificates: Arc::new(conn.peer_certificates),
-                    };
-                    dps_http::serve_connection(conn.stream, info, router, shutdown).await;
-                }
-                Protocol::Mqtt(services) => {
-                    let ctx = dps_mqtt::ConnectionContext {
-                        peer,
-                        tls: Arc::new(conn.facts),
-                        peer_certificates: Arc::new(conn.peer_certificates),
-                        services,
-                    };
+                Protocol::Https => drivers.https.serve_connection(conn.stream, facts, shutdown).await,
+                Protocol::Mqtt => {
+                    let ctx =
+                        dps_mqtt::ConnectionContext { facts, services: drivers.services, limits: drivers.mqtt_limits };
                     dps_mqtt::serve_connection(conn.stream, ctx, shutdown).await;
                 }
             }

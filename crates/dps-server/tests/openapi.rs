@@ -62,7 +62,7 @@ fn instantiate(template: &str) -> String {
 fn headers(s: &TestServer, path: &str, websocket: bool) -> Vec<(String, String)> {
     let mut h = Vec::new();
     if path.starts_with("/subscriptions") {
-        h.push(("Authorization".into(), format!("Bearer {}", s.server.state.admin_token)));
+        h.push(("Authorization".into(), format!("Bearer {}", s.server.admin_token)));
     }
     if websocket {
         for (k, v) in [

@@ -41,7 +41,7 @@ async fn readiness_report_names_the_devices_a_stricter_policy_would_refuse() {
         assert_eq!(status, 202, "{id}");
     }
     let post = |body: Value| {
-        let token = s.server.state.admin_token.clone();
+        let token = s.server.admin_token.clone();
         let addr = s.https();
         async move {
             let mut d = Client::default().run(addr).await.unwrap();

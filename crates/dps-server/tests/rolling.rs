@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use common::{start, Client};
+use common::{start, start_with_clock, Client};
+use dps_core::testing::ManualClock;
 use dps_tls::builtin_ca::BuiltInCaSettings;
 use openssl::hash::MessageDigest;
 
@@ -148,22 +149,27 @@ async fn a_bad_file_is_reported_and_the_old_certificate_stays() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn builtin_leaf_renews_itself_before_expiry() {
-    let s = start("[tls.builtin]\nleaf_lifetime = \"1m\"\ncheck_interval = \"1s\"\n").await;
+    // The server's clock starts 41 minutes in the past; moving it to now puts the one-hour
+    // leaf a third of its lifetime before expiry, which is when it renews. Nobody waits.
+    let clock = Arc::new(ManualClock::new(SystemTime::now() - Duration::from_secs(41 * 60)));
+    let s = start_with_clock("[tls.builtin]\nleaf_lifetime = \"1h\"\ncheck_interval = \"1h\"\n", clock.clone()).await;
     let addr = s.https();
     let first = served_leaf(addr).await;
     let root = s.root_pem();
     let mut open = Client { trust_root_pem: Some(root.clone()), ..Client::default() }.run(addr).await.unwrap();
-    // A third of the lifetime before expiry (about 40 s in), the leaf is replaced. Bounded wait.
-    let mut renewed = None;
-    for _ in 0..120 {
-        let leaf = served_leaf(addr).await;
-        if leaf != first {
-            renewed = Some(leaf);
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    assert!(renewed.is_some(), "the leaf renewed itself");
+    let tls = s.server.tls.clone();
+    let unchanged = tokio::task::spawn_blocking({
+        let tls = tls.clone();
+        move || tls.reload()
+    })
+    .await
+    .unwrap()
+    .expect("reload");
+    assert!(!unchanged, "not due yet: nothing renewed");
+    clock.advance(Duration::from_secs(41 * 60));
+    let renewed = tokio::task::spawn_blocking(move || tls.reload()).await.unwrap().expect("reload");
+    assert!(renewed, "due: the leaf renewed itself");
+    assert_ne!(served_leaf(addr).await, first, "the new leaf is served");
     // Devices pin the root only: the new leaf verifies against the same root.
     Client { trust_root_pem: Some(root), ..Client::default() }
         .run(addr)
@@ -173,11 +179,43 @@ async fn builtin_leaf_renews_itself_before_expiry() {
     assert_eq!(status, 200, "connection from before the renewal still works");
 }
 
+/// One `openssl s_client` handshake resuming `session` (if it exists) and saving the session
+/// it ends with there; whether the handshake was a resumption.
+fn s_client_session(addr: SocketAddr, session: &std::path::Path) -> bool {
+    let mut args = vec!["s_client".to_owned(), "-connect".into(), addr.to_string(), "-tls1_2".into()];
+    if session.exists() {
+        args.extend(["-sess_in".into(), session.display().to_string()]);
+    }
+    args.extend(["-sess_out".into(), session.display().to_string()]);
+    let out = std::process::Command::new("openssl")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Cipher is ECDHE-RSA"), "handshake completed: {text}");
+    text.contains("Reused, TLSv1.2")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ticket_key_rotation_falls_back_to_a_full_handshake() {
     let s = start("").await;
+    let addr = s.https();
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("session.pem");
+    let first = session.clone();
+    assert!(!tokio::task::spawn_blocking(move || s_client_session(addr, &first)).await.unwrap(), "first: full");
+    let again = session.clone();
+    assert!(tokio::task::spawn_blocking(move || s_client_session(addr, &again)).await.unwrap(), "resumed");
     s.server.tls.rotate_ticket_keys().expect("rotation");
-    assert!(common::health_ok(s.https()).await);
+    // The session from before the rotation no longer resumes: a full handshake, not a failure.
+    let after = session.clone();
+    assert!(!tokio::task::spawn_blocking(move || s_client_session(addr, &after)).await.unwrap(), "full after rotation");
+    assert!(
+        tokio::task::spawn_blocking(move || s_client_session(addr, &session)).await.unwrap(),
+        "new session resumes"
+    );
+    assert!(common::health_ok(addr).await);
 }
 
 fn hex(s: &str) -> String {

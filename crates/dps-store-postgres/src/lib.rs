@@ -183,7 +183,7 @@ impl DocumentStore for PgStore {
                         .map_err(StoreError::unavailable)?
                         .ok_or(StoreError::NotFound)?;
                     let (etag, scope): (String, String) = (cur.get(0), cur.get(1));
-                    if etag.trim_matches('"') != expected_etag.trim_matches('"') {
+                    if !dps_core::store::etag_matches(&etag, expected_etag) {
                         return Err(StoreError::PreconditionFailed);
                     }
                     if scope != i.id_scope.as_str() {

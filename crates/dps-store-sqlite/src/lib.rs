@@ -19,6 +19,8 @@ use dps_core::store::{
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+mod bulk;
+
 /// Fsync policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
@@ -80,7 +82,9 @@ fn open_conn(path: &Path, durability: Durability) -> Result<Connection, StoreErr
 }
 
 fn migrate(c: &mut Connection) -> Result<(), StoreError> {
-    let version: usize = c.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(StoreError::unavailable)?;
+    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(StoreError::unavailable)?;
+    // A negative user_version was never written by us: treat it like an unknown newer schema.
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
     if version > MIGRATIONS.len() {
         return Err(StoreError::Unavailable(
             format!(
@@ -177,15 +181,10 @@ impl OwnedPre {
             (OwnedPre::MustNotExist, None) => Ok(()),
             (OwnedPre::MustNotExist, Some(_)) => Err(StoreError::AlreadyExists),
             (OwnedPre::IfMatch(_), None) => Err(StoreError::NotFound),
-            (OwnedPre::IfMatch(want), Some(have)) if want == "*" || etag_eq(want, have) => Ok(()),
+            (OwnedPre::IfMatch(want), Some(have)) if want == "*" || dps_core::store::etag_matches(have, want) => Ok(()),
             (OwnedPre::IfMatch(_), Some(_)) => Err(StoreError::PreconditionFailed),
         }
     }
-}
-
-/// Etags compare with or without their surrounding quotes (C# adds them, Node copies verbatim).
-fn etag_eq(a: &str, b: &str) -> bool {
-    a.trim_matches('"') == b.trim_matches('"')
 }
 
 #[async_trait]
@@ -269,7 +268,7 @@ impl DocumentStore for SqliteStore {
                             .map_err(StoreError::unavailable)?;
                         match current {
                             None => return Err(StoreError::NotFound),
-                            Some((etag, _)) if !etag_eq(&etag, expected_etag) => {
+                            Some((etag, _)) if !dps_core::store::etag_matches(&etag, expected_etag) => {
                                 return Err(StoreError::PreconditionFailed)
                             }
                             Some((_, scope)) if scope != i.id_scope.as_str() => {
@@ -419,5 +418,15 @@ impl DocumentStore for SqliteStore {
             Ok(RawPage { docs: rows.into_iter().map(|(_, d)| d).collect(), continuation })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The bundled SQLite must carry the security fixes of 3.50.2; a
+    /// downgrade of rusqlite would silently bring back an older library.
+    #[test]
+    fn bundled_sqlite_is_at_least_3_50_2() {
+        assert!(rusqlite::version_number() >= 3_050_002, "bundled SQLite is {}", rusqlite::version());
     }
 }

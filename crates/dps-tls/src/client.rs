@@ -1,10 +1,28 @@
-//! The client side, for the `opendps` CLI talking to its own server: TLS 1.2+ with the
-//! server's root as the only trust anchor, and the address or name verified.
+//! The client side of TLS, so that nothing outside this crate touches `openssl::ssl`.
+//!
+//! - [`connect`]: one verified connection (the `opendps` CLI to its own server, the custom
+//!   allocation webhook): TLS 1.2+, the given root (or the system roots) as trust anchor, the
+//!   address or name verified.
+//! - [`Client`]: a reusable client context for many connections (the load generator): pinned
+//!   versions and groups, an optional client certificate per connection ([`ClientIdentity`]),
+//!   and either no resumption at all (every connection a full handshake, no ticket extension) or
+//!   sessions that can be kept ([`ClientStream::session`]) and offered again
+//!   ([`Client::connect`] with `resume`).
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use openssl::error::ErrorStack;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{
+    Ssl, SslConnector, SslContext, SslMethod, SslOptions, SslSession, SslSessionCacheMode, SslVerifyMode, SslVersion,
+};
 use openssl::x509::X509;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
 
@@ -45,4 +63,223 @@ pub async fn connect(
         .await
         .map_err(|e| TlsError::Invalid(format!("TLS handshake with {addr} failed: {e}")))?;
     Ok(stream)
+}
+
+/// What a [`Client`] offers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Offer TLS 1.3 as well; otherwise exactly TLS 1.2 (never below 1.2).
+    pub tls13: bool,
+    /// ECDHE groups to offer, in OpenSSL list syntax (`"P-256:P-384"`); `None`: OpenSSL's.
+    pub groups: Option<String>,
+    /// Session resumption. Off: no session cache and no ticket extension, so every connection
+    /// is a full handshake and the server neither issues a ticket nor resumes. On: the client
+    /// asks for tickets, and [`ClientStream::session`] can be offered again later.
+    pub resumption: bool,
+}
+
+/// A client certificate and its key, presented when the server asks for one.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    cert: X509,
+    chain: Vec<X509>,
+    key: PKey<Private>,
+}
+
+impl ClientIdentity {
+    /// `cert` (the leaf), the certificates above it to send along (may be empty), and its key.
+    pub fn new(cert: X509, chain: Vec<X509>, key: PKey<Private>) -> ClientIdentity {
+        ClientIdentity { cert, chain, key }
+    }
+
+    pub fn certificate(&self) -> &X509 {
+        &self.cert
+    }
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("subject", &self.cert.subject_name())
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a [`Client`] connection failed. Short and free of ids, so that failures of many
+/// connections group by cause.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    #[error("tls setup")]
+    Setup(#[source] ErrorStack),
+    #[error("tcp connect: {0}")]
+    Tcp(io::ErrorKind),
+    #[error("tls handshake: {0}")]
+    Handshake(String),
+    #[error("the session to resume was negotiated by another client")]
+    ForeignSession,
+}
+
+/// A session kept from an earlier connection of the same [`Client`].
+#[derive(Clone)]
+pub struct ClientSession {
+    session: SslSession,
+    client: u64,
+}
+
+impl std::fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The session holds the master secret: never printed.
+        f.debug_struct("ClientSession").field("client", &self.client).finish_non_exhaustive()
+    }
+}
+
+/// A reusable client context: trusts only the given roots, verifies the server's address or
+/// name, offers what [`ClientOptions`] says. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Client {
+    ctx: Arc<SslContext>,
+    id: u64,
+    resumption: bool,
+}
+
+fn next_client_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Client {
+    /// A client that trusts only the certificates in `root_pem`.
+    pub fn new(root_pem: &[u8], options: &ClientOptions) -> Result<Client, TlsError> {
+        // A bare context, not `SslConnector::builder`: no system trust directories searched on
+        // every handshake, only the given roots in the store.
+        let mut b = SslContext::builder(SslMethod::tls_client()).map_err(TlsError::openssl("client context"))?;
+        b.set_min_proto_version(Some(SslVersion::TLS1_2)).map_err(TlsError::openssl("client minimum version"))?;
+        let max = if options.tls13 { SslVersion::TLS1_3 } else { SslVersion::TLS1_2 };
+        b.set_max_proto_version(Some(max)).map_err(TlsError::openssl("client maximum version"))?;
+        if let Some(groups) = &options.groups {
+            b.set_groups_list(groups).map_err(TlsError::openssl("client groups"))?;
+        }
+        if options.resumption {
+            b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+        } else {
+            b.set_session_cache_mode(SslSessionCacheMode::OFF);
+            b.set_options(SslOptions::NO_TICKET);
+        }
+        let roots = X509::stack_from_pem(root_pem).map_err(TlsError::openssl("reading the root certificate"))?;
+        if roots.is_empty() {
+            return Err(TlsError::Invalid("the client's root file holds no certificate".into()));
+        }
+        for cert in roots {
+            b.cert_store_mut().add_cert(cert).map_err(TlsError::openssl("trusting the root certificate"))?;
+        }
+        b.set_verify(SslVerifyMode::PEER);
+        Ok(Client { ctx: Arc::new(b.build()), id: next_client_id(), resumption: options.resumption })
+    }
+
+    /// TCP connect to `addr` and a TLS handshake. The server's certificate must be valid for
+    /// `server_name` (an IP address, checked against the certificate's addresses, or a DNS
+    /// name, also sent as SNI). `identity` is presented if the server asks for a certificate;
+    /// `resume` offers a session kept from an earlier connection of this client.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        identity: Option<&ClientIdentity>,
+        resume: Option<&ClientSession>,
+    ) -> Result<ClientStream, ConnectError> {
+        let mut ssl = Ssl::new(&self.ctx).map_err(ConnectError::Setup)?;
+        match server_name.parse::<IpAddr>() {
+            Ok(ip) => ssl.param_mut().set_ip(ip).map_err(ConnectError::Setup)?,
+            Err(_) => {
+                ssl.set_hostname(server_name).map_err(ConnectError::Setup)?;
+                ssl.param_mut().set_host(server_name).map_err(ConnectError::Setup)?;
+            }
+        }
+        if let Some(id) = identity {
+            ssl.set_certificate(&id.cert).map_err(ConnectError::Setup)?;
+            for c in &id.chain {
+                ssl.add_chain_cert(c.clone()).map_err(ConnectError::Setup)?;
+            }
+            ssl.set_private_key(&id.key).map_err(ConnectError::Setup)?;
+        }
+        if let Some(s) = resume {
+            // OpenSSL's precondition for SSL_set_session: the session comes from this context.
+            if s.client != self.id {
+                return Err(ConnectError::ForeignSession);
+            }
+            crate::ffi::resume_session(&mut ssl, &s.session).map_err(ConnectError::Setup)?;
+        }
+        let tcp = TcpStream::connect(addr).await.map_err(|e| ConnectError::Tcp(e.kind()))?;
+        let _ = tcp.set_nodelay(true);
+        let mut inner = SslStream::new(ssl, tcp).map_err(ConnectError::Setup)?;
+        Pin::new(&mut inner).connect().await.map_err(|e| ConnectError::Handshake(handshake_cause(&e)))?;
+        Ok(ClientStream { inner, client: self.id, resumption: self.resumption })
+    }
+}
+
+/// A short cause for a failed handshake: the first OpenSSL reason, or the I/O error kind.
+fn handshake_cause(e: &openssl::ssl::Error) -> String {
+    if let Some(first) = e.ssl_error().and_then(|stack| stack.errors().first()) {
+        return first.reason().unwrap_or("openssl error").to_owned();
+    }
+    match e.io_error() {
+        Some(io) => io.kind().to_string(),
+        None => format!("{:?}", e.code()),
+    }
+}
+
+/// An established client connection: read and write it like any stream.
+#[derive(Debug)]
+pub struct ClientStream {
+    inner: SslStream<TcpStream>,
+    client: u64,
+    resumption: bool,
+}
+
+impl ClientStream {
+    /// The negotiated suite's OpenSSL name (e.g. `ECDHE-RSA-AES256-GCM-SHA384`).
+    pub fn cipher(&self) -> Option<&'static str> {
+        self.inner.ssl().current_cipher().map(|c| c.name())
+    }
+
+    /// The negotiated version (`TLSv1.2`, `TLSv1.3`).
+    pub fn version(&self) -> &'static str {
+        self.inner.ssl().version_str()
+    }
+
+    /// Whether this connection resumed a session instead of a full handshake.
+    pub fn resumed(&self) -> bool {
+        self.inner.ssl().session_reused()
+    }
+
+    /// The session to offer on a later connection of the same [`Client`]; `None` when the
+    /// client was made without resumption or the server gave nothing resumable. (Under TLS 1.3
+    /// the server sends its ticket after the handshake: read some data first.)
+    pub fn session(&self) -> Option<ClientSession> {
+        if !self.resumption {
+            return None;
+        }
+        let session = self.inner.ssl().session()?.to_owned();
+        Some(ClientSession { session, client: self.client })
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }

@@ -28,3 +28,17 @@ pub(crate) fn negotiated_group_nid(ssl: &SslRef) -> Option<i32> {
     let nid = unsafe { openssl_sys::SSL_ctrl(ssl.as_ptr(), SSL_CTRL_GET_NEGOTIATED_GROUP, 0, std::ptr::null_mut()) };
     i32::try_from(nid).ok().filter(|n| *n > 0)
 }
+
+/// `SSL_set_session` on a client connection: offer `session` for resumption.
+///
+/// rust-openssl marks this `unsafe` because OpenSSL requires the session to belong to the same
+/// `SSL_CTX` as `ssl`. The only caller, `client::Client::connect`, checks that the session was
+/// made by the very same `Client` (one context per `Client`) before calling.
+pub(crate) fn resume_session(
+    ssl: &mut openssl::ssl::SslRef,
+    session: &openssl::ssl::SslSessionRef,
+) -> Result<(), openssl::error::ErrorStack> {
+    // SAFETY: the caller guarantees that `session` was negotiated on a connection created from
+    // the same SslContext as `ssl` (see above); OpenSSL takes its own reference to the session.
+    unsafe { ssl.set_session(session) }
+}

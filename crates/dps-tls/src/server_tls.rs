@@ -2,6 +2,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use dps_core::ports::Clock;
 use openssl::hash::{hash, MessageDigest};
 use openssl::x509::X509;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,8 @@ pub struct ServerTls {
     listeners: Vec<Arc<ListenerAcceptor>>,
     /// Serializes rolls; the digest of the file contents last looked at.
     roll: Mutex<RollState>,
+    /// Decides renewal and validity (injected, so tests need not wait).
+    clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug, Default)]
@@ -50,18 +53,19 @@ pub struct ListenerSpec {
     pub max_handshakes: usize,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
+fn unix(clock: &dyn Clock) -> i64 {
+    clock
+        .now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
 impl CredentialSource {
-    fn load(&self) -> Result<(ServerCredentials, Option<X509>, bool), TlsError> {
+    fn load(&self, now: i64) -> Result<(ServerCredentials, Option<X509>, bool), TlsError> {
         match self {
             CredentialSource::BuiltIn(ca) => {
-                let (creds, root, renewal) = ca.ensure(now())?;
+                let (creds, root, renewal) = ca.ensure(now)?;
                 Ok((creds, Some(root), renewal != Renewal::Unchanged))
             }
             CredentialSource::Files(files) => {
@@ -86,9 +90,14 @@ impl CredentialSource {
 impl ServerTls {
     /// Loads and validates the credentials and builds every listener's context. Fails closed:
     /// without valid credentials the server does not start, and the error names the file.
-    pub fn start(source: CredentialSource, listeners: &[ListenerSpec]) -> Result<Arc<ServerTls>, TlsError> {
-        let (creds, root, _) = source.load()?;
-        creds.validate(root.as_ref(), now())?;
+    pub fn start(
+        source: CredentialSource,
+        listeners: &[ListenerSpec],
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<ServerTls>, TlsError> {
+        let now = unix(clock.as_ref());
+        let (creds, root, _) = source.load(now)?;
+        creds.validate(root.as_ref(), now)?;
         let acceptors = listeners
             .iter()
             .map(|l| {
@@ -109,6 +118,7 @@ impl ServerTls {
             root: ArcSwap::from_pointee(root),
             listeners: acceptors,
             roll: Mutex::new(RollState { seen }),
+            clock,
         }))
     }
 
@@ -133,11 +143,12 @@ impl ServerTls {
     pub fn reload(&self) -> Result<bool, TlsError> {
         let mut state = self.roll.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         state.seen = self.source.digest();
-        let (creds, root, maybe_new) = self.source.load()?;
+        let now = unix(self.clock.as_ref());
+        let (creds, root, maybe_new) = self.source.load(now)?;
         if !maybe_new {
             return Ok(false);
         }
-        creds.validate(root.as_ref(), now())?;
+        creds.validate(root.as_ref(), now)?;
         let current = self.current();
         let same_chain = creds.chain.len() == current.chain.len()
             && creds.chain.iter().zip(&current.chain).all(|(a, b)| a.to_der().ok() == b.to_der().ok());
@@ -244,21 +255,7 @@ impl CredentialSource {
     }
 }
 
-/// Displays an error with its sources, `a: b: c`.
-#[derive(Debug)]
-pub struct DisplayChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for DisplayChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
-    }
-}
+pub use dps_core::error::DisplayChain;
 
 /// A Unix time as an RFC 3339 UTC timestamp, for log lines.
 fn rfc3339(unix: i64) -> String {

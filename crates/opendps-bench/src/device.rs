@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
+use dps_tls::client::ClientStream;
 use mqttbytes::v4::{self, Connect, Disconnect, Login, Packet, PubAck, Publish, Subscribe};
 use mqttbytes::QoS;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_openssl::SslStream;
 
 use crate::tlsclient::{DeviceCert, TlsClient};
 
@@ -93,7 +92,7 @@ pub async fn https_register(t: &Target, id: &str, auth: &Auth) -> Result<Timing,
     let start = Instant::now();
     let mut s = t.tls.connect(t.https, auth.cert()).await?;
     let handshake = start.elapsed();
-    let cipher = s.ssl().current_cipher().map(|c| c.name());
+    let cipher = s.cipher();
     let host = t.https.ip().to_string();
     let mut headers = vec![("Content-Type", "application/json; charset=utf-8"), ("Accept", "application/json")];
     if let Some(tok) = &token {
@@ -134,7 +133,7 @@ pub async fn https_static(t: &Target, addr: SocketAddr, auth: &Auth) -> Result<T
     let start = Instant::now();
     let mut s = t.tls.connect(addr, auth.cert()).await?;
     let handshake = start.elapsed();
-    let cipher = s.ssl().current_cipher().map(|c| c.name());
+    let cipher = s.cipher();
     let (status, _) = http(&mut s, "GET", "/", &addr.ip().to_string(), &[], b"").await?;
     if status != 202 {
         return Err(Failure::new(format!("static: HTTP {status}")));
@@ -266,7 +265,7 @@ async fn read_chunked<S: AsyncRead + Unpin>(s: &mut S, mut raw: Vec<u8>) -> Resu
 
 /// An MQTT connection: the stream and what has been read but not parsed.
 struct Mqtt {
-    s: SslStream<TcpStream>,
+    s: ClientStream,
     buf: BytesMut,
 }
 
@@ -373,7 +372,7 @@ async fn mqtt_connect(
 pub async fn mqtt_register(t: &Target, id: &str, auth: &Auth) -> Result<Timing, Failure> {
     let start = Instant::now();
     let (mut m, handshake) = mqtt_connect(t, id, auth, true, 60).await?;
-    let cipher = m.s.ssl().current_cipher().map(|c| c.name());
+    let cipher = m.s.cipher();
     let payload = serde_json::json!({ "registrationId": id, "payload": null }).to_string();
     let mut p = Publish::new("$dps/registrations/PUT/iotdps-register/?$rid=1", QoS::AtLeastOnce, payload);
     p.pkid = 2;
@@ -414,7 +413,7 @@ pub async fn mqtt_register(t: &Target, id: &str, auth: &Auth) -> Result<Timing, 
 /// An idle MQTT-over-TLS connection: connected (and subscribed), then left open.
 #[derive(Debug)]
 pub struct IdleConnection {
-    _stream: SslStream<TcpStream>,
+    _stream: ClientStream,
 }
 
 pub async fn mqtt_idle(
@@ -426,7 +425,7 @@ pub async fn mqtt_idle(
 ) -> Result<(IdleConnection, Timing), Failure> {
     let start = Instant::now();
     let (m, handshake) = mqtt_connect(t, id, auth, subscribe, keep_alive).await?;
-    let cipher = m.s.ssl().current_cipher().map(|c| c.name());
+    let cipher = m.s.cipher();
     Ok((IdleConnection { _stream: m.s }, Timing { total: start.elapsed(), handshake, cipher }))
 }
 

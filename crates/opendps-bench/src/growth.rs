@@ -23,8 +23,9 @@ use crate::{Common, Protocol, WorkDir};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SeedVia {
-    /// Plain SQL in large transactions (fast; the fixture path).
-    Sql,
+    /// The store crate's bulk write, many rows per transaction (fast; the fixture path).
+    #[value(alias = "sql")]
+    Bulk,
     /// The store's own `Store` trait, one transaction per row (slow; for checking).
     Store,
 }
@@ -46,13 +47,13 @@ pub struct GrowthArgs {
     /// Bound on each load.
     #[arg(long, default_value_t = 120)]
     pub max_seconds: u64,
-    /// Rows per seeding transaction.
+    /// Devices (an enrollment and a registration each) per seeding transaction.
     #[arg(long, default_value_t = 50_000)]
     pub seed_batch: u64,
     /// Bound on seeding one size.
     #[arg(long, default_value_t = 3600)]
     pub seed_max_seconds: u64,
-    #[arg(long, value_enum, default_value = "sql")]
+    #[arg(long, value_enum, default_value = "bulk")]
     pub seed_via: SeedVia,
     /// Re-registrations before the measured phases (warm the page cache as a running server
     /// would be).
@@ -135,7 +136,7 @@ pub async fn seed_point(a: &GrowthArgs, address: Ipv4Addr, dir: std::path::PathB
     let max = Duration::from_secs(a.seed_max_seconds);
     eprintln!("store of {n}: seeding {enrolled} enrollments and {n} registrations (server stopped)");
     let seeded = match a.seed_via {
-        SeedVia::Sql => seed::seed_sql(&db, "opendps", enrolled, n, a.seed_batch, max)?,
+        SeedVia::Bulk => seed::seed_bulk(&db, "opendps", enrolled, n, a.seed_batch, max).await?,
         SeedVia::Store => seed::seed_store(&db, "opendps", enrolled, n, max).await?,
     };
     eprintln!(
@@ -206,7 +207,7 @@ pub fn report(rep: &mut Report, a: &GrowthArgs, points: &[Point]) {
         a.warmup,
         a.rounds.max(1),
         match a.seed_via {
-            SeedVia::Sql => "SQL",
+            SeedVia::Bulk => "the store's bulk write",
             SeedVia::Store => "the Store trait",
         }
     ));

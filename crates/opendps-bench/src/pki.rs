@@ -71,7 +71,7 @@ impl Ca {
         b.append_extension(KeyUsage::new().critical().digital_signature().build()?)?;
         b.append_extension(ExtendedKeyUsage::new().client_auth().build()?)?;
         b.sign(&self.key, MessageDigest::sha256())?;
-        Ok(Arc::new(DeviceCert { cert: b.build(), key }))
+        Ok(Arc::new(DeviceCert::new(b.build(), Vec::new(), key)))
     }
 
     pub fn pem(&self) -> anyhow::Result<Vec<u8>> {
@@ -88,9 +88,14 @@ mod tests {
         let ca = Ca::new("opendps-bench test CA")?;
         let leaf = ca.issue("device-1")?;
         let ca_key = ca.cert.public_key()?;
-        assert!(leaf.cert.verify(&ca_key)?);
-        assert!(dps_attest::chain_issued_by(&leaf.cert, &ca.cert));
-        let cn = leaf.cert.subject_name().entries_by_nid(Nid::COMMONNAME).next().map(|e| e.data().as_slice().to_vec());
+        assert!(leaf.certificate().verify(&ca_key)?);
+        assert!(dps_attest::chain_issued_by(leaf.certificate(), &ca.cert));
+        let cn = leaf
+            .certificate()
+            .subject_name()
+            .entries_by_nid(Nid::COMMONNAME)
+            .next()
+            .map(|e| e.data().as_slice().to_vec());
         assert_eq!(cn.as_deref(), Some(&b"device-1"[..]));
         Ok(())
     }

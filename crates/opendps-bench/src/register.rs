@@ -284,9 +284,8 @@ struct Pair {
 pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
     if a.resume {
         bail!(
-            "--resume is not available: resuming a TLS session from the client needs SSL_set_session, which the \
-             openssl crate exposes only as `unsafe`, and unsafe code is forbidden outside dps-tls. A safe \
-             wrapper in dps_tls::client would enable it (see bench/README.md)."
+            "--resume is not implemented yet: the TLS side exists (dps_tls::client::Client with resumption \
+             keeps a session and offers it again), the load loop does not use it (see bench/README.md)."
         );
     }
     let c = &a.common;

@@ -1,11 +1,11 @@
 //! The growth benchmark's fixture: N individual enrollments (symmetric key) and their
-//! registration records, written straight into a stopped server's SQLite file.
+//! registration records, written into a stopped server's SQLite file.
 //!
 //! This is a benchmark fixture, not an operator path: the server must NOT be running. The rows
-//! are exactly what the store writes (the `dps_core` model types through `serde_json`, keys
-//! lower-cased, kind 1 = enrollment, 3 = registration); they go in by plain SQL in large
-//! transactions because the `Store` trait commits one row per call, which makes a million rows
-//! take many minutes. `--seed-via store` uses the trait instead (slow, for checking).
+//! go in through the store crate itself (`SqliteStore::put_many`, many documents per
+//! transaction), so they are exactly what the server writes; the `Store` trait commits one row
+//! per call, which makes a million rows take many minutes. `--seed-via store` uses the trait
+//! instead (slow, for checking).
 //!
 //! Registration ids are spread over the key space like real serial numbers (a hash of the
 //! index), so lookups and inserts land all over the B-tree, not at its end. Device keys are
@@ -20,7 +20,7 @@ use dps_core::model::{
     AttestationMechanism, AttestationType, DeviceRegistrationState, IndividualEnrollment, ProvisioningStatus,
     RegistrationRecord, RegistrationStatus, ReprovisionPolicy, SymmetricKeyAttestation,
 };
-use dps_core::store::{Precondition, Store};
+use dps_core::store::{OwnedDoc, Precondition, Store};
 use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::sign::Signer;
@@ -141,17 +141,6 @@ pub struct Seeded {
     pub db_bytes: u64,
 }
 
-/// Checks that the `documents` table is the one this fixture writes.
-fn check_schema(c: &rusqlite::Connection) -> anyhow::Result<()> {
-    let mut st = c.prepare("SELECT name FROM pragma_table_info('documents') ORDER BY cid")?;
-    let cols: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-    let want = ["kind", "instance", "id_key", "parent_key", "etag", "doc"];
-    if cols != want {
-        bail!("the store's documents table is {cols:?}, not {want:?}: update opendps-bench's seeding");
-    }
-    Ok(())
-}
-
 /// Size of the database with its WAL.
 pub fn db_bytes(db: &Path) -> u64 {
     let wal = db.with_extension("db-wal");
@@ -159,9 +148,9 @@ pub fn db_bytes(db: &Path) -> u64 {
 }
 
 /// Writes devices 0..`enrolled` as enrollments and 0..`registered` also as registrations into
-/// instance `instance` of the stopped server's database `db`, `batch` rows per transaction,
+/// instance `instance` of the stopped server's database `db`, `batch` devices per transaction,
 /// giving up after `max`.
-pub fn seed_sql(
+pub async fn seed_bulk(
     db: &Path,
     instance: &str,
     enrolled: u64,
@@ -170,12 +159,8 @@ pub fn seed_sql(
     max: Duration,
 ) -> anyhow::Result<Seeded> {
     let t0 = Instant::now();
-    let mut c = rusqlite::Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
-    c.busy_timeout(Duration::from_secs(5))?;
-    // A fixture: no fsync while seeding, a big page cache; one checkpoint at the end.
-    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF; PRAGMA cache_size=-524288;")?;
-    check_schema(&c)?;
-    let inst = instance.to_ascii_lowercase();
+    let store = dps_store_sqlite::SqliteStore::open(db, dps_store_sqlite::Durability::Normal)
+        .with_context(|| format!("opening {}", db.display()))?;
     let now = dps_core::time::format_utc(std::time::SystemTime::now());
     let mut out = Seeded::default();
     let mut last_note = Instant::now();
@@ -185,34 +170,25 @@ pub fn seed_sql(
             bail!("seeding stopped at the time bound ({} s) after {i} of {enrolled} devices", max.as_secs());
         }
         let end = (i + batch.max(1)).min(enrolled);
-        let tx = c.transaction()?;
-        {
-            let mut put = tx.prepare_cached(
-                "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES (?1, ?2, ?3, NULL, ?4, ?5)",
-            )?;
-            for k in i..end {
-                let id = id(k);
-                let e = enrollment(&id, &now)?;
-                let etag = e.etag.clone().unwrap_or_default();
-                put.execute(rusqlite::params![1, inst, id.to_ascii_lowercase(), etag, serde_json::to_string(&e)?])?;
-                out.enrollments += 1;
-                if k < registered {
-                    let r = registration(&id, &now);
-                    let etag = r.state.etag.clone().unwrap_or_default();
-                    put.execute(rusqlite::params![3, inst, id.to_ascii_lowercase(), etag, serde_json::to_string(&r)?])?;
-                    out.registrations += 1;
-                }
+        let mut docs = Vec::new();
+        for k in i..end {
+            let id = id(k);
+            docs.push(OwnedDoc::of(&enrollment(&id, &now)?)?);
+            out.enrollments += 1;
+            if k < registered {
+                docs.push(OwnedDoc::of(&registration(&id, &now))?);
+                out.registrations += 1;
             }
         }
-        tx.commit()?;
+        store.put_many(instance, docs).await?;
         i = end;
         if last_note.elapsed() > Duration::from_secs(5) {
             eprintln!("  seeding: {i}/{enrolled} devices in {:.0} s", t0.elapsed().as_secs_f64());
             last_note = Instant::now();
         }
     }
-    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
-    drop(c);
+    // Closing the last connection checkpoints the WAL into the database file.
+    drop(store);
     out.seconds = t0.elapsed().as_secs_f64();
     out.db_bytes = db_bytes(db);
     Ok(out)
@@ -273,12 +249,10 @@ mod tests {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn sql_rows_read_back_through_the_store_like_store_rows() -> anyhow::Result<()> {
+    async fn bulk_rows_read_back_through_the_store_like_store_rows() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
-        // Schema by the store itself.
-        drop(dps_store_sqlite::SqliteStore::open(&a, dps_store_sqlite::Durability::Normal)?);
-        let s = seed_sql(&a, "OpenDPS", 30, 20, 7, Duration::from_secs(60))?;
+        let s = seed_bulk(&a, "OpenDPS", 30, 20, 7, Duration::from_secs(60)).await?;
         assert_eq!((s.enrollments, s.registrations), (30, 20));
         let b_seeded = seed_store(&b, "OpenDPS", 30, 20, Duration::from_secs(60)).await?;
         assert_eq!((b_seeded.enrollments, b_seeded.registrations), (30, 20));
@@ -286,16 +260,32 @@ mod tests {
         verify(&a, "opendps", &ids, &ids[..20]).await?;
         verify(&b, "opendps", &ids, &ids[..20]).await?;
         // Device 25 is enrolled but not registered.
-        let store = dps_store_sqlite::SqliteStore::open(&a, dps_store_sqlite::Durability::Normal)?;
-        assert!(store.registration("opendps", &ids[25]).await?.is_none());
-        // Both paths wrote the same keys and kinds.
-        let rows = |p: &Path| -> anyhow::Result<Vec<(i64, String, String)>> {
-            let c = rusqlite::Connection::open(p)?;
-            let mut st = c.prepare("SELECT kind, instance, id_key FROM documents ORDER BY kind, id_key")?;
-            let v = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
-            Ok(v)
+        let (sa, sb) = (
+            dps_store_sqlite::SqliteStore::open(&a, dps_store_sqlite::Durability::Normal)?,
+            dps_store_sqlite::SqliteStore::open(&b, dps_store_sqlite::Durability::Normal)?,
+        );
+        assert!(sa.registration("opendps", &ids[25]).await?.is_none());
+        // Both paths wrote the same documents (but for their timestamps), as the store lists them.
+        let enrollments = |s: dps_core::store::Page<IndividualEnrollment>| -> Vec<(String, Option<String>, String)> {
+            s.items
+                .into_iter()
+                .map(|e| (e.registration_id, e.etag, serde_json::to_string(&e.attestation).unwrap_or_default()))
+                .collect()
         };
-        assert_eq!(rows(&a)?, rows(&b)?);
+        assert_eq!(
+            enrollments(sa.enrollments("opendps", None, 100).await?),
+            enrollments(sb.enrollments("opendps", None, 100).await?)
+        );
+        let registrations =
+            |s: dps_core::store::Page<RegistrationRecord>| -> Vec<(String, Option<String>, Option<String>)> {
+                s.items.into_iter().map(|r| (r.state.registration_id, r.state.etag, r.state.assigned_hub)).collect()
+            };
+        let (ra, rb) = (
+            registrations(sa.registrations("opendps", None, None, 100).await?),
+            registrations(sb.registrations("opendps", None, None, 100).await?),
+        );
+        assert_eq!(ra.len(), 20);
+        assert_eq!(ra, rb);
         Ok(())
     }
 

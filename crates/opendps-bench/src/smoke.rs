@@ -120,7 +120,7 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
         max_seconds: a.max_seconds,
         seed_batch: 500,
         seed_max_seconds: 120,
-        seed_via: SeedVia::Sql,
+        seed_via: SeedVia::Bulk,
         warmup: 10,
         rounds: 1,
     };

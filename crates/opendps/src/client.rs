@@ -184,19 +184,8 @@ pub struct Service {
 
 impl Service {
     pub fn from_connection_string(target: &Target, cs: &str) -> anyhow::Result<Service> {
-        let get = |name: &str| {
-            cs.split(';')
-                .find_map(|p| {
-                    p.split_once('=').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_owned())
-                })
-                .ok_or_else(|| anyhow!("the connection string has no {name}"))
-        };
-        Ok(Service {
-            target: target.clone(),
-            host: get("HostName")?,
-            key_name: get("SharedAccessKeyName")?,
-            key: get("SharedAccessKey")?,
-        })
+        let cs = dps_core::model::ConnectionString::parse(cs)?;
+        Ok(Service { target: target.clone(), host: cs.host_name, key_name: cs.key_name, key: cs.key })
     }
 
     fn token(&self) -> anyhow::Result<String> {

@@ -282,7 +282,7 @@ async fn serve(args: ServeArgs, global: GlobalArgs) -> anyhow::Result<()> {
     if let Some(i) = &server.created_default {
         line("created DPS instance:", &format!("{} (first start)", i.name));
     }
-    if let Ok(Some(i)) = server.state.services.store.instance(&config.service.default_instance).await {
+    if let Ok(i) = server.state.services.instance(&config.service.default_instance).await {
         line("DPS instance:", &i.name);
         line("ID scope:", &i.id_scope);
         line("global device endpoint:", &config.service.public_host);

@@ -718,7 +718,8 @@ async fn connection_string(t: &Target, i: &Value, policy: Option<&str>, key: Key
         KeyType::Primary => &p["primaryKey"],
         KeyType::Secondary => &p["secondaryKey"],
     };
-    Ok(format!("HostName={host};SharedAccessKeyName={};SharedAccessKey={}", text(&p["keyName"]), text(k)))
+    let cs = dps_core::model::ConnectionString { host_name: host.into(), key_name: text(&p["keyName"]), key: text(k) };
+    Ok(cs.to_string())
 }
 
 async fn service(t: &Target, name: &NameArg) -> anyhow::Result<Service> {

@@ -13,11 +13,12 @@ impl IdScope {
 
     /// Parses an ID scope as devices send it (case-insensitive).
     pub fn parse(s: &str) -> Result<IdScope, String> {
-        let ok = s.len() == 11 && s[..3].eq_ignore_ascii_case("0ne") && s[3..].chars().all(|c| c.is_ascii_hexdigit());
-        if ok {
-            Ok(IdScope(format!("0ne{}", s[3..].to_ascii_uppercase())))
-        } else {
-            Err(format!("{s:?} is not an ID scope (expected 0ne followed by 8 hex digits)"))
+        // `get`, not slicing: the text comes from peers and may have a multi-byte char at 3.
+        match (s.len() == 11).then(|| s.get(..3).zip(s.get(3..))).flatten() {
+            Some((prefix, hex)) if prefix.eq_ignore_ascii_case("0ne") && hex.chars().all(|c| c.is_ascii_hexdigit()) => {
+                Ok(IdScope(format!("0ne{}", hex.to_ascii_uppercase())))
+            }
+            _ => Err(format!("{s:?} is not an ID scope (expected 0ne followed by 8 hex digits)")),
         }
     }
 
@@ -86,6 +87,9 @@ mod tests {
         assert_eq!(IdScope::parse("0NE00000a0a").map(|s| s.to_string()), Ok("0ne00000A0A".to_owned()));
         assert!(IdScope::parse("0ne0000").is_err());
         assert!(IdScope::parse("1ne00000A0A").is_err());
+        // 11 bytes with a multi-byte char across byte 3: refused, no panic.
+        assert!(IdScope::parse("0n\u{20ac}456789").is_err());
+        assert!(IdScope::parse("0ne\u{20ac}45678").is_err());
     }
 
     #[test]

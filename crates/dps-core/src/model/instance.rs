@@ -145,14 +145,8 @@ impl std::fmt::Debug for LinkedHub {
 impl LinkedHub {
     /// The connection string with the key masked, as ARM returns it.
     pub fn masked_connection_string(&self) -> String {
-        self.connection_string
-            .split(';')
-            .map(|part| match part.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("SharedAccessKey") => format!("{k}=****"),
-                _ => part.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join(";")
+        super::ConnectionString::parse(&self.connection_string)
+            .map_or_else(|_| "SharedAccessKey=****".to_owned(), |c| c.masked())
     }
 
     /// Whether this hub takes part in allocation (weight > 0 and applyAllocationPolicy not false).

@@ -3,12 +3,14 @@
 //! domain keeps one definition of it instead of a wire copy and a domain copy (see ARCHITECTURE.md).
 
 mod certificate;
+mod connection_string;
 mod enrollment;
 mod ids;
 mod instance;
 mod registration;
 
 pub use certificate::CaCertificate;
+pub use connection_string::{ConnectionString, ConnectionStringError};
 pub use enrollment::{
     AllocationPolicy, AttestationMechanism, AttestationType, Capabilities, CustomAllocationDefinition, EnrollmentGroup,
     IndividualEnrollment, ProvisioningStatus, ReprovisionPolicy, SymmetricKeyAttestation, TpmAttestation,

@@ -17,7 +17,7 @@ fn map(e: StoreError, name: &str) -> Error {
 /// `If-Match` against the current etag (`*` matches; quotes are optional, as in the stores).
 fn check_if_match(if_match: Option<&str>, current: &str, name: &str) -> Result<()> {
     match if_match {
-        Some(tag) if tag != "*" && tag.trim_matches('"') != current.trim_matches('"') => {
+        Some(tag) if tag != "*" && !crate::store::etag_matches(current, tag) => {
             Err(Error::PreconditionFailed(format!("certificate {name}")))
         }
         _ => Ok(()),

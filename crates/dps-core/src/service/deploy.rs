@@ -84,32 +84,9 @@ impl Problems {
     }
 }
 
-/// Parses an IoT hub connection string into its host name, validating every part.
+/// Parses an IoT hub connection string into its host name (lower-cased), validating every part.
 pub fn parse_hub_connection_string(cs: &str) -> std::result::Result<String, String> {
-    let mut host = None;
-    let mut key_name = None;
-    let mut key = None;
-    for part in cs.split(';').filter(|p| !p.is_empty()) {
-        let Some((k, v)) = part.split_once('=') else {
-            return Err(format!("connection string part {part:?} is not Name=Value"));
-        };
-        match k.to_ascii_lowercase().as_str() {
-            "hostname" => host = Some(v.to_owned()),
-            "sharedaccesskeyname" => key_name = Some(v.to_owned()),
-            "sharedaccesskey" => key = Some(v.to_owned()),
-            _ => {}
-        }
-    }
-    let host = host.filter(|h| !h.is_empty()).ok_or("connection string has no HostName")?;
-    key_name.filter(|n| !n.is_empty()).ok_or("connection string has no SharedAccessKeyName")?;
-    let key = key.ok_or("connection string has no SharedAccessKey")?;
-    if crate::base64::decode(&key).is_none() {
-        return Err("SharedAccessKey in the connection string is not base64".into());
-    }
-    if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':')) {
-        return Err(format!("HostName {host:?} is not a host name"));
-    }
-    Ok(host.to_ascii_lowercase())
+    crate::model::ConnectionString::parse(cs).map(|c| c.host_name.to_ascii_lowercase()).map_err(|e| e.to_string())
 }
 
 fn parse_spec(path: &str, body: &Value, default_location: &str, node_region: &str, p: &mut Problems) -> Option<Spec> {
@@ -363,6 +340,28 @@ impl Services {
         resource_group_location: &str,
         resources: &[(String, Value)],
     ) -> Result<DeployOutcome> {
+        self.deploy_if(resource_group, resource_group_location, resources, None).await
+    }
+
+    /// Creates or replaces one instance (the management API's PUT), if its etag still matches
+    /// `if_match` (`*`: any existing instance): the etag is part of the write's precondition.
+    pub async fn put_instance(
+        &self,
+        resource_group: &str,
+        resource_group_location: &str,
+        body: Value,
+        if_match: Option<&str>,
+    ) -> Result<DeployOutcome> {
+        self.deploy_if(resource_group, resource_group_location, &[(DPS_RESOURCE_TYPE.to_owned(), body)], if_match).await
+    }
+
+    async fn deploy_if(
+        &self,
+        resource_group: &str,
+        resource_group_location: &str,
+        resources: &[(String, Value)],
+        if_match: Option<&str>,
+    ) -> Result<DeployOutcome> {
         let mut problems = Problems(Vec::new());
         let mut specs = Vec::new();
         for (i, (ty, body)) in resources.iter().enumerate() {
@@ -385,7 +384,15 @@ impl Services {
         let mut writes = Vec::new();
         let mut outcome = Vec::new();
         for spec in specs {
-            match self.store.instance(&spec.name).await? {
+            let current = self.store.instance(&spec.name).await?;
+            if let Some(tag) = if_match.map(str::trim).filter(|t| *t != "*") {
+                if !current.as_ref().is_some_and(|c| crate::store::etag_matches(&c.etag, tag)) {
+                    return Err(Error::PreconditionFailed(format!("DPS instance {}", spec.name)));
+                }
+            } else if if_match.is_some() && current.is_none() {
+                return Err(Error::PreconditionFailed(format!("DPS instance {}", spec.name)));
+            }
+            match current {
                 Some(cur) => {
                     if !cur.resource_group.eq_ignore_ascii_case(resource_group) {
                         return Err(Error::Conflict(format!(

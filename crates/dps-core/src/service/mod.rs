@@ -2,6 +2,8 @@
 //! through the [`Store`] port with a precondition, so concurrent writers never lose an update.
 
 mod allocation;
+mod attest;
+mod callers;
 mod certificates;
 mod deploy;
 mod enrollments;
@@ -17,6 +19,9 @@ use crate::ports::{AllocationWebhook, Clock, DeviceCrypto, Entropy, NoWebhook, X
 use crate::store::Store;
 
 pub use allocation::weighted_choice;
+pub(crate) use attest::Attestation;
+pub use attest::Attested;
+pub use callers::ct_eq;
 pub use deploy::{
     parse_hub_connection_string, parse_linked_hub, DeployOutcome, InstanceDefaults, ResourceChange, DPS_RESOURCE_TYPE,
     OWNER_POLICY,
@@ -24,25 +29,29 @@ pub use deploy::{
 pub use enrollments::{BulkError, BulkMode, BulkResult};
 pub use readiness::{ReadinessReport, Refused};
 pub use regions::{distance_km, is_known as is_known_region, REGIONS};
-pub use registration::{Attested, EnrollmentSource, Evidence, OperationStatus};
+pub use registration::OperationStatus;
 pub use throttle::Throttle;
 
 /// The domain's entry point, holding its ports.
 #[derive(Clone, Debug)]
 pub struct Services {
-    pub store: Arc<dyn Store>,
-    pub clock: Arc<dyn Clock>,
-    pub entropy: Arc<dyn Entropy>,
-    pub x509: Arc<dyn X509Inspector>,
-    pub crypto: Arc<dyn DeviceCrypto>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) entropy: Arc<dyn Entropy>,
+    pub(crate) x509: Arc<dyn X509Inspector>,
+    pub(crate) crypto: Arc<dyn DeviceCrypto>,
     /// Registration quota per instance (unlimited unless configured).
-    pub throttle: Arc<Throttle>,
+    pub(crate) throttle: Arc<Throttle>,
     /// Custom allocation webhook client.
-    pub webhook: Arc<dyn AllocationWebhook>,
+    pub(crate) webhook: Arc<dyn AllocationWebhook>,
     /// This node's region (geoLatency allocation; location of instances that name none).
-    pub region: String,
+    pub(crate) region: String,
     /// Whether webhook URLs may be plain `http://` to localhost (tests, local development).
-    pub allow_http_localhost_webhooks: bool,
+    pub(crate) allow_http_localhost_webhooks: bool,
+    /// The host names clients address this server by (service SAS tokens must name one).
+    pub(crate) host_names: Vec<String>,
+    /// The management API's bearer credential.
+    pub(crate) admin_token: Option<String>,
 }
 
 impl Services {
@@ -63,6 +72,62 @@ impl Services {
             webhook: Arc::new(NoWebhook),
             region: "local".into(),
             allow_http_localhost_webhooks: false,
+            host_names: Vec::new(),
+            admin_token: None,
+        }
+    }
+
+    /// Sets the host names clients use for this server (the public host name, listen
+    /// addresses): a service SAS token's resource must be one of them or `{instance}.{…}`.
+    #[must_use]
+    pub fn with_host_names(mut self, names: Vec<String>) -> Self {
+        self.host_names = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
+        self
+    }
+
+    /// Sets the management API's bearer credential.
+    #[must_use]
+    pub fn with_admin_token(mut self, token: String) -> Self {
+        self.admin_token = Some(token);
+        self
+    }
+
+    /// The time, from the Clock port.
+    pub fn now_time(&self) -> std::time::SystemTime {
+        self.clock.now()
+    }
+
+    /// A tracking id for an error body (a random UUID).
+    pub fn tracking_id(&self) -> String {
+        let g = crate::ports::random_hex(self.entropy.as_ref(), 16);
+        format!("{}-{}-{}-{}-{}", &g[0..8], &g[8..12], &g[12..16], &g[16..20], &g[20..32])
+    }
+
+    /// The wire form of a domain error (docs/protocol.md, "Error body"): built once here for
+    /// every transport. A server-side failure (5xx) is logged here, once, with its whole chain,
+    /// and the caller gets a message without internal detail.
+    pub fn wire_error(&self, e: &crate::error::Error) -> crate::error::WireError {
+        let status = e.kind().status();
+        let message = if status >= 500 {
+            tracing::error!(status, error = %crate::error::DisplayChain(e), "request failed");
+            "the service failed to complete the request; try again".to_owned()
+        } else {
+            e.to_string()
+        };
+        let mut w = self.wire(status, e.code(), message);
+        w.retry_after = e.retry_after().map(|s| u32::try_from(s).unwrap_or(u32::MAX));
+        w
+    }
+
+    /// A wire error an adapter decides itself (an unknown route, an unreadable request).
+    pub fn wire(&self, status: u16, error_code: u32, message: String) -> crate::error::WireError {
+        crate::error::WireError {
+            status,
+            error_code,
+            message,
+            tracking_id: self.tracking_id(),
+            timestamp_utc: self.now(),
+            retry_after: None,
         }
     }
 

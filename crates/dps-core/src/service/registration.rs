@@ -1,51 +1,20 @@
-//! Device registration (dps-protocol.md §1, §4): authenticate the device against its
-//! enrollment, allocate a hub, record the registration, answer operation polls.
+//! Device registration (docs/protocol.md, "Device API"): allocate a hub for an attested device,
+//! record the registration, answer operation polls.
 //!
-//! An unknown device and a wrong credential get the same answer, so enrollments cannot be
-//! enumerated. The same registration id on two connections at once yields one record: writes
-//! are conditional, and allocation is deterministic.
+//! The same registration id on two connections at once yields one record: writes are
+//! conditional, and allocation is deterministic.
 
 use serde_json::{json, Value};
 
 use super::allocation::{allocate, Allocation};
+use super::attest::{Attested, EnrollmentSource};
 use super::Services;
 use crate::error::{Error, Result};
 use crate::model::ReprovisionPolicy;
 use crate::model::{
-    AttestationType, DeviceRegistrationState, EnrollmentGroup, IdScope, IndividualEnrollment, Instance,
-    ProvisioningStatus, RegistrationRecord, RegistrationStatus,
+    AttestationType, DeviceRegistrationState, ProvisioningStatus, RegistrationRecord, RegistrationStatus,
 };
 use crate::store::{Precondition, StoreError};
-use crate::tls::TlsVersion;
-
-/// What the device presented.
-#[derive(Clone, Copy, Debug)]
-pub enum Evidence<'a> {
-    /// A SAS token (HTTP Authorization header, MQTT password).
-    Sas(&'a str),
-    /// The TLS client chain (leaf first, DER); possession proved by the handshake.
-    X509(&'a [Vec<u8>]),
-    None,
-}
-
-/// The enrollment a device authenticated against.
-#[derive(Clone, Debug)]
-#[allow(clippy::large_enum_variant)] // short-lived, one per request; boxing buys nothing
-pub enum EnrollmentSource {
-    Individual(IndividualEnrollment),
-    Group(EnrollmentGroup),
-}
-
-/// An authenticated device.
-#[derive(Clone, Debug)]
-pub struct Attested {
-    pub instance: Instance,
-    pub registration_id: String,
-    pub source: EnrollmentSource,
-    pub kind: AttestationType,
-    /// For X.509 devices, the leaf's info (returned in `registrationState.x509`).
-    pub certificate: Option<crate::model::X509CertificateInfo>,
-}
 
 /// A registration operation's status (`RegistrationOperationStatus`).
 #[derive(Clone, Debug, PartialEq)]
@@ -53,12 +22,6 @@ pub struct OperationStatus {
     pub operation_id: String,
     pub status: RegistrationStatus,
     pub registration_state: Option<DeviceRegistrationState>,
-}
-
-const DENIED: &str = "the device could not be authenticated";
-
-fn denied() -> Error {
-    Error::Unauthorized(DENIED.into())
 }
 
 impl OperationStatus {
@@ -73,175 +36,6 @@ impl OperationStatus {
 }
 
 impl Services {
-    /// Authenticates a device of the instance with ID scope `scope` (dps-protocol.md §4).
-    /// `negotiated` is the connection's TLS version, checked against the instance's
-    /// `minTlsVersion` as soon as the scope is known (tls-policy.md §3).
-    pub async fn authenticate_device(
-        &self,
-        scope: &str,
-        registration_id: &str,
-        evidence: Evidence<'_>,
-        negotiated: Option<TlsVersion>,
-    ) -> Result<Attested> {
-        let scope = IdScope::parse(scope).map_err(|_| denied())?;
-        let instance = self.store.instance_by_scope(&scope).await?.ok_or_else(denied)?;
-        if let (Some(min), Some(v)) = (instance.min_tls_version, negotiated) {
-            if !min.admits(v) {
-                return Err(Error::Forbidden(format!(
-                    "this DPS instance requires TLS {} or newer (minTlsVersion); the connection uses {v}",
-                    min.as_str()
-                )));
-            }
-        }
-        crate::model::validate_registration_id(registration_id).map_err(Error::Invalid)?;
-        let now = self.clock.now();
-        match evidence {
-            Evidence::None => {
-                Err(Error::Unauthorized("the device presented no credential (SAS token or X.509 certificate)".into()))
-            }
-            Evidence::Sas(token) => {
-                let resource = format!("{}/registrations/{registration_id}", scope.as_str());
-                let check = |keys: Vec<String>| self.crypto.verify_sas(token, &resource, &keys, now);
-                // Token-level problems (expired, wrong resource) are said; which key failed is not.
-                if let Some(e) = self.store.enrollment(&instance.name, registration_id).await? {
-                    if let Some(k) = e
-                        .attestation
-                        .symmetric_key
-                        .as_ref()
-                        .filter(|_| e.attestation.kind == AttestationType::SymmetricKey)
-                    {
-                        let keys = [&k.primary_key, &k.secondary_key].into_iter().flatten().cloned().collect();
-                        if check(keys).map_err(Error::Unauthorized)? {
-                            return Ok(Attested {
-                                instance,
-                                registration_id: registration_id.to_owned(),
-                                source: EnrollmentSource::Individual(e),
-                                kind: AttestationType::SymmetricKey,
-                                certificate: None,
-                            });
-                        }
-                    }
-                }
-                let mut token_error = None;
-                for g in self.all_groups(&instance).await? {
-                    let Some(k) = g
-                        .attestation
-                        .symmetric_key
-                        .as_ref()
-                        .filter(|_| g.attestation.kind == AttestationType::SymmetricKey)
-                    else {
-                        continue;
-                    };
-                    let keys: Vec<String> = [&k.primary_key, &k.secondary_key]
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|gk| self.crypto.derive_key(gk, registration_id))
-                        .collect();
-                    match check(keys) {
-                        Ok(true) => {
-                            return Ok(Attested {
-                                instance,
-                                registration_id: registration_id.to_owned(),
-                                source: EnrollmentSource::Group(g),
-                                kind: AttestationType::SymmetricKey,
-                                certificate: None,
-                            })
-                        }
-                        Ok(false) => {}
-                        Err(e) => token_error = Some(e),
-                    }
-                }
-                if let Some(e) = token_error {
-                    return Err(Error::Unauthorized(e));
-                }
-                // One more check so a malformed token is named even with no enrollments at all.
-                check(Vec::new()).map_err(Error::Unauthorized)?;
-                Err(denied())
-            }
-            Evidence::X509(chain) => {
-                let leaf = chain.first().ok_or_else(denied)?;
-                let facts = self.crypto.leaf(leaf, now).map_err(|_| denied())?;
-                if !facts.common_name.eq_ignore_ascii_case(registration_id) {
-                    return Err(Error::Unauthorized(format!(
-                        "the certificate's subject CN {:?} is not the registration id {registration_id:?}",
-                        facts.common_name
-                    )));
-                }
-                if !facts.time_valid {
-                    return Err(Error::Unauthorized("the device certificate is expired or not yet valid".into()));
-                }
-                let attested = |source, info| Attested {
-                    instance: instance.clone(),
-                    registration_id: registration_id.to_owned(),
-                    source,
-                    kind: AttestationType::X509,
-                    certificate: Some(info),
-                };
-                if let Some(e) = self.store.enrollment(&instance.name, registration_id).await? {
-                    let matches = e.attestation.kind == AttestationType::X509
-                        && e.attestation.x509.as_ref().and_then(|x| x.client_certificates.as_ref()).is_some_and(
-                            |set| {
-                                set.slots().into_iter().flatten().any(|c| {
-                                    c.info.as_ref().is_some_and(|i| {
-                                        i.sha256_thumbprint.eq_ignore_ascii_case(&facts.sha256_thumbprint)
-                                    })
-                                })
-                            },
-                        );
-                    if matches {
-                        return Ok(attested(EnrollmentSource::Individual(e), facts.info));
-                    }
-                }
-                // Groups: the one whose CA vouches for the certificate closest to the leaf wins
-                // (the first intermediate, then the next one up; dps-protocol.md §4.3).
-                let mut best: Option<(usize, EnrollmentGroup)> = None;
-                for g in self.all_groups(&instance).await? {
-                    if g.attestation.kind != AttestationType::X509 {
-                        continue;
-                    }
-                    let Some(x) = &g.attestation.x509 else { continue };
-                    let mut anchors: Vec<String> = Vec::new();
-                    if let Some(set) = &x.signing_certificates {
-                        anchors.extend(set.slots().into_iter().flatten().filter_map(|c| c.certificate.clone()));
-                    }
-                    if let Some(refs) = &x.ca_references {
-                        for name in [&refs.primary, &refs.secondary].into_iter().flatten() {
-                            // Only CAs verified by proof of possession count.
-                            if let Some(ca) =
-                                self.store.certificate(&instance.name, name).await?.filter(|c| c.is_verified)
-                            {
-                                anchors.push(ca.certificate);
-                            }
-                        }
-                    }
-                    let depth = anchors.iter().filter_map(|a| self.crypto.chain_depth(chain, a, now)).min();
-                    if let Some(d) = depth {
-                        if best.as_ref().is_none_or(|(bd, _)| d < *bd) {
-                            best = Some((d, g));
-                        }
-                    }
-                }
-                if let Some((_, g)) = best {
-                    return Ok(attested(EnrollmentSource::Group(g), facts.info));
-                }
-                Err(denied())
-            }
-        }
-    }
-
-    async fn all_groups(&self, instance: &Instance) -> Result<Vec<EnrollmentGroup>> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self.store.groups(&instance.name, token.as_deref(), 1000).await?;
-            out.extend(page.items);
-            match page.continuation {
-                Some(t) => token = Some(t),
-                None => return Ok(out),
-            }
-        }
-    }
-
     fn operation_id(&self) -> String {
         let hex = crate::ports::random_hex(self.entropy.as_ref(), 8);
         let g = crate::ports::random_hex(self.entropy.as_ref(), 16);
@@ -252,8 +46,6 @@ impl Services {
         crate::base64::encode(crate::ports::new_etag(self.entropy.as_ref()).as_bytes())
     }
 
-    /// Registers an authenticated device: returns its operation (already final: the result is
-    /// delivered on the first poll). Re-registration returns the existing assignment.
     /// Registers an authenticated device and returns its operation, already final (the result
     /// is delivered on the first poll).
     ///
@@ -264,16 +56,15 @@ impl Services {
     /// `deviceDataMigrated` or `deviceDataReset` on another). A device whose hub was unlinked
     /// is always allocated again.
     ///
-    /// `api_version` is the device's: before 2019-04-15 a re-provision to the same hub reports
-    /// `initialAssignment`, from then on `reprovisionedToInitialAssignment` (dps-protocol.md §1.3).
-    pub async fn register(
+    /// `legacy_substatus`: the device's api-version predates 2019-04-15, so a re-provision to
+    /// the same hub reports `initialAssignment` rather than `reprovisionedToInitialAssignment`.
+    pub(crate) async fn register(
         &self,
         a: &Attested,
         payload: Option<Value>,
         tls: Option<Value>,
-        api_version: Option<&str>,
+        legacy_substatus: bool,
     ) -> Result<OperationStatus> {
-        let legacy_substatus = api_version.is_some_and(|v| v < "2019-04-15");
         let e = EnrollmentView::of(a);
         self.throttle
             .take(&a.instance.name, self.clock.now())
@@ -475,7 +266,7 @@ impl Services {
     }
 
     /// The status of operation `operation_id` of an authenticated device.
-    pub async fn operation_status(&self, a: &Attested, operation_id: &str) -> Result<OperationStatus> {
+    pub(crate) async fn operation_status(&self, a: &Attested, operation_id: &str) -> Result<OperationStatus> {
         let r = self.store.registration(&a.instance.name, &a.registration_id).await?;
         match r {
             Some(r) if r.operation_id.as_deref() == Some(operation_id) => Ok(status_of(&r)),
@@ -484,7 +275,7 @@ impl Services {
     }
 
     /// The registration status lookup (`POST /{scope}/registrations/{id}`).
-    pub async fn device_registration(&self, a: &Attested) -> Result<DeviceRegistrationState> {
+    pub(crate) async fn device_registration(&self, a: &Attested) -> Result<DeviceRegistrationState> {
         self.store
             .registration(&a.instance.name, &a.registration_id)
             .await?

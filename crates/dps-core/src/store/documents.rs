@@ -66,6 +66,99 @@ pub struct DocWrite<'a> {
     pub json: &'a str,
 }
 
+/// How an entity is filed as a document: its kind, id, parent and etag. The one mapping every
+/// backend shares: the blanket [`Store`] impl below and bulk writes ([`OwnedDoc::of`]) use it.
+pub trait Document: serde::Serialize {
+    const KIND: Kind;
+    fn doc_id(&self) -> &str;
+    /// The group a registration belongs to.
+    fn doc_parent(&self) -> Option<&str> {
+        None
+    }
+    fn doc_etag(&self) -> &str;
+}
+
+impl Document for IndividualEnrollment {
+    const KIND: Kind = Kind::Enrollment;
+    fn doc_id(&self) -> &str {
+        &self.registration_id
+    }
+    fn doc_etag(&self) -> &str {
+        self.etag.as_deref().unwrap_or("")
+    }
+}
+
+impl Document for EnrollmentGroup {
+    const KIND: Kind = Kind::Group;
+    fn doc_id(&self) -> &str {
+        &self.enrollment_group_id
+    }
+    fn doc_etag(&self) -> &str {
+        self.etag.as_deref().unwrap_or("")
+    }
+}
+
+impl Document for RegistrationRecord {
+    const KIND: Kind = Kind::Registration;
+    fn doc_id(&self) -> &str {
+        &self.state.registration_id
+    }
+    fn doc_parent(&self) -> Option<&str> {
+        self.enrollment_group_id.as_deref()
+    }
+    fn doc_etag(&self) -> &str {
+        self.state.etag.as_deref().unwrap_or("")
+    }
+}
+
+impl Document for CaCertificate {
+    const KIND: Kind = Kind::Certificate;
+    fn doc_id(&self) -> &str {
+        &self.name
+    }
+    fn doc_etag(&self) -> &str {
+        &self.etag
+    }
+}
+
+/// A document ready to write, owned: for bulk writes that a backend hands to another thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedDoc {
+    pub kind: Kind,
+    pub id: String,
+    pub parent: Option<String>,
+    pub etag: String,
+    pub json: String,
+}
+
+impl OwnedDoc {
+    /// `entity` as its document.
+    pub fn of<D: Document>(entity: &D) -> Result<OwnedDoc, StoreError> {
+        Ok(OwnedDoc {
+            kind: D::KIND,
+            id: entity.doc_id().to_owned(),
+            parent: entity.doc_parent().map(str::to_owned),
+            etag: entity.doc_etag().to_owned(),
+            json: to_doc(entity)?,
+        })
+    }
+
+    pub fn as_write(&self) -> DocWrite<'_> {
+        DocWrite { id: &self.id, parent: self.parent.as_deref(), etag: &self.etag, json: &self.json }
+    }
+}
+
+async fn put<S: DocumentStore + ?Sized, D: Document + Sync>(
+    s: &S,
+    instance: &str,
+    entity: &D,
+    pre: Precondition<'_>,
+) -> Result<(), StoreError> {
+    let json = to_doc(entity)?;
+    let doc = DocWrite { id: entity.doc_id(), parent: entity.doc_parent(), etag: entity.doc_etag(), json: &json };
+    s.put_doc(D::KIND, instance, doc, pre).await
+}
+
 async fn get<S: DocumentStore + ?Sized, T: DeserializeOwned>(
     s: &S,
     kind: Kind,
@@ -118,9 +211,7 @@ impl<S: DocumentStore> Store for S {
         e: &IndividualEnrollment,
         pre: Precondition<'_>,
     ) -> Result<(), StoreError> {
-        let json = to_doc(e)?;
-        let doc = DocWrite { id: &e.registration_id, parent: None, etag: e.etag.as_deref().unwrap_or(""), json: &json };
-        self.put_doc(Kind::Enrollment, instance, doc, pre).await
+        put(self, instance, e, pre).await
     }
     async fn delete_enrollment(
         &self,
@@ -143,10 +234,7 @@ impl<S: DocumentStore> Store for S {
         get(self, Kind::Group, instance, group_id).await
     }
     async fn put_group(&self, instance: &str, g: &EnrollmentGroup, pre: Precondition<'_>) -> Result<(), StoreError> {
-        let json = to_doc(g)?;
-        let doc =
-            DocWrite { id: &g.enrollment_group_id, parent: None, etag: g.etag.as_deref().unwrap_or(""), json: &json };
-        self.put_doc(Kind::Group, instance, doc, pre).await
+        put(self, instance, g, pre).await
     }
     async fn delete_group(&self, instance: &str, group_id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
         self.delete_doc(Kind::Group, instance, group_id, pre).await
@@ -173,14 +261,7 @@ impl<S: DocumentStore> Store for S {
         r: &RegistrationRecord,
         pre: Precondition<'_>,
     ) -> Result<(), StoreError> {
-        let json = to_doc(r)?;
-        let doc = DocWrite {
-            id: &r.state.registration_id,
-            parent: r.enrollment_group_id.as_deref(),
-            etag: r.state.etag.as_deref().unwrap_or(""),
-            json: &json,
-        };
-        self.put_doc(Kind::Registration, instance, doc, pre).await
+        put(self, instance, r, pre).await
     }
     async fn delete_registration(
         &self,
@@ -209,9 +290,7 @@ impl<S: DocumentStore> Store for S {
         c: &CaCertificate,
         pre: Precondition<'_>,
     ) -> Result<(), StoreError> {
-        let json = to_doc(c)?;
-        let doc = DocWrite { id: &c.name, parent: None, etag: &c.etag, json: &json };
-        self.put_doc(Kind::Certificate, instance, doc, pre).await
+        put(self, instance, c, pre).await
     }
     async fn delete_certificate(&self, instance: &str, name: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
         self.delete_doc(Kind::Certificate, instance, name, pre).await

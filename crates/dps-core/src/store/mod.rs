@@ -7,11 +7,12 @@
 
 use crate::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord};
 
-#[cfg(feature = "conformance")]
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod documents;
+pub mod memory;
 
-pub use documents::{DocWrite, DocumentStore, Kind, RawPage};
+pub use documents::{DocWrite, Document, DocumentStore, Kind, OwnedDoc, RawPage};
 
 /// Condition for a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +53,12 @@ impl StoreError {
     pub fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         StoreError::Corrupt(Box::new(e))
     }
+}
+
+/// Etags compare with or without their surrounding quotes (C# adds them, Node copies them
+/// verbatim). Every backend and the domain use this one rule.
+pub fn etag_matches(stored: &str, given: &str) -> bool {
+    stored.trim_matches('"') == given.trim_matches('"')
 }
 
 /// JSON encoding of stored entities, shared by every backend.

@@ -38,6 +38,16 @@ pub async fn start(extra: &str) -> TestServer {
     TestServer { server, dir }
 }
 
+/// [`start`] with an injected clock.
+pub async fn start_with_clock(extra: &str, clock: std::sync::Arc<dyn dps_core::ports::Clock>) -> TestServer {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path(), extra);
+    let listeners = bind(&config).await.expect("bind");
+    let server = Server::start_with_clock(config, listeners, clock).await.expect("server starts");
+    TestServer { server, dir }
+}
+
 pub fn config(dir: &Path, extra: &str) -> Config {
     // Listener tables in `extra` get port 0 added; the others are added here.
     let mut extra = extra.to_owned();

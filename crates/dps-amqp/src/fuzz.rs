@@ -1,0 +1,80 @@
+//! Entry points for fuzzing (the `fuzz/` targets of `cargo fuzz`, and the corpus test that runs
+//! in `cargo test`): each takes arbitrary bytes and drives one pure layer. None may panic.
+
+use base64::Engine as _;
+use fe2o3_amqp::types::messaging::MessageId;
+
+use crate::api::{AuthOutcome, DeviceError, DeviceReply};
+use crate::header;
+use crate::mapping;
+use crate::replay::FrameGuard;
+use crate::sasl::{frame, SaslServer, Step};
+
+/// The header sniff on every prefix of `data`.
+pub fn header_sniff(data: &[u8]) {
+    for n in 0..=data.len().min(16) {
+        let _ = header::sniff(&data[..n]);
+    }
+}
+
+/// A SASL exchange: `data` is what a client sends (SASL frames, back to back); the device
+/// API's answers are picked by the byte after each frame.
+pub fn sasl_exchange(data: &[u8]) {
+    let mut machine = SaslServer::new();
+    let mut rest = data;
+    while let Ok(Some((f, n))) = frame::decode(rest, 8 * 1024) {
+        rest = &rest[n..];
+        let mut step = machine.on_frame(f);
+        while let Step::Authenticate { .. } = step {
+            let pick = rest.first().copied().unwrap_or(0);
+            rest = rest.get(1..).unwrap_or(&[]);
+            let outcome = match pick % 4 {
+                0 => AuthOutcome::Attested,
+                1 => AuthOutcome::Refused(DeviceError::unauthorized("no")),
+                2 => {
+                    let len = usize::from(pick) * 8;
+                    AuthOutcome::Challenge {
+                        authentication_key: base64::engine::general_purpose::STANDARD.encode(vec![0xA5; len]),
+                    }
+                }
+                _ => AuthOutcome::Challenge {
+                    authentication_key: String::from_utf8_lossy(rest.get(..8).unwrap_or(rest)).into_owned(),
+                },
+            };
+            step = machine.on_auth(outcome);
+        }
+        if let Step::Challenge(c) = &step {
+            let f = fe2o3_amqp::frames::sasl::Frame::Challenge(fe2o3_amqp::types::sasl::SaslChallenge {
+                challenge: c.clone().into(),
+            });
+            let encoded = frame::encode(&f).unwrap_or_default();
+            assert!(encoded.len() <= frame::MAX_SERVER_FRAME, "a server SASL frame over 512 bytes");
+        }
+        if matches!(step, Step::Succeeded(_) | Step::Failed { .. }) {
+            break;
+        }
+    }
+}
+
+/// A request message payload through the DPS mapping, and its answer.
+pub fn message_mapping(data: &[u8]) {
+    if let Ok(request) = mapping::decode_request(data) {
+        if let mapping::Operation::Register { body } = &request.operation {
+            let _ = mapping::body_registration_id(body);
+        }
+        let id: Option<MessageId> = request.correlation_id.clone();
+        let _ = mapping::answer(&DeviceReply::Accepted { operation_id: "op".into(), retry_after_secs: 1 }, id.clone());
+        let _ = mapping::answer(&DeviceReply::Error(DeviceError::bad_request("x")), id);
+    }
+    let _ = crate::address::parse_link_address(&String::from_utf8_lossy(data));
+}
+
+/// The AMQP frame guard, fed in two pieces split where the first byte says.
+pub fn frame_guard(data: &[u8]) {
+    let Some((&split, rest)) = data.split_first() else { return };
+    let split = usize::from(split).min(rest.len());
+    let mut g = FrameGuard::new(32 * 1024);
+    if g.check(&rest[..split]).is_ok() {
+        let _ = g.check(&rest[split..]);
+    }
+}

@@ -1,0 +1,35 @@
+//! `dps-amqp`: the DPS device API over AMQP 1.0, on 5671 after TLS and over WebSockets
+//! (`AMQPWSB10`) on 443. docs/amqp.md describes the wire.
+//!
+//! Layers, each testable on its own:
+//! - pure, fuzzed: [`header`] (which protocol header opened the stream), [`sasl::frame`] and
+//!   [`sasl::machine`] (SASL PLAIN and TPM as a state machine), [`address`] (link addresses),
+//!   [`mapping`] (DPS requests and answers as AMQP messages), [`replay::FrameGuard`] (AMQP frame
+//!   boundaries before fe2o3 sees them);
+//! - the driver, [`serve_connection`]: sniff → our async SASL around the machine, or no SASL
+//!   (X.509: the TLS client chain) → `fe2o3-amqp`'s no-SASL acceptor for connection, session and
+//!   links → the device API ([`api`]) for authentication and each request;
+//! - [`ws::WsByteStream`]: a WebSocket as a byte stream, for AMQP and MQTT over WebSockets.
+//!
+//! Invariants: a connection is bounded in time and memory before it authenticates (header and
+//! SASL timeouts, capped SASL frames, capped AMQP frames, one session, a deadline for the first
+//! attach without SASL); every attach and request must name the authenticated registration id
+//! under the connection's ID scope; every failure gets an answer in AMQP's terms and one log line.
+
+pub mod address;
+pub mod api;
+mod connection;
+#[doc(hidden)]
+pub mod fuzz;
+pub mod header;
+pub mod mapping;
+pub mod replay;
+pub mod sasl;
+pub mod ws;
+
+pub use api::{AuthOutcome, Credential, DeviceApi, DeviceError, DeviceReply, DeviceRequest, DeviceSession, Transport};
+pub use connection::{serve_connection, AmqpSettings, ConnectionContext};
+pub use ws::{WsByteStream, WsFrame};
+
+/// The WebSocket sub-protocol of AMQP over WebSockets; the upgrade must echo it exactly.
+pub const WEBSOCKET_PROTOCOL: &str = "AMQPWSB10";

@@ -1,0 +1,371 @@
+//! One connection's view of the device API.
+
+use std::time::{Duration, SystemTime};
+
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use super::{ApiVersion, ConnectionFacts, Credential, DeviceReply, Operation, RegisterBody, Transport};
+use crate::error::{Error, Result, WireError};
+use crate::service::{Attestation, Attested, Services};
+
+/// An authentication this old is re-read from the store before a registration acts on it, so a
+/// long-lived connection does not register through an enrollment that was disabled meanwhile.
+const FRESH: Duration = Duration::from_secs(5);
+
+/// The outcome of connection-level authentication.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AuthOutcome {
+    /// The device is who it says; requests on this session act for it.
+    Attested,
+    /// A TPM device must answer this activation challenge (base64) with a SAS token.
+    Challenge { authentication_key: String },
+    /// Refused; requests on this session get this error (with a fresh tracking id).
+    Refused(WireError),
+}
+
+/// A device authenticated on this connection (or the reason it was not).
+#[derive(Debug)]
+struct Identity {
+    scope: String,
+    registration_id: String,
+    credential: CredentialKey,
+    api_version: Option<ApiVersion>,
+    outcome: Result<(Attested, SystemTime)>,
+}
+
+/// What a credential was, to tell whether a later request presents the same one.
+#[derive(Clone, PartialEq, Eq)]
+enum CredentialKey {
+    Sas(String),
+    ClientCertificate,
+    Tpm,
+}
+
+impl std::fmt::Debug for CredentialKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredentialKey::Sas(_) => f.write_str("Sas(<redacted>)"),
+            CredentialKey::ClientCertificate => f.write_str("ClientCertificate"),
+            CredentialKey::Tpm => f.write_str("Tpm"),
+        }
+    }
+}
+
+impl CredentialKey {
+    fn of(c: &Credential<'_>) -> Self {
+        match c {
+            Credential::Sas(t) => CredentialKey::Sas((*t).to_owned()),
+            Credential::ClientCertificate => CredentialKey::ClientCertificate,
+            Credential::Tpm(_) => CredentialKey::Tpm,
+        }
+    }
+}
+
+/// The device API on one connection. Made by [`Services::device_session`].
+#[derive(Debug)]
+pub struct DeviceSession {
+    services: Services,
+    conn: ConnectionFacts,
+    identity: Option<Identity>,
+}
+
+impl Services {
+    /// Opens the device API for one connection.
+    pub fn device_session(&self, conn: ConnectionFacts) -> DeviceSession {
+        DeviceSession { services: self.clone(), conn, identity: None }
+    }
+}
+
+fn same(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+impl DeviceSession {
+    pub fn transport(&self) -> Transport {
+        self.conn.transport
+    }
+
+    /// The registration id this connection authenticated as, if it did.
+    pub fn registration_id(&self) -> Option<&str> {
+        self.identity.as_ref().filter(|i| i.outcome.is_ok()).map(|i| i.registration_id.as_str())
+    }
+
+    /// The ID scope this connection authenticated under, if it did.
+    pub fn id_scope(&self) -> Option<&str> {
+        self.identity.as_ref().filter(|i| i.outcome.is_ok()).map(|i| i.scope.as_str())
+    }
+
+    /// Connection-level authentication (MQTT CONNECT, AMQP SASL or the TLS client chain):
+    /// later [`DeviceSession::handle`] calls act for this device, or get this refusal.
+    pub async fn authenticate(
+        &mut self,
+        scope: &str,
+        registration_id: &str,
+        api_version: Option<&str>,
+        credential: Credential<'_>,
+    ) -> AuthOutcome {
+        let span = self.span("device_authenticate");
+        span.record("registration_id", registration_id);
+        async {
+            let api_version = match api_version.map(ApiVersion::parse).transpose() {
+                Ok(v) => v,
+                Err(e) => return self.refuse_connection(scope, registration_id, None, &credential, e),
+            };
+            match self.attest(scope, registration_id, credential.clone()).await {
+                Ok(Attestation::Attested(a)) => {
+                    tracing::Span::current().record("instance", a.instance.name.as_str());
+                    tracing::debug!(attestation = a.kind.as_str(), "device authenticated");
+                    let now = self.services.clock.now();
+                    self.identity = Some(Identity {
+                        scope: scope.to_owned(),
+                        registration_id: registration_id.to_owned(),
+                        credential: CredentialKey::of(&credential),
+                        api_version,
+                        outcome: Ok((a, now)),
+                    });
+                    AuthOutcome::Attested
+                }
+                Ok(Attestation::Challenge { authentication_key }) => {
+                    tracing::info!("device challenged (TPM activation)");
+                    self.identity = None;
+                    AuthOutcome::Challenge { authentication_key }
+                }
+                Err(e) => self.refuse_connection(scope, registration_id, api_version, &credential, e),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn refuse_connection(
+        &mut self,
+        scope: &str,
+        registration_id: &str,
+        api_version: Option<ApiVersion>,
+        credential: &Credential<'_>,
+        e: Error,
+    ) -> AuthOutcome {
+        let wire = self.services.wire_error(&e);
+        tracing::info!(status = wire.status, code = wire.error_code, error = %wire.message, "device not authenticated; its requests will be refused");
+        self.identity = Some(Identity {
+            scope: scope.to_owned(),
+            registration_id: registration_id.to_owned(),
+            credential: CredentialKey::of(credential),
+            api_version,
+            outcome: Err(e),
+        });
+        AuthOutcome::Refused(wire)
+    }
+
+    /// A request on a connection that authenticated at connect (MQTT, AMQP).
+    pub async fn handle(&mut self, op: Operation<'_>) -> DeviceReply {
+        let span = self.span("device_request");
+        async {
+            let Some(id) = &self.identity else {
+                return self.reply_error(Error::Unauthorized("the connection has not authenticated a device".into()));
+            };
+            tracing::Span::current().record("registration_id", id.registration_id.as_str());
+            let (attested, at) = match &id.outcome {
+                Ok(a) => a.clone(),
+                Err(e) => {
+                    // Attestation failed at connect: every request gets that error.
+                    let wire = self.services.wire_error(e);
+                    return DeviceReply::Error(wire);
+                }
+            };
+            let api_version = id.api_version.clone();
+            self.run(&attested, at, api_version.as_ref(), op).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A self-contained request (HTTPS): the device's address, api-version and credential
+    /// (`authorization`: the SAS token of the `Authorization` header, if any) with the
+    /// operation. The connection's earlier authentication is reused when the same device
+    /// presents the same credential again.
+    pub async fn request(
+        &mut self,
+        scope: &str,
+        registration_id: &str,
+        api_version: Option<&str>,
+        authorization: Option<&str>,
+        op: Operation<'_>,
+    ) -> DeviceReply {
+        let span = self.span("device_request");
+        span.record("registration_id", registration_id);
+        async {
+            let api_version = match api_version {
+                None => return self.reply_error(Error::Invalid("the api-version query parameter is required".into())),
+                Some(v) => match ApiVersion::parse(v) {
+                    Ok(v) => v,
+                    Err(e) => return self.reply_error(e),
+                },
+            };
+            // The credential: the SAS token if there is one; else a TPM device's keys from the
+            // register body (asking for the challenge); else the TLS client chain.
+            let parsed_body = match op {
+                Operation::Register { body } => match RegisterBody::parse(body) {
+                    Ok(b) => Some(b),
+                    Err(e) => return self.reply_error(e),
+                },
+                _ => None,
+            };
+            if let Some(b) = &parsed_body {
+                if let Err(e) = b.check_registration_id(registration_id) {
+                    return self.reply_error(e);
+                }
+            }
+            let tpm = parsed_body.as_ref().and_then(|b| b.tpm.as_ref());
+            let credential = match (authorization, tpm) {
+                (Some(token), _) => Credential::Sas(token),
+                (None, Some(keys)) => Credential::Tpm(keys),
+                (None, None) => Credential::ClientCertificate,
+            };
+            let key = CredentialKey::of(&credential);
+            let now = self.services.clock.now();
+            let cached = self.identity.as_ref().and_then(|i| {
+                let hit = same(&i.scope, scope) && same(&i.registration_id, registration_id) && i.credential == key;
+                match &i.outcome {
+                    Ok((a, at)) if hit && a.valid_until.is_none_or(|u| u >= now) => Some((a.clone(), *at)),
+                    _ => None,
+                }
+            });
+            let (attested, at) = match cached {
+                Some(hit) => hit,
+                None => match self.attest(scope, registration_id, credential.clone()).await {
+                    Ok(Attestation::Attested(a)) => {
+                        self.identity = Some(Identity {
+                            scope: scope.to_owned(),
+                            registration_id: registration_id.to_owned(),
+                            credential: key,
+                            api_version: Some(api_version.clone()),
+                            outcome: Ok((a.clone(), now)),
+                        });
+                        (a, now)
+                    }
+                    Ok(Attestation::Challenge { authentication_key }) => {
+                        tracing::info!("device challenged (TPM activation)");
+                        return DeviceReply::Challenge { authentication_key, key_name: "registration".into() };
+                    }
+                    Err(e) => return self.reply_error(e),
+                },
+            };
+            match (op, parsed_body) {
+                (Operation::Register { .. }, Some(body)) => {
+                    self.register(&attested, at, Some(&api_version), body).await.unwrap_or_else(|e| self.reply_error(e))
+                }
+                (op, _) => self.run(&attested, at, Some(&api_version), op).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn span(&self, name: &'static str) -> tracing::Span {
+        match name {
+            "device_authenticate" => tracing::info_span!(
+                "device_authenticate",
+                transport = self.conn.transport.as_str(),
+                peer = %self.conn.peer,
+                instance = Empty,
+                registration_id = Empty,
+            ),
+            _ => tracing::info_span!(
+                "device_request",
+                transport = self.conn.transport.as_str(),
+                peer = %self.conn.peer,
+                instance = Empty,
+                registration_id = Empty,
+                operation_id = Empty,
+            ),
+        }
+    }
+
+    async fn attest(&self, scope: &str, registration_id: &str, credential: Credential<'_>) -> Result<Attestation> {
+        let instance = self.services.device_instance(scope, Some(self.conn.tls.negotiated.version)).await?;
+        tracing::Span::current().record("instance", instance.name.as_str());
+        self.services.attest(instance, registration_id, credential, &self.conn.peer_certificates.0).await
+    }
+
+    async fn run(
+        &self,
+        attested: &Attested,
+        at: SystemTime,
+        api_version: Option<&ApiVersion>,
+        op: Operation<'_>,
+    ) -> DeviceReply {
+        tracing::Span::current().record("instance", attested.instance.name.as_str());
+        let result = match op {
+            Operation::Register { body } => match RegisterBody::parse(body) {
+                Ok(body) => match body.check_registration_id(&attested.registration_id) {
+                    Ok(()) => {
+                        return self
+                            .register(attested, at, api_version, body)
+                            .await
+                            .unwrap_or_else(|e| self.reply_error(e))
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
+            Operation::OperationStatus { operation_id } => {
+                tracing::Span::current().record("operation_id", operation_id);
+                self.services.operation_status(attested, operation_id).await.map(DeviceReply::Operation)
+            }
+            Operation::StatusLookup => self.services.device_registration(attested).await.map(DeviceReply::Registration),
+        };
+        result.unwrap_or_else(|e| self.reply_error(e))
+    }
+
+    async fn register(
+        &self,
+        attested: &Attested,
+        at: SystemTime,
+        api_version: Option<&ApiVersion>,
+        body: RegisterBody,
+    ) -> Result<DeviceReply> {
+        let now = self.services.clock.now();
+        let fresh;
+        let attested = if now.duration_since(at).unwrap_or_default() > FRESH {
+            fresh = self
+                .services
+                .refresh(attested)
+                .await?
+                .ok_or_else(|| Error::Unauthorized("the device's enrollment changed; connect again".into()))?;
+            &fresh
+        } else {
+            attested
+        };
+        let tls = crate::tls::facts_json(&self.conn.tls, &self.conn.peer_certificates);
+        let legacy = api_version.is_some_and(ApiVersion::reports_legacy_substatus);
+        let op = self.services.register(attested, body.payload, Some(tls), legacy).await?;
+        tracing::Span::current().record("operation_id", op.operation_id.as_str());
+        tracing::info!(
+            attestation = attested.kind.as_str(),
+            status = ?op.status,
+            hub = op.registration_state.as_ref().and_then(|s| s.assigned_hub.as_deref()).unwrap_or("-"),
+            "device registered"
+        );
+        Ok(DeviceReply::Accepted { operation_id: op.operation_id })
+    }
+
+    /// A request the transport could not read (a malformed topic, say), refused in the DPS
+    /// error shape and logged once.
+    pub fn bad_request(&self, message: String) -> WireError {
+        let wire = self.services.wire(400, 400_000, message);
+        tracing::info!(status = wire.status, code = wire.error_code, error = %crate::device::excerpt(&wire.message, 300), "device request refused");
+        wire
+    }
+
+    /// The reply for a refusal, logged once (5xx with its chain, by `wire_error`; the rest
+    /// briefly at info).
+    fn reply_error(&self, e: Error) -> DeviceReply {
+        let wire = self.services.wire_error(&e);
+        if wire.status < 500 {
+            tracing::info!(status = wire.status, code = wire.error_code, error = %wire.message, "device request refused");
+        }
+        DeviceReply::Error(wire)
+    }
+}

@@ -1,0 +1,273 @@
+//! Device authentication, one function per evidence type behind one entry point
+//! ([`Services::attest`]), (docs/protocol.md, "Authentication").
+//!
+//! An unknown device and a wrong credential get the same answer, so enrollments cannot be
+//! enumerated. Only this module makes an [`Attested`].
+
+use std::time::SystemTime;
+
+use super::Services;
+use crate::device::{Credential, TpmKeys};
+use crate::error::{Error, Result};
+use crate::model::{AttestationType, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, X509CertificateInfo};
+use crate::tls::TlsVersion;
+
+/// The enrollment a device authenticated against.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // short-lived, one per connection; boxing buys nothing
+pub(crate) enum EnrollmentSource {
+    Individual(IndividualEnrollment),
+    Group(EnrollmentGroup),
+}
+
+/// A device whose credential core has checked against its enrollment. Only core makes one.
+#[derive(Clone, Debug)]
+pub struct Attested {
+    pub(crate) instance: Instance,
+    pub(crate) registration_id: String,
+    pub(crate) source: EnrollmentSource,
+    pub(crate) kind: AttestationType,
+    /// For X.509 devices, the leaf's info (returned in `registrationState.x509`).
+    pub(crate) certificate: Option<X509CertificateInfo>,
+    /// When the credential stops being valid (a SAS token's expiry).
+    pub(crate) valid_until: Option<SystemTime>,
+}
+
+impl Attested {
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+
+    pub fn registration_id(&self) -> &str {
+        &self.registration_id
+    }
+
+    pub fn kind(&self) -> AttestationType {
+        self.kind
+    }
+
+    /// The enrollment group the device came through, if any.
+    pub fn group_id(&self) -> Option<&str> {
+        match &self.source {
+            EnrollmentSource::Group(g) => Some(&g.enrollment_group_id),
+            EnrollmentSource::Individual(_) => None,
+        }
+    }
+}
+
+/// The outcome of checking a credential.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per authentication, moved once; boxing buys nothing
+pub(crate) enum Attestation {
+    Attested(Attested),
+    /// The TPM activation challenge (base64 blob) the device must answer.
+    #[allow(dead_code)] // made by TPM attestation, which is being built
+    Challenge {
+        authentication_key: String,
+    },
+}
+
+const DENIED: &str = "the device could not be authenticated";
+
+fn denied() -> Error {
+    Error::Unauthorized(DENIED.into())
+}
+
+impl Services {
+    /// The instance with ID scope `scope`, for a device: an unknown scope is the same 401 as
+    /// any other authentication failure. The connection's TLS version is checked against the
+    /// instance's `minTlsVersion` as soon as the scope is known (docs/tls.md, "minTlsVersion").
+    pub(crate) async fn device_instance(&self, scope: &str, negotiated: Option<TlsVersion>) -> Result<Instance> {
+        let scope = IdScope::parse(scope).map_err(|_| denied())?;
+        let instance = self.store.instance_by_scope(&scope).await?.ok_or_else(denied)?;
+        if let (Some(min), Some(v)) = (instance.min_tls_version, negotiated) {
+            if !min.admits(v) {
+                return Err(Error::Forbidden(format!(
+                    "this DPS instance requires TLS {} or newer (minTlsVersion); the connection uses {v}",
+                    min.as_str()
+                )));
+            }
+        }
+        Ok(instance)
+    }
+
+    /// Checks `credential` for `registration_id` of `instance`. `chain` is the connection's TLS
+    /// client chain (leaf first, DER), used for [`Credential::ClientCertificate`].
+    pub(crate) async fn attest(
+        &self,
+        instance: Instance,
+        registration_id: &str,
+        credential: Credential<'_>,
+        chain: &[Vec<u8>],
+    ) -> Result<Attestation> {
+        crate::model::validate_registration_id(registration_id).map_err(Error::Invalid)?;
+        match credential {
+            Credential::Sas(token) => self.attest_sas(instance, registration_id, token).await,
+            Credential::ClientCertificate if chain.is_empty() => {
+                Err(Error::Unauthorized("the device presented no credential (SAS token or X.509 certificate)".into()))
+            }
+            Credential::ClientCertificate => self.attest_x509(instance, registration_id, chain).await,
+            Credential::Tpm(keys) => self.attest_tpm(instance, registration_id, keys).await,
+        }
+    }
+
+    async fn attest_sas(&self, instance: Instance, registration_id: &str, token: &str) -> Result<Attestation> {
+        let now = self.clock.now();
+        let resource = format!("{}/registrations/{registration_id}", instance.id_scope.as_str());
+        let check = |keys: Vec<String>| self.crypto.verify_sas(token, &resource, &keys, now);
+        let attested = |source, valid_until| {
+            Attestation::Attested(Attested {
+                instance: instance.clone(),
+                registration_id: registration_id.to_owned(),
+                source,
+                kind: AttestationType::SymmetricKey,
+                certificate: None,
+                valid_until,
+            })
+        };
+        // Token-level problems (expired, wrong resource) are said; which key failed is not.
+        if let Some(e) = self.store.enrollment(&instance.name, registration_id).await? {
+            if let Some(k) =
+                e.attestation.symmetric_key.as_ref().filter(|_| e.attestation.kind == AttestationType::SymmetricKey)
+            {
+                let keys = [&k.primary_key, &k.secondary_key].into_iter().flatten().cloned().collect();
+                if let Some(until) = check(keys).map_err(|e| Error::Unauthorized(e.to_string()))? {
+                    return Ok(attested(EnrollmentSource::Individual(e), Some(until)));
+                }
+            }
+        }
+        let mut token_error = None;
+        for g in self.all_groups(&instance).await? {
+            let Some(k) =
+                g.attestation.symmetric_key.as_ref().filter(|_| g.attestation.kind == AttestationType::SymmetricKey)
+            else {
+                continue;
+            };
+            let keys: Vec<String> = [&k.primary_key, &k.secondary_key]
+                .into_iter()
+                .flatten()
+                .filter_map(|gk| self.crypto.derive_key(gk, registration_id))
+                .collect();
+            match check(keys) {
+                Ok(Some(until)) => return Ok(attested(EnrollmentSource::Group(g), Some(until))),
+                Ok(None) => {}
+                Err(e) => token_error = Some(e),
+            }
+        }
+        if let Some(e) = token_error {
+            return Err(Error::Unauthorized(e.to_string()));
+        }
+        // One more check so a malformed token is named even with no enrollments at all.
+        check(Vec::new()).map_err(|e| Error::Unauthorized(e.to_string()))?;
+        Err(denied())
+    }
+
+    async fn attest_x509(&self, instance: Instance, registration_id: &str, chain: &[Vec<u8>]) -> Result<Attestation> {
+        let now = self.clock.now();
+        let leaf = chain.first().ok_or_else(denied)?;
+        let facts = self.crypto.leaf(leaf, now).map_err(|_| denied())?;
+        if !facts.common_name.eq_ignore_ascii_case(registration_id) {
+            return Err(Error::Unauthorized(format!(
+                "the certificate's subject CN {:?} is not the registration id {registration_id:?}",
+                crate::device::excerpt(&facts.common_name, 130)
+            )));
+        }
+        if !facts.time_valid {
+            return Err(Error::Unauthorized("the device certificate is expired or not yet valid".into()));
+        }
+        let attested = |source, info| {
+            Attestation::Attested(Attested {
+                instance: instance.clone(),
+                registration_id: registration_id.to_owned(),
+                source,
+                kind: AttestationType::X509,
+                certificate: Some(info),
+                valid_until: None,
+            })
+        };
+        if let Some(e) = self.store.enrollment(&instance.name, registration_id).await? {
+            let matches = e.attestation.kind == AttestationType::X509
+                && e.attestation.x509.as_ref().and_then(|x| x.client_certificates.as_ref()).is_some_and(|set| {
+                    set.slots().into_iter().flatten().any(|c| {
+                        c.info
+                            .as_ref()
+                            .is_some_and(|i| i.sha256_thumbprint.eq_ignore_ascii_case(&facts.sha256_thumbprint))
+                    })
+                });
+            if matches {
+                return Ok(attested(EnrollmentSource::Individual(e), facts.info));
+            }
+        }
+        // Groups: the one whose CA vouches for the certificate closest to the leaf wins (the
+        // first intermediate, then the next one up; docs/protocol.md, "X.509").
+        let mut best: Option<(usize, EnrollmentGroup)> = None;
+        for g in self.all_groups(&instance).await? {
+            if g.attestation.kind != AttestationType::X509 {
+                continue;
+            }
+            let Some(x) = &g.attestation.x509 else { continue };
+            let mut anchors: Vec<String> = Vec::new();
+            if let Some(set) = &x.signing_certificates {
+                anchors.extend(set.slots().into_iter().flatten().filter_map(|c| c.certificate.clone()));
+            }
+            if let Some(refs) = &x.ca_references {
+                for name in [&refs.primary, &refs.secondary].into_iter().flatten() {
+                    // Only CAs verified by proof of possession count.
+                    if let Some(ca) = self.store.certificate(&instance.name, name).await?.filter(|c| c.is_verified) {
+                        anchors.push(ca.certificate);
+                    }
+                }
+            }
+            let depth = anchors.iter().filter_map(|a| self.crypto.chain_depth(chain, a, now)).min();
+            if let Some(d) = depth {
+                if best.as_ref().is_none_or(|(bd, _)| d < *bd) {
+                    best = Some((d, g));
+                }
+            }
+        }
+        if let Some((_, g)) = best {
+            return Ok(attested(EnrollmentSource::Group(g), facts.info));
+        }
+        Err(denied())
+    }
+
+    async fn attest_tpm(&self, instance: Instance, registration_id: &str, _keys: &TpmKeys) -> Result<Attestation> {
+        // Unknown registration ids are refused as every other failure.
+        let _ = (instance, registration_id);
+        Err(Error::Unauthorized("TPM attestation is not available on this server yet".into()))
+    }
+
+    pub(crate) async fn all_groups(&self, instance: &Instance) -> Result<Vec<EnrollmentGroup>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.store.groups(&instance.name, token.as_deref(), 1000).await?;
+            out.extend(page.items);
+            match page.continuation {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The enrollment of an attested device as it is now in the store (a connection may live
+    /// longer than an enrollment stays unchanged): `None` when it is gone or no longer the kind
+    /// the device attested with.
+    pub(crate) async fn refresh(&self, a: &Attested) -> Result<Option<Attested>> {
+        let source = match &a.source {
+            EnrollmentSource::Individual(old) => self
+                .store
+                .enrollment(&a.instance.name, &a.registration_id)
+                .await?
+                .filter(|e| e.attestation == old.attestation)
+                .map(EnrollmentSource::Individual),
+            EnrollmentSource::Group(g) => self
+                .store
+                .group(&a.instance.name, &g.enrollment_group_id)
+                .await?
+                .filter(|n| n.attestation == g.attestation)
+                .map(EnrollmentSource::Group),
+        };
+        Ok(source.map(|source| Attested { source, ..a.clone() }))
+    }
+}

@@ -1,0 +1,108 @@
+//! Who is calling the service and management APIs (docs/protocol.md, "Service API
+//! authentication"): a SAS token signed by one of an instance's shared access policies, or the
+//! management API's bearer credential.
+
+use super::Services;
+use crate::error::{Error, Result};
+use crate::model::{AccessRight, Instance};
+
+/// Compares secrets in constant time (lengths compared first, which leaks only the length).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+fn unauthorized(m: impl Into<String>) -> Error {
+    Error::Unauthorized(m.into())
+}
+
+impl Services {
+    /// Authenticates a service API call (`authorization`: the `Authorization` header) for
+    /// `right`, and resolves the instance it addresses.
+    ///
+    /// The instance is the one whose name prefixes the addressed host (`mydps.example.com`), or
+    /// else the one whose policy key signed the token: connection strings printed by opendps
+    /// carry the server's address, shared by every instance, so the key is what tells
+    /// instances apart. The token's resource must be one of this server's own host names (or
+    /// `{instance}.…`), never merely the `Host` the client chose to send.
+    pub async fn service_caller(
+        &self,
+        authorization: Option<&str>,
+        host: &str,
+        right: AccessRight,
+    ) -> Result<Instance> {
+        let token = authorization
+            .ok_or_else(|| unauthorized("the request has no Authorization header (SharedAccessSignature)"))?;
+        let claims = self.crypto.sas_claims(token, self.clock.now()).map_err(|e| unauthorized(e.to_string()))?;
+        let skn = claims.key_name.clone().unwrap_or_default();
+        let host = host.to_ascii_lowercase();
+        let resource = claims.resource.to_ascii_lowercase();
+        let resource_host = resource.split('/').next().unwrap_or("").to_owned();
+        let instances = self.store.instances().await?;
+        let named =
+            |i: &Instance, h: &str| h.strip_prefix(&i.name.to_ascii_lowercase()).is_some_and(|r| r.starts_with('.'));
+        let by_host: Vec<&Instance> = instances.iter().filter(|i| named(i, &host)).collect();
+        let candidates: Vec<&Instance> = if by_host.is_empty() { instances.iter().collect() } else { by_host };
+        for inst in candidates {
+            let Some(policy) = inst.authorization_policies.iter().find(|p| p.key_name.eq_ignore_ascii_case(&skn))
+            else {
+                continue;
+            };
+            // Both keys are tried, so timing does not tell which one matched.
+            let primary = self.crypto.sas_signed_with(token, &policy.primary_key);
+            let secondary = self.crypto.sas_signed_with(token, &policy.secondary_key);
+            if !(primary | secondary) {
+                continue;
+            }
+            let own_host = named(inst, &resource_host) || self.host_names.contains(&resource_host);
+            if !own_host {
+                return Err(unauthorized(format!(
+                    "the SAS token is for {:?}, which is not a host name of this service",
+                    crate::device::excerpt(&resource_host, 100)
+                )));
+            }
+            if !policy.rights.contains(&right) {
+                return Err(unauthorized(format!(
+                    "shared access policy {} does not have the {} right",
+                    policy.key_name,
+                    right.as_str()
+                )));
+            }
+            return Ok(inst.clone());
+        }
+        Err(unauthorized("the SAS token was not signed by a shared access policy of this service"))
+    }
+
+    /// Checks the management API's bearer credential (`authorization`: the `Authorization`
+    /// header; the scheme is case-insensitive).
+    pub fn check_admin(&self, authorization: Option<&str>) -> Result<()> {
+        let given = authorization
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .ok_or_else(|| {
+                unauthorized("the management API needs Authorization: Bearer <admin token> (opendps reads it from the data directory)")
+            })?;
+        match &self.admin_token {
+            Some(t) if ct_eq(given.as_bytes(), t.as_bytes()) => Ok(()),
+            _ => Err(unauthorized("the admin token is not valid")),
+        }
+    }
+
+    /// Every instance (management API listing).
+    pub async fn instances(&self) -> Result<Vec<Instance>> {
+        Ok(self.store.instances().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ct_eq;
+
+    #[test]
+    fn constant_time_equality() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+    }
+}
