@@ -12,7 +12,8 @@ fn hex_upper(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02X}")).collect()
 }
 
-/// Reads PEM, or base64 DER without armour (both forms appear in DPS APIs).
+/// Reads PEM, base64 DER without armour, or base64 of the PEM text (what the Node and Python
+/// service SDKs send when handed a PEM file): all three appear in DPS APIs.
 pub fn load(text: &str) -> Result<X509, CertificateError> {
     let t = text.trim();
     if t.starts_with("-----BEGIN") {
@@ -20,6 +21,9 @@ pub fn load(text: &str) -> Result<X509, CertificateError> {
     }
     let compact: String = t.chars().filter(|c| !c.is_whitespace()).collect();
     let der = dps_core::base64::decode(&compact).ok_or(CertificateError::NotEncoded)?;
+    if der.trim_ascii_start().starts_with(b"-----BEGIN") {
+        return X509::from_pem(der.trim_ascii()).map_err(|_| CertificateError::BadPem);
+    }
     X509::from_der(&der).map_err(|_| CertificateError::BadDer)
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use dps_core::tls::{Group, ProfileName};
 
+pub mod env;
 pub mod raw;
 
 /// Default data directory (`/var/lib/opendps`). Override with `--data-dir` or `data_dir`.
@@ -221,18 +222,67 @@ impl fmt::Display for Problems<'_> {
     }
 }
 
+/// The config file read when no `--config` is given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/opendps/opendps.toml";
+
 impl Config {
     /// Reads `path` (if given), applies `overrides`, validates once.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let raw = match path {
+        Config::load_with_env(path, std::iter::empty(), overrides)
+    }
+
+    /// Reads `path` (if given), applies the `OPENDPS_SECTION__KEY` variables among `vars`
+    /// (see [`env`]), then `overrides`, and validates once: problems of the variables and of
+    /// the values are reported together, each naming its key and, if it set it, the variable.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
             Some(p) => {
                 let text =
                     std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
-                raw::Raw::parse(&text).map_err(|source| ConfigError::Parse { path: p.to_owned(), source })?
+                // Parsed once as the schema, for errors with line and column.
+                raw::Raw::parse(&text).map_err(|source| ConfigError::Parse { path: p.to_owned(), source })?;
+                Some((p, text))
             }
-            None => raw::Raw::default(),
+            None => None,
         };
-        Config::from_raw(raw.with_overrides(overrides))
+        let settings = env::settings(vars);
+        if settings.is_empty() {
+            let raw = match &text {
+                Some((p, t)) => {
+                    raw::Raw::parse(t).map_err(|source| ConfigError::Parse { path: p.to_path_buf(), source })?
+                }
+                None => raw::Raw::default(),
+            };
+            return Config::from_raw(raw.with_overrides(overrides));
+        }
+        let table = match &text {
+            Some((p, t)) => {
+                t.parse::<toml::Table>().map_err(|source| ConfigError::Parse { path: p.to_path_buf(), source })?
+            }
+            None => toml::Table::new(),
+        };
+        let (table, mut problems) = env::apply(table, &settings);
+        let raw: raw::Raw = match toml::Value::Table(table).try_into() {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(Problem { path: "environment".into(), message: e.message().to_owned() });
+                raw::Raw::default()
+            }
+        };
+        match Config::from_raw(raw.with_overrides(overrides)) {
+            Ok(c) if problems.is_empty() => Ok(c),
+            Ok(_) => Err(ConfigError::Invalid(problems)),
+            Err(ConfigError::Invalid(mut more)) => {
+                env::attribute(&mut more, &settings);
+                problems.extend(more);
+                Err(ConfigError::Invalid(problems))
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// Validates a raw configuration, collecting every problem.

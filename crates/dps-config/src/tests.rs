@@ -101,3 +101,71 @@ fn same_port_twice_is_refused() {
     let p = invalid("[https]\nport = 9000\n[mqtt]\nport = 9000\n");
     assert_eq!(p[0].path, "mqtt.port");
 }
+
+fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+#[test]
+fn environment_sets_every_kind_of_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[https]\nport = 8443\n[tls]\nprofile = \"dps-recommended\"\n").expect("write");
+    let env = vars(&[
+        ("OPENDPS_HTTPS__PORT", "9443"),
+        ("OPENDPS_TLS__TLS13", "true"),
+        ("OPENDPS_TLS__GROUPS", "P-384,P-256"),
+        ("OPENDPS_TLS__BUILTIN__DNS_NAMES", "[\"dps.example.com\"]"),
+        ("OPENDPS_SERVICE__PUBLIC_HOST", "1.2"),
+        ("OPENDPS_LOG__FILTER", "opendps=debug"),
+        // Not configuration keys: ignored.
+        ("OPENDPS_LOG", "warn"),
+        ("OPENDPS_BIN", "/x"),
+        ("PATH", "/bin"),
+    ]);
+    let o = Overrides { mqtt_port: Some(1883), ..Overrides::default() };
+    let c = Config::load_with_env(Some(&file), env, &o).expect("valid");
+    assert_eq!(c.https.port, 9443, "environment beats the file");
+    assert_eq!(c.mqtt.port, 1883, "flags beat the environment");
+    assert_eq!(c.https.tls.profile, ProfileName::Recommended, "the file's other keys stay");
+    assert!(c.https.tls.tls13);
+    assert_eq!(c.tls.groups, vec![Group::P384, Group::P256]);
+    assert_eq!(c.service.public_host, "1.2", "text where the key is text");
+    assert_eq!(c.log.filter, "opendps=debug");
+    let CertificateSource::BuiltIn(b) = &c.tls.certificate else { panic!("built-in CA") };
+    assert_eq!(b.dns_names, ["dps.example.com"]);
+    // A key of a section with one key.
+    let c = Config::load_with_env(None, vars(&[("OPENDPS_LISTEN__ADDRESS", "127.0.0.5")]), &Overrides::default())
+        .expect("valid");
+    assert_eq!(c.https.address.to_string(), "127.0.0.5");
+}
+
+#[test]
+fn environment_problems_name_the_variable_in_one_pass() {
+    let env = vars(&[
+        ("OPENDPS_TLS__PROFILEX", "dps-recommended"),
+        ("OPENDPS_HTTPS__PORT", "eighty"),
+        ("OPENDPS_TLS__PROFILE", "modern"),
+        ("OPENDPS_NOSUCH__KEY", "1"),
+    ]);
+    let raw_file = "[tls]\nhandshake_timeout = \"soon\"\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, raw_file).expect("write");
+    let Err(ConfigError::Invalid(p)) = Config::load_with_env(Some(&file), env, &Overrides::default()) else {
+        panic!("expected problems")
+    };
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "OPENDPS_HTTPS__PORT (https.port)",
+            "OPENDPS_NOSUCH__KEY (nosuch.key)",
+            "OPENDPS_TLS__PROFILEX (tls.profilex)",
+            "tls.profile (OPENDPS_TLS__PROFILE)",
+            "tls.handshake_timeout",
+        ],
+        "{p:#?}"
+    );
+    assert!(p[2].message.contains("unknown field"), "{}", p[2].message);
+}

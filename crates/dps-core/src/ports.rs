@@ -29,11 +29,11 @@ pub struct ParsedCertificate {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CertificateError {
-    #[error("the certificate is neither PEM nor base64 DER")]
+    #[error("the certificate is neither PEM nor base64 (of DER or of the PEM text)")]
     NotEncoded,
     #[error("the PEM does not hold a valid X.509 certificate")]
     BadPem,
-    #[error("the data is not a DER X.509 certificate")]
+    #[error("the base64 data is neither a DER X.509 certificate nor PEM text")]
     BadDer,
     #[error("the certificate cannot be read: {0}")]
     Unreadable(String),
@@ -45,7 +45,7 @@ pub enum CertificateError {
 
 /// X.509 parsing and signature checks (implemented with OpenSSL's crypto in `dps-attest`).
 pub trait X509Inspector: Send + Sync + std::fmt::Debug {
-    /// Parses a PEM certificate, or base64 DER without armour.
+    /// Parses a PEM certificate, base64 DER without armour, or base64 of the PEM text.
     fn parse(&self, pem_or_base64: &str) -> Result<ParsedCertificate, CertificateError>;
     /// Whether `leaf` carries a valid signature by `issuer`'s key.
     fn is_signed_by(&self, leaf_pem: &str, issuer_pem: &str) -> bool;

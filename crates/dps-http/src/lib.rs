@@ -17,6 +17,8 @@
 pub mod device_api;
 pub mod error;
 pub mod management;
+pub mod openapi;
+pub mod routes;
 pub mod service_api;
 pub mod websocket;
 
@@ -176,6 +178,7 @@ impl HttpService {
         let ws = Arc::new(websocket::WsRoutes::new(ws_routes));
         let router = Router::new()
             .route("/health", get(health))
+            .route("/openapi.yaml", get(openapi::serve))
             .route("/$iothub/websocket", get(websocket::upgrade))
             .route("/", get(websocket::upgrade))
             .fallback(dispatch)

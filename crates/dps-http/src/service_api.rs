@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dps_core::model::{AccessRight, EnrollmentGroup, IndividualEnrollment, Instance, RegistrationRecord};
+use dps_core::service::query::Query;
 use dps_core::service::{BulkMode, BulkResult};
 use dps_core::store::Page;
 use serde_json::Value;
@@ -24,16 +25,33 @@ pub const SERVICE_API_VERSIONS: &[&str] = &[
     "2021-11-01-preview",
     "2025-07-01-preview",
     "2026-04-01",
+    "2026-11-01",
 ];
 
 pub(crate) fn check_api_version(req: &Request, known: &[&str]) -> ApiResult<()> {
     match req.query("api-version") {
         None => Err(ApiError::bad_request("the api-version query parameter is required")),
         Some(v) if known.iter().any(|k| k.eq_ignore_ascii_case(v)) => Ok(()),
+        Some(v) if !well_formed_api_version(v) => Err(ApiError::bad_request(format!(
+            "api-version {v:?} is not a valid api-version (YYYY-MM-DD or YYYY-MM-DD-preview); supported: {}",
+            known.join(", ")
+        ))),
         Some(v) => {
             Err(ApiError::bad_request(format!("api-version {v} is not supported; supported: {}", known.join(", "))))
         }
     }
+}
+
+/// `YYYY-MM-DD` or `YYYY-MM-DD-<letters and digits>` (no slicing: the text is the client's).
+fn well_formed_api_version(v: &str) -> bool {
+    let (date, tag) = match v.char_indices().nth(10) {
+        None => (v, None),
+        Some((i, '-')) => (v.get(..i).unwrap_or(""), v.get(i + 1..)),
+        Some(_) => return false,
+    };
+    let date_ok = date.len() == 10
+        && date.char_indices().all(|(i, c)| if i == 4 || i == 7 { c == '-' } else { c.is_ascii_digit() });
+    date_ok && tag.is_none_or(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(req: &Request, what: &str) -> ApiResult<T> {
@@ -74,22 +92,19 @@ fn paging(req: &Request) -> ApiResult<(Option<String>, usize)> {
     Ok((req.header("x-ms-continuation").filter(|c| !c.is_empty()).map(str::to_owned), max))
 }
 
-/// Checks a query body: only `SELECT * FROM <collection>` is supported; anything else (a
-/// `WHERE` clause, another collection) is refused rather than silently answered unfiltered.
-fn check_query(req: &Request, collection: &str) -> ApiResult<()> {
-    if req.body.is_empty() {
-        return Ok(());
+/// The query of a query specification body (`{"query": "..."}`; no body or no `query` means
+/// every item). Forms and `WHERE` support: `dps_core::service::query`.
+fn parse_query(req: &Request) -> ApiResult<Query> {
+    if req.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Query::parse("*")?);
     }
     let v: Value = json_body(req, "query specification")?;
-    let q = v.get("query").and_then(Value::as_str).unwrap_or("SELECT *");
-    let norm = q.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_lowercase();
-    if norm == "select *" || norm == format!("select * from {collection}") {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "query {q:?} is not supported; this server answers SELECT * FROM {collection} (no WHERE clause), paged"
-        )))
-    }
+    let q = match v.get("query") {
+        None | Some(Value::Null) => "*",
+        Some(Value::String(q)) => q.as_str(),
+        Some(other) => return Err(ApiError::bad_request(format!("query must be a string, got {other}"))),
+    };
+    Ok(Query::parse(q)?)
 }
 
 /// The service view of a registration: its state plus the TLS facts of the connection that registered.
@@ -148,9 +163,9 @@ async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Res
         }
         ("enrollments", 2, &Method::POST) if seg[1] == "query" => {
             let inst = right(AccessRight::EnrollmentRead).await?;
-            check_query(req, "enrollments")?;
+            let query = parse_query(req)?;
             let (cont, max) = paging(req)?;
-            let page = s.enrollments(&inst, cont.as_deref(), max).await?;
+            let page = s.query_enrollments(&inst, &query, cont.as_deref(), max).await?;
             let page = Page {
                 items: page.items.iter().map(IndividualEnrollment::redacted).collect(),
                 continuation: page.continuation,
@@ -166,7 +181,8 @@ async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Res
             let inst = right(AccessRight::EnrollmentWrite).await?;
             let body: IndividualEnrollment = json_body(req, "individual enrollment")?;
             let e = s.put_enrollment(&inst, id.unwrap_or(""), body, if_match).await?;
-            Ok(with_etag(Json(e.redacted()).into_response(), e.etag.as_deref()))
+            // As DPS: the PUT response carries the symmetric keys it stored (generated or given).
+            Ok(with_etag(Json(e.written()).into_response(), e.etag.as_deref()))
         }
         ("enrollments", 2, &Method::DELETE) => {
             let inst = right(AccessRight::EnrollmentWrite).await?;
@@ -186,9 +202,9 @@ async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Res
         }
         ("enrollmentgroups", 2, &Method::POST) if seg[1] == "query" => {
             let inst = right(AccessRight::EnrollmentRead).await?;
-            check_query(req, "enrollmentgroups")?;
+            let query = parse_query(req)?;
             let (cont, max) = paging(req)?;
-            let page = s.groups(&inst, cont.as_deref(), max).await?;
+            let page = s.query_groups(&inst, &query, cont.as_deref(), max).await?;
             let page = Page {
                 items: page.items.iter().map(EnrollmentGroup::redacted).collect(),
                 continuation: page.continuation,
@@ -204,7 +220,7 @@ async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Res
             let inst = right(AccessRight::EnrollmentWrite).await?;
             let body: EnrollmentGroup = json_body(req, "enrollment group")?;
             let g = s.put_group(&inst, id.unwrap_or(""), body, if_match).await?;
-            Ok(with_etag(Json(g.redacted()).into_response(), g.etag.as_deref()))
+            Ok(with_etag(Json(g.written()).into_response(), g.etag.as_deref()))
         }
         ("enrollmentgroups", 2, &Method::DELETE) => {
             let inst = right(AccessRight::EnrollmentWrite).await?;
@@ -267,4 +283,18 @@ fn bulk_items<T: serde::de::DeserializeOwned>(v: &Value, field: &str) -> ApiResu
         .ok_or_else(|| ApiError::bad_request(format!("the bulk operation needs {field}")))?;
     let items: Vec<T> = serde_json::from_value(items).map_err(|e| ApiError::bad_request(format!("{field}: {e}")))?;
     Ok((mode, items))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn api_version_shape() {
+        for ok in ["2021-10-01", "2025-07-01-preview", "2026-11-01"] {
+            assert!(super::well_formed_api_version(ok), "{ok}");
+        }
+        for bad in ["", "2021-10-1", "2021/10/01", "2021-10-01-", "2021-10-01x", "2021-10-0é-preview", "éééééééééééé"]
+        {
+            assert!(!super::well_formed_api_version(bad), "{bad}");
+        }
+    }
 }

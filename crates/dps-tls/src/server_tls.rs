@@ -107,7 +107,7 @@ impl ServerTls {
             .collect::<Result<Vec<_>, _>>()?;
         tracing::info!(
             sha256 = %creds.fingerprint(),
-            not_after = creds.not_after_unix(),
+            not_after = %rfc3339(creds.not_after_unix()),
             source = source.kind(),
             "server certificate loaded"
         );
@@ -181,7 +181,7 @@ impl ServerTls {
         }
         tracing::info!(
             sha256 = %creds.fingerprint(),
-            not_after = creds.not_after_unix(),
+            not_after = %rfc3339(creds.not_after_unix()),
             source = self.source.kind(),
             "server certificate rolled"
         );
@@ -256,3 +256,9 @@ impl CredentialSource {
 }
 
 pub use dps_core::error::DisplayChain;
+
+/// A Unix time as an RFC 3339 UTC timestamp, for log lines.
+fn rfc3339(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    dps_core::time::format_utc(t)
+}

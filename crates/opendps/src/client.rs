@@ -2,7 +2,7 @@
 //! server's root CA, with the admin token (management API) or a SAS token (service API).
 //! It never opens the store.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,13 +47,23 @@ impl Target {
             }
             _ => (server.trim_matches(['[', ']']).to_owned(), 443),
         };
-        let ip = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => ip,
-            Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
-                .with_context(|| format!("cannot resolve {host}"))?
-                .next()
-                .ok_or_else(|| anyhow!("{host} has no address"))?
-                .ip(),
+        let (ip, host) = match host.parse::<std::net::IpAddr>() {
+            // A server listening on every address (0.0.0.0 or ::) is reached through loopback,
+            // and its certificate is checked for that loopback address (the built-in CA always
+            // puts 127.0.0.1 and ::1 on the server certificate).
+            Ok(ip) if ip.is_unspecified() => {
+                let lo = loopback_for(ip);
+                (lo, lo.to_string())
+            }
+            Ok(ip) => (ip, host),
+            Err(_) => (
+                std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+                    .with_context(|| format!("cannot resolve {host}"))?
+                    .next()
+                    .ok_or_else(|| anyhow!("{host} has no address"))?
+                    .ip(),
+                host,
+            ),
         };
         let ca: PathBuf = ca_file.map(Path::to_owned).unwrap_or_else(|| data_dir.join("pki/root.pem"));
         let root_pem = std::fs::read(&ca).ok();
@@ -62,6 +72,14 @@ impl Target {
             None => std::fs::read_to_string(data_dir.join("admin.token")).ok().map(|t| t.trim().to_owned()),
         };
         Ok(Target { addr: SocketAddr::new(ip, port), server_name: host, root_pem, admin_token })
+    }
+}
+
+/// The loopback address of the same family as an unspecified listen address.
+pub fn loopback_for(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
     }
 }
 
@@ -84,7 +102,12 @@ pub async fn request(
 ) -> anyhow::Result<Reply> {
     let stream = dps_tls::client::connect(t.addr, &t.server_name, t.root_pem.as_deref())
         .await
-        .with_context(|| format!("cannot reach the server at {}", t.addr))?;
+        .with_context(|| {
+            format!(
+                "cannot reach the server at {} (certificate name {}); if it serves a certificate of your own, pass --server with a name on it",
+                t.addr, t.server_name
+            )
+        })?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("HTTP handshake")?;
     tokio::spawn(async move {

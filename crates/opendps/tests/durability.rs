@@ -56,7 +56,7 @@ fn acknowledged_enrollment_writes_survive_kill_9() {
     let data = dir.path().to_str().unwrap().to_owned();
     let args = ["--data-dir", data.as_str(), "--listen-address", "127.0.0.1", "--https-port", "0", "--mqtt-port", "0"];
     let mut server = serve(&args);
-    let cs = server.banner_value("service connection string").expect("connection string");
+    let cs = common::connection_string(&data);
     let key = cs.split("SharedAccessKey=").nth(1).unwrap().to_owned();
     let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
     let token = dps_attest::sas::make_token("127.0.0.1", &key, expiry, Some("provisioningserviceowner")).unwrap();

@@ -87,9 +87,10 @@ pub struct SymmetricKeyAttestation {
     pub secondary_key: Option<String>,
 }
 
-/// `X509CertificateInfo` (read-only, computed by the service).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// `X509CertificateInfo` (read-only, computed by the service). Every field defaults, so a
+/// client that sends back part of it (a GET-modify-PUT) is not refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct X509CertificateInfo {
     pub subject_name: String,
     pub sha1_thumbprint: String,
@@ -252,7 +253,22 @@ pub struct EnrollmentGroup {
     pub extra: Map<String, Value>,
 }
 
+impl AttestationMechanism {
+    /// What create and update (PUT) responses carry, as DPS returns them: the symmetric keys
+    /// (generated or given), certificate `info` without the certificate bodies.
+    pub fn written(&self) -> AttestationMechanism {
+        let mut a = self.redacted();
+        a.symmetric_key.clone_from(&self.symmetric_key);
+        a
+    }
+}
+
 impl IndividualEnrollment {
+    /// The PUT response view: symmetric keys kept, certificate bodies removed.
+    pub fn written(&self) -> IndividualEnrollment {
+        IndividualEnrollment { attestation: self.attestation.written(), ..self.clone() }
+    }
+
     /// The response view: secrets and certificate bodies removed.
     pub fn redacted(&self) -> IndividualEnrollment {
         IndividualEnrollment { attestation: self.attestation.redacted(), ..self.clone() }
@@ -260,6 +276,11 @@ impl IndividualEnrollment {
 }
 
 impl EnrollmentGroup {
+    /// The PUT response view: symmetric keys kept, certificate bodies removed.
+    pub fn written(&self) -> EnrollmentGroup {
+        EnrollmentGroup { attestation: self.attestation.written(), ..self.clone() }
+    }
+
     pub fn redacted(&self) -> EnrollmentGroup {
         EnrollmentGroup { attestation: self.attestation.redacted(), ..self.clone() }
     }

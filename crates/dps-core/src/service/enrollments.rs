@@ -1,11 +1,12 @@
 //! Individual enrollments, enrollment groups and registration states (service API, §5).
 
+use super::query::Query;
 use super::Services;
 use crate::error::{Error, Result};
 use crate::model::{
     validate_group_id, validate_registration_id, AttestationMechanism, AttestationType, Capabilities, EnrollmentGroup,
     IndividualEnrollment, Instance, ProvisioningStatus, RegistrationRecord, ReprovisionPolicy, SymmetricKeyAttestation,
-    X509Certificates,
+    X509CertificateInfo, X509Certificates,
 };
 use crate::store::{Page, Precondition, StoreError};
 
@@ -42,6 +43,51 @@ pub struct BulkError {
 pub struct BulkResult {
     pub is_successful: bool,
     pub errors: Vec<BulkError>,
+}
+
+/// Pages through a store collection, keeping the documents that match `query`, until `limit`
+/// are found or the collection ends. The continuation is the store's: the (lower-cased) id of
+/// the last document looked at, so the next page resumes right after it.
+type PageFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<Page<T>, StoreError>> + Send + 'a>>;
+
+async fn filtered<'a, T, F>(
+    query: &Query,
+    continuation: Option<&str>,
+    limit: usize,
+    id: impl Fn(&T) -> String,
+    fetch: F,
+) -> Result<Page<T>>
+where
+    T: serde::Serialize,
+    F: Fn(Option<String>, usize) -> PageFuture<'a, T>,
+{
+    let limit = limit.clamp(1, 1000);
+    if query.filter.is_none() {
+        return Ok(fetch(continuation.map(str::to_owned), limit).await?);
+    }
+    let mut items = Vec::new();
+    let mut cursor = continuation.map(str::to_owned);
+    loop {
+        let page = fetch(cursor.clone(), limit).await?;
+        let count = page.items.len();
+        for (i, item) in page.items.into_iter().enumerate() {
+            let doc = serde_json::to_value(&item).unwrap_or(serde_json::Value::Null);
+            if !query.matches(&doc) {
+                continue;
+            }
+            let last = id(&item).to_ascii_lowercase();
+            items.push(item);
+            if items.len() == limit {
+                let more = i + 1 < count || page.continuation.is_some();
+                return Ok(Page { items, continuation: more.then_some(last) });
+            }
+        }
+        match page.continuation {
+            Some(c) => cursor = Some(c),
+            None => return Ok(Page { items, continuation: None }),
+        }
+    }
 }
 
 /// Most items one bulk call may carry (dps-protocol.md §8).
@@ -86,6 +132,17 @@ fn validate_device_id(id: &str) -> Result<()> {
     }
 }
 
+/// Whether two certificate infos describe the same certificate: same SHA-256 or SHA-1 thumbprint,
+/// or the same serial number from the same issuer (compared without case and separators).
+fn same_certificate(a: Option<&X509CertificateInfo>, b: Option<&X509CertificateInfo>) -> bool {
+    let (Some(a), Some(b)) = (a, b) else { return false };
+    let norm = |s: &str| s.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_ascii_uppercase();
+    let same = |x: &str, y: &str| !norm(x).is_empty() && norm(x) == norm(y);
+    same(&a.sha256_thumbprint, &b.sha256_thumbprint)
+        || same(&a.sha1_thumbprint, &b.sha1_thumbprint)
+        || (same(&a.serial_number, &b.serial_number) && a.issuer_name.eq_ignore_ascii_case(&b.issuer_name))
+}
+
 impl Services {
     /// Fills symmetric keys (carried over from `old`, or generated), validates given ones.
     fn prepare_symmetric(&self, a: &mut AttestationMechanism, old: Option<&AttestationMechanism>) -> Result<()> {
@@ -123,7 +180,10 @@ impl Services {
             let which = if i == 0 { "primary" } else { "secondary" };
             let Some(cert) = slot else { continue };
             if cert.certificate.is_none() {
-                if let Some(prev) = old_slots[i].as_ref().filter(|p| p.info.is_some() && p.info == cert.info) {
+                // A GET-modify-PUT sends back only `info`, often reformatted (timestamps with
+                // fewer digits): the certificate is the same one if its identity matches.
+                let prev = old_slots.iter().flatten().find(|p| same_certificate(p.info.as_ref(), cert.info.as_ref()));
+                if let Some(prev) = prev {
                     cert.certificate.clone_from(&prev.certificate);
                 }
             }
@@ -143,8 +203,8 @@ impl Services {
             cert.certificate = Some(parsed.pem);
             cert.info = Some(parsed.info);
         }
-        if set.primary.is_none() {
-            return Err(Error::Invalid(format!("attestation.x509.{field}.primary is required")));
+        if set.primary.is_none() && set.secondary.is_none() {
+            return Err(Error::Invalid(format!("attestation.x509.{field} needs a primary or a secondary certificate")));
         }
         Ok(())
     }
@@ -186,10 +246,12 @@ impl Services {
                     match (&mut x.signing_certificates, &x.ca_references) {
                         (Some(set), None) => self.prepare_certs(set, old_x.and_then(|o| o.signing_certificates.as_ref()), "signingCertificates", true),
                         (None, Some(refs)) => {
-                            let primary = refs.primary.as_deref().ok_or_else(|| {
-                                Error::Invalid("attestation.x509.caReferences.primary is required".into())
-                            })?;
-                            for name in std::iter::once(primary).chain(refs.secondary.as_deref()) {
+                            if refs.primary.is_none() && refs.secondary.is_none() {
+                                return Err(Error::Invalid(
+                                    "attestation.x509.caReferences needs a primary or a secondary CA name".into(),
+                                ));
+                            }
+                            for name in refs.primary.iter().chain(refs.secondary.iter()) {
                                 if self.store.certificate(&instance.name, name).await?.is_none() {
                                     return Err(Error::Invalid(format!(
                                         "attestation.x509.caReferences names CA certificate {name:?}, which this instance does not have (upload it first)"
@@ -207,7 +269,7 @@ impl Services {
                     x.ca_references = None;
                     let set = x.client_certificates.as_mut().ok_or_else(|| {
                         Error::Invalid(
-                            "an X.509 individual enrollment needs attestation.x509.clientCertificates.primary".into(),
+                            "an X.509 individual enrollment needs attestation.x509.clientCertificates (primary or secondary)".into(),
                         )
                     })?;
                     self.prepare_certs(
@@ -331,11 +393,21 @@ impl Services {
         }
     }
 
+    /// Deletes an individual enrollment and the registration record it made (as DPS does): a
+    /// later registration of the same id through a group starts afresh.
     pub async fn delete_enrollment(&self, instance: &Instance, id: &str, if_match: Option<&str>) -> Result<()> {
-        match self.store.delete_enrollment(&instance.name, id, precondition(if_match)).await {
-            Ok(()) => Ok(()),
-            Err(err) => not_found_or(err, || Error::EnrollmentNotFound(id.to_owned()), &format!("enrollment {id}")),
+        if let Err(err) = self.store.delete_enrollment(&instance.name, id, precondition(if_match)).await {
+            return not_found_or(err, || Error::EnrollmentNotFound(id.to_owned()), &format!("enrollment {id}"));
         }
+        if let Some(r) = self.store.registration(&instance.name, id).await? {
+            if r.enrollment_group_id.is_none() {
+                match self.store.delete_registration(&instance.name, id, Precondition::Any).await {
+                    Ok(()) | Err(StoreError::NotFound) => {}
+                    Err(other) => return Err(Error::Store(other)),
+                }
+            }
+        }
+        Ok(())
     }
 
     pub async fn enrollments(
@@ -345,6 +417,44 @@ impl Services {
         limit: usize,
     ) -> Result<Page<IndividualEnrollment>> {
         Ok(self.store.enrollments(&instance.name, continuation, limit.clamp(1, 1000)).await?)
+    }
+
+    /// A page of the enrollments matching `query` (every one without `WHERE`).
+    pub async fn query_enrollments(
+        &self,
+        instance: &Instance,
+        query: &Query,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<IndividualEnrollment>> {
+        query.check_collection("enrollments")?;
+        filtered(
+            query,
+            continuation,
+            limit,
+            |e: &IndividualEnrollment| e.registration_id.clone(),
+            |c, n| Box::pin(async move { self.store.enrollments(&instance.name, c.as_deref(), n).await }),
+        )
+        .await
+    }
+
+    /// A page of the enrollment groups matching `query` (every one without `WHERE`).
+    pub async fn query_groups(
+        &self,
+        instance: &Instance,
+        query: &Query,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<EnrollmentGroup>> {
+        query.check_collection("enrollmentGroups")?;
+        filtered(
+            query,
+            continuation,
+            limit,
+            |g: &EnrollmentGroup| g.enrollment_group_id.clone(),
+            |c, n| Box::pin(async move { self.store.groups(&instance.name, c.as_deref(), n).await }),
+        )
+        .await
     }
 
     pub async fn group(&self, instance: &Instance, id: &str) -> Result<EnrollmentGroup> {

@@ -7,6 +7,7 @@ mod callers;
 mod certificates;
 mod deploy;
 mod enrollments;
+pub mod query;
 mod readiness;
 mod regions;
 mod registration;

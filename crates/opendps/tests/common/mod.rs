@@ -53,7 +53,7 @@ pub fn serve(args: &[&str]) -> Running {
         }
         let done = line.trim().starts_with("service connection string:");
         banner.push(line);
-        if done || (https.is_some() && banner.len() > 12) {
+        if done || (https.is_some() && banner.len() > 40) {
             break;
         }
     }
@@ -110,4 +110,13 @@ pub fn opendps(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The service connection string of the server with data directory `data_dir`, through the CLI
+/// (the banner names the command instead of printing the key when stdout is not a terminal).
+pub fn connection_string(data_dir: &str) -> String {
+    let (ok, out, err) =
+        opendps(&["dps", "connection-string", "--data-dir", data_dir, "--query", "connectionString", "-o", "tsv"]);
+    assert!(ok, "opendps dps connection-string: {err}");
+    out.trim().to_owned()
 }
