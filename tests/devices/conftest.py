@@ -179,7 +179,7 @@ class Server:
     def registration(self, registration_id: str, dps_name: str | None = None):
         """The registration record, or None when the server answers not-found (any other error raises)."""
         extra = ("--dps-name", dps_name) if dps_name else ()
-        r = self.cli_raw("registration", "show", "--registration-id", registration_id, *extra)
+        r = self.cli_raw("registration", "show", "--registration-id", registration_id, "--show-tls", *extra)
         if r.returncode == 0:
             return json.loads(r.stdout)
         if "not found" in r.stderr or "404" in r.stderr:
