@@ -549,3 +549,16 @@ def test_x509_the_group_of_the_closest_ca_decides(server, certs):
     hub, did = assert_assigned_py(py_register(server, rid, cert=leaf.chain_file(), key=leaf.key), rid)
     rec = assert_record(server, rid, hub, did, client_cert=True)
     assert rec["enrollmentGroupId"] == g_int, rec
+
+
+@pytest.mark.parametrize("transport", ("amqp", "amqpws"))
+def test_node_amqp_reprovision_reports_the_links_api_version(server, transport):
+    """Over AMQP the api-version arrives only on the links (after SASL); the Node SDK sends
+    2019-03-31, so a device registering twice to the same hub is told `initialAssignment` (the
+    pre-2019-04-15 substatus), as over MQTT and HTTP."""
+    rid = unique(f"node-{transport}-again")
+    key = enroll_symmetric(server, rid)
+    first = assert_assigned_node(node_register(server, rid, transport, symmetric_key=key), rid)
+    out = node_register(server, rid, transport, symmetric_key=key)
+    assert assert_assigned_node(out, rid) == first
+    assert out["result"]["substatus"] == "initialAssignment", out["result"]

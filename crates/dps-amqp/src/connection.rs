@@ -426,27 +426,38 @@ impl Conn<'_> {
     /// was no SASL), then accepts it, or accepts and at once closes it with the reason.
     async fn on_attach(&mut self, attach: Attach, session: &mut ListenerSessionHandle, links: &mut Links) {
         let address = attach_address(&attach);
-        if let Some(v) = attach_api_version(&attach) {
-            self.api_version = Some(v);
+        let api_version = attach_api_version(&attach);
+        let fresh_api_version = api_version.is_some() && api_version != self.api_version;
+        if api_version.is_some() {
+            self.api_version.clone_from(&api_version);
         }
         let named = address.as_deref().and_then(parse_link_address);
+        let unauthorized = |this: &Self, e: Error| {
+            condition_error(ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess), &this.wire(&e))
+        };
         let verdict = match (&self.auth, named) {
-            (_, None) => Err(Error::Unauthorized(format!(
-                "link address {:?} is not {{idScope}}/registrations/{{registrationId}}",
-                address.as_deref().unwrap_or("").chars().take(300).collect::<String>()
-            ))),
+            (_, None) => Err(unauthorized(
+                self,
+                Error::Unauthorized(format!(
+                    "link address {:?} is not {{idScope}}/registrations/{{registrationId}}",
+                    address.as_deref().unwrap_or("").chars().take(300).collect::<String>()
+                )),
+            )),
             (Auth::Pending, Some(identity)) => {
                 self.authenticate_x509(identity).await;
                 Ok(())
             }
             (Auth::Named(me), Some(named)) => {
-                if same_device(me, &named) {
-                    Ok(())
-                } else {
-                    Err(Error::Unauthorized(format!(
+                if !same_device(me, &named) {
+                    Err(unauthorized(self, Error::Unauthorized(format!(
                         "the link names registration {:?} in ID scope {:?}; this connection is registration {:?} in ID scope {:?}",
                         named.registration_id, named.id_scope, me.registration_id, me.id_scope
-                    )))
+                    ))))
+                } else if let (true, Some(v)) = (fresh_api_version, api_version.as_deref()) {
+                    // After SASL the links are the first place the api-version appears.
+                    self.session.set_api_version(v).map_err(|e| mapping::rejection(&e))
+                } else {
+                    Ok(())
                 }
             }
         };
@@ -460,9 +471,7 @@ impl Conn<'_> {
             }
         };
         let refusal = match (&verdict, &endpoint) {
-            (Err(e), _) => {
-                Some(condition_error(ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess), &self.wire(e)))
-            }
+            (Err(e), _) => Some(e.clone()),
             (Ok(()), LinkEndpoint::Sender(_)) if links.sender.is_some() => {
                 Some(limit_error("a response link is already attached"))
             }
