@@ -10,6 +10,7 @@
 //!
 //! Everything here is bytes in, bytes out: no I/O, no state.
 
+mod activator;
 mod blob;
 mod error;
 mod marshal;
@@ -21,6 +22,7 @@ mod soft_device;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use activator::OpensslTpm;
 pub use blob::{
     activation_blob, challenge, Challenge, IdentityKey, CREDENTIAL_LEN, IDENTITY_KEY_ATTRIBUTES, IDENTITY_KEY_LEN,
     MAX_IDENTITY_KEY_LEN,
