@@ -17,7 +17,7 @@ mod marshal;
 mod primitives;
 mod public;
 pub mod sasl;
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 mod soft_device;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
