@@ -28,7 +28,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from conftest import HUBS, REGISTER_TIMEOUT, start_server
+from conftest import HUBS, REGISTER_TIMEOUT, node_register, py_register, start_server
 
 HERE = Path(__file__).resolve().parent
 TPM_DIR = HERE.parent / "tpm"
@@ -211,4 +211,19 @@ def test_node_tpm_client_with_another_tpms_ek_is_refused(server, swtpm):
     _, _, to_sign = sas_parts(server.id_scope, rid)
     out = node_tpm_register(server, swtpm, "http", to_sign)
     assert not out["ok"] and out["error"]["name"] != "Timeout", out
+    assert server.registration(rid) is None
+
+
+def test_a_tpm_enrollment_over_mqtt_gets_a_clear_error(server, swtpm):
+    """DPS offers no TPM exchange over MQTT: an SDK reaching a TPM enrollment over MQTT (here with
+    a SAS, the only credential an MQTT TPM device could bring) is told to use HTTPS or AMQP."""
+    keys = swtpm.keys()
+    rid = keys["registrationId"]
+    server.cli("enrollment", "create", "--enrollment-id", rid, "--attestation-type", "tpm",
+               "--endorsement-key", keys["endorsementKey"])
+    out = node_register(server, rid, "mqtt", symmetric_key=base64.b64encode(b"k" * 32).decode())
+    assert not out["ok"], out
+    assert "TPM attestation is not available over MQTT" in json.dumps(out["error"]), out
+    out = py_register(server, rid, symmetric_key=base64.b64encode(b"k" * 32).decode())
+    assert not out["ok"], out
     assert server.registration(rid) is None

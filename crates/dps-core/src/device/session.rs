@@ -310,7 +310,7 @@ impl DeviceSession {
     async fn attest(&self, scope: &str, registration_id: &str, credential: Credential<'_>) -> Result<Attestation> {
         let instance = self.services.device_instance(scope, Some(self.conn.tls.negotiated.version)).await?;
         tracing::Span::current().record("instance", instance.name.as_str());
-        self.services.attest(instance, registration_id, credential, &self.conn.peer_certificates.0).await
+        self.services.attest(instance, registration_id, credential, &self.conn).await
     }
 
     async fn run(

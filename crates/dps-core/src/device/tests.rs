@@ -499,3 +499,32 @@ async fn tpm_enrollments_with_unusable_endorsement_keys_are_refused_on_write() {
         assert!(err.to_string().contains(says), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_tpm_enrollment_reached_over_mqtt_is_told_to_use_https_or_amqp() {
+    let w = World::new(&["hub-a"]).await;
+    let (ek, srk) = (tpm_key("rsa2048", "ek-1"), tpm_key("rsa2048", "srk-1"));
+    w.enroll_tpm("t-1", &ek).await;
+    // Even a device that holds an issued key cannot use it over MQTT.
+    let k = w.challenged(&mut w.https(vec![]), "t-1", &ek, &srk, None).await;
+    for transport in [Transport::Mqtt, Transport::MqttWs] {
+        for sas in [w.sas("t-1", &k), w.sas("t-1", "anything")] {
+            let mut d = w.s.device_session(connection(transport, TlsVersion::Tls12, vec![]));
+            let AuthOutcome::Refused(e) = d.authenticate(&w.scope(), "t-1", API, Credential::Sas(&sas)).await else {
+                panic!("not refused")
+            };
+            assert_eq!((e.status, e.error_code), (401, 401_002));
+            assert!(e.message.contains("TPM attestation is not available over MQTT"), "{}", e.message);
+            let r = d.handle(Operation::Register { body: b"" }).await;
+            assert!(refused(&r).2.contains("over MQTT"));
+        }
+    }
+    // Other ids over MQTT keep the one refusal.
+    let mut d = w.s.device_session(connection(Transport::Mqtt, TlsVersion::Tls12, vec![]));
+    let AuthOutcome::Refused(e) =
+        d.authenticate(&w.scope(), "nobody", API, Credential::Sas(&w.sas("nobody", "k"))).await
+    else {
+        panic!("not refused")
+    };
+    assert_eq!(e.message, "the device could not be authenticated");
+}

@@ -7,7 +7,7 @@
 use std::time::SystemTime;
 
 use super::Services;
-use crate::device::{Credential, TpmKeys};
+use crate::device::{ConnectionFacts, Credential, TpmKeys};
 use crate::error::{Error, Result};
 use crate::model::{
     AttestationType, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, IssuedTpmKey, TpmIssuedKeys,
@@ -108,16 +108,28 @@ impl Services {
         Ok(instance)
     }
 
-    /// Checks `credential` for `registration_id` of `instance`. `chain` is the connection's TLS
-    /// client chain (leaf first, DER), used for [`Credential::ClientCertificate`].
+    /// Checks `credential` for `registration_id` of `instance` on connection `conn` (its TLS
+    /// client chain, leaf first, is used for [`Credential::ClientCertificate`]).
     pub(crate) async fn attest(
         &self,
         instance: Instance,
         registration_id: &str,
         credential: Credential<'_>,
-        chain: &[Vec<u8>],
+        conn: &ConnectionFacts,
     ) -> Result<Attestation> {
         crate::model::validate_registration_id(registration_id).map_err(Error::Invalid)?;
+        if !conn.transport.offers_tpm() {
+            // DPS has no TPM exchange over MQTT: a TPM enrollment's device is told so (the
+            // one refusal that names the kind of an enrollment; docs/tpm.md, "Transports").
+            let tpm = self.store.enrollment(&instance.name, registration_id).await?;
+            if tpm.is_some_and(|e| e.attestation.kind == AttestationType::Tpm) {
+                return Err(Error::Unauthorized(format!(
+                    "{registration_id} has a TPM enrollment, and TPM attestation is not available over MQTT: \
+                     register over HTTPS or AMQP (as with Azure DPS)"
+                )));
+            }
+        }
+        let chain = conn.peer_certificates.0.as_slice();
         match credential {
             Credential::Sas(token) => self.attest_sas(instance, registration_id, token).await,
             Credential::ClientCertificate if chain.is_empty() => {
