@@ -187,14 +187,14 @@ def test_node_tpm_client_with_an_unenrolled_ek_is_refused(server, swtpm):
     rid = keys["registrationId"]
     _, _, to_sign = sas_parts(server.id_scope, rid)
     out = node_tpm_register(server, swtpm, "http", to_sign)
-    # The client reads a 401 without a blob as a malformed challenge and gives up (no hang).
+    # The Node client reports any answer but a 401 challenge as "not an unauthorized error".
     assert not out["ok"] and out["error"]["name"] != "Timeout", out
     assert server.registration(rid) is None
-    # What it got: the plain 401 error, the same as for any unknown device.
+    # What it got: 404201, as DPS answers an unknown TPM device, and no challenge.
     body = {"registrationId": rid, "tpm": {"endorsementKey": keys["endorsementKey"],
                                           "storageRootKey": keys["storageRootKey"]}}
     status, answer = raw_register(server, rid, None, body)
-    assert status == 401 and answer.get("errorCode") == 401002 and "authenticationKey" not in answer, answer
+    assert status == 404 and answer.get("errorCode") == 404201 and "authenticationKey" not in answer, answer
 
 
 def test_node_tpm_client_with_another_tpms_ek_is_refused(server, swtpm):
@@ -210,6 +210,7 @@ def test_node_tpm_client_with_another_tpms_ek_is_refused(server, swtpm):
                "--endorsement-key", other_ek)
     _, _, to_sign = sas_parts(server.id_scope, rid)
     out = node_tpm_register(server, swtpm, "http", to_sign)
+    # The Node client reports any answer but a 401 challenge as "not an unauthorized error".
     assert not out["ok"] and out["error"]["name"] != "Timeout", out
     assert server.registration(rid) is None
 

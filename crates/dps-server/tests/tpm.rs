@@ -119,11 +119,12 @@ async fn unusable_and_unknown_endorsement_keys_are_refused() {
         assert!(msg.contains(says) && msg.contains("RSA-2048"), "{msg}");
         assert!(v.get("authenticationKey").is_none());
     }
-    // An EK the server does not know, another TPM's EK for an enrolled id: the one plain 401.
+    // An id the server does not know, another TPM's EK for an enrolled id: the one 404 (as DPS
+    // answers an unknown TPM device; a 401 would be taken for a challenge by the C# client).
     let other = SoftwareTpm::default();
     for (id, ek) in [("nobody", ek.clone()), ("tpm-dev-1", other.endorsement_key())] {
         let (status, v) = register(&s, &inst, id, None, &body(id, &ek, &srk)).await;
-        assert_eq!((status, v["errorCode"].as_u64()), (401, Some(401_002)), "{v}");
+        assert_eq!((status, v["errorCode"].as_u64()), (404, Some(404_201)), "{v}");
         assert!(v.get("authenticationKey").is_none(), "no challenge: {v}");
     }
     // Enrollments with keys no device could attest with are refused when written.

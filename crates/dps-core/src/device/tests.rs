@@ -407,10 +407,11 @@ async fn tpm_refusals_unknown_wrong_ek_and_unusable_keys() {
     w.enroll_tpm("t-1", &ek).await;
     w.enroll(symmetric("sym-1", K1)).await;
     let mut d = w.https(vec![]);
-    // Unknown id, another TPM's EK, a symmetric-key enrollment: the one 401 with no challenge.
+    // Unknown id, another TPM's EK, a symmetric-key enrollment: the one 404 (as DPS answers an
+    // unknown TPM device), no challenge.
     for (id, key) in [("nobody", &ek), ("t-1", &tpm_key("rsa2048", "ek-2")), ("sym-1", &ek)] {
         let r = w.register_once(id, &tpm_body(id, key, &srk)).await;
-        assert_eq!(refused(&r), (401, 401_002, "the device could not be authenticated".into()), "{id}");
+        assert_eq!(refused(&r), (404, 404_201, format!("individual enrollment {id:?} not found")), "{id}");
     }
     // Keys OpenDPS cannot use: 400 that says why, whoever is asked for.
     for (id, key, srk, says) in [

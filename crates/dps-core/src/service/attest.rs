@@ -279,7 +279,12 @@ impl Services {
     /// A TPM device asking for its challenge (docs/tpm.md, "Flow"): its EK must be the
     /// enrollment's; the challenge issues a fresh key, kept in the store (so any node can check
     /// the SAS that follows) and handed to that TPM in the activation blob.
+    ///
+    /// An id with no TPM enrollment and an EK that is not the enrollment's get the same 404
+    /// (404201, as DPS answers an unknown TPM device): a 401 would be taken for a challenge by
+    /// the C# client.
     async fn attest_tpm(&self, instance: Instance, registration_id: &str, keys: &TpmKeys) -> Result<Attestation> {
+        let not_enrolled = || Error::EnrollmentNotFound(registration_id.to_owned());
         // Keys OpenDPS cannot use are said before any enrollment is looked at (no enumeration).
         self.tpm.check_endorsement_key(&keys.endorsement_key).map_err(tpm_refusal)?;
         let srk = keys.storage_root_key.as_deref().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
@@ -292,9 +297,9 @@ impl Services {
             .await?
             .filter(|e| e.attestation.kind == AttestationType::Tpm)
             .and_then(|e| e.attestation.tpm.map(|t| t.endorsement_key))
-            .ok_or_else(denied)?;
+            .ok_or_else(not_enrolled)?;
         if !self.tpm.same_endorsement_key(&enrolled, &keys.endorsement_key) {
-            return Err(denied());
+            return Err(not_enrolled());
         }
         let challenge = self.tpm.challenge(&keys.endorsement_key, srk).map_err(tpm_refusal)?;
         let issued = IssuedTpmKey {
