@@ -529,3 +529,33 @@ async fn a_tpm_enrollment_reached_over_mqtt_is_told_to_use_https_or_amqp() {
     };
     assert_eq!(e.message, "the device could not be authenticated");
 }
+
+#[tokio::test]
+async fn a_tpm_device_authenticates_at_connect_as_amqp_sasl_does() {
+    // The AMQP SASL `TPM` exchange in core terms: the keys ask for the challenge, the SAS answers
+    // it, and the connection then registers and polls with no credential; the final result
+    // still hands the key over (the C# register body over AMQP is empty).
+    let w = World::new(&["hub-a"]).await;
+    let (ek, srk) = (tpm_key("rsa2048", "ek-1"), tpm_key("rsa2048", "srk-1"));
+    w.enroll_tpm("t-1", &ek).await;
+    let keys = super::TpmKeys { endorsement_key: ek.clone(), storage_root_key: Some(srk.clone()) };
+    let mut d = w.s.device_session(connection(Transport::Amqp, TlsVersion::Tls12, vec![]));
+    let AuthOutcome::Challenge { authentication_key } =
+        d.authenticate(&w.scope(), "t-1", API, Credential::Tpm(&keys)).await
+    else {
+        panic!("no challenge")
+    };
+    let k = TextTpm::open(&authentication_key, &ek, &srk).expect("for this TPM");
+    let wrong = w.sas("t-1", "wrong");
+    assert!(matches!(d.authenticate(&w.scope(), "t-1", API, Credential::Sas(&wrong)).await, AuthOutcome::Refused(_)));
+    let sas = w.sas("t-1", &k);
+    assert_eq!(d.authenticate(&w.scope(), "t-1", API, Credential::Sas(&sas)).await, AuthOutcome::Attested);
+    w.clock.advance(Duration::from_secs(10)); // the register re-reads the enrollment
+    let DeviceReply::Accepted { operation_id } = d.handle(Operation::Register { body: b"" }).await else {
+        panic!("not accepted")
+    };
+    let r = d.handle(Operation::OperationStatus { operation_id: &operation_id }).await;
+    assert_eq!(assigned(&r).0, "hub-a");
+    let blob = r.body()["registrationState"]["tpm"]["authenticationKey"].as_str().expect("key blob").to_owned();
+    assert_eq!(TextTpm::open(&blob, &ek, &srk), Some(k));
+}
