@@ -1,10 +1,11 @@
 """TPM attestation with the OFFICIAL Node TPM client against a real OpenDPS server (docs/tpm.md).
 
-`azure-iot-provisioning-device` with `-http` and `azure-iot-security-tpm` (unmodified, pinned in
+`azure-iot-provisioning-device` with `-http` / `-amqp` and `azure-iot-security-tpm` (unmodified, pinned in
 tests/tpm/package-lock.json) on a software TPM: one `swtpm` per test, with its own state directory
-(a fresh EK) and port. The device's EK is enrolled through the CLI; the SDK then registers:
-401 challenge -> activation in the TPM -> SAS signed by the TPM -> 202 -> assigned, and the final
-result's `tpm.authenticationKey` goes into the TPM too. Proof that the server and the TPM hold the
+(a fresh EK) and port. The device's EK is enrolled through the CLI; the SDK then registers over HTTPS
+(401 challenge -> activation in the TPM -> SAS signed by the TPM -> 202 -> assigned), AMQP or
+AMQP over WebSockets (the same exchange inside SASL `TPM`), and the final result's
+`tpm.authenticationKey` goes into the TPM too. Proof that the server and the TPM hold the
 same key afterwards: a SAS token signed by the TPM (`signWithIdentity`) is accepted by the server
 on a raw HTTPS register.
 
@@ -130,9 +131,9 @@ def sas_parts(scope: str, registration_id: str) -> tuple[str, int, str]:
     return sr, se, f"{sr}\n{se}"
 
 
-def node_tpm_register(server, swtpm: Swtpm, transport: str, sign: str) -> dict:
+def node_tpm_register(server, swtpm: Swtpm, transport: str, sign: str, timeout_ms: int = 80000) -> dict:
     cmd = ["node", "tpm_register.js", server.ip, server.id_scope, TPM_IP, str(swtpm.port), transport,
-           base64.b64encode(sign.encode()).decode()]
+           base64.b64encode(sign.encode()).decode(), str(timeout_ms)]
     env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(server.root_ca)}
     r = _run(cmd, timeout=REGISTER_TIMEOUT, cwd=TPM_DIR, env=env)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
@@ -155,13 +156,15 @@ def raw_register(server, registration_id: str, authorization: str | None, body: 
     return resp.status, (json.loads(data) if data else {})
 
 
-def test_node_tpm_client_registers_over_https(server, swtpm):
+@pytest.mark.parametrize("transport", ["http", "amqp", "amqpws"])
+def test_node_tpm_client_registers(server, swtpm, transport):
+    """Over HTTPS (401 challenge), AMQP and AMQP over WebSockets (SASL `TPM`)."""
     keys = swtpm.keys()
     rid = keys["registrationId"]
     server.cli("enrollment", "create", "--enrollment-id", rid, "--attestation-type", "tpm",
                "--endorsement-key", keys["endorsementKey"])
     sr, se, to_sign = sas_parts(server.id_scope, rid)
-    out = node_tpm_register(server, swtpm, "http", to_sign)
+    out = node_tpm_register(server, swtpm, transport, to_sign)
     assert out["ok"], out
     # The TPM flow hands back the whole operation result (the symmetric-key flow only its state).
     assert out["result"]["status"] == "assigned", out
@@ -171,6 +174,11 @@ def test_node_tpm_client_registers_over_https(server, swtpm):
     rec = server.registration(rid)
     assert rec is not None and rec["status"] == "assigned" and rec["assignedHub"] == result["assignedHub"], rec
     assert "authenticationKey" not in json.dumps(rec), "the service API shows no key material"
+    # It came over the transport asked for (the server logs one line per registration).
+    name = {"http": "https", "amqp": "amqp", "amqpws": "amqp-ws"}[transport]
+    log = server.stderr_path.read_text(errors="replace")
+    assert any(f'transport="{name}"' in ln and rid in ln and "device registered" in ln for ln in log.splitlines()), \
+        f"no registration of {rid} over {name} in the server log"
     # The TPM now holds the key of the final result; the server accepts what the TPM signs with it.
     sig = urllib.parse.quote(out["signature"], safe="")
     token = f"SharedAccessSignature sr={sr}&sig={sig}&se={se}&skn=registration"
@@ -228,3 +236,20 @@ def test_a_tpm_enrollment_over_mqtt_gets_a_clear_error(server, swtpm):
     out = py_register(server, rid, symmetric_key=base64.b64encode(b"k" * 32).decode())
     assert not out["ok"], out
     assert server.registration(rid) is None
+
+
+def test_an_unenrolled_ek_over_amqp_gets_a_sasl_outcome(server, swtpm):
+    """Over AMQP the refusal is a SASL outcome (auth) naming 404201, sent before the connection
+    closes. The Node AMQP client does not report it: a TPM connection that fails before the
+    challenge emits its completion to no listener (azure-iot-provisioning-device-amqp 1.9.1,
+    `connectingTpm`), so the client waits until our timeout; the server's side is checked in its
+    log instead, and nothing may be recorded."""
+    keys = swtpm.keys()
+    rid = keys["registrationId"]
+    _, _, to_sign = sas_parts(server.id_scope, rid)
+    out = node_tpm_register(server, swtpm, "amqp", to_sign, timeout_ms=15000)
+    assert not out["ok"], out
+    assert server.registration(rid) is None
+    log = server.stderr_path.read_text(errors="replace")
+    assert any("SASL authentication failed" in ln and rid in ln and "404201" in ln for ln in log.splitlines()), \
+        f"no SASL refusal of {rid} in the server log"

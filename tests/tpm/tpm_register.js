@@ -3,7 +3,7 @@
 // on a software TPM (swtpm) reached over TCP. Driven by tests/devices/test_tpm.py; the server's
 // root CA is trusted through NODE_EXTRA_CA_CERTS.
 //
-//   node tpm_register.js <dps-host> <idScope> <tpm-host> <tpm-port> <http|amqp|amqpws> <sign-b64>
+//   node tpm_register.js <dps-host> <idScope> <tpm-host> <tpm-port> <http|amqp|amqpws> <sign-b64> [timeout-ms]
 //       -> {"ok": true, "result": {...}, "signature": b64}  (signWithIdentity(sign) after
 //          registering: the key the final result handed over)
 //       -> {"ok": false, "error": {...}}
@@ -34,12 +34,13 @@ function describe(err) {
 }
 
 function main() {
-  const [dpsHost, idScope, tpmHost, tpmPortText, transportName, sign] = process.argv.slice(2);
+  const [dpsHost, idScope, tpmHost, tpmPortText, transportName, sign, timeoutText] = process.argv.slice(2);
+  const timeoutMs = Number(timeoutText || '80000');
   const tpmPort = Number(tpmPortText);
   if (!dpsHost || !idScope || !tpmHost || !Number.isInteger(tpmPort) || !sign) {
     throw new Error('usage: tpm_register.js <dps-host> <idScope> <tpm-host> <tpm-port> <http|amqp|amqpws> <sign-b64>');
   }
-  setTimeout(() => finish({ ok: false, error: { name: 'Timeout', message: 'no answer in 80 s' } }), 80000).unref();
+  setTimeout(() => finish({ ok: false, error: { name: 'Timeout', message: 'no answer in ' + timeoutMs + ' ms' } }), timeoutMs).unref();
   let transport;
   if (transportName === 'http') {
     transport = new (require('azure-iot-provisioning-device-http').Http)();
