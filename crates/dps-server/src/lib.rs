@@ -193,8 +193,12 @@ fn host_names(config: &Config) -> Vec<String> {
 }
 
 fn mqtt_limits(config: &Config) -> dps_mqtt::Limits {
-    let _ = config;
-    dps_mqtt::Limits::default()
+    let l = &config.limits;
+    dps_mqtt::Limits {
+        connect_timeout: l.mqtt_connect_timeout,
+        max_keep_alive: l.mqtt_max_keep_alive,
+        refused_lifetime: l.mqtt_refused_lifetime,
+    }
 }
 
 /// Where the built-in CA keeps its files.
@@ -345,6 +349,8 @@ impl Server {
             subscription_id: SUBSCRIPTION_ID.into(),
             default_location: config.service.region.clone(),
             max_body: config.service.max_body,
+            header_timeout: config.limits.header_timeout,
+            body_timeout: config.limits.body_timeout,
             shutdown: shutdown.clone(),
         });
 

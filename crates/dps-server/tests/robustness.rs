@@ -181,3 +181,171 @@ impl std::fmt::Display for ChainDisplay<'_> {
         Ok(())
     }
 }
+
+/// Whether the server closed `s` (end of stream or reset), reading and discarding what it sends
+/// first; `false` if the client's own read timeout ran out while the server kept it open.
+fn closed_by_server<S: Read>(s: &mut S) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) => return !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    }
+}
+
+/// A TLS connection whose reads give up after 15 s (the server's bounds in these tests are 1 s).
+async fn tls(addr: std::net::SocketAddr) -> common::Done {
+    let d = Client::default().run(addr).await.expect("handshake");
+    d.stream.get_ref().set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    d
+}
+
+const SHORT: &str = "[limits]\nheader_timeout = \"1s\"\nbody_timeout = \"1s\"\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_slowloris_and_kept_alive_connections_are_closed_by_the_header_timeout() {
+    let s = start(SHORT).await;
+    let addr = s.https();
+    let (mut idle, mut slow, mut kept) = (tls(addr).await, tls(addr).await, tls(addr).await);
+    let closed = tokio::task::spawn_blocking(move || {
+        // Idle after the handshake: never a byte.
+        let idle = closed_by_server(&mut idle.stream);
+        // Slowloris: half a request head, then silence.
+        slow.stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+        let slow = closed_by_server(&mut slow.stream);
+        // Keep-alive: one request answered, then idle.
+        assert_eq!(kept.get("/health").0, 200);
+        let kept = closed_by_server(&mut kept.stream);
+        (idle, slow, kept)
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, (true, true, true), "(idle, slowloris, kept-alive) closed by the server");
+    assert!(health_ok(addr).await);
+}
+
+/// Sends `head` (and `body`) on a fresh TLS connection; returns the first response (status,
+/// body) and whether the server then closed the connection.
+async fn exchange(addr: std::net::SocketAddr, head: String, body: Vec<u8>) -> (u16, String, bool) {
+    let mut d = tls(addr).await;
+    tokio::task::spawn_blocking(move || {
+        d.stream.write_all(head.as_bytes()).unwrap();
+        let _ = d.stream.write_all(&body);
+        let (status, text) = common::read_http_response(&mut d.stream);
+        (status, text, closed_by_server(&mut d.stream))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_upload_gets_408_within_the_body_timeout() {
+    let s = start(SHORT).await;
+    let head = "PUT /0ne00000001/registrations/dev/register?api-version=2021-06-01 HTTP/1.1\r\nHost: x\r\n\
+                Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        .to_owned();
+    let (status, body, closed) = exchange(s.https(), head, b"{\"regist".to_vec()).await;
+    assert_eq!(status, 408, "{body}");
+    assert!(body.contains("not received within"), "{body}");
+    assert!(closed, "the connection is closed after a 408");
+    assert!(health_ok(s.https()).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_bodies_over_96_kb_are_refused_by_their_declared_length_before_reading() {
+    let s = start("").await;
+    // Nothing of the body is sent: the answer comes from the declared length alone.
+    let head = "PUT /0ne00000001/registrations/dev/register?api-version=2021-06-01 HTTP/1.1\r\nHost: x\r\n\
+                Content-Type: application/json\r\nContent-Length: 98305\r\n\r\n"
+        .to_owned();
+    let (status, body, closed) = exchange(s.https(), head, Vec::new()).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("98304"), "{body}");
+    assert!(closed);
+    // The same body sent chunked (no declared length) is cut at the limit.
+    let head = "PUT /0ne00000001/registrations/dev/register?api-version=2021-06-01 HTTP/1.1\r\nHost: x\r\n\
+                Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        .to_owned();
+    let mut chunked = Vec::new();
+    for _ in 0..7 {
+        chunked.extend_from_slice(b"4000\r\n");
+        chunked.extend(std::iter::repeat_n(b' ', 0x4000));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    let (status, body, _) = exchange(s.https(), head, chunked).await;
+    assert_eq!(status, 413, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expect_100_continue_with_an_oversized_length_gets_413_and_no_100() {
+    let s = start("").await;
+    let head = "PUT /enrollments/dev?api-version=2021-10-01 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
+                Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
+        .to_owned();
+    let (status, body, _) = exchange(s.https(), head, Vec::new()).await;
+    assert_eq!(status, 413, "the first answer is the refusal, not 100 Continue: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_anonymous_caller_cannot_send_more_than_96_kb_to_the_service_or_management_api() {
+    let s = start("").await;
+    for path in ["/enrollments/dev?api-version=2021-10-01", "/subscriptions/x/resourceGroups/y"] {
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200000\r\n\r\n"
+        );
+        let (status, body, _) = exchange(s.https(), head, Vec::new()).await;
+        assert_eq!(status, 413, "{path}: {body}");
+    }
+    // The admin may (bulk operations and deployments are larger): the body is read and judged.
+    let token = s.server.admin_token.clone();
+    let big = format!("{{\"location\":\"local\",\"tags\":{{\"pad\":\"{}\"}}}}", "x".repeat(200_000));
+    let head = format!(
+        "PUT /subscriptions/x/resourceGroups/big?api-version=2021-04-01 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    let (status, body, _) = exchange(s.https(), head, big.into_bytes()).await;
+    assert_ne!(status, 413, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_chunked_body_is_a_400() {
+    let s = start("").await;
+    let head = "PUT /0ne00000001/registrations/dev/register?api-version=2021-06-01 HTTP/1.1\r\nHost: x\r\n\
+                Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        .to_owned();
+    let (status, body, _) = exchange(s.https(), head, b"zz\r\nnot hex\r\n0\r\n\r\n".to_vec()).await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_and_stalled_connections_at_the_cap_do_not_lock_out_good_clients() {
+    let s = start(&format!("{SHORT}[tls]\nmax_connections = 10\n")).await;
+    let addr = s.https();
+    let mut hostile = Vec::new();
+    for i in 0..10 {
+        let mut d = tls(addr).await;
+        if i % 2 == 0 {
+            // A stalled upload.
+            d.stream
+                .write_all(
+                    b"PUT /enrollments/x?api-version=2021-10-01 HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n{",
+                )
+                .unwrap();
+        }
+        hostile.push(d);
+    }
+    // Bounded: the hostile connections hold the cap for about a second.
+    let mut ok = false;
+    for _ in 0..100 {
+        if health_ok(addr).await {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ok, "a good client gets in once the idle and stalled connections timed out");
+    drop(hostile);
+}
