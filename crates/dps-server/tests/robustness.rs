@@ -349,3 +349,38 @@ async fn idle_and_stalled_connections_at_the_cap_do_not_lock_out_good_clients() 
     assert!(ok, "a good client gets in once the idle and stalled connections timed out");
     drop(hostile);
 }
+
+/// MQTT over WebSockets: a CONNECT without DPS credentials, sent by a raw WebSocket client;
+/// returns the bytes of every binary message the server sent before it closed.
+fn mqtt_ws_refused_connect(mut done: common::Done) -> Vec<u8> {
+    use tungstenite::client::IntoClientRequest;
+    done.stream.get_ref().set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut req = "wss://127.0.0.1/$iothub/websocket".into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", "mqtt".parse().unwrap());
+    let (mut ws, _) = tungstenite::client(req, done.stream).expect("websocket upgrade");
+    let connect =
+        [0x10, 0x0F, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x03, b'd', b'e', b'v'];
+    ws.send(tungstenite::Message::binary(connect.to_vec())).unwrap();
+    // A PINGREQ right behind it, as a pipelining client would: still unread when the server
+    // refuses the CONNECT.
+    let _ = ws.send(tungstenite::Message::binary(vec![0xC0, 0x00]));
+    let mut got = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Binary(b)) => got.extend_from_slice(&b),
+            Ok(tungstenite::Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt_over_websockets_delivers_the_connack_of_a_refused_connect_before_closing() {
+    let s = start("").await;
+    for i in 0..10 {
+        let done = Client::default().run(s.https()).await.unwrap();
+        let got = tokio::task::spawn_blocking(move || mqtt_ws_refused_connect(done)).await.unwrap();
+        assert_eq!(got, [0x20, 0x02, 0x00, 0x04], "attempt {i}: CONNACK 4 (bad user name or password) arrives");
+    }
+}
