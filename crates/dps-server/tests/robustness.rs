@@ -352,7 +352,7 @@ async fn idle_and_stalled_connections_at_the_cap_do_not_lock_out_good_clients() 
 
 /// MQTT over WebSockets: a CONNECT without DPS credentials, sent by a raw WebSocket client;
 /// returns the bytes of every binary message the server sent before it closed.
-fn mqtt_ws_refused_connect(mut done: common::Done) -> Vec<u8> {
+fn mqtt_ws_refused_connect(done: common::Done) -> Vec<u8> {
     use tungstenite::client::IntoClientRequest;
     done.stream.get_ref().set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let mut req = "wss://127.0.0.1/$iothub/websocket".into_client_request().unwrap();
