@@ -373,6 +373,7 @@ impl Server {
                 protocol,
                 drivers: drivers.clone(),
                 max_connections: config.tls.max_connections,
+                hello_timeout: config.limits.hello_timeout,
                 tracker: tracker.clone(),
                 shutdown: shutdown.clone(),
             }));

@@ -61,12 +61,15 @@ pub(crate) struct LoopArgs {
     pub protocol: Protocol,
     pub drivers: Drivers,
     pub max_connections: usize,
+    /// A new connection must send its first bytes within this before it may take a handshake
+    /// slot (half-open and silent connections hold none).
+    pub hello_timeout: Duration,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
 pub(crate) async fn accept_loop(args: LoopArgs) {
-    let LoopArgs { listener, acceptor, protocol, drivers, max_connections, tracker, shutdown } = args;
+    let LoopArgs { listener, acceptor, protocol, drivers, max_connections, hello_timeout, tracker, shutdown } = args;
     let connections = Arc::new(Semaphore::new(max_connections));
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -94,6 +97,16 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            // The first bytes of the ClientHello, waited for without a handshake slot.
+            let mut byte = [0u8; 1];
+            let first = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = tokio::time::timeout(hello_timeout, tcp.peek(&mut byte)) => r,
+            };
+            if !matches!(first, Ok(Ok(n)) if n > 0) {
+                tracing::debug!(listener = acceptor.name(), %peer, "no ClientHello within {hello_timeout:?}; closed");
+                return;
+            }
             let conn = tokio::select! {
                 () = shutdown.cancelled() => return,
                 r = acceptor.accept(tcp, peer) => match r { Ok(c) => c, Err(_) => return }, // logged by accept

@@ -384,3 +384,27 @@ async fn mqtt_over_websockets_delivers_the_connack_of_a_refused_connect_before_c
         assert_eq!(got, [0x20, 0x02, 0x00, 0x04], "attempt {i}: CONNACK 4 (bad user name or password) arrives");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn half_open_connections_hold_no_handshake_slot_and_are_closed_by_the_hello_timeout() {
+    // One handshake slot, a long handshake timeout: if silent connections took the slot, the
+    // good client would wait for them far beyond its own 20 s read timeout.
+    let s = start("[tls]\nmax_handshakes = 1\nhandshake_timeout = \"60s\"\n[limits]\nhello_timeout = \"1s\"\n").await;
+    let addr = s.https();
+    let silent: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let good = Client::default().run(addr).await;
+    assert!(good.is_ok(), "a good client completes its handshake beside 5 silent connections: {:?}", good.err());
+    let closed = tokio::task::spawn_blocking(move || {
+        silent
+            .into_iter()
+            .map(|mut t| {
+                t.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+                closed_by_server(&mut t)
+            })
+            .collect::<Vec<bool>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, [true; 5], "silent connections are closed by the hello timeout");
+    assert!(health_ok(addr).await);
+}

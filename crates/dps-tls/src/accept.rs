@@ -82,9 +82,10 @@ impl ListenerAcceptor {
         self.context.store(Arc::new(context));
     }
 
-    /// Runs the server handshake on `io` within the handshake timeout (waiting for a handshake
-    /// slot counts against it), and logs one structured line with the outcome and the client's
-    /// offer. A failure costs only this connection.
+    /// Runs the server handshake on `io` within the handshake timeout, and logs one structured
+    /// line with the outcome and the client's offer. Waiting for a handshake slot is bounded by
+    /// the same duration but does not count against the handshake itself, so a queue of slow
+    /// clients does not eat a good client's time. A failure costs only this connection.
     pub async fn accept<S>(&self, io: S, peer: SocketAddr) -> Result<TlsConnection<S>, HandshakeFailure>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -92,16 +93,16 @@ impl ListenerAcceptor {
         let context = self.context.load_full();
         let ssl = Ssl::new(&context).map_err(HandshakeFailure::Setup)?;
         let mut stream = SslStream::new(ssl, io).map_err(HandshakeFailure::Setup)?;
-        let outcome = tokio::time::timeout(self.handshake_timeout, async {
-            let _slot = self.handshakes.acquire().await;
-            Pin::new(&mut stream).accept().await
-        })
-        .await;
+        // `None`: no slot, or no handshake, within the timeout.
+        let outcome = match tokio::time::timeout(self.handshake_timeout, self.handshakes.acquire()).await {
+            Err(_) => None,
+            Ok(_slot) => tokio::time::timeout(self.handshake_timeout, Pin::new(&mut stream).accept()).await.ok(),
+        };
         let offered = stream.ssl().ex_data(offered_index()).cloned();
         let result = match outcome {
-            Err(_) => Err(HandshakeFailure::Timeout(self.handshake_timeout)),
-            Ok(Err(e)) => Err(HandshakeFailure::Tls(reason(&e))),
-            Ok(Ok(())) => Ok(()),
+            None => Err(HandshakeFailure::Timeout(self.handshake_timeout)),
+            Some(Err(e)) => Err(HandshakeFailure::Tls(reason(&e))),
+            Some(Ok(())) => Ok(()),
         };
         match result {
             Ok(()) => {
