@@ -72,14 +72,7 @@ async fn connections_over_the_cap_are_closed_and_the_cap_frees_up() {
     drop(a);
     drop(b);
     // The permits return when the server notices the closes; bounded retry.
-    let mut ok = false;
-    for _ in 0..50 {
-        if health_ok(addr).await {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ok = common::health_ok_soon(addr, 50).await;
     assert!(ok, "a new connection is accepted once others closed");
 }
 
@@ -338,14 +331,7 @@ async fn idle_and_stalled_connections_at_the_cap_do_not_lock_out_good_clients() 
         hostile.push(d);
     }
     // Bounded: the hostile connections hold the cap for about a second.
-    let mut ok = false;
-    for _ in 0..100 {
-        if health_ok(addr).await {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let ok = common::health_ok_soon(addr, 200).await;
     assert!(ok, "a good client gets in once the idle and stalled connections timed out");
     drop(hostile);
 }

@@ -272,6 +272,18 @@ pub async fn health_ok(addr: SocketAddr) -> bool {
     }
 }
 
+/// [`health_ok`], retried up to `tries` times 100 ms apart (for a server that frees a slot
+/// once it notices a close or a timeout).
+pub async fn health_ok_soon(addr: SocketAddr, tries: u32) -> bool {
+    for _ in 0..tries {
+        if health_ok(addr).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// One HTTP request on a fresh TLS connection; (status, headers, JSON body).
 pub async fn http(
     s: &TestServer,
