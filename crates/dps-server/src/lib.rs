@@ -246,6 +246,39 @@ fn policy(config: &Config, l: &ListenerConfig) -> TlsPolicy {
     }
 }
 
+/// File descriptors the server needs besides its connections: store, certificate files, log,
+/// listeners, runtime.
+const OPEN_FILES_MARGIN: u64 = 256;
+
+/// The open files `config` may need: every enabled listener's connection cap plus a margin.
+pub fn open_files_needed(config: &Config) -> u64 {
+    let listeners = transports(config).iter().filter(|t| t.1.enabled).count() as u64;
+    listeners.saturating_mul(config.tls.max_connections as u64).saturating_add(OPEN_FILES_MARGIN)
+}
+
+/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard limit, and warns when even
+/// that is below what the connection caps need (accepts would then fail under load, costing
+/// good clients). Returns the soft limit now in force.
+pub fn raise_open_file_limit(config: &Config) -> u64 {
+    let needed = open_files_needed(config);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => {
+            tracing::warn!(
+                open_files = limit,
+                needed,
+                "the open-file limit is below the connection caps ({} per listener) plus {OPEN_FILES_MARGIN}; raise the hard limit (ulimit -Hn, LimitNOFILE= in the systemd unit) or lower tls.max_connections",
+                config.tls.max_connections
+            );
+            limit
+        }
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, needed, "cannot read or raise the open-file limit");
+            0
+        }
+    }
+}
+
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
@@ -276,6 +309,7 @@ impl Server {
     ) -> Result<Server, ServerError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
+        raise_open_file_limit(&config);
         let (source, check_interval) = credential_source(&config);
         let mut specs = Vec::new();
         for (name, l, _, _) in transports(&config) {
@@ -407,5 +441,19 @@ impl Server {
     /// Waits until the server has been shut down through its token.
     pub async fn wait(self) {
         let _ = self.done.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_file_soft_limit_is_raised_to_the_hard_limit() {
+        let (_, hard) = rlimit::Resource::NOFILE.get().expect("getrlimit");
+        let low = hard.min(256);
+        rlimit::Resource::NOFILE.set(low, hard).expect("lower the soft limit");
+        let config = dps_config::Config::from_raw(dps_config::raw::Raw::default()).expect("defaults");
+        assert_eq!(super::raise_open_file_limit(&config), hard);
+        assert_eq!(rlimit::Resource::NOFILE.get().expect("getrlimit"), (hard, hard));
+        assert_eq!(super::open_files_needed(&config), 2 * 10_000 + 256);
     }
 }
