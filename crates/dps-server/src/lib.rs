@@ -90,6 +90,19 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<(), ServerError> 
     std::fs::rename(&tmp, path).map_err(werr)
 }
 
+/// Creates the data directory 0700 (it holds the store, the CA keys and the admin token), or
+/// narrows an existing one that others could read or enter.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+        tracing::info!(dir = %dir.display(), "data directory narrowed to owner-only access (0700)");
+    }
+    Ok(())
+}
+
 fn admin_token(config: &Config) -> Result<String, ServerError> {
     let path = admin_token_path(config);
     if let Ok(t) = std::fs::read_to_string(&path) {
@@ -307,7 +320,7 @@ impl Server {
         listeners: BoundListeners,
         clock: Arc<dyn dps_core::ports::Clock>,
     ) -> Result<Server, ServerError> {
-        std::fs::create_dir_all(&config.data_dir)
+        private_dir(&config.data_dir)
             .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
         raise_open_file_limit(&config);
         let (source, check_interval) = credential_source(&config);

@@ -394,3 +394,20 @@ async fn half_open_connections_hold_no_handshake_slot_and_are_closed_by_the_hell
     assert_eq!(closed, [true; 5], "silent connections are closed by the hello timeout");
     assert!(health_ok(addr).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_data_directory_is_0700_and_the_store_files_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    common::init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = common::config(&data, "");
+    let server = dps_server::Server::start(config.clone(), dps_server::bind(&config).await.unwrap()).await.unwrap();
+    // A write, so the WAL and its index exist.
+    common::link_hub(&common::TestServer { server, dir: tempfile::tempdir().unwrap() }, "hub.example").await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "data directory");
+    for f in ["opendps.db", "opendps.db-wal", "opendps.db-shm", "admin.token"] {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+}
