@@ -3,7 +3,7 @@
 //! protocol adapter of that port, and shuts everything down in order.
 //!
 //! Sockets are bound outside [`Server::start`] ([`bind`]), so tests can pass listeners of their
-//! own and the binary can report a bind failure with what to do about it (craft.md L12).
+//! own and the binary can report a bind failure with what to do about it.
 
 mod listener;
 mod webhook;
@@ -138,8 +138,12 @@ pub fn connection_string(state: &dps_http::AppState, instance: &dps_core::model:
 /// The transports this server can run, one entry each: its name, its settings, the flag that
 /// moves its port, and the protocol behind its TLS. Adding a transport is adding a line here
 /// (and its driver in `listener.rs`).
-fn transports(config: &Config) -> [(&'static str, &ListenerConfig, &'static str, Protocol); 2] {
-    [("https", &config.https, "--https-port", Protocol::Https), ("mqtt", &config.mqtt, "--mqtt-port", Protocol::Mqtt)]
+fn transports(config: &Config) -> [(&'static str, &ListenerConfig, &'static str, Protocol); 3] {
+    [
+        ("https", &config.https, "--https-port", Protocol::Https),
+        ("mqtt", &config.mqtt, "--mqtt-port", Protocol::Mqtt),
+        ("amqp", &config.amqp, "--amqp-port", Protocol::Amqp),
+    ]
 }
 
 /// Listeners bound before the server starts, one per enabled transport.
@@ -212,6 +216,11 @@ fn mqtt_limits(config: &Config) -> dps_mqtt::Limits {
         max_keep_alive: l.mqtt_max_keep_alive,
         refused_lifetime: l.mqtt_refused_lifetime,
     }
+}
+
+fn amqp_settings(config: &Config) -> Arc<dps_amqp::AmqpSettings> {
+    let _ = config;
+    Arc::new(dps_amqp::AmqpSettings::default())
 }
 
 /// Where the built-in CA keeps its files.
@@ -297,6 +306,7 @@ pub fn raise_open_file_limit(config: &Config) -> u64 {
 pub struct Server {
     pub https_addr: Option<SocketAddr>,
     pub mqtt_addr: Option<SocketAddr>,
+    pub amqp_addr: Option<SocketAddr>,
     pub tls: Arc<ServerTls>,
     pub state: Arc<dps_http::AppState>,
     /// The management API's bearer credential (also in `data_dir/admin.token`).
@@ -404,14 +414,15 @@ impl Server {
         let tracker = TaskTracker::new();
         tracker.spawn(tls.clone().run(check_interval, config.tls.ticket_key_lifetime, shutdown.clone()));
 
-        let drivers = listener::Drivers::new(state.clone(), mqtt_limits(&config));
-        let mut addrs = (None, None);
+        let drivers = listener::Drivers::new(state.clone(), mqtt_limits(&config), amqp_settings(&config));
+        let mut addrs = (None, None, None);
         for (name, listener) in listeners.listeners {
             let Some((_, _, _, protocol)) = transports(&config).into_iter().find(|t| t.0 == name) else { continue };
             let addr = listener.local_addr().ok();
             match protocol {
                 Protocol::Https => addrs.0 = addr,
                 Protocol::Mqtt => addrs.1 = addr,
+                Protocol::Amqp => addrs.2 = addr,
             }
             let Some(acceptor) = tls.acceptor(name) else { continue };
             tracker.spawn(listener::accept_loop(listener::LoopArgs {
@@ -437,7 +448,17 @@ impl Server {
                 tracing::warn!(grace = ?grace, "connections still open after the shutdown grace period; closing them");
             }
         });
-        Ok(Server { https_addr: addrs.0, mqtt_addr: addrs.1, tls, state, admin_token, created_default, shutdown, done })
+        Ok(Server {
+            https_addr: addrs.0,
+            mqtt_addr: addrs.1,
+            amqp_addr: addrs.2,
+            tls,
+            state,
+            admin_token,
+            created_default,
+            shutdown,
+            done,
+        })
     }
 
     /// A token that stops the server when cancelled.
@@ -467,6 +488,6 @@ mod tests {
         let config = dps_config::Config::from_raw(dps_config::raw::Raw::default()).expect("defaults");
         assert_eq!(super::raise_open_file_limit(&config), hard);
         assert_eq!(rlimit::Resource::NOFILE.get().expect("getrlimit"), (hard, hard));
-        assert_eq!(super::open_files_needed(&config), 2 * 10_000 + 256);
+        assert_eq!(super::open_files_needed(&config), 3 * 10_000 + 256, "three listeners");
     }
 }
