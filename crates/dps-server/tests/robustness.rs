@@ -411,3 +411,29 @@ async fn the_data_directory_is_0700_and_the_store_files_0600() {
         assert_eq!(mode(&data.join(f)), 0o600, "{f}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt_without_connect_and_a_refused_device_with_keep_alive_0_are_closed_by_the_limits() {
+    let s = start("[limits]\nmqtt_connect_timeout = \"1s\"\nmqtt_refused_lifetime = \"1s\"\n").await;
+    let scope = s.server.state.services.instance("opendps").await.unwrap().id_scope.to_string();
+    let (mut silent, mut refused) = (tls(s.mqtt()).await, tls(s.mqtt()).await);
+    let (silent_closed, connack, refused_closed) = tokio::task::spawn_blocking(move || {
+        let silent_closed = closed_by_server(&mut silent.stream);
+        // A wrong password and keep-alive 0 ("never time me out").
+        let mut connect = mqttbytes::v4::Connect::new("dev-1");
+        connect.keep_alive = 0;
+        connect.set_login(format!("{scope}/registrations/dev-1/api-version=2019-03-31"), "wrong".to_owned());
+        let mut buf = bytes::BytesMut::new();
+        connect.write(&mut buf).unwrap();
+        refused.stream.write_all(&buf).unwrap();
+        let mut connack = [0u8; 4];
+        refused.stream.read_exact(&mut connack).unwrap();
+        (silent_closed, connack, closed_by_server(&mut refused.stream))
+    })
+    .await
+    .unwrap();
+    assert!(silent_closed, "no CONNECT: closed by mqtt_connect_timeout");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "a refused device gets CONNACK 0, as DPS does");
+    assert!(refused_closed, "the refused device is closed by mqtt_refused_lifetime despite keep-alive 0");
+    assert!(health_ok(s.https()).await);
+}
