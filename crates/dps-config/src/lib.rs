@@ -35,6 +35,18 @@ pub struct Config {
     pub store: StoreConfig,
     pub service: ServiceConfig,
     pub allocation: AllocationConfig,
+    pub admin: AdminConfig,
+}
+
+/// The plain-HTTP admin listener: Prometheus `/metrics`, `/health/live`, `/health/ready`
+/// (docs/operations.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// Default: the listen address if it is a loopback address, else 127.0.0.1.
+    pub address: IpAddr,
+    /// Default 9464.
+    pub port: u16,
 }
 
 /// Custom allocation webhooks.
@@ -169,6 +181,7 @@ pub struct Overrides {
     pub log_filter: Option<String>,
     pub public_host: Option<String>,
     pub store_url: Option<String>,
+    pub admin_port: Option<u16>,
 }
 
 /// A string that never prints (store URLs may carry passwords).
@@ -424,6 +437,25 @@ impl Config {
                 }
             },
         };
+        let admin = AdminConfig {
+            enabled: raw.admin.enabled.unwrap_or(true),
+            address: match raw.admin.address.as_deref() {
+                Some(a) => v.ip("admin.address", a),
+                None if address.is_loopback() => address,
+                None => IpAddr::from([127, 0, 0, 1]),
+            },
+            port: raw.admin.port.unwrap_or(9464),
+        };
+        if admin.enabled && admin.port != 0 {
+            for (name, l) in [("https", &https), ("mqtt", &mqtt)] {
+                if l.enabled && l.port == admin.port && (l.address == admin.address || l.address.is_unspecified()) {
+                    v.problem(
+                        "admin.port",
+                        format!("{} is also the {name} port; give each listener its own port", admin.port),
+                    );
+                }
+            }
+        }
         if data_dir.as_os_str().is_empty() {
             v.problem("data_dir", "must not be empty".into());
         }
@@ -448,6 +480,7 @@ impl Config {
             store,
             service,
             allocation,
+            admin,
         })
     }
 }

@@ -30,6 +30,16 @@ pub struct Raw {
     pub service: RawService,
     #[serde(default)]
     pub allocation: RawAllocation,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub enabled: Option<bool>,
+    pub address: Option<String>,
+    pub port: Option<u16>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -139,6 +149,7 @@ impl Raw {
         set(&mut self.listen.address, &o.listen_address);
         set(&mut self.https.port, &o.https_port);
         set(&mut self.mqtt.port, &o.mqtt_port);
+        set(&mut self.admin.port, &o.admin_port);
         if o.tls_profile.is_some() {
             // A profile on the command line applies to every listener.
             self.tls.profile.clone_from(&o.tls_profile);

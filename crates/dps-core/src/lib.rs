@@ -14,6 +14,7 @@ pub mod base64;
 pub mod device;
 pub mod error;
 pub mod model;
+pub mod observe;
 pub mod ports;
 pub mod service;
 pub mod store;

@@ -33,6 +33,7 @@ use axum::Json;
 pub use axum::Router;
 use dps_core::device::{ConnectionFacts, DeviceSession};
 use dps_core::error::WireError;
+use dps_core::observe::Api;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
@@ -124,14 +125,27 @@ async fn dispatch(
     conn: Option<Extension<ConnectionInfo>>,
     req: axum::http::Request<Body>,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let transport = conn.as_ref().map_or(dps_core::device::Transport::Https, |c| c.facts.transport);
+    let (api, response) = route(&state, conn, req).await;
+    state.services.observer().request(transport, api, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Reads the request and hands it to the API that answers its path.
+async fn route(
+    state: &Arc<AppState>,
+    conn: Option<Extension<ConnectionInfo>>,
+    req: axum::http::Request<Body>,
+) -> (Api, Response) {
     let (parts, body) = req.into_parts();
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
     let body = match axum::body::to_bytes(body, state.max_body).await {
         Ok(b) => b,
         Err(_) => {
-            return error::ApiError::new(413, format!("the request body is larger than {} bytes", state.max_body))
-                .into_response(&state, &method, &path)
+            let e = error::ApiError::new(413, format!("the request body is larger than {} bytes", state.max_body));
+            return (Api::Other, e.into_response(state, &method, &path));
         }
     };
     let req = Request {
@@ -152,17 +166,18 @@ async fn dispatch(
         body,
         conn: conn.map(|Extension(c)| c),
     };
-    if let Some(r) = management::handle(&state, &req).await {
-        return r.unwrap_or_else(|e| management::arm_error(&state, e, &method, &path));
+    if let Some(r) = management::handle(state, &req).await {
+        return (Api::Management, r.unwrap_or_else(|e| management::arm_error(state, e, &method, &path)));
     }
-    if let Some(r) = device_api::handle(&state, &req).await {
-        return r;
+    if let Some(r) = device_api::handle(state, &req).await {
+        return (Api::Device, r);
     }
-    if let Some(r) = service_api::handle(&state, &req).await {
-        return r.unwrap_or_else(|e| e.into_response(&state, &method, &path));
+    if let Some(r) = service_api::handle(state, &req).await {
+        return (Api::Service, r.unwrap_or_else(|e| e.into_response(state, &method, &path)));
     }
-    error::ApiError::new(404, format!("{method} {} is not a DPS operation", dps_core::device::excerpt(&path, 200)))
-        .into_response(&state, &method, &path)
+    let e =
+        error::ApiError::new(404, format!("{method} {} is not a DPS operation", dps_core::device::excerpt(&path, 200)));
+    (Api::Other, e.into_response(state, &method, &path))
 }
 
 /// The HTTPS side of the server: routes, and the WebSocket sub-protocols the composition root

@@ -61,12 +61,13 @@ pub(crate) struct LoopArgs {
     pub protocol: Protocol,
     pub drivers: Drivers,
     pub max_connections: usize,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
 pub(crate) async fn accept_loop(args: LoopArgs) {
-    let LoopArgs { listener, acceptor, protocol, drivers, max_connections, tracker, shutdown } = args;
+    let LoopArgs { listener, acceptor, protocol, drivers, max_connections, metrics, tracker, shutdown } = args;
     let connections = Arc::new(Semaphore::new(max_connections));
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -85,6 +86,7 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             tracing::warn!(listener = acceptor.name(), %peer, max_connections, "connection limit reached; closing the new connection");
+            metrics.connection_refused(acceptor.name(), "max_connections");
             drop(tcp);
             continue;
         };
@@ -92,12 +94,22 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
         let acceptor = acceptor.clone();
         let drivers = drivers.clone();
         let shutdown = shutdown.clone();
+        let metrics = metrics.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            let _open = metrics.connection_open(acceptor.name());
             let conn = tokio::select! {
                 () = shutdown.cancelled() => return,
-                r = acceptor.accept(tcp, peer) => match r { Ok(c) => c, Err(_) => return }, // logged by accept
+                r = acceptor.accept(tcp, peer) => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Logged by accept.
+                        metrics.handshake_failure(acceptor.name(), &handshake_reason(&e));
+                        return;
+                    }
+                },
             };
+            metrics.handshake(acceptor.name(), &conn.facts);
             let facts = ConnectionFacts {
                 transport: protocol.transport(),
                 peer,
@@ -115,4 +127,13 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
         });
     }
     tracing::debug!(listener = acceptor.name(), "accept loop stopped");
+}
+
+/// The `reason` label of a failed handshake: OpenSSL's reason, or the failure's kind.
+fn handshake_reason(e: &dps_tls::HandshakeFailure) -> String {
+    match e {
+        dps_tls::HandshakeFailure::Timeout(_) => "timeout".into(),
+        dps_tls::HandshakeFailure::Tls(reason) => reason.clone(),
+        _ => "setup".into(),
+    }
 }
