@@ -303,3 +303,20 @@ async fn ip_filter_rules_and_public_network_access_are_enforced() {
     assert!(e.contains("resources[0].identity"), "{e}");
     s.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_fails_when_the_store_is_gone() {
+    let mut cluster = dps_store_postgres::test_cluster::TestCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let s = start(&format!("[store]\nurl = {:?}\n", cluster.url("postgres"))).await;
+    let admin = s.server.admin_addr.expect("admin listener on");
+    let ready = || tokio::task::spawn_blocking(move || admin_get(admin, "/health/ready"));
+    assert_eq!(ready().await.unwrap().0, 200);
+    cluster.kill().unwrap();
+    let (status, body) = ready().await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not ready"), "{body}");
+    // Liveness is the process, not the store.
+    let (live, _) = tokio::task::spawn_blocking(move || admin_get(admin, "/health/live")).await.unwrap();
+    assert_eq!(live, 200);
+    s.server.shutdown().await;
+}
