@@ -211,6 +211,8 @@ impl DeviceSession {
     ) -> DeviceReply {
         let span = self.span("device_request");
         span.record("registration_id", registration_id);
+        // Metrics name the instance this request resolves to, not an earlier request's.
+        self.instance.clear();
         let reply = async {
             let api_version = match api_version {
                 None => return self.reply_error(Error::Invalid("the api-version query parameter is required".into())),
@@ -249,7 +251,10 @@ impl DeviceSession {
                 }
             });
             let (attested, at) = match cached {
-                Some(hit) => hit,
+                Some(hit) => {
+                    self.instance.clone_from(&hit.0.instance.name);
+                    hit
+                }
                 None => match self.attest(scope, registration_id, credential.clone()).await {
                     Ok(Attestation::Attested(a)) => {
                         self.identity = Some(Identity {
