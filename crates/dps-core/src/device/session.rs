@@ -393,6 +393,14 @@ impl DeviceSession {
         let now = self.services.clock.now();
         let fresh;
         let attested = if now.duration_since(at).unwrap_or_default() > FRESH {
+            // The instance's network rules may have changed since the connection authenticated.
+            let instance = match self.services.instance(&attested.instance.name).await {
+                Err(Error::InstanceNotFound(_)) => {
+                    return Err(Error::Unauthorized("the device's DPS instance is gone; connect again".into()))
+                }
+                other => other?,
+            };
+            self.services.check_network_access(&instance, self.conn.peer.ip(), Api::Device)?;
             fresh = self
                 .services
                 .refresh(attested)

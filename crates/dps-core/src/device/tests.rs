@@ -373,6 +373,9 @@ async fn the_session_reports_attestations_registrations_assignments_and_refusals
     assert!(matches!(d.request(&scope, "dev-1", API, Some(&auth), register).await, DeviceReply::Accepted { .. }));
     assert!(matches!(d.request(&scope, "dev-1", API, Some(&auth), register).await, DeviceReply::Accepted { .. }));
     assert!(matches!(d.request("0ne00000000", "dev-1", API, Some(&auth), register).await, DeviceReply::Error(_)));
+    // A connection that authenticated before the rule below.
+    let mut early = w.s.device_session(connection(Transport::Mqtt, TlsVersion::Tls12, vec![]));
+    assert_eq!(early.authenticate(&scope, "dev-1", API, Credential::Sas(&auth)).await, AuthOutcome::Attested);
     // The instance rejects this address: refused before the credential is looked at.
     w.s.update_instance("dps", |i| {
         i.ip_filter_rules = vec![crate::model::IpFilterRule {
@@ -390,6 +393,9 @@ async fn the_session_reports_attestations_registrations_assignments_and_refusals
         matches!(m.authenticate(&scope, "dev-1", API, Credential::Sas(&auth)).await, AuthOutcome::Refused(w) if w.status == 401)
     );
     assert!(matches!(m.handle(register).await, DeviceReply::Error(e) if e.status == 401));
+    // The early connection's next registration (its authentication now older than 5 s) sees it.
+    w.clock.advance(Duration::from_secs(6));
+    assert!(matches!(early.handle(register).await, DeviceReply::Error(e) if e.status == 401));
     assert_eq!(
         *rec.0.lock().unwrap(),
         [
@@ -400,6 +406,9 @@ async fn the_session_reports_attestations_registrations_assignments_and_refusals
             "assign dps https hub-a",
             "attest  https failure",
             "register  https refused",
+            "attest dps mqtt success",
+            "refuse dps device ip_filter",
+            "register dps mqtt refused",
             "refuse dps device ip_filter",
             "register dps mqtt refused",
         ]
