@@ -1,4 +1,4 @@
-# OpenDPS in a container: docker build -t opendps . && docker run -p 443:443 -p 8883:8883 -v opendps:/var/lib/opendps opendps
+# OpenDPS in a container: docker build -t opendps . && docker run -p 443:443 -p 8883:8883 -p 5671:5671 -v opendps:/var/lib/opendps opendps
 # Settings: mount /etc/opendps/opendps.toml, or pass OPENDPS_SECTION__KEY variables (-e).
 # The operator CLI runs in the same container: docker exec <name> opendps dps connection-string
 
@@ -19,7 +19,7 @@ RUN apt-get update \
  && install -d -m 0700 -o opendps -g opendps /var/lib/opendps \
  && install -d -m 0755 /etc/opendps
 COPY --from=build /opendps /usr/local/bin/opendps
-# Bind 443 and 8883 as a user that is not root.
+# Bind 443, 8883 and 5671 as a user that is not root.
 RUN setcap cap_net_bind_service=+ep /usr/local/bin/opendps \
  && apt-get purge -y libcap2-bin && apt-get autoremove -y
 USER opendps
@@ -29,8 +29,9 @@ ENV OPENDPS_DATA_DIR=/var/lib/opendps
 # loopback, e.g. -p 127.0.0.1:9464:9464 (docs/operations.md).
 ENV OPENDPS_ADMIN__ADDRESS=0.0.0.0
 VOLUME ["/var/lib/opendps"]
-# HTTPS (device + service + management API, MQTT over WebSockets), MQTT over TLS, admin.
-EXPOSE 443 8883 9464
+# HTTPS (device + service + management API, MQTT over WebSockets), MQTT over TLS, AMQP over
+# TLS, admin.
+EXPOSE 443 8883 5671 9464
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s CMD ["opendps", "dps", "show", "-o", "none"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["opendps"]

@@ -96,6 +96,8 @@ impl Server {
             // The admin listener is not measured; a free port keeps servers side by side apart.
             .arg("--admin-port")
             .arg("0")
+            .arg("--amqp-port")
+            .arg("0")
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
