@@ -37,6 +37,7 @@ pub struct Config {
     pub service: ServiceConfig,
     pub allocation: AllocationConfig,
     pub limits: LimitsConfig,
+    pub admin: AdminConfig,
 }
 
 /// Time bounds of every connection (docs/limits.md). A bound reached costs only that connection.
@@ -56,6 +57,17 @@ pub struct LimitsConfig {
     pub mqtt_max_keep_alive: Duration,
     /// MQTT: how long a connection whose device was refused at CONNECT may stay.
     pub mqtt_refused_lifetime: Duration,
+}
+
+/// The plain-HTTP admin listener: Prometheus `/metrics`, `/health/live`, `/health/ready`
+/// (docs/operations.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// Default: the listen address if it is a loopback address, else 127.0.0.1.
+    pub address: IpAddr,
+    /// Default 9464.
+    pub port: u16,
 }
 
 /// Custom allocation webhooks.
@@ -191,6 +203,7 @@ pub struct Overrides {
     pub log_filter: Option<String>,
     pub public_host: Option<String>,
     pub store_url: Option<String>,
+    pub admin_port: Option<u16>,
 }
 
 /// A string that never prints (store URLs may carry passwords).
@@ -455,6 +468,25 @@ impl Config {
             },
         };
         let limits = v.limits(&raw.limits);
+        let admin = AdminConfig {
+            enabled: raw.admin.enabled.unwrap_or(true),
+            address: match raw.admin.address.as_deref() {
+                Some(a) => v.ip("admin.address", a),
+                None if address.is_loopback() => address,
+                None => IpAddr::from([127, 0, 0, 1]),
+            },
+            port: raw.admin.port.unwrap_or(9464),
+        };
+        if admin.enabled && admin.port != 0 {
+            for (name, l) in [("https", &https), ("mqtt", &mqtt), ("amqp", &amqp)] {
+                if l.enabled && l.port == admin.port && (l.address == admin.address || l.address.is_unspecified()) {
+                    v.problem(
+                        "admin.port",
+                        format!("{} is also the {name} port; give each listener its own port", admin.port),
+                    );
+                }
+            }
+        }
         if data_dir.as_os_str().is_empty() {
             v.problem("data_dir", "must not be empty".into());
         }
@@ -481,6 +513,7 @@ impl Config {
             service,
             allocation,
             limits,
+            admin,
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod device;
 pub mod error;
 pub mod log_limit;
 pub mod model;
+pub mod observe;
 pub mod ports;
 pub mod service;
 pub mod store;

@@ -33,6 +33,7 @@ use axum::Json;
 pub use axum::Router;
 use dps_core::device::{ConnectionFacts, DeviceSession};
 use dps_core::error::WireError;
+use dps_core::observe::Api;
 use error::ApiError;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -199,18 +200,31 @@ async fn dispatch(
     conn: Option<Extension<ConnectionInfo>>,
     req: axum::http::Request<Body>,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let transport = conn.as_ref().map_or(dps_core::device::Transport::Https, |c| c.facts.transport);
+    let (api, response) = route(&state, conn, req).await;
+    state.services.observer().request(transport, api, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Reads the request and hands it to the API that answers its path.
+async fn route(
+    state: &Arc<AppState>,
+    conn: Option<Extension<ConnectionInfo>>,
+    req: axum::http::Request<Body>,
+) -> (Api, Response) {
     let (parts, body) = req.into_parts();
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
     let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(decode).collect();
-    let limit = body_limit(&state, &segments, &parts.headers).await;
-    let body = match read_body(&state, &parts.headers, body, limit).await {
+    let limit = body_limit(state, &segments, &parts.headers).await;
+    let body = match read_body(state, &parts.headers, body, limit).await {
         Ok(b) => b,
         Err(e) => {
             // The rest of the body is not read: the connection cannot carry another request.
-            let mut r = e.into_response(&state, &method, &path);
+            let mut r = e.into_response(state, &method, &path);
             r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
+            return (Api::Other, r);
         }
     };
     let req = Request {
@@ -231,17 +245,17 @@ async fn dispatch(
         body,
         conn: conn.map(|Extension(c)| c),
     };
-    if let Some(r) = management::handle(&state, &req).await {
-        return r.unwrap_or_else(|e| management::arm_error(&state, e, &method, &path));
+    if let Some(r) = management::handle(state, &req).await {
+        return (Api::Management, r.unwrap_or_else(|e| management::arm_error(state, e, &method, &path)));
     }
-    if let Some(r) = device_api::handle(&state, &req).await {
-        return r;
+    if let Some(r) = device_api::handle(state, &req).await {
+        return (Api::Device, r);
     }
-    if let Some(r) = service_api::handle(&state, &req).await {
-        return r.unwrap_or_else(|e| e.into_response(&state, &method, &path));
+    if let Some(r) = service_api::handle(state, &req).await {
+        return (Api::Service, r.unwrap_or_else(|e| e.into_response(state, &method, &path)));
     }
-    ApiError::new(404, format!("{method} {} is not a DPS operation", dps_core::device::excerpt(&path, 200)))
-        .into_response(&state, &method, &path)
+    let e = ApiError::new(404, format!("{method} {} is not a DPS operation", dps_core::device::excerpt(&path, 200)));
+    (Api::Other, e.into_response(state, &method, &path))
 }
 
 /// The HTTPS side of the server: routes, and the WebSocket sub-protocols the composition root

@@ -5,7 +5,9 @@
 //! Sockets are bound outside [`Server::start`] ([`bind`]), so tests can pass listeners of their
 //! own and the binary can report a bind failure with what to do about it.
 
+mod admin;
 mod listener;
+pub mod metrics;
 mod webhook;
 
 pub use webhook::HttpsWebhook;
@@ -150,13 +152,34 @@ fn transports(config: &Config) -> [(&'static str, &ListenerConfig, &'static str,
 #[derive(Debug, Default)]
 pub struct BoundListeners {
     pub listeners: Vec<(&'static str, TcpListener)>,
+    /// The plain-HTTP admin listener (metrics, health), unless disabled.
+    pub admin: Option<TcpListener>,
 }
 
 impl BoundListeners {
     /// The bound address of listener `name`.
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        if name == "admin" {
+            return self.admin.as_ref().and_then(|l| l.local_addr().ok());
+        }
         self.listeners.iter().find(|(n, _)| *n == name).and_then(|(_, l)| l.local_addr().ok())
     }
+}
+
+fn bind_error(listener: &'static str, addr: SocketAddr, flag: &str, source: std::io::Error) -> ServerError {
+    let hint = match source.kind() {
+        std::io::ErrorKind::PermissionDenied => format!(
+            "permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE. Run as root, or pick another port with {flag}"
+        ),
+        std::io::ErrorKind::AddrInUse => format!(
+            "the address is already in use; stop the other server, or pick another port with {flag} or another address with --listen-address"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            "this machine has no such address; pick one of its own with --listen-address".to_owned()
+        }
+        _ => format!("{source}"),
+    };
+    ServerError::Bind { listener, addr, hint, source }
 }
 
 /// Binds every enabled listener of `config`.
@@ -167,22 +190,13 @@ pub async fn bind(config: &Config) -> Result<BoundListeners, ServerError> {
             continue;
         }
         let addr = SocketAddr::new(l.address, l.port);
-        let listener = TcpListener::bind(addr).await.map_err(|source| {
-            let hint = match source.kind() {
-                std::io::ErrorKind::PermissionDenied => format!(
-                    "permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE. Run as root, or pick another port with {flag}"
-                ),
-                std::io::ErrorKind::AddrInUse => format!(
-                    "the address is already in use; stop the other server, or pick another port with {flag} or another address with --listen-address"
-                ),
-                std::io::ErrorKind::AddrNotAvailable => {
-                    "this machine has no such address; pick one of its own with --listen-address".to_owned()
-                }
-                _ => format!("{source}"),
-            };
-            ServerError::Bind { listener: name, addr, hint, source }
-        })?;
+        let listener = TcpListener::bind(addr).await.map_err(|source| bind_error(name, addr, flag, source))?;
         bound.listeners.push((name, listener));
+    }
+    if config.admin.enabled {
+        let addr = SocketAddr::new(config.admin.address, config.admin.port);
+        let flag = "--admin-port (or [admin] enabled = false)";
+        bound.admin = Some(TcpListener::bind(addr).await.map_err(|source| bind_error("admin", addr, flag, source))?);
     }
     Ok(bound)
 }
@@ -307,6 +321,9 @@ pub struct Server {
     pub https_addr: Option<SocketAddr>,
     pub mqtt_addr: Option<SocketAddr>,
     pub amqp_addr: Option<SocketAddr>,
+    /// The admin listener (metrics, health), if enabled.
+    pub admin_addr: Option<SocketAddr>,
+    pub metrics: Arc<metrics::Metrics>,
     pub tls: Arc<ServerTls>,
     pub state: Arc<dps_http::AppState>,
     /// The management API's bearer credential (also in `data_dir/admin.token`).
@@ -349,12 +366,14 @@ impl Server {
             .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("TLS start-up task failed: {e}"))))?
             .map_err(ServerError::Tls)?;
 
+        let metrics = Arc::new(metrics::Metrics::new());
+        let timed = |s| metrics::TimedStore::new(s, metrics.clone());
         let store: Arc<dyn dps_core::store::Store> = match &config.store.url {
-            Some(url) => Arc::new(
+            Some(url) => Arc::new(timed(
                 dps_store_postgres::PgStore::connect(&url.0, 16)
                     .await
                     .map_err(|source| ServerError::Store { path: PathBuf::from("postgres://<redacted>"), source })?,
-            ),
+            )),
             None => {
                 let store_path = config.store.path.clone();
                 let durability = if config.store.durable_fsync {
@@ -362,12 +381,13 @@ impl Server {
                 } else {
                     dps_store_sqlite::Durability::Normal
                 };
-                Arc::new(
+                Arc::new(metrics::TimedStore::new(
                     tokio::task::spawn_blocking(move || dps_store_sqlite::SqliteStore::open(&store_path, durability))
                         .await
                         .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("store task failed: {e}"))))?
                         .map_err(|source| ServerError::Store { path: config.store.path.clone(), source })?,
-                )
+                    metrics.clone(),
+                ))
             }
         };
         let admin_token = admin_token(&config)?;
@@ -378,6 +398,7 @@ impl Server {
             Arc::new(dps_attest::OpensslX509),
             Arc::new(dps_attest::OpensslDeviceCrypto),
         )
+        .with_observer(metrics.clone())
         .with_registration_quota(config.service.registrations_per_minute)
         .with_host_names(host_names(&config))
         .with_admin_token(admin_token.clone())
@@ -433,9 +454,15 @@ impl Server {
                 drivers: drivers.clone(),
                 max_connections: config.tls.max_connections,
                 hello_timeout: config.limits.hello_timeout,
+                metrics: metrics.clone(),
                 tracker: tracker.clone(),
                 shutdown: shutdown.clone(),
             }));
+        }
+        let admin_addr = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(l) = listeners.admin {
+            let services = state.services.clone();
+            tracker.spawn(admin::serve(l, metrics.clone(), services, tracker.clone(), shutdown.clone()));
         }
         if let Some(addr) = addrs.0 {
             write_private(&endpoint_path(&config), &format!("{addr}\n"))?;
@@ -453,6 +480,8 @@ impl Server {
             https_addr: addrs.0,
             mqtt_addr: addrs.1,
             amqp_addr: addrs.2,
+            admin_addr,
+            metrics,
             tls,
             state,
             admin_token,

@@ -88,12 +88,14 @@ pub(crate) struct LoopArgs {
     /// A new connection must send its first bytes within this before it may take a handshake
     /// slot (half-open and silent connections hold none).
     pub hello_timeout: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
 pub(crate) async fn accept_loop(args: LoopArgs) {
-    let LoopArgs { listener, acceptor, protocol, drivers, max_connections, hello_timeout, tracker, shutdown } = args;
+    let LoopArgs { listener, acceptor, protocol, drivers, max_connections, hello_timeout, metrics, tracker, shutdown } =
+        args;
     let connections = Arc::new(Semaphore::new(max_connections));
     let mut backoff = Duration::from_millis(5);
     // A flood of refusals is one line per 10 s, not one per connection.
@@ -118,6 +120,7 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
             if let Some(more) = refusals.event(Instant::now()) {
                 tracing::warn!(listener = acceptor.name(), %peer, max_connections, refused_before = more, "connection limit reached; closing the new connection (further refusals are counted, one line per 10 s)");
             }
+            metrics.connection_refused(acceptor.name(), "max_connections");
             drop(tcp);
             continue;
         };
@@ -133,8 +136,10 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
         let acceptor = acceptor.clone();
         let drivers = drivers.clone();
         let shutdown = shutdown.clone();
+        let metrics = metrics.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            let _open = metrics.connection_open(acceptor.name());
             // The first bytes of the ClientHello, waited for without a handshake slot.
             let mut byte = [0u8; 1];
             let first = tokio::select! {
@@ -147,8 +152,16 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
             }
             let conn = tokio::select! {
                 () = shutdown.cancelled() => return,
-                r = acceptor.accept(tcp, peer) => match r { Ok(c) => c, Err(_) => return }, // logged by accept
+                r = acceptor.accept(tcp, peer) => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Logged by accept.
+                        metrics.handshake_failure(acceptor.name(), &handshake_reason(&e));
+                        return;
+                    }
+                },
             };
+            metrics.handshake(acceptor.name(), &conn.facts);
             let facts = ConnectionFacts {
                 transport: protocol.transport(),
                 peer,
@@ -170,4 +183,13 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
         });
     }
     tracing::debug!(listener = acceptor.name(), "accept loop stopped");
+}
+
+/// The `reason` label of a failed handshake: OpenSSL's reason, or the failure's kind.
+fn handshake_reason(e: &dps_tls::HandshakeFailure) -> String {
+    match e {
+        dps_tls::HandshakeFailure::Timeout(_) => "timeout".into(),
+        dps_tls::HandshakeFailure::Tls(reason) => reason.clone(),
+        _ => "setup".into(),
+    }
 }

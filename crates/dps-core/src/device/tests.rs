@@ -589,3 +589,79 @@ async fn an_api_version_learnt_after_authentication_applies_to_later_requests() 
     let e = d.set_api_version("yesterday").expect_err("malformed");
     assert_eq!((e.status, e.error_code), (400, 400_000));
 }
+
+/// Records what the session reports, as `kind instance protocol result`.
+#[derive(Debug, Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl crate::observe::Observer for Recorder {
+    fn attestation_attempt(&self, i: &str, t: Transport, r: crate::observe::AttestationResult) {
+        self.0.lock().unwrap().push(format!("attest {i} {} {}", t.as_str(), r.as_str()));
+    }
+    fn registration_attempt(&self, i: &str, t: Transport, r: &str) {
+        self.0.lock().unwrap().push(format!("register {i} {} {r}", t.as_str()));
+    }
+    fn device_assignment(&self, i: &str, t: Transport, hub: &str) {
+        self.0.lock().unwrap().push(format!("assign {i} {} {hub}", t.as_str()));
+    }
+    fn network_refusal(&self, i: &str, api: crate::observe::Api, reason: &str) {
+        self.0.lock().unwrap().push(format!("refuse {i} {} {reason}", api.as_str()));
+    }
+}
+
+#[tokio::test]
+async fn the_session_reports_attestations_registrations_assignments_and_refusals() {
+    let mut w = World::new(&["hub-a"]).await;
+    let rec = std::sync::Arc::new(Recorder::default());
+    w.s = w.s.clone().with_observer(rec.clone());
+    w.enroll(json!({ "registrationId": "dev-1", "attestation": { "type": "symmetricKey", "symmetricKey": { "primaryKey": K1, "secondaryKey": K1 } } })).await;
+    let scope = w.scope();
+    let auth = w.sas("dev-1", K1);
+    let mut d = w.https(vec![]);
+    let register = Operation::Register { body: b"" };
+    // Twice on one keep-alive session (the second reuses the authentication), then an unknown
+    // scope on the same session: its refusal is not counted against the earlier instance.
+    assert!(matches!(d.request(&scope, "dev-1", API, Some(&auth), register).await, DeviceReply::Accepted { .. }));
+    assert!(matches!(d.request(&scope, "dev-1", API, Some(&auth), register).await, DeviceReply::Accepted { .. }));
+    assert!(matches!(d.request("0ne00000000", "dev-1", API, Some(&auth), register).await, DeviceReply::Error(_)));
+    // A connection that authenticated before the rule below.
+    let mut early = w.s.device_session(connection(Transport::Mqtt, TlsVersion::Tls12, vec![]));
+    assert_eq!(early.authenticate(&scope, "dev-1", API, Credential::Sas(&auth)).await, AuthOutcome::Attested);
+    // The instance rejects this address: refused before the credential is looked at.
+    w.s.update_instance("dps", |i| {
+        i.ip_filter_rules = vec![crate::model::IpFilterRule {
+            filter_name: "all".into(),
+            action: crate::model::IpFilterAction::Reject,
+            ip_mask: "0.0.0.0/0".into(),
+            target: crate::model::IpFilterTarget::DeviceApi,
+        }];
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let mut m = w.s.device_session(connection(Transport::Mqtt, TlsVersion::Tls12, vec![]));
+    assert!(
+        matches!(m.authenticate(&scope, "dev-1", API, Credential::Sas(&auth)).await, AuthOutcome::Refused(w) if w.status == 401)
+    );
+    assert!(matches!(m.handle(register).await, DeviceReply::Error(e) if e.status == 401));
+    // The early connection's next registration (its authentication now older than 5 s) sees it.
+    w.clock.advance(Duration::from_secs(6));
+    assert!(matches!(early.handle(register).await, DeviceReply::Error(e) if e.status == 401));
+    assert_eq!(
+        *rec.0.lock().unwrap(),
+        [
+            "attest dps https success",
+            "register dps https assigned",
+            "assign dps https hub-a",
+            "register dps https assigned",
+            "assign dps https hub-a",
+            "attest  https failure",
+            "register  https refused",
+            "attest dps mqtt success",
+            "refuse dps device ip_filter",
+            "register dps mqtt refused",
+            "refuse dps device ip_filter",
+            "register dps mqtt refused",
+        ]
+    );
+}

@@ -7,6 +7,7 @@ mod callers;
 mod certificates;
 mod deploy;
 mod enrollments;
+mod network;
 pub mod query;
 mod readiness;
 mod regions;
@@ -15,6 +16,7 @@ mod throttle;
 
 use std::sync::Arc;
 
+use crate::observe::{NoObserver, Observer};
 use crate::ports::{AllocationWebhook, Clock, DeviceCrypto, Entropy, NoTpm, NoWebhook, TpmActivator, X509Inspector};
 use crate::store::Store;
 
@@ -54,6 +56,10 @@ pub struct Services {
     pub(crate) host_names: Vec<String>,
     /// The management API's bearer credential.
     pub(crate) admin_token: Option<String>,
+    /// Where metrics go.
+    pub(crate) observer: Arc<dyn Observer>,
+    /// Sources whose network refusal was logged (each is logged once).
+    pub(crate) refusals_logged: Arc<network::LoggedOnce>,
 }
 
 impl Services {
@@ -77,7 +83,21 @@ impl Services {
             allow_http_localhost_webhooks: false,
             host_names: Vec::new(),
             admin_token: None,
+            observer: Arc::new(NoObserver),
+            refusals_logged: Arc::default(),
         }
+    }
+
+    /// Sets where the domain reports what it does (metrics).
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// The observer, for adapters that report requests (latency) themselves.
+    pub fn observer(&self) -> &dyn Observer {
+        self.observer.as_ref()
     }
 
     /// Sets the host names clients use for this server (the public host name, listen

@@ -26,6 +26,7 @@ fn instance(name: &str, scope: u8) -> Instance {
         authorization_policies: vec![],
         enable_data_residency: false,
         public_network_access: "Enabled".into(),
+        ip_filter_rules: vec![],
         state: "Active".into(),
         created: "t0".into(),
         updated: "t0".into(),

@@ -49,10 +49,11 @@ pub async fn start_with_clock(extra: &str, clock: std::sync::Arc<dyn dps_core::p
 }
 
 pub fn config(dir: &Path, extra: &str) -> Config {
-    // Listener tables in `extra` get port 0 added; the others are added here.
+    // Listener tables in `extra` get port 0 added; the others are added here (the admin
+    // listener included, so parallel tests never share its port).
     let mut extra = extra.to_owned();
     let mut base = format!("data_dir = {:?}\n[listen]\naddress = \"127.0.0.1\"\n", dir.to_str().expect("utf-8 path"));
-    for table in ["[https]", "[mqtt]", "[amqp]"] {
+    for table in ["[https]", "[mqtt]", "[amqp]", "[admin]"] {
         if extra.contains(table) {
             extra = extra.replace(table, &format!("{table}\nport = 0"));
         } else {
