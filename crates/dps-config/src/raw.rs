@@ -30,6 +30,16 @@ pub struct Raw {
     pub service: RawService,
     #[serde(default)]
     pub allocation: RawAllocation,
+    #[serde(default)]
+    pub hub_registry: RawHubRegistry,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHubRegistry {
+    pub register_devices: Option<bool>,
+    pub timeout: Option<String>,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

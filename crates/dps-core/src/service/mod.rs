@@ -7,6 +7,8 @@ mod callers;
 mod certificates;
 mod deploy;
 mod enrollments;
+mod hub;
+mod hub_sync;
 pub mod query;
 mod readiness;
 mod regions;
@@ -15,7 +17,9 @@ mod throttle;
 
 use std::sync::Arc;
 
-use crate::ports::{AllocationWebhook, Clock, DeviceCrypto, Entropy, NoWebhook, X509Inspector};
+use crate::ports::{
+    AllocationWebhook, Clock, DeviceCrypto, Entropy, HubRegistry, NoHubRegistry, NoWebhook, X509Inspector,
+};
 use crate::store::Store;
 
 pub use allocation::weighted_choice;
@@ -27,6 +31,8 @@ pub use deploy::{
     OWNER_POLICY,
 };
 pub use enrollments::{BulkError, BulkMode, BulkResult};
+pub use hub::{check_hub_api_version, device_json, twin_json, HubAccess, HubError};
+pub use hub_sync::HUB_REFUSED;
 pub use readiness::{ReadinessReport, Refused};
 pub use regions::{distance_km, is_known as is_known_region, REGIONS};
 pub use registration::OperationStatus;
@@ -44,6 +50,8 @@ pub struct Services {
     pub(crate) throttle: Arc<Throttle>,
     /// Custom allocation webhook client.
     pub(crate) webhook: Arc<dyn AllocationWebhook>,
+    /// The IoT hub registry client (devices written into their hubs).
+    pub(crate) hubs: Arc<dyn HubRegistry>,
     /// This node's region (geoLatency allocation; location of instances that name none).
     pub(crate) region: String,
     /// Whether webhook URLs may be plain `http://` to localhost (tests, local development).
@@ -70,6 +78,7 @@ impl Services {
             crypto,
             throttle: Arc::new(Throttle::new(0)),
             webhook: Arc::new(NoWebhook),
+            hubs: Arc::new(NoHubRegistry),
             region: "local".into(),
             allow_http_localhost_webhooks: false,
             host_names: Vec::new(),
@@ -142,6 +151,13 @@ impl Services {
     #[must_use]
     pub fn with_webhook(mut self, webhook: Arc<dyn AllocationWebhook>) -> Self {
         self.webhook = webhook;
+        self
+    }
+
+    /// Sets the IoT hub registry client registration writes devices through.
+    #[must_use]
+    pub fn with_hub_registry(mut self, hubs: Arc<dyn HubRegistry>) -> Self {
+        self.hubs = hubs;
         self
     }
 

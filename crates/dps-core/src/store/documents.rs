@@ -5,7 +5,9 @@
 use serde::de::DeserializeOwned;
 
 use super::{from_doc, to_doc, InstanceWrite, Page, Precondition, Store, StoreError};
-use crate::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord};
+use crate::model::{
+    CaCertificate, EnrollmentGroup, Hub, HubDevice, IdScope, IndividualEnrollment, Instance, RegistrationRecord,
+};
 
 /// The kinds of document, with their stable numbers (stored in the database).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +16,18 @@ pub enum Kind {
     Group = 2,
     Registration = 3,
     Certificate = 4,
+    /// Embedded hubs, all under the pseudo-instance [`HUBS`].
+    Hub = 5,
+    /// Device identities of an embedded hub, under the pseudo-instance [`hub_space`].
+    HubDevice = 6,
+}
+
+/// The pseudo-instance embedded hubs are filed under (`$` is never in an instance name).
+pub const HUBS: &str = "$hubs";
+
+/// The pseudo-instance the devices of hub `hub` are filed under.
+pub fn hub_space(hub: &str) -> String {
+    format!("$hub:{}", hub.to_ascii_lowercase())
 }
 
 /// A page of raw documents.
@@ -118,6 +132,26 @@ impl Document for CaCertificate {
     }
     fn doc_etag(&self) -> &str {
         &self.etag
+    }
+}
+
+impl Document for Hub {
+    const KIND: Kind = Kind::Hub;
+    fn doc_id(&self) -> &str {
+        &self.name
+    }
+    fn doc_etag(&self) -> &str {
+        &self.etag
+    }
+}
+
+impl Document for HubDevice {
+    const KIND: Kind = Kind::HubDevice;
+    fn doc_id(&self) -> &str {
+        &self.device_id
+    }
+    fn doc_etag(&self) -> &str {
+        &self.doc_etag
     }
 }
 
@@ -297,5 +331,35 @@ impl<S: DocumentStore> Store for S {
     }
     async fn certificates(&self, instance: &str) -> Result<Vec<CaCertificate>, StoreError> {
         Ok(page(self, Kind::Certificate, instance, None, None, 10_000).await?.items)
+    }
+
+    async fn hub(&self, name: &str) -> Result<Option<Hub>, StoreError> {
+        get(self, Kind::Hub, HUBS, name).await
+    }
+    async fn put_hub(&self, h: &Hub, pre: Precondition<'_>) -> Result<(), StoreError> {
+        put(self, HUBS, h, pre).await
+    }
+    async fn delete_hub(&self, name: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.delete_doc(Kind::Hub, HUBS, name, pre).await
+    }
+    async fn hubs(&self) -> Result<Vec<Hub>, StoreError> {
+        Ok(page(self, Kind::Hub, HUBS, None, None, 10_000).await?.items)
+    }
+    async fn hub_device(&self, hub: &str, device_id: &str) -> Result<Option<HubDevice>, StoreError> {
+        get(self, Kind::HubDevice, &hub_space(hub), device_id).await
+    }
+    async fn put_hub_device(&self, hub: &str, d: &HubDevice, pre: Precondition<'_>) -> Result<(), StoreError> {
+        put(self, &hub_space(hub), d, pre).await
+    }
+    async fn delete_hub_device(&self, hub: &str, device_id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.delete_doc(Kind::HubDevice, &hub_space(hub), device_id, pre).await
+    }
+    async fn hub_devices(
+        &self,
+        hub: &str,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<HubDevice>, StoreError> {
+        page(self, Kind::HubDevice, &hub_space(hub), None, continuation, limit).await
     }
 }

@@ -5,7 +5,9 @@
 //! (compared lower-cased); instance names likewise. Every write carries a [`Precondition`], so
 //! the check and the write happen in one transaction in the backend.
 
-use crate::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord};
+use crate::model::{
+    CaCertificate, EnrollmentGroup, Hub, HubDevice, IdScope, IndividualEnrollment, Instance, RegistrationRecord,
+};
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -166,4 +168,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         -> Result<(), StoreError>;
     async fn delete_certificate(&self, instance: &str, name: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
     async fn certificates(&self, instance: &str) -> Result<Vec<CaCertificate>, StoreError>;
+
+    /// Embedded hubs (docs/hub.md), outside every DPS instance.
+    async fn hub(&self, name: &str) -> Result<Option<Hub>, StoreError>;
+    async fn put_hub(&self, h: &Hub, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn delete_hub(&self, name: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn hubs(&self) -> Result<Vec<Hub>, StoreError>;
+    async fn hub_device(&self, hub: &str, device_id: &str) -> Result<Option<HubDevice>, StoreError>;
+    async fn put_hub_device(&self, hub: &str, d: &HubDevice, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn delete_hub_device(&self, hub: &str, device_id: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn hub_devices(
+        &self,
+        hub: &str,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<HubDevice>, StoreError>;
 }
