@@ -89,14 +89,23 @@ impl HttpsHubRegistry {
             }
         }
         let unreachable = |cause: String| HubCallError::Unreachable { host: key.to_owned(), cause };
-        let addr = tokio::net::lookup_host((host, port))
+        let addrs: Vec<_> = tokio::net::lookup_host((host, port))
             .await
             .map_err(|e| unreachable(format!("it does not resolve: {e}")))?
-            .next()
-            .ok_or_else(|| unreachable("it has no address".into()))?;
-        let tls = dps_tls::client::connect(addr, host, self.roots.as_deref())
-            .await
-            .map_err(|e| unreachable(format!("TLS failed: {}", dps_tls::DisplayChain(&e))))?;
+            .collect();
+        // Every address in turn (`localhost` may resolve to ::1 first on a server bound to IPv4).
+        let mut failure = unreachable("it has no address".into());
+        let mut stream = None;
+        for addr in addrs {
+            match dps_tls::client::connect(addr, host, self.roots.as_deref()).await {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => failure = unreachable(format!("TLS failed: {}", dps_tls::DisplayChain(&e))),
+            }
+        }
+        let tls = stream.ok_or(failure)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| unreachable(format!("HTTP failed: {e}")))?;

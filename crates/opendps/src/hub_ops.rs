@@ -193,7 +193,8 @@ pub async fn hub(t: &Target, cmd: IotHubCmd, out: &Printer) -> anyhow::Result<()
             out.print(&Value::Array(list))
         }
         IotHubCmd::DeviceIdentity(DeviceIdentityCmd::Show { hub, device_id }) => {
-            out.print(&registry(t, &hub, &format!("/devices/{}", seg(&device_id))).await?)
+            let d = registry(t, &hub, &format!("/devices/{}", seg(&device_id))).await?;
+            out.print(&if out.is_table() { device_summary(&d) } else { d })
         }
         IotHubCmd::DeviceTwin(DeviceTwinCmd::Show { hub, device_id }) => {
             out.print(&registry(t, &hub, &format!("/twins/{}", seg(&device_id))).await?)
