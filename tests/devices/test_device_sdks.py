@@ -167,7 +167,7 @@ def test_python_same_device_twice_same_assignment(server):
     rec = assert_record(server, rid, *second)
     assert rec["createdDateTimeUtc"] == created, "re-registration must keep the record's creation time"
 
-    # Same hub again, and the SDK sends api-version 2019-03-31: dps-protocol.md §6.4 says such
+    # Same hub again, and the SDK sends api-version 2019-03-31: docs/allocation.md ("Reprovisioning") says such
     # clients get initialAssignment (reprovisionedToInitialAssignment exists from 2019-04-15 on).
     sub = out2["result"]["registrationState"]["subStatus"]
     assert sub == "initialAssignment", out2["result"]
@@ -362,7 +362,7 @@ def test_foreign_ca_refused(server, certs, sdk):
 
 
 def test_mqtt_attestation_failure_reported_on_response_topic(server):
-    """dps-protocol.md §2.1: like real DPS, the MQTT endpoint accepts the CONNECT and reports an
+    """docs/protocol.md, "MQTT connection": like real DPS, the MQTT endpoint accepts the CONNECT and reports an
     attestation failure on the register response topic ($dps/registrations/res/401/...) with a DPS
     error body; CONNACK refusals are kept for unparsable usernames. Seen through the Node MQTT
     transport: a response-topic refusal surfaces as `result.errorCode`, a CONNACK one as `code`."""
@@ -526,7 +526,7 @@ def test_node_mqtt_over_websockets(server):
 def test_x509_the_group_of_the_closest_ca_decides(server, certs):
     """Two X.509 groups: one signed by the root, one by the intermediate. A device presenting
     leaf + intermediate belongs to the intermediate's group (the first intermediate decides,
-    dps-protocol.md §4.3), whichever was enrolled first."""
+    docs/x509.md), whichever was enrolled first."""
     root = certs.root(unique("closest-root"))
     inter = certs.intermediate(unique("closest-int"), root)
     g_root, g_int = unique("grp-root"), unique("grp-int")

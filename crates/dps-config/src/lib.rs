@@ -1,6 +1,6 @@
 //! `dps-config`: the configuration of `opendps serve`.
 //!
-//! Two layers, as in craft.md L4: [`raw`] is the serde shape of the TOML file
+//! Two layers: [`raw`] is the serde shape of the TOML file
 //! (`deny_unknown_fields`: a misspelt security setting must fail, not be ignored), and [`Config`]
 //! is the validated value the server runs on. [`Config::load`] goes file → command-line
 //! [`Overrides`] → one validation pass that reports **every** problem with its TOML path.

@@ -3,7 +3,7 @@
 //! protocol adapter of that port, and shuts everything down in order.
 //!
 //! Sockets are bound outside [`Server::start`] ([`bind`]), so tests can pass listeners of their
-//! own and the binary can report a bind failure with what to do about it (craft.md L12).
+//! own and the binary can report a bind failure with what to do about it.
 
 mod hub_client;
 mod listener;

@@ -244,7 +244,7 @@ async fn mqtt_register_poll_and_bad_input() {
         let scope = scope2;
         let user = |id: &str| format!("{scope}/registrations/{id}/api-version=2019-03-31&ClientVersion=test");
         // Wrong key: CONNECT is accepted (session-present 0) and the register request is answered
-        // with the DPS 401 on its response topic (dps-protocol.md §2.1).
+        // with the DPS 401 on its response topic (docs/protocol.md, "MQTT connection").
         let (mut bad, code) = mqtt_connect(
             addr,
             "m-1",

@@ -1,5 +1,6 @@
 //! Stateless nodes sharing PostgreSQL: what one node writes, another serves. A device registers
 //! at node A and polls its operation at node B; an enrollment written through A is read at B.
+//! The database is a throwaway cluster of the test's own (or `OPENDPS_TEST_POSTGRES_URL`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,14 +15,13 @@ const KEY: &str = "bXVsdGktbm9kZS1rZXktbXVsdGktbm9kZS1rZXktMDEyMzQ1Njc4OQ==";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_nodes_share_one_postgres_store() {
-    let base =
-        std::env::var("OPENDPS_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let (base, _cluster) = dps_store_postgres::test_cluster::test_database().unwrap_or_else(|e| panic!("{e}"));
     let schema = format!("opendps_multi_{}", std::process::id());
-    let (admin, conn) =
-        tokio_postgres::connect(&base, tokio_postgres::NoTls).await.expect("PostgreSQL at 127.0.0.1:5432 is required");
+    let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.expect("PostgreSQL is required");
     tokio::spawn(conn);
     admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).await.unwrap();
-    let url = format!("{base}?options=-csearch_path%3D{schema}");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
     let extra = format!("[store]\nurl = {url:?}\n");
     let a = common::start(&extra).await;
     let b = common::start(&extra).await;

@@ -17,6 +17,9 @@ use dps_core::store::{
 };
 use tokio_postgres::NoTls;
 
+#[cfg(feature = "test-cluster")]
+pub mod test_cluster;
+
 const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS instances (
         name_key TEXT PRIMARY KEY,
         id_scope TEXT NOT NULL UNIQUE,
