@@ -3,8 +3,9 @@
 Two OpenDPS servers on their own loopback addresses, each with an embedded hub on its address:
 `hub-a` on the DPS server itself, `hub-b` on a second server. Devices provision with the official
 device SDKs (Python MQTT, Node HTTP and MQTT; symmetric key and X.509, individual and group) and
-are then looked up with the official Python hub service SDK (`azure-iot-hub`,
-IoTHubRegistryManager): authentication type, keys or thumbprints, iotEdge and the initial twin.
+are then looked up with the official hub service SDKs, Python `azure-iot-hub`
+(IoTHubRegistryManager) and Node `azure-iothub` (Registry, through node_hub.js): authentication
+type, keys or thumbprints, iotEdge and the initial twin.
 Reprovisioning moves devices between the two hubs (migrate, reset, never); hubs that refuse (a
 wrong key, an address nobody answers on, HTTP 500) fail the registration with the hub's answer,
 and a retry after the fix succeeds. Bad input to the embedded registry gets IoT Hub's error shape.
@@ -34,6 +35,7 @@ from azure.iot.hub.models import QuerySpecification, Twin, TwinProperties
 
 from conftest import Server, derive_device_key, node_register, py_register, unique
 
+HERE = Path(__file__).resolve().parent
 HUB_IPS = os.environ.get("OPENDPS_HUB_IPS", "127.0.0.140,127.0.0.141").split(",")
 
 
@@ -109,6 +111,7 @@ def hubs(tmp_path_factory, hub500):
     dps.hub500 = f"127.0.0.1:{port500}"
     bundle = tmp_path_factory.mktemp("bundle") / "roots.pem"
     bundle.write_text(dps.root_ca.read_text() + other.root_ca.read_text())
+    dps.bundle = bundle
     old = os.environ.get("REQUESTS_CA_BUNDLE")
     os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
     yield dps, other
@@ -122,6 +125,18 @@ def hubs(tmp_path_factory, hub500):
 
 def registry(cs: str) -> IoTHubRegistryManager:
     return IoTHubRegistryManager.from_connection_string(cs)
+
+
+def node_lookup(dps: Server, cs: str, device_id: str) -> dict:
+    """The device as the official Node hub service SDK (azure-iothub Registry) sees it."""
+    r = subprocess.run(["node", str(HERE / "node_hub.js"), "--connection-string", cs, "--device-id", device_id],
+                       capture_output=True, text=True, timeout=90, cwd=HERE, stdin=subprocess.DEVNULL,
+                       env={**os.environ, "NODE_EXTRA_CA_CERTS": str(dps.bundle)})
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"node_hub.js exited {r.returncode}: {r.stderr[-2000:]}"
+    out = json.loads(lines[-1])
+    assert out["ok"], out
+    return out
 
 
 def assigned(result: dict, rid: str) -> dict:
@@ -193,6 +208,14 @@ def test_node_symmetric_group_device_has_its_derived_key(hubs, transport):
     assert d.authentication.symmetric_key.secondary_key == derive_device_key(group["secondaryKey"], rid)
     assert d.capabilities.iot_edge is False
     assert twin_parts(rm.get_twin(rid)) == (TAGS, DESIRED)
+    # The Node hub service SDK sees the same.
+    seen = node_lookup(dps, dps.hub_a_cs, rid)
+    assert seen["device"]["authentication"]["type"] == "sas"
+    assert seen["device"]["authentication"]["symmetricKey"]["primaryKey"] == derived
+    assert seen["device"]["capabilities"]["iotEdge"] is False
+    assert seen["twin"]["tags"] == TAGS
+    assert {k: v for k, v in seen["twin"]["desired"].items() if not k.startswith("$")} == DESIRED
+    assert seen["listed"] and seen["queried"]
 
 
 def test_x509_individual_and_group_devices_are_self_signed_with_their_thumbprint(hubs, certs):
@@ -216,6 +239,10 @@ def test_x509_individual_and_group_devices_are_self_signed_with_their_thumbprint
         assert d.authentication.x509_thumbprint.primary_thumbprint == sha1_thumbprint(cert.cert)
         assert d.capabilities.iot_edge is edge
     assert twin_parts(rm.get_twin(dev.cn)) == (TAGS, DESIRED)
+    seen = node_lookup(dps, dps.hub_a_cs, member.cn)
+    assert seen["device"]["authentication"]["type"] == "selfSigned"
+    assert seen["device"]["authentication"]["x509Thumbprint"]["primaryThumbprint"] == sha1_thumbprint(member.cert)
+    assert seen["device"]["capabilities"]["iotEdge"] is True
     # The query sees them too.
     ids = [t.device_id for t in rm.query_iot_hub(QuerySpecification(query="SELECT * FROM devices"), None, 1000).items]
     assert dev.cn in ids and member.cn in ids
