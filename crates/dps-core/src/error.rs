@@ -56,6 +56,8 @@ pub enum Error {
     InstanceNotFound(String),
     #[error("CA certificate {0:?} not found")]
     CertificateNotFound(String),
+    #[error("IoT hub {0:?} not found")]
+    HubNotFound(String),
     #[error("{0}")]
     Conflict(String),
     #[error("the etag in If-Match does not match the current etag of {0}")]
@@ -84,7 +86,8 @@ impl Error {
             | Error::GroupNotFound(_)
             | Error::RegistrationNotFound(_)
             | Error::InstanceNotFound(_)
-            | Error::CertificateNotFound(_) => ErrorKind::NotFound,
+            | Error::CertificateNotFound(_)
+            | Error::HubNotFound(_) => ErrorKind::NotFound,
             Error::Conflict(_) => ErrorKind::Conflict,
             Error::PreconditionFailed(_) => ErrorKind::PreconditionFailed,
             Error::Throttled { .. } => ErrorKind::Throttled,

@@ -9,6 +9,7 @@
 //!   deployments), admin auth. The `opendps` CLI speaks only this and the service API.
 //! - `websocket`: `GET /$iothub/websocket` and `GET /` upgrades, handed by sub-protocol to the
 //!   drivers the composition root registers (MQTT, AMQP); dps-http knows none of them.
+//! - `hub_api`: the IoT hub registry REST API of embedded hubs (docs/hub.md), chosen by `Host`.
 //! - `GET /health`.
 //!
 //! Paths are matched case-insensitively (the SDKs disagree on case) and percent-decoded per
@@ -16,6 +17,7 @@
 
 pub mod device_api;
 pub mod error;
+pub mod hub_api;
 pub mod management;
 pub mod openapi;
 pub mod routes;
@@ -245,6 +247,9 @@ async fn route(
         body,
         conn: conn.map(|Extension(c)| c),
     };
+    if let Some(r) = hub_api::handle(state, &req).await {
+        return (Api::Hub, r);
+    }
     if let Some(r) = management::handle(state, &req).await {
         return (Api::Management, r.unwrap_or_else(|e| management::arm_error(state, e, &method, &path)));
     }
