@@ -382,6 +382,7 @@ impl Server {
         .with_host_names(host_names(&config))
         .with_admin_token(admin_token.clone())
         .with_region(&config.service.region)
+        .with_tpm(Arc::new(dps_attest::tpm::OpensslTpm))
         .with_http_localhost_webhooks(config.allocation.allow_http_localhost)
         .with_webhook(Arc::new(HttpsWebhook {
             timeout: config.allocation.webhook_timeout,

@@ -249,6 +249,16 @@ impl DeviceSession {
                         tracing::info!("device challenged (TPM activation)");
                         return DeviceReply::Challenge { authentication_key, key_name: "registration".into() };
                     }
+                    // A TPM device whose SAS is refused (expired, signed with a key issued
+                    // before, by a server that has forgotten it) is challenged again: the C#
+                    // client takes every 401 on register as a challenge (docs/tpm.md, "Flow").
+                    Err(Error::Unauthorized(why)) if matches!(credential, Credential::Sas(_)) => match tpm {
+                        Some(keys) => {
+                            tracing::info!(error = %why, "TPM device's SAS refused; challenging it again");
+                            return self.challenge(scope, registration_id, keys).await;
+                        }
+                        None => return self.reply_error(Error::Unauthorized(why)),
+                    },
                     Err(e) => return self.reply_error(e),
                 },
             };
@@ -261,6 +271,20 @@ impl DeviceSession {
         }
         .instrument(span)
         .await
+    }
+
+    /// Asks for a TPM activation challenge for `keys`.
+    async fn challenge(&self, scope: &str, registration_id: &str, keys: &super::TpmKeys) -> DeviceReply {
+        match self.attest(scope, registration_id, Credential::Tpm(keys)).await {
+            Ok(Attestation::Challenge { authentication_key }) => {
+                tracing::info!("device challenged (TPM activation)");
+                DeviceReply::Challenge { authentication_key, key_name: "registration".into() }
+            }
+            Ok(Attestation::Attested(_)) => {
+                self.reply_error(Error::Unauthorized("the device could not be authenticated".into()))
+            }
+            Err(e) => self.reply_error(e),
+        }
     }
 
     fn span(&self, name: &'static str) -> tracing::Span {
@@ -286,7 +310,7 @@ impl DeviceSession {
     async fn attest(&self, scope: &str, registration_id: &str, credential: Credential<'_>) -> Result<Attestation> {
         let instance = self.services.device_instance(scope, Some(self.conn.tls.negotiated.version)).await?;
         tracing::Span::current().record("instance", instance.name.as_str());
-        self.services.attest(instance, registration_id, credential, &self.conn.peer_certificates.0).await
+        self.services.attest(instance, registration_id, credential, &self.conn).await
     }
 
     async fn run(

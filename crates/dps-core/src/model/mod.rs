@@ -8,6 +8,7 @@ mod enrollment;
 mod ids;
 mod instance;
 mod registration;
+mod tpm;
 
 pub use certificate::CaCertificate;
 pub use connection_string::{ConnectionString, ConnectionStringError};
@@ -19,3 +20,4 @@ pub use enrollment::{
 pub use ids::{validate_group_id, validate_instance_name, validate_registration_id, IdScope};
 pub use instance::{AccessPolicy, AccessRight, Instance, LinkedHub, ServiceAllocationPolicy, Sku};
 pub use registration::{DeviceRegistrationState, RegistrationRecord, RegistrationStatus};
+pub use tpm::{IssuedTpmKey, TpmIssuedKeys, MAX_ISSUED_TPM_KEYS};
