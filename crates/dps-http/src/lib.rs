@@ -141,7 +141,9 @@ fn is_device_path(segments: &[String]) -> bool {
 async fn body_limit(state: &AppState, segments: &[String], headers: &http::HeaderMap) -> usize {
     let small = dps_core::device::MAX_MESSAGE.min(state.max_body);
     let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n <= small as u64) || is_device_path(segments) {
+    // No length and no chunked encoding: no body (a GET, say); no need to know the caller.
+    let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
+    if (!chunked && declared.unwrap_or(0) <= small as u64) || is_device_path(segments) {
         return small;
     }
     let auth = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
