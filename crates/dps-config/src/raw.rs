@@ -32,6 +32,19 @@ pub struct Raw {
     pub service: RawService,
     #[serde(default)]
     pub allocation: RawAllocation,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub hello_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub mqtt_connect_timeout: Option<String>,
+    pub mqtt_max_keep_alive: Option<String>,
+    pub mqtt_refused_lifetime: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -106,7 +106,7 @@ impl DeviceSession {
         credential: Credential<'_>,
     ) -> AuthOutcome {
         let span = self.span("device_authenticate");
-        span.record("registration_id", registration_id);
+        span.record("registration_id", crate::device::excerpt(registration_id, 130).as_str());
         async {
             let api_version = match api_version.map(ApiVersion::parse).transpose() {
                 Ok(v) => v,
@@ -147,7 +147,7 @@ impl DeviceSession {
         e: Error,
     ) -> AuthOutcome {
         let wire = self.services.wire_error(&e);
-        tracing::info!(status = wire.status, code = wire.error_code, error = %wire.message, "device not authenticated; its requests will be refused");
+        tracing::info!(status = wire.status, code = wire.error_code, error = %crate::device::excerpt(&wire.message, 300), "device not authenticated; its requests will be refused");
         self.identity = Some(Identity {
             scope: scope.to_owned(),
             registration_id: registration_id.to_owned(),
@@ -194,7 +194,7 @@ impl DeviceSession {
         op: Operation<'_>,
     ) -> DeviceReply {
         let span = self.span("device_request");
-        span.record("registration_id", registration_id);
+        span.record("registration_id", crate::device::excerpt(registration_id, 130).as_str());
         async {
             let api_version = match api_version {
                 None => return self.reply_error(Error::Invalid("the api-version query parameter is required".into())),
@@ -335,7 +335,7 @@ impl DeviceSession {
                 Err(e) => Err(e),
             },
             Operation::OperationStatus { operation_id } => {
-                tracing::Span::current().record("operation_id", operation_id);
+                tracing::Span::current().record("operation_id", crate::device::excerpt(operation_id, 100).as_str());
                 self.services.operation_status(attested, operation_id).await.map(DeviceReply::Operation)
             }
             Operation::StatusLookup => self.services.device_registration(attested).await.map(DeviceReply::Registration),
@@ -399,7 +399,7 @@ impl DeviceSession {
     fn reply_error(&self, e: Error) -> DeviceReply {
         let wire = self.services.wire_error(&e);
         if wire.status < 500 {
-            tracing::info!(status = wire.status, code = wire.error_code, error = %wire.message, "device request refused");
+            tracing::info!(status = wire.status, code = wire.error_code, error = %crate::device::excerpt(&wire.message, 300), "device request refused");
         }
         DeviceReply::Error(wire)
     }

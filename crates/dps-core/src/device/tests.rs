@@ -559,3 +559,33 @@ async fn a_tpm_device_authenticates_at_connect_as_amqp_sasl_does() {
     let blob = r.body()["registrationState"]["tpm"]["authenticationKey"].as_str().expect("key blob").to_owned();
     assert_eq!(TextTpm::open(&blob, &ek, &srk), Some(k));
 }
+
+#[tokio::test]
+async fn an_api_version_learnt_after_authentication_applies_to_later_requests() {
+    let w = World::new(&["hub-a"]).await;
+    w.enroll(symmetric("v-1", K1)).await;
+    let sas = w.sas("v-1", K1);
+    let register_twice = |api: Option<&'static str>| {
+        let w = &w;
+        let sas = sas.clone();
+        async move {
+            let mut last = String::new();
+            for _ in 0..2 {
+                let mut d = w.s.device_session(connection(Transport::Amqp, TlsVersion::Tls12, vec![]));
+                assert_eq!(d.authenticate(&w.scope(), "v-1", None, Credential::Sas(&sas)).await, AuthOutcome::Attested);
+                if let Some(v) = api {
+                    d.set_api_version(v).expect("a valid api-version");
+                }
+                let r = d.handle(Operation::Register { body: b"" }).await;
+                let DeviceReply::Accepted { operation_id } = r else { panic!("{r:?}") };
+                last = assigned(&d.handle(Operation::OperationStatus { operation_id: &operation_id }).await).2;
+            }
+            last
+        }
+    };
+    assert_eq!(register_twice(None).await, "reprovisionedToInitialAssignment");
+    assert_eq!(register_twice(Some("2019-03-31")).await, "initialAssignment");
+    let mut d = w.s.device_session(connection(Transport::Amqp, TlsVersion::Tls12, vec![]));
+    let e = d.set_api_version("yesterday").expect_err("malformed");
+    assert_eq!((e.status, e.error_code), (400, 400_000));
+}
