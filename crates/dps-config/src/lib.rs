@@ -57,6 +57,12 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// `full`: fsync every commit (survives power loss); `normal` (default): survives a crash.
     pub durable_fsync: bool,
+    /// The operator's node key (a file holding at least 32 characters; the variable
+    /// `OPENDPS_NODE_KEY` holds the key itself and wins). Required on a shared store: it seals
+    /// the built-in CA's keys and the admin credential there.
+    pub node_key_file: Option<PathBuf>,
+    /// How often a node on a shared store asks its database for its role (primary or standby).
+    pub role_poll: Duration,
 }
 
 /// How the server presents itself to clients.
@@ -397,6 +403,13 @@ impl Config {
             url: raw.store.url.clone().map(Secret),
             path: raw.store.path.clone().unwrap_or_else(|| data_dir.join("opendps.db")),
             durable_fsync,
+            node_key_file: raw.store.node_key_file.clone(),
+            role_poll: v.duration(
+                "store.role_poll",
+                raw.store.role_poll.as_deref(),
+                "250ms",
+                Duration::from_millis(50),
+            ),
         };
         let public_host = raw.service.public_host.clone().unwrap_or_else(|| {
             if address.is_unspecified() {

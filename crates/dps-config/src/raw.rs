@@ -46,6 +46,8 @@ pub struct RawStore {
     pub url: Option<String>,
     pub path: Option<PathBuf>,
     pub durability: Option<String>,
+    pub node_key_file: Option<PathBuf>,
+    pub role_poll: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

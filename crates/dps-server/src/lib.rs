@@ -6,6 +6,7 @@
 //! own and the binary can report a bind failure with what to do about it (craft.md L12).
 
 mod listener;
+mod shared;
 mod webhook;
 
 pub use webhook::HttpsWebhook;
@@ -48,6 +49,14 @@ pub enum ServerError {
     #[error("cannot open the store {path}")]
     Store {
         path: PathBuf,
+        #[source]
+        source: dps_core::store::StoreError,
+    },
+    #[error("node key: {0}")]
+    NodeKey(String),
+    #[error("shared store: {what}")]
+    Shared {
+        what: &'static str,
         #[source]
         source: dps_core::store::StoreError,
     },
@@ -272,22 +281,6 @@ impl Server {
     ) -> Result<Server, ServerError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
-        let (source, check_interval) = credential_source(&config);
-        let mut specs = Vec::new();
-        for (name, l, _, _) in transports(&config) {
-            specs.push(ListenerSpec {
-                name: name.to_owned(),
-                policy: policy(&config, l),
-                handshake_timeout: config.tls.handshake_timeout,
-                max_handshakes: config.tls.max_handshakes,
-            });
-        }
-        let tls_clock = clock.clone();
-        let tls = tokio::task::spawn_blocking(move || ServerTls::start(source, &specs, tls_clock))
-            .await
-            .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("TLS start-up task failed: {e}"))))?
-            .map_err(ServerError::Tls)?;
-
         let store: Arc<dyn dps_core::store::Store> = match &config.store.url {
             Some(url) => Arc::new(
                 dps_store_postgres::PgStore::connect(&url.0, 16)
@@ -309,7 +302,38 @@ impl Server {
                 )
             }
         };
-        let admin_token = admin_token(&config)?;
+        // A shared store shares the built-in CA and the admin credential (sealed with the node key).
+        let node_key = match &config.store.url {
+            Some(_) => Some(shared::require_node_key(&config)?),
+            None => None,
+        };
+        let (source, check_interval) = credential_source(&config);
+        if let (Some(b), CredentialSource::BuiltIn(settings)) = (&node_key, &source) {
+            shared::share_builtin_ca(store.as_ref(), b, settings, dps_tls::unix(clock.as_ref())).await?;
+        }
+        let mut specs = Vec::new();
+        for (name, l, _, _) in transports(&config) {
+            specs.push(ListenerSpec {
+                name: name.to_owned(),
+                policy: policy(&config, l),
+                handshake_timeout: config.tls.handshake_timeout,
+                max_handshakes: config.tls.max_handshakes,
+            });
+        }
+        let tls_clock = clock.clone();
+        let tls = tokio::task::spawn_blocking(move || ServerTls::start(source, &specs, tls_clock))
+            .await
+            .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("TLS start-up task failed: {e}"))))?
+            .map_err(ServerError::Tls)?;
+
+        let mut admin_token = admin_token(&config)?;
+        if let Some(b) = &node_key {
+            let shared = shared::share_admin_token(store.as_ref(), b, admin_token.clone()).await?;
+            if shared != admin_token {
+                write_private(&admin_token_path(&config), &shared)?;
+                admin_token = shared;
+            }
+        }
         let services = dps_core::service::Services::new(
             store,
             clock,

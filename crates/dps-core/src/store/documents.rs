@@ -4,7 +4,7 @@
 
 use serde::de::DeserializeOwned;
 
-use super::{from_doc, to_doc, InstanceWrite, Page, Precondition, Store, StoreError};
+use super::{from_doc, to_doc, InstanceWrite, Page, Precondition, SharedDoc, Store, StoreError, SHARED};
 use crate::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord};
 
 /// The kinds of document, with their stable numbers (stored in the database).
@@ -14,6 +14,8 @@ pub enum Kind {
     Group = 2,
     Registration = 3,
     Certificate = 4,
+    /// Filed under no instance: what every node of a deployment shares ([`SharedDoc`]).
+    Shared = 5,
 }
 
 /// A page of raw documents.
@@ -113,6 +115,16 @@ impl Document for RegistrationRecord {
 
 impl Document for CaCertificate {
     const KIND: Kind = Kind::Certificate;
+    fn doc_id(&self) -> &str {
+        &self.name
+    }
+    fn doc_etag(&self) -> &str {
+        &self.etag
+    }
+}
+
+impl Document for SharedDoc {
+    const KIND: Kind = Kind::Shared;
     fn doc_id(&self) -> &str {
         &self.name
     }
@@ -297,5 +309,11 @@ impl<S: DocumentStore> Store for S {
     }
     async fn certificates(&self, instance: &str) -> Result<Vec<CaCertificate>, StoreError> {
         Ok(page(self, Kind::Certificate, instance, None, None, 10_000).await?.items)
+    }
+    async fn shared(&self, name: &str) -> Result<Option<SharedDoc>, StoreError> {
+        get(self, Kind::Shared, SHARED, name).await
+    }
+    async fn put_shared(&self, doc: &SharedDoc, pre: Precondition<'_>) -> Result<(), StoreError> {
+        put(self, SHARED, doc, pre).await
     }
 }
