@@ -281,12 +281,15 @@ impl Server {
     ) -> Result<Server, ServerError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
+        let mut quota: Option<Arc<dyn dps_core::service::RegistrationQuota>> = None;
         let store: Arc<dyn dps_core::store::Store> = match &config.store.url {
-            Some(url) => Arc::new(
-                dps_store_postgres::PgStore::connect(&url.0, 16)
+            Some(url) => {
+                let pg = dps_store_postgres::PgStore::connect(&url.0, 16)
                     .await
-                    .map_err(|source| ServerError::Store { path: PathBuf::from("postgres://<redacted>"), source })?,
-            ),
+                    .map_err(|source| ServerError::Store { path: PathBuf::from("postgres://<redacted>"), source })?;
+                quota = Some(Arc::new(pg.quota(config.service.registrations_per_minute)));
+                Arc::new(pg)
+            }
             None => {
                 let store_path = config.store.path.clone();
                 let durability = if config.store.durable_fsync {
@@ -334,7 +337,7 @@ impl Server {
                 admin_token = shared;
             }
         }
-        let services = dps_core::service::Services::new(
+        let mut services = dps_core::service::Services::new(
             store,
             clock,
             Arc::new(dps_attest::OpensslEntropy),
@@ -354,6 +357,9 @@ impl Server {
             },
             allow_http_localhost: config.allocation.allow_http_localhost,
         }));
+        if let Some(q) = quota {
+            services = services.with_quota(q);
+        }
         let created_default = services
             .ensure_default_instance(&dps_core::service::InstanceDefaults {
                 name: config.service.default_instance.clone(),

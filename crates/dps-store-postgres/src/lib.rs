@@ -17,13 +17,16 @@ use dps_core::store::{
 };
 
 mod connect;
+mod quota;
 use connect::{driver, message};
 pub use connect::{PgError, SslMode, Timeouts};
+pub use quota::PgQuota;
 
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS instances (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS instances (
         name_key TEXT PRIMARY KEY,
         id_scope TEXT NOT NULL UNIQUE,
         etag TEXT NOT NULL,
@@ -38,7 +41,14 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS instances (
         doc TEXT NOT NULL,
         PRIMARY KEY (kind, instance, id_key)
     );
-    CREATE INDEX IF NOT EXISTS documents_by_parent ON documents (kind, instance, parent_key, id_key);"];
+    CREATE INDEX IF NOT EXISTS documents_by_parent ON documents (kind, instance, parent_key, id_key);",
+    // 2: the registration quota's token buckets, shared by every node (quota.rs).
+    "CREATE TABLE IF NOT EXISTS quota (
+        key TEXT PRIMARY KEY,
+        tokens DOUBLE PRECISION NOT NULL,
+        at DOUBLE PRECISION NOT NULL
+    );",
+];
 
 /// The PostgreSQL store.
 #[derive(Clone)]

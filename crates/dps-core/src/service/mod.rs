@@ -30,7 +30,7 @@ pub use enrollments::{BulkError, BulkMode, BulkResult};
 pub use readiness::{ReadinessReport, Refused};
 pub use regions::{distance_km, is_known as is_known_region, REGIONS};
 pub use registration::OperationStatus;
-pub use throttle::Throttle;
+pub use throttle::{quota_wait, RegistrationQuota, Throttle};
 
 /// The domain's entry point, holding its ports.
 #[derive(Clone, Debug)]
@@ -41,7 +41,7 @@ pub struct Services {
     pub(crate) x509: Arc<dyn X509Inspector>,
     pub(crate) crypto: Arc<dyn DeviceCrypto>,
     /// Registration quota per instance (unlimited unless configured).
-    pub(crate) throttle: Arc<Throttle>,
+    pub(crate) throttle: Arc<dyn RegistrationQuota>,
     /// Custom allocation webhook client.
     pub(crate) webhook: Arc<dyn AllocationWebhook>,
     /// This node's region (geoLatency allocation; location of instances that name none).
@@ -135,6 +135,14 @@ impl Services {
     #[must_use]
     pub fn with_registration_quota(mut self, per_minute: u32) -> Self {
         self.throttle = Arc::new(Throttle::new(per_minute));
+        self
+    }
+
+    /// Keeps the registration quota's buckets in `quota` (a shared store's, so that every node
+    /// counts against one quota per instance) instead of on this node.
+    #[must_use]
+    pub fn with_quota(mut self, quota: Arc<dyn RegistrationQuota>) -> Self {
+        self.throttle = quota;
         self
     }
 
