@@ -6,6 +6,7 @@
 //! own and the binary can report a bind failure with what to do about it (craft.md L12).
 
 mod listener;
+mod roles;
 mod shared;
 mod webhook;
 
@@ -282,12 +283,14 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
         let mut quota: Option<Arc<dyn dps_core::service::RegistrationQuota>> = None;
+        let mut shared_db: Option<dps_store_postgres::PgStore> = None;
         let store: Arc<dyn dps_core::store::Store> = match &config.store.url {
             Some(url) => {
                 let pg = dps_store_postgres::PgStore::connect(&url.0, 16)
                     .await
                     .map_err(|source| ServerError::Store { path: PathBuf::from("postgres://<redacted>"), source })?;
                 quota = Some(Arc::new(pg.quota(config.service.registrations_per_minute)));
+                shared_db = Some(pg.clone());
                 Arc::new(pg)
             }
             None => {
@@ -360,14 +363,23 @@ impl Server {
         if let Some(q) = quota {
             services = services.with_quota(q);
         }
-        let created_default = services
-            .ensure_default_instance(&dps_core::service::InstanceDefaults {
-                name: config.service.default_instance.clone(),
-                resource_group: "opendps".into(),
-                location: config.service.region.clone(),
-            })
-            .await
-            .map_err(ServerError::DefaultInstance)?;
+        if let Some(db) = &shared_db {
+            let role = db.role().await;
+            services.set_role(role);
+            tracing::info!(role = role.as_str(), "database role");
+        }
+        let created_default = match services.role() {
+            // A standby serves what the primary's nodes created; it writes nothing.
+            dps_core::service::Role::Primary => services
+                .ensure_default_instance(&dps_core::service::InstanceDefaults {
+                    name: config.service.default_instance.clone(),
+                    resource_group: "opendps".into(),
+                    location: config.service.region.clone(),
+                })
+                .await
+                .map_err(ServerError::DefaultInstance)?,
+            _ => None,
+        };
         let shutdown = CancellationToken::new();
         let state = Arc::new(dps_http::AppState {
             services,
@@ -380,6 +392,9 @@ impl Server {
 
         let tracker = TaskTracker::new();
         tracker.spawn(tls.clone().run(check_interval, config.tls.ticket_key_lifetime, shutdown.clone()));
+        if let Some(db) = shared_db {
+            tracker.spawn(roles::poll(db, state.services.clone(), config.store.role_poll, shutdown.clone()));
+        }
 
         let drivers = listener::Drivers::new(state.clone(), mqtt_limits(&config));
         let mut addrs = (None, None);

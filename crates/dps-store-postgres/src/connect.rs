@@ -71,6 +71,9 @@ impl Default for Timeouts {
 pub struct PgError {
     pub(crate) text: String,
     pub(crate) code: Option<String>,
+    /// The connection was lost or the server is shutting down or starting up (SQLSTATE class
+    /// 08, 57P01–57P03): idempotent work may be retried on a fresh connection.
+    pub(crate) retryable: bool,
 }
 
 impl std::fmt::Display for PgError {
@@ -82,6 +85,14 @@ impl std::fmt::Display for PgError {
 impl std::error::Error for PgError {}
 
 impl PgError {
+    /// Whether `e` is a lost connection or a server going down or coming up.
+    pub fn is_retryable(e: &StoreError) -> bool {
+        match e {
+            StoreError::Unavailable(inner) => inner.downcast_ref::<PgError>().is_some_and(|p| p.retryable),
+            _ => false,
+        }
+    }
+
     /// The SQLSTATE (`25006`, `57P01`, …) when the server sent one.
     pub fn code(&self) -> Option<&str> {
         self.code.as_deref()
@@ -90,17 +101,21 @@ impl PgError {
 
 /// A store error from a message of our own.
 pub(crate) fn message(text: String) -> StoreError {
-    StoreError::unavailable(PgError { text, code: None })
+    StoreError::unavailable(PgError { text, code: None, retryable: false })
 }
 
 /// A store error from the driver's error, its text once.
 pub(crate) fn driver(e: tokio_postgres::Error) -> StoreError {
     let code = e.code().map(|c| c.code().to_owned());
+    let retryable = match &code {
+        Some(c) => c.starts_with("08") || matches!(c.as_str(), "57P01" | "57P02" | "57P03"),
+        None => e.is_closed() || e.to_string().starts_with("error communicating"),
+    };
     let text = match e.as_db_error() {
         Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
         None => dps_core::error::DisplayChain(&e).to_string(),
     };
-    StoreError::unavailable(PgError { text, code })
+    StoreError::unavailable(PgError { text, code, retryable })
 }
 
 /// A pool error (wait timeout, connect failure), its text once.
@@ -108,6 +123,7 @@ pub(crate) fn pool(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => driver(e),
         deadpool_postgres::PoolError::Timeout(_) => message("no database connection became free in time".into()),
+        deadpool_postgres::PoolError::Closed => message("the connection pool is closed".into()),
         other => message(other.to_string()),
     }
 }

@@ -12,6 +12,7 @@ use std::future::Future;
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use dps_core::model::{IdScope, Instance};
+use dps_core::service::Role;
 use dps_core::store::{
     from_doc, to_doc, DocWrite, DocumentStore, InstanceWrite, Kind, Precondition, RawPage, StoreError,
 };
@@ -81,12 +82,87 @@ impl PgStore {
     pub async fn connect_with(url: &str, max_connections: usize, timeouts: Timeouts) -> Result<PgStore, StoreError> {
         let pool = connect::pool_for(url, max_connections, timeouts)?;
         let store = PgStore { pool, timeouts };
-        store.timed(store.migrate()).await?;
+        // A hot standby is read-only: its schema comes from the primary (checked, not migrated).
+        if store.timed(store.in_recovery()).await? {
+            store.timed(store.check_schema()).await?;
+        } else {
+            store.timed(store.migrate()).await?;
+        }
         Ok(store)
+    }
+
+    /// The database's role: `Primary` (writable), `Standby` (in recovery, read-only), or
+    /// `Unreachable` (an error, or no answer within the operation deadline).
+    pub async fn role(&self) -> Role {
+        match self.timed(self.in_recovery()).await {
+            Ok(false) => Role::Primary,
+            Ok(true) => Role::Standby,
+            Err(e) => {
+                tracing::debug!(error = %dps_core::error::DisplayChain(&e), "database role probe failed");
+                Role::Unreachable
+            }
+        }
+    }
+
+    async fn in_recovery(&self) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(driver)?;
+        Ok(row.get(0))
+    }
+
+    /// After the database became primary (promotion): drops every pooled connection (they were
+    /// opened on a standby) and brings the schema up to date.
+    pub async fn after_promotion(&self) -> Result<(), StoreError> {
+        self.pool.retain(|_, _| false);
+        self.timed(self.migrate()).await
+    }
+
+    async fn check_schema(&self) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let version: i32 = match c.query_opt("SELECT version FROM opendps_schema", &[]).await {
+            Ok(row) => row.map_or(0, |r| r.get(0)),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
+            Err(e) => return Err(driver(e)),
+        };
+        let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+        if version == 0 {
+            return Err(message(
+                "the database is a standby with no OpenDPS schema: start a node on the primary first".into(),
+            ));
+        }
+        if version > known {
+            return Err(message(format!(
+                "the database schema is version {version}, newer than this build knows ({known}); upgrade opendps"
+            )));
+        }
+        Ok(())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(connect::pool)
+    }
+
+    /// A read under the operation deadline, retried with backoff while the connection was lost
+    /// or the server was restarting (idempotent: nothing is written).
+    async fn read<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.timed(async {
+            let mut backoff = std::time::Duration::from_millis(50);
+            loop {
+                match op().await {
+                    Err(e) if PgError::is_retryable(&e) => {
+                        tracing::debug!(error = %dps_core::error::DisplayChain(&e), "database read retried");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                    }
+                    r => return r,
+                }
+            }
+        })
+        .await
     }
 
     /// Runs one store operation under the operation deadline.
@@ -151,7 +227,7 @@ impl PgStore {
 #[async_trait]
 impl DocumentStore for PgStore {
     async fn instances(&self) -> Result<Vec<Instance>, StoreError> {
-        self.timed(async {
+        self.read(|| async {
             let c = self.client().await?;
             let rows = c.query("SELECT doc FROM instances ORDER BY name_key", &[]).await.map_err(driver)?;
             rows.iter().map(|r| from_doc(r.get::<_, &str>(0))).collect()
@@ -160,7 +236,7 @@ impl DocumentStore for PgStore {
     }
 
     async fn instance(&self, name: &str) -> Result<Option<Instance>, StoreError> {
-        self.timed(async {
+        self.read(|| async {
             let c = self.client().await?;
             let row =
                 c.query_opt("SELECT doc FROM instances WHERE name_key = $1", &[&key(name)]).await.map_err(driver)?;
@@ -170,7 +246,7 @@ impl DocumentStore for PgStore {
     }
 
     async fn instance_by_scope(&self, scope: &IdScope) -> Result<Option<Instance>, StoreError> {
-        self.timed(async {
+        self.read(|| async {
             let c = self.client().await?;
             let row = c
                 .query_opt("SELECT doc FROM instances WHERE id_scope = $1", &[&scope.as_str()])
@@ -260,7 +336,7 @@ impl DocumentStore for PgStore {
     }
 
     async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
-        self.timed(async {
+        self.read(|| async {
             let c = self.client().await?;
             let row = c
                 .query_opt(
@@ -369,7 +445,7 @@ impl DocumentStore for PgStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<RawPage, StoreError> {
-        self.timed(async {
+        self.read(|| async {
             let c = self.client().await?;
             let limit = limit.max(1);
             let lim = i64::try_from(limit + 1).unwrap_or(i64::MAX);

@@ -108,6 +108,9 @@ impl DeviceSession {
         let span = self.span("device_authenticate");
         span.record("registration_id", registration_id);
         async {
+            if let Err(e) = self.services.serving() {
+                return self.refuse_connection(scope, registration_id, None, &credential, e);
+            }
             let api_version = match api_version.map(ApiVersion::parse).transpose() {
                 Ok(v) => v,
                 Err(e) => return self.refuse_connection(scope, registration_id, None, &credential, e),
@@ -162,6 +165,9 @@ impl DeviceSession {
     pub async fn handle(&mut self, op: Operation<'_>) -> DeviceReply {
         let span = self.span("device_request");
         async {
+            if let Err(e) = self.services.serving() {
+                return self.reply_error(e);
+            }
             let Some(id) = &self.identity else {
                 return self.reply_error(Error::Unauthorized("the connection has not authenticated a device".into()));
             };
@@ -196,6 +202,10 @@ impl DeviceSession {
         let span = self.span("device_request");
         span.record("registration_id", registration_id);
         async {
+            // A standby (or unreachable) database: nothing is served, so nothing is written.
+            if let Err(e) = self.services.serving() {
+                return self.reply_error(e);
+            }
             let api_version = match api_version {
                 None => return self.reply_error(Error::Invalid("the api-version query parameter is required".into())),
                 Some(v) => match ApiVersion::parse(v) {

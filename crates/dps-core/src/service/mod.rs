@@ -11,6 +11,7 @@ pub mod query;
 mod readiness;
 mod regions;
 mod registration;
+mod role;
 mod throttle;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub use enrollments::{BulkError, BulkMode, BulkResult};
 pub use readiness::{ReadinessReport, Refused};
 pub use regions::{distance_km, is_known as is_known_region, REGIONS};
 pub use registration::OperationStatus;
+pub use role::{Role, ROLE_RETRY_AFTER};
 pub use throttle::{quota_wait, RegistrationQuota, Throttle};
 
 /// The domain's entry point, holding its ports.
@@ -52,6 +54,8 @@ pub struct Services {
     pub(crate) host_names: Vec<String>,
     /// The management API's bearer credential.
     pub(crate) admin_token: Option<String>,
+    /// The database's role (shared by every clone).
+    pub(crate) role: Arc<role::RoleCell>,
 }
 
 impl Services {
@@ -74,6 +78,7 @@ impl Services {
             allow_http_localhost_webhooks: false,
             host_names: Vec::new(),
             admin_token: None,
+            role: Arc::default(),
         }
     }
 
@@ -108,7 +113,10 @@ impl Services {
     /// and the caller gets a message without internal detail.
     pub fn wire_error(&self, e: &crate::error::Error) -> crate::error::WireError {
         let status = e.kind().status();
-        let message = if status >= 500 {
+        let message = if let crate::error::Error::NotServing { .. } = e {
+            // Expected during a failover, and says nothing internal: the device sees why.
+            e.to_string()
+        } else if status >= 500 {
             tracing::error!(status, error = %crate::error::DisplayChain(e), "request failed");
             "the service failed to complete the request; try again".to_owned()
         } else {
