@@ -42,6 +42,39 @@ async fn register(client: &Client, node: &TestServer, scope: &str, id: &str) -> 
     http_with(client, node.https(), "PUT", &path, token(scope, id), &format!(r#"{{"registrationId":"{id}"}}"#)).await
 }
 
+/// The CONNACK return code a device gets for an MQTT CONNECT with its SAS token.
+async fn mqtt_connack(addr: std::net::SocketAddr, scope: &str, id: &str) -> u8 {
+    use mqttbytes::v4::{self, Connect, Login, Packet};
+    use std::io::{Read, Write};
+    let (user, pass) = (format!("{scope}/registrations/{id}/{API}"), token(scope, id).unwrap());
+    let mut d = Client::default().run(addr).await.unwrap();
+    let id = id.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut c = Connect::new(id);
+        c.keep_alive = 30;
+        c.login = Some(Login::new(user, pass));
+        let mut out = bytes::BytesMut::new();
+        c.write(&mut out).unwrap();
+        d.stream.write_all(&out).unwrap();
+        let mut buf = bytes::BytesMut::new();
+        for _ in 0..100 {
+            match v4::read(&mut buf, 1 << 16) {
+                Ok(Packet::ConnAck(a)) => return a.code as u8,
+                Ok(other) => panic!("expected CONNACK, got {other:?}"),
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("bad packet: {e:?}"),
+            }
+            let mut chunk = [0u8; 1024];
+            let n = d.stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed before CONNACK");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        panic!("no CONNACK")
+    })
+    .await
+    .unwrap()
+}
+
 fn group() -> EnrollmentGroup {
     serde_json::from_value(json!({
         "enrollmentGroupId": "geo",
@@ -95,6 +128,7 @@ async fn a_promoted_standby_keeps_every_acknowledged_registration_and_min_tls_ve
     assert_eq!(status, 503, "a standby serves no device: {v}");
     assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
     assert!(v["errorCode"].is_number() && v["message"].as_str().unwrap().contains("standby"), "{v}");
+    assert_eq!(mqtt_connack(b.mqtt(), &scope, "to-standby").await, 3, "MQTT: CONNACK server unavailable");
 
     // The registration loop against A: each id acknowledged (202) is recorded.
     let (tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -171,6 +205,7 @@ async fn a_promoted_standby_keeps_every_acknowledged_registration_and_min_tls_ve
     let pinned = Client { trust_root_pem: Some(a_root), ..Client::default() };
     let (status, _, v) = register(&pinned, &b, &scope, "after-failover").await;
     assert_eq!(status, 202, "{v}");
+    assert_eq!(mqtt_connack(b.mqtt(), &scope, "mqtt-after").await, 0, "MQTT accepted again");
 
     // The 1.3-only instance keeps its floor on B (loosest local profile), and it cannot change.
     let (status, _, v) = register(&tls12, &b, &strict_scope, "late").await;
