@@ -1,4 +1,4 @@
-# OpenDPS in a container: docker build -t opendps . && docker run -p 443:443 -p 8883:8883 -v opendps:/var/lib/opendps opendps
+# OpenDPS in a container: docker build -t opendps . && docker run -p 443:443 -p 8883:8883 -p 5671:5671 -v opendps:/var/lib/opendps opendps
 # Settings: mount /etc/opendps/opendps.toml, or pass OPENDPS_SECTION__KEY variables (-e).
 # The operator CLI runs in the same container: docker exec <name> opendps dps connection-string
 
@@ -19,14 +19,14 @@ RUN apt-get update \
  && install -d -m 0700 -o opendps -g opendps /var/lib/opendps \
  && install -d -m 0755 /etc/opendps
 COPY --from=build /opendps /usr/local/bin/opendps
-# Bind 443 and 8883 as a user that is not root.
+# Bind 443, 8883 and 5671 as a user that is not root.
 RUN setcap cap_net_bind_service=+ep /usr/local/bin/opendps \
  && apt-get purge -y libcap2-bin && apt-get autoremove -y
 USER opendps
 ENV OPENDPS_DATA_DIR=/var/lib/opendps
 VOLUME ["/var/lib/opendps"]
 # HTTPS (device + service + management API, MQTT over WebSockets) and MQTT over TLS.
-EXPOSE 443 8883
+EXPOSE 443 8883 5671
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s CMD ["opendps", "dps", "show", "-o", "none"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["opendps"]

@@ -18,6 +18,7 @@ ADDR="${OPENDPS_SCAN_ADDR:-127.0.0.43}"
 PORTS=(
   443  # HTTPS: device API, service API, MQTT and AMQP over WebSockets
   8883 # MQTT
+  5671 # AMQP
 )
 
 # --- tools ---------------------------------------------------------------------------------

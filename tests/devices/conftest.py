@@ -365,7 +365,7 @@ def py_register(server: Server, registration_id: str, *, scope: str | None = Non
 
 def node_register(server: Server, registration_id: str, transport: str, *, scope: str | None = None,
                   symmetric_key: str | None = None, cert: Path | None = None, key: Path | None = None) -> dict:
-    """Register with azure-iot-provisioning-device (Node) over `http` or `mqtt`."""
+    """Register with azure-iot-provisioning-device (Node) over `http`, `mqtt`, `mqttws`, `amqp` or `amqpws`."""
     cmd = ["node", str(HERE / "node_register.js"), "--host", server.ip, "--id-scope", scope or server.id_scope,
            "--registration-id", registration_id, "--transport", transport, "--timeout-ms", "60000"]
     if symmetric_key is not None:

@@ -4,7 +4,7 @@
 // test_device_sdks.py; the server's root CA is trusted through NODE_EXTRA_CA_CERTS.
 //
 // Arguments (all --name value):
-//   --host IP --id-scope SCOPE --registration-id ID --transport http|mqtt|mqttws
+//   --host IP --id-scope SCOPE --registration-id ID --transport http|mqtt|mqttws|amqp|amqpws
 //   and either --symmetric-key KEY, or --cert FILE --key FILE (the cert file may hold the chain)
 //   --timeout-ms N (default 60000)
 const fs = require('fs');
@@ -35,12 +35,13 @@ function describeError(err) {
     name: err.name || (err.constructor && err.constructor.name) || 'Error',
     message: err.message || String(err),
   };
-  for (const k of ['code', 'reason', 'statusCode', 'responseBody', 'errorCode']) {
+  for (const k of ['code', 'reason', 'statusCode', 'responseBody', 'errorCode', 'condition', 'description']) {
     if (err[k] !== undefined) e[k] = err[k];
   }
   if (err.response && err.response.statusCode !== undefined) e.statusCode = err.response.statusCode;
   if (err.result !== undefined) e.result = err.result;
   if (err.transportError) e.transportError = describeError(err.transportError);
+  if (err.amqpError) e.amqpError = describeError(err.amqpError);
   return e;
 }
 
@@ -60,8 +61,14 @@ function main() {
   } else if (a.transport === 'mqtt') {
     const { Mqtt } = require('azure-iot-provisioning-device-mqtt');
     transport = new Mqtt();
+  } else if (a.transport === 'amqp') {
+    const { Amqp } = require('azure-iot-provisioning-device-amqp');
+    transport = new Amqp();
+  } else if (a.transport === 'amqpws') {
+    const { AmqpWs } = require('azure-iot-provisioning-device-amqp');
+    transport = new AmqpWs();
   } else {
-    throw new Error('--transport must be http, mqtt or mqttws');
+    throw new Error('--transport must be http, mqtt, mqttws, amqp or amqpws');
   }
 
   let security;

@@ -1,7 +1,7 @@
 """Device provisioning against a real OpenDPS server with the OFFICIAL Azure IoT device SDKs.
 
-Python: azure-iot-device (MQTT). Node: azure-iot-provisioning-device over HTTP and MQTT with the
-symmetric-key and X.509 security clients. Every accepted registration is checked against the
+Python: azure-iot-device (MQTT). Node: azure-iot-provisioning-device over HTTP, MQTT, AMQP (5671)
+and AMQP over WebSockets (443) with the symmetric-key and X.509 security clients. Every accepted registration is checked against the
 server's own record (`opendps registration show`): same hub, same device id, TLS facts. Every
 refusal is checked to have left no registration record behind.
 
@@ -34,6 +34,8 @@ from conftest import (
 
 API_VERSION = "2019-03-31"
 TRANSPORTS = ("http", "mqtt")
+# The Node SDK's transports for the accepted-device matrix (AMQP on 5671, AMQP-WS on 443).
+NODE_TRANSPORTS = ("http", "mqtt", "amqp", "amqpws")
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -108,6 +110,8 @@ def assert_refused(out, what, sdk=None):
       python-mqtt: CONNACK 5 -> CredentialError, or a 401 on the register topic -> ClientError(401)
       node-http:   HTTP 401 with the DPS error body {errorCode: 401002, ...}
       node-mqtt:   CONNACK 5 (code 5), or a 401 on the register topic (result.errorCode 401002)
+      node-amqp:   sasl-outcome auth (the SDK says only NotConnectedError), or a request rejected
+                   with amqp:unauthorized-access whose description is the DPS error body (401002)
     """
     assert not out["ok"], f"{what} was accepted but must be refused: {out.get('result')}"
     err = out["error"]
@@ -124,6 +128,11 @@ def assert_refused(out, what, sdk=None):
             assert body.get(field), f"error body lacks {field}: {body}"
     elif sdk == "node-mqtt":
         assert err.get("code") == 5 or (err.get("result") or {}).get("errorCode") == 401002, err
+    elif sdk == "node-amqp":
+        if err["name"] != "NotConnectedError":
+            assert err.get("condition") == "amqp:unauthorized-access", err
+            body = json.loads(err["description"])
+            assert body.get("errorCode") == 401002, body
     return err
 
 
@@ -167,7 +176,7 @@ def test_python_same_device_twice_same_assignment(server):
     rec = assert_record(server, rid, *second)
     assert rec["createdDateTimeUtc"] == created, "re-registration must keep the record's creation time"
 
-    # Same hub again, and the SDK sends api-version 2019-03-31: dps-protocol.md §6.4 says such
+    # Same hub again, and the SDK sends api-version 2019-03-31: docs/allocation.md ("Reprovisioning") says such
     # clients get initialAssignment (reprovisionedToInitialAssignment exists from 2019-04-15 on).
     sub = out2["result"]["registrationState"]["subStatus"]
     assert sub == "initialAssignment", out2["result"]
@@ -209,20 +218,20 @@ def test_python_x509_group_through_intermediate(server, certs, group_ca):
     assert rec["tls"]["negotiated"]["clientCertificateChainLength"] >= 2, rec["tls"]["negotiated"]
 
 
-# -- Node SDK (HTTP and MQTT): accepted -------------------------------------------------------
+# -- Node SDK (HTTP, MQTT, AMQP, AMQP-WS): accepted --------------------------------------------
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", NODE_TRANSPORTS)
 def test_node_symmetric_individual(server, transport):
-    """Individual symmetric key with the Node SDK over HTTP / MQTT."""
+    """Individual symmetric key with the Node SDK over HTTP / MQTT / AMQP (SASL PLAIN) / AMQP-WS."""
     rid = unique(f"node-{transport}-sym")
     key = enroll_symmetric(server, rid)
     hub, did = assert_assigned_node(node_register(server, rid, transport, symmetric_key=key), rid)
     assert_record(server, rid, hub, did, client_cert=False)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", NODE_TRANSPORTS)
 def test_node_symmetric_group(server, transport):
-    """Group-derived symmetric key with the Node SDK over HTTP / MQTT."""
+    """Group-derived symmetric key with the Node SDK over HTTP / MQTT / AMQP / AMQP-WS."""
     gid = unique(f"node-{transport}-group")
     group_key = enroll_symmetric_group(server, gid)
     rid = unique(f"node-{transport}-gdev")
@@ -231,9 +240,10 @@ def test_node_symmetric_group(server, transport):
     assert_record(server, rid, hub, did)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", NODE_TRANSPORTS)
 def test_node_x509_individual(server, certs, transport):
-    """Individual X.509 (self-signed RSA-2048) with the Node X509Security client over HTTP / MQTT."""
+    """Individual X.509 (self-signed RSA-2048) with the Node X509Security client over HTTP / MQTT /
+    AMQP (no SASL: the TLS client chain) / AMQP-WS (the chain of the 443 handshake)."""
     rid = unique(f"node-{transport}-x509")
     dev = certs.self_signed_leaf(rid, kind="rsa")
     enroll_x509(server, dev)
@@ -241,9 +251,10 @@ def test_node_x509_individual(server, certs, transport):
     assert_record(server, rid, hub, did, client_cert=True)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", NODE_TRANSPORTS)
 def test_node_x509_group_through_intermediate(server, certs, transport):
-    """Group X.509 (root CA enrolled; device sends EC leaf + intermediate) over HTTP / MQTT."""
+    """Group X.509 (root CA enrolled; device sends EC leaf + intermediate) over HTTP / MQTT / AMQP /
+    AMQP-WS."""
     root = certs.root(unique(f"node-{transport}-root"))
     inter = certs.intermediate(unique(f"node-{transport}-int"), root)
     gid = unique(f"node-{transport}-x509-group")
@@ -256,7 +267,7 @@ def test_node_x509_group_through_intermediate(server, certs, transport):
 
 
 def test_same_device_same_assignment_across_sdks(server):
-    """One device registering with Python/MQTT, Node/HTTP and Node/MQTT always lands on the same
+    """One device registering with Python/MQTT, Node/HTTP, Node/MQTT and Node/AMQP always lands on the same
     hub with the same device id (deterministic assignment, one record)."""
     rid = unique("cross-sdk")
     key = enroll_symmetric(server, rid)
@@ -264,6 +275,7 @@ def test_same_device_same_assignment_across_sdks(server):
         "python-mqtt": assert_assigned_py(py_register(server, rid, symmetric_key=key), rid),
         "node-http": assert_assigned_node(node_register(server, rid, "http", symmetric_key=key), rid),
         "node-mqtt": assert_assigned_node(node_register(server, rid, "mqtt", symmetric_key=key), rid),
+        "node-amqp": assert_assigned_node(node_register(server, rid, "amqp", symmetric_key=key), rid),
     }
     assert len(set(seen.values())) == 1, seen
     assert_record(server, rid, *seen["python-mqtt"])
@@ -271,7 +283,7 @@ def test_same_device_same_assignment_across_sdks(server):
 
 # -- refused ------------------------------------------------------------------------------------
 
-SDKS = ("python-mqtt", "node-http", "node-mqtt")
+SDKS = ("python-mqtt", "node-http", "node-mqtt", "node-amqp")
 
 
 def register_with(sdk, server, rid, **kw):
@@ -362,7 +374,7 @@ def test_foreign_ca_refused(server, certs, sdk):
 
 
 def test_mqtt_attestation_failure_reported_on_response_topic(server):
-    """dps-protocol.md §2.1: like real DPS, the MQTT endpoint accepts the CONNECT and reports an
+    """docs/protocol.md, "MQTT connection": like real DPS, the MQTT endpoint accepts the CONNECT and reports an
     attestation failure on the register response topic ($dps/registrations/res/401/...) with a DPS
     error body; CONNACK refusals are kept for unparsable usernames. Seen through the Node MQTT
     transport: a response-topic refusal surfaces as `result.errorCode`, a CONNACK one as `code`."""
@@ -432,7 +444,7 @@ def _tls_client(max_version):
     return ctx
 
 
-@pytest.mark.parametrize("port", [443, 8883])
+@pytest.mark.parametrize("port", [443, 8883, 5671])
 def test_tls11_client_refused(server, port):
     """A TLS 1.1 client is refused in the handshake with a protocol_version alert on both the
     HTTPS and the MQTT port; the same client allowed TLS 1.2 connects (control)."""
@@ -447,7 +459,7 @@ def test_tls11_client_refused(server, port):
             assert tls.version() == "TLSv1.2"
 
 
-@pytest.mark.parametrize("port", [443, 8883])
+@pytest.mark.parametrize("port", [443, 8883, 5671])
 def test_tls11_openssl_s_client_refused(server, port):
     """The same with `openssl s_client -tls1_1`: the server answers with alert 70 (protocol_version)."""
     r = subprocess.run(["openssl", "s_client", "-connect", f"{server.ip}:{port}", "-tls1_1",
@@ -496,7 +508,7 @@ def test_tls13_instance_refuses_https_tls12(tls13_server):
     assert status == 202, (status, raw)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", NODE_TRANSPORTS)
 def test_tls13_instance_accepts_node_sdk_tls13(tls13_server, transport):
     """Node negotiates TLS 1.3 with a --tls13 server, so the same kind of device is assigned by the
     minTlsVersion "1.3" instance; its record says TLSv1.3."""
@@ -526,7 +538,7 @@ def test_node_mqtt_over_websockets(server):
 def test_x509_the_group_of_the_closest_ca_decides(server, certs):
     """Two X.509 groups: one signed by the root, one by the intermediate. A device presenting
     leaf + intermediate belongs to the intermediate's group (the first intermediate decides,
-    dps-protocol.md §4.3), whichever was enrolled first."""
+    docs/x509.md), whichever was enrolled first."""
     root = certs.root(unique("closest-root"))
     inter = certs.intermediate(unique("closest-int"), root)
     g_root, g_int = unique("grp-root"), unique("grp-int")
@@ -537,3 +549,16 @@ def test_x509_the_group_of_the_closest_ca_decides(server, certs):
     hub, did = assert_assigned_py(py_register(server, rid, cert=leaf.chain_file(), key=leaf.key), rid)
     rec = assert_record(server, rid, hub, did, client_cert=True)
     assert rec["enrollmentGroupId"] == g_int, rec
+
+
+@pytest.mark.parametrize("transport", ("amqp", "amqpws"))
+def test_node_amqp_reprovision_reports_the_links_api_version(server, transport):
+    """Over AMQP the api-version arrives only on the links (after SASL); the Node SDK sends
+    2019-03-31, so a device registering twice to the same hub is told `initialAssignment` (the
+    pre-2019-04-15 substatus), as over MQTT and HTTP."""
+    rid = unique(f"node-{transport}-again")
+    key = enroll_symmetric(server, rid)
+    first = assert_assigned_node(node_register(server, rid, transport, symmetric_key=key), rid)
+    out = node_register(server, rid, transport, symmetric_key=key)
+    assert assert_assigned_node(out, rid) == first
+    assert out["result"]["substatus"] == "initialAssignment", out["result"]

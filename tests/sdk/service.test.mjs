@@ -46,7 +46,7 @@ function startServer() {
   assert.ok(fs.existsSync(BIN), `server binary ${BIN} missing: run cargo build -p opendps first`);
   server = spawn(
     BIN,
-    ['serve', '--data-dir', dataDir, '--listen-address', IP, '--mqtt-port', '0'],
+    ['serve', '--data-dir', dataDir, '--listen-address', IP, '--mqtt-port', '0', '--amqp-port', '0'],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } },
   );
   server.stderr.on('data', (chunk) => { serverOutput += chunk; });

@@ -48,7 +48,7 @@ class Server:
     def start(self) -> "Server":
         log = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [OPENDPS_BIN, "serve", "--data-dir", str(self.data_dir), "--listen-address", IP, "--mqtt-port", "0"],
+            [OPENDPS_BIN, "serve", "--data-dir", str(self.data_dir), "--listen-address", IP, "--mqtt-port", "0", "--amqp-port", "0"],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
             env={**os.environ, "NO_COLOR": "1"}, preexec_fn=_die_with_parent,
         )

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use dps_core::tls::{HandshakeFacts, PeerCertificates};
+use dps_core::device::{AuthOutcome, ConnectionFacts, Credential, DeviceReply, DeviceSession};
+use dps_core::error::{Error, WireError};
+use dps_core::service::Services;
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle, SessionAcceptor,
 };
@@ -25,7 +27,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::address::{parse_link_address, same_device};
-use crate::api::{AuthOutcome, Credential, DeviceApi, DeviceError, DeviceRequest, DeviceSession, Transport};
 use crate::header::{self, Sniff};
 use crate::mapping::{self, Answer, Operation};
 use crate::replay::Replay;
@@ -80,16 +81,12 @@ impl Default for AmqpSettings {
     }
 }
 
-/// What the connection knows from below (TCP, TLS, which listener) and what it talks to.
+/// What the connection knows from below (TCP, TLS with the client chain that is the X.509
+/// credential, and the transport: `Amqp` on 5671, `AmqpWs` over WebSockets) and the domain.
 #[derive(Clone, Debug)]
 pub struct ConnectionContext {
-    pub peer: SocketAddr,
-    pub tls: Arc<HandshakeFacts>,
-    /// The TLS client chain (possession proved, trust not decided): the X.509 credential.
-    pub peer_certificates: Arc<PeerCertificates>,
-    /// `Amqp` on 5671, `AmqpWs` over WebSockets.
-    pub transport: Transport,
-    pub api: Arc<dyn DeviceApi>,
+    pub facts: ConnectionFacts,
+    pub services: Services,
     pub settings: Arc<AmqpSettings>,
 }
 
@@ -100,7 +97,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut io = io;
-    let peer = ctx.peer;
+    let peer = ctx.facts.peer;
     let settings = ctx.settings.clone();
     let started = Instant::now();
     let mut buf = BytesMut::with_capacity(512);
@@ -126,15 +123,15 @@ where
         }
     };
     let _ = buf.split_to(8);
-    let mut session = ctx.api.device_session(ctx.transport, ctx.tls.clone(), ctx.peer_certificates.clone());
+    let mut session = ctx.services.device_session(ctx.facts.clone());
     let (auth, prefix) = if sasl {
-        let run = driver::run(&mut io, &mut buf, session.as_mut(), None, settings.sasl, peer);
+        let run = driver::run(&mut io, &mut buf, &mut session, None, settings.sasl, peer);
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
             r = run => r,
         };
         match result {
-            Ok(identity) => (Auth::Attested(identity), buf.freeze()),
+            Ok(identity) => (Auth::Named(identity), buf.freeze()),
             Err(SaslEnd::Closed) => return,
             Err(SaslEnd::Failed { code, reason }) => {
                 tracing::info!(%peer, code = ?code, reason = %reason, "amqp: SASL authentication failed");
@@ -179,7 +176,7 @@ where
             return;
         }
     };
-    let mut conn = Conn { ctx: &ctx, session: session.as_mut(), auth, api_version: None, auth_deadline };
+    let mut conn = Conn { ctx: &ctx, session: &mut session, auth, api_version: None, auth_deadline };
     conn.run(connection, &shutdown).await;
     kill.cancel();
 }
@@ -221,20 +218,17 @@ async fn close_after_refusal<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
 /// Who the connection is.
 #[derive(Debug)]
 enum Auth {
-    Attested(Identity),
-    /// No SASL: the first attach names the device, which is authenticated by its TLS chain then.
+    /// The device the connection authenticated as: by SASL, or (without SASL) by its TLS chain
+    /// when the first attach named it. If that failed, links may still attach, and the device
+    /// session answers every request with the refusal (as on the other transports).
+    Named(Identity),
+    /// No SASL, and no link has named the device yet.
     Pending,
-    /// No SASL and refused: links may attach, and every request gets this error (as the other
-    /// transports answer requests on a connection whose device failed authentication).
-    Refused {
-        identity: Identity,
-        error: DeviceError,
-    },
 }
 
 struct Conn<'a> {
     ctx: &'a ConnectionContext,
-    session: &'a mut dyn DeviceSession,
+    session: &'a mut DeviceSession,
     auth: Auth,
     api_version: Option<String>,
     auth_deadline: Instant,
@@ -285,8 +279,8 @@ async fn sender_detached(sender: &mut Option<Sender>) {
     }
 }
 
-fn condition_error(condition: ErrorCondition, e: &DeviceError) -> definitions::Error {
-    definitions::Error { condition, description: Some(e.body_json().to_string()), info: None }
+fn condition_error(condition: ErrorCondition, e: &WireError) -> definitions::Error {
+    definitions::Error { condition, description: Some(e.body().to_string()), info: None }
 }
 
 fn attach_address(attach: &Attach) -> Option<String> {
@@ -313,7 +307,12 @@ fn attach_api_version(attach: &Attach) -> Option<String> {
 
 impl Conn<'_> {
     fn peer(&self) -> SocketAddr {
-        self.ctx.peer
+        self.ctx.facts.peer
+    }
+
+    /// The DPS error body of an error this adapter decides (not logged: the caller logs once).
+    fn wire(&self, e: &Error) -> WireError {
+        self.ctx.services.wire_error(e)
     }
 
     async fn run(&mut self, mut connection: ListenerConnectionHandle, shutdown: &CancellationToken) {
@@ -373,7 +372,8 @@ impl Conn<'_> {
     async fn refuse_unauthenticated(&mut self, connection: &mut ListenerConnectionHandle) {
         let settings = &self.ctx.settings;
         tracing::info!(peer = %self.peer(), "amqp: no link named the device within {:?}; closing", settings.authenticate_timeout);
-        let e = DeviceError::unauthorized("no link named {idScope}/registrations/{registrationId} in time");
+        let e =
+            self.wire(&Error::Unauthorized("no link named {idScope}/registrations/{registrationId} in time".into()));
         let err = condition_error(ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess), &e);
         let _ = tokio::time::timeout(settings.close_timeout, connection.close_with_error(err)).await;
     }
@@ -404,8 +404,9 @@ impl Conn<'_> {
             Ok(delivery) => self.on_delivery(delivery, links).await,
             Err(RecvError::MessageDecode(e)) => {
                 tracing::info!(peer = %self.peer(), error = %e.source, "amqp: request message does not decode");
-                let err =
-                    mapping::rejection(&DeviceError::bad_request(format!("the message does not decode: {}", e.source)));
+                let err = mapping::rejection(
+                    &self.wire(&Error::Invalid(format!("the message does not decode: {}", e.source))),
+                );
                 if let Some(r) = &links.receiver {
                     let _ = r.reject(e.info, err).await;
                 }
@@ -425,27 +426,38 @@ impl Conn<'_> {
     /// was no SASL), then accepts it, or accepts and at once closes it with the reason.
     async fn on_attach(&mut self, attach: Attach, session: &mut ListenerSessionHandle, links: &mut Links) {
         let address = attach_address(&attach);
-        if let Some(v) = attach_api_version(&attach) {
-            self.api_version = Some(v);
+        let api_version = attach_api_version(&attach);
+        let fresh_api_version = api_version.is_some() && api_version != self.api_version;
+        if api_version.is_some() {
+            self.api_version.clone_from(&api_version);
         }
         let named = address.as_deref().and_then(parse_link_address);
+        let unauthorized = |this: &Self, e: Error| {
+            condition_error(ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess), &this.wire(&e))
+        };
         let verdict = match (&self.auth, named) {
-            (_, None) => Err(DeviceError::unauthorized(format!(
-                "link address {:?} is not {{idScope}}/registrations/{{registrationId}}",
-                address.as_deref().unwrap_or("").chars().take(300).collect::<String>()
-            ))),
+            (_, None) => Err(unauthorized(
+                self,
+                Error::Unauthorized(format!(
+                    "link address {:?} is not {{idScope}}/registrations/{{registrationId}}",
+                    address.as_deref().unwrap_or("").chars().take(300).collect::<String>()
+                )),
+            )),
             (Auth::Pending, Some(identity)) => {
                 self.authenticate_x509(identity).await;
                 Ok(())
             }
-            (Auth::Attested(me) | Auth::Refused { identity: me, .. }, Some(named)) => {
-                if same_device(me, &named) {
-                    Ok(())
-                } else {
-                    Err(DeviceError::unauthorized(format!(
+            (Auth::Named(me), Some(named)) => {
+                if !same_device(me, &named) {
+                    Err(unauthorized(self, Error::Unauthorized(format!(
                         "the link names registration {:?} in ID scope {:?}; this connection is registration {:?} in ID scope {:?}",
                         named.registration_id, named.id_scope, me.registration_id, me.id_scope
-                    )))
+                    ))))
+                } else if let (true, Some(v)) = (fresh_api_version, api_version.as_deref()) {
+                    // After SASL the links are the first place the api-version appears.
+                    self.session.set_api_version(v).map_err(|e| mapping::rejection(&e))
+                } else {
+                    Ok(())
                 }
             }
         };
@@ -459,7 +471,7 @@ impl Conn<'_> {
             }
         };
         let refusal = match (&verdict, &endpoint) {
-            (Err(e), _) => Some(condition_error(ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess), e)),
+            (Err(e), _) => Some(e.clone()),
             (Ok(()), LinkEndpoint::Sender(_)) if links.sender.is_some() => {
                 Some(limit_error("a response link is already attached"))
             }
@@ -488,7 +500,7 @@ impl Conn<'_> {
             LinkEndpoint::Sender(s) => {
                 links.sender = Some(s);
                 while let Some(msg) = links.waiting.pop_front() {
-                    send_response(&self.ctx.settings, self.ctx.peer, links, msg).await;
+                    send_response(&self.ctx.settings, self.ctx.facts.peer, links, msg).await;
                 }
             }
             LinkEndpoint::Receiver(r) => links.receiver = Some(r),
@@ -501,25 +513,19 @@ impl Conn<'_> {
             &identity.id_scope,
             &identity.registration_id,
             self.api_version.as_deref(),
-            Credential::None,
+            Credential::ClientCertificate,
         );
-        let outcome = match tokio::time::timeout(self.ctx.settings.call_timeout, asked).await {
-            Ok(o) => o,
-            Err(_) => AuthOutcome::Refused(DeviceError::internal()),
-        };
-        self.auth = match outcome {
-            AuthOutcome::Attested => Auth::Attested(identity),
-            AuthOutcome::Refused(error) => {
-                tracing::info!(
-                    peer = %self.peer(),
-                    registration_id = %identity.registration_id,
-                    error = %error.message,
-                    "amqp: device not authenticated by its TLS client certificate; requests will be refused"
-                );
-                Auth::Refused { identity, error }
+        match tokio::time::timeout(self.ctx.settings.call_timeout, asked).await {
+            // A refusal is logged by the session, which answers every request with it.
+            Ok(AuthOutcome::Attested | AuthOutcome::Refused(_)) => {}
+            Ok(AuthOutcome::Challenge { .. }) => {
+                tracing::info!(peer = %self.peer(), registration_id = %identity.registration_id, "amqp: a TPM challenge without SASL; requests will be refused");
             }
-            AuthOutcome::Challenge { .. } => Auth::Refused { identity, error: DeviceError::internal() },
-        };
+            Err(_) => {
+                tracing::warn!(peer = %self.peer(), registration_id = %identity.registration_id, "amqp: authentication by the TLS client certificate timed out; requests will be refused");
+            }
+        }
+        self.auth = Auth::Named(identity);
     }
 
     async fn on_delivery(&mut self, delivery: Delivery<Body<Value>>, links: &mut Links) {
@@ -529,48 +535,33 @@ impl Conn<'_> {
         let answer = match (parsed, &self.auth) {
             (Err(e), _) => {
                 tracing::info!(peer = %self.peer(), reason = %e, "amqp: request refused");
-                Answer::Reject(mapping::rejection(&e.device_error()))
+                Answer::Reject(mapping::rejection(&self.wire(&e.error())))
             }
-            (Ok(_), Auth::Refused { error, .. }) => Answer::Reject(mapping::rejection(error)),
             (Ok(_), Auth::Pending) => {
-                Answer::Reject(mapping::rejection(&DeviceError::unauthorized("the connection is not authenticated")))
+                tracing::info!(peer = %self.peer(), "amqp: request before any link named the device; refused");
+                Answer::Reject(mapping::rejection(
+                    &self.wire(&Error::Unauthorized("the connection is not authenticated".into())),
+                ))
             }
-            (Ok(request), Auth::Attested(me)) => {
-                let me = me.clone();
-                let correlation_id = request.correlation_id;
-                let call = match request.operation {
-                    Operation::Register { body } => match mapping::body_registration_id(&body) {
-                        Some(named) if !named.eq_ignore_ascii_case(&me.registration_id) => {
-                            tracing::info!(peer = %self.peer(), registration_id = %me.registration_id, "amqp: register body names another registration id");
-                            Err(DeviceError::unauthorized(format!(
-                                "the body names registration {named:?}; this connection is registration {:?}",
-                                me.registration_id
-                            )))
-                        }
-                        _ => Ok(DeviceRequest::Register { registration_id: me.registration_id.clone(), body }),
-                    },
+            (Ok(request), Auth::Named(_)) => {
+                let op = match &request.operation {
+                    Operation::Register { body } => dps_core::device::Operation::Register { body },
                     Operation::OperationStatus { operation_id } => {
-                        Ok(DeviceRequest::OperationStatus { registration_id: me.registration_id.clone(), operation_id })
+                        dps_core::device::Operation::OperationStatus { operation_id }
                     }
                 };
-                match call {
-                    Err(e) => Answer::Reject(mapping::rejection(&e)),
-                    Ok(call) => {
-                        let reply = match tokio::time::timeout(self.ctx.settings.call_timeout, self.session.call(call))
-                            .await
-                        {
-                            Ok(r) => r,
-                            Err(_) => {
-                                tracing::warn!(peer = %self.peer(), registration_id = %me.registration_id, "amqp: device API call timed out");
-                                crate::api::DeviceReply::Error(DeviceError::internal())
-                            }
-                        };
-                        if let crate::api::DeviceReply::Error(e) = &reply {
-                            tracing::info!(peer = %self.peer(), registration_id = %me.registration_id, status = e.status, error = %e.message, "amqp: request refused");
-                        }
-                        mapping::answer(&reply, correlation_id)
+                let reply = match tokio::time::timeout(self.ctx.settings.call_timeout, self.session.handle(op)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!(peer = %self.peer(), "amqp: device API call timed out");
+                        DeviceReply::Error(self.ctx.services.wire(
+                            500,
+                            500_000,
+                            "the service failed to complete the request; try again".into(),
+                        ))
                     }
-                }
+                };
+                mapping::answer(&reply, request.correlation_id)
             }
         };
         let Some(receiver) = &links.receiver else { return };
@@ -582,7 +573,7 @@ impl Conn<'_> {
                 // Settle the request first (the device's send completes on it), then answer.
                 let _ = receiver.accept(info).await;
                 if links.sender.is_some() {
-                    send_response(&self.ctx.settings, self.ctx.peer, links, *msg).await;
+                    send_response(&self.ctx.settings, self.ctx.facts.peer, links, *msg).await;
                 } else if links.waiting.len() < MAX_WAITING {
                     links.waiting.push_back(*msg);
                 } else {

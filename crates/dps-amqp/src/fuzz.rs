@@ -4,11 +4,24 @@
 use base64::Engine as _;
 use fe2o3_amqp::types::messaging::MessageId;
 
-use crate::api::{AuthOutcome, DeviceError, DeviceReply};
 use crate::header;
 use crate::mapping;
 use crate::replay::FrameGuard;
 use crate::sasl::{frame, SaslServer, Step};
+use dps_core::device::{AuthOutcome, DeviceReply};
+use dps_core::error::WireError;
+
+/// A DPS error body as the device API would give it (for fuzzing and the unit tests).
+pub fn wire(status: u16, error_code: u32, message: &str) -> WireError {
+    WireError {
+        status,
+        error_code,
+        message: message.into(),
+        tracking_id: "t".into(),
+        timestamp_utc: "2026-01-01T00:00:00Z".into(),
+        retry_after: None,
+    }
+}
 
 /// The header sniff on every prefix of `data`.
 pub fn header_sniff(data: &[u8]) {
@@ -30,7 +43,7 @@ pub fn sasl_exchange(data: &[u8]) {
             rest = rest.get(1..).unwrap_or(&[]);
             let outcome = match pick % 4 {
                 0 => AuthOutcome::Attested,
-                1 => AuthOutcome::Refused(DeviceError::unauthorized("no")),
+                1 => AuthOutcome::Refused(wire(401, 401_002, "no")),
                 2 => {
                     let len = usize::from(pick) * 8;
                     AuthOutcome::Challenge {
@@ -59,12 +72,9 @@ pub fn sasl_exchange(data: &[u8]) {
 /// A request message payload through the DPS mapping, and its answer.
 pub fn message_mapping(data: &[u8]) {
     if let Ok(request) = mapping::decode_request(data) {
-        if let mapping::Operation::Register { body } = &request.operation {
-            let _ = mapping::body_registration_id(body);
-        }
         let id: Option<MessageId> = request.correlation_id.clone();
-        let _ = mapping::answer(&DeviceReply::Accepted { operation_id: "op".into(), retry_after_secs: 1 }, id.clone());
-        let _ = mapping::answer(&DeviceReply::Error(DeviceError::bad_request("x")), id);
+        let _ = mapping::answer(&DeviceReply::Accepted { operation_id: "op".into() }, id.clone());
+        let _ = mapping::answer(&DeviceReply::Error(wire(400, 400_000, "x")), id);
     }
     let _ = crate::address::parse_link_address(&String::from_utf8_lossy(data));
 }

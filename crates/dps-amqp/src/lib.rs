@@ -8,8 +8,12 @@
 //!   boundaries before fe2o3 sees them);
 //! - the driver, [`serve_connection`]: sniff → our async SASL around the machine, or no SASL
 //!   (X.509: the TLS client chain) → `fe2o3-amqp`'s no-SASL acceptor for connection, session and
-//!   links → the device API ([`api`]) for authentication and each request;
-//! - [`ws::WsByteStream`]: a WebSocket as a byte stream, for AMQP and MQTT over WebSockets.
+//!   links → the connection's `dps_core::device::DeviceSession`: authenticated once (SASL PLAIN:
+//!   `Credential::Sas`; no SASL: `Credential::ClientCertificate` when the first link names the
+//!   device), then one `Operation` per request message.
+//!
+//! Over WebSockets (sub-protocol [`WEBSOCKET_PROTOCOL`]) the composition root hands
+//! [`serve_connection`] the byte stream dps-http makes of the WebSocket.
 //!
 //! Invariants: a connection is bounded in time and memory before it authenticates (header and
 //! SASL timeouts, capped SASL frames, capped AMQP frames, one session, a deadline for the first
@@ -17,7 +21,6 @@
 //! under the connection's ID scope; every failure gets an answer in AMQP's terms and one log line.
 
 pub mod address;
-pub mod api;
 mod connection;
 #[doc(hidden)]
 pub mod fuzz;
@@ -25,11 +28,8 @@ pub mod header;
 pub mod mapping;
 pub mod replay;
 pub mod sasl;
-pub mod ws;
 
-pub use api::{AuthOutcome, Credential, DeviceApi, DeviceError, DeviceReply, DeviceRequest, DeviceSession, Transport};
 pub use connection::{serve_connection, AmqpSettings, ConnectionContext};
-pub use ws::{WsByteStream, WsFrame};
 
 /// The WebSocket sub-protocol of AMQP over WebSockets; the upgrade must echo it exactly.
 pub const WEBSOCKET_PROTOCOL: &str = "AMQPWSB10";

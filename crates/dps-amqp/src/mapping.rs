@@ -15,14 +15,15 @@ use fe2o3_amqp::types::messaging::{
 };
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 
-use crate::api::{DeviceError, DeviceReply};
+use dps_core::device::{DeviceReply, MAX_MESSAGE};
+use dps_core::error::{Error, WireError};
 
 pub const OPERATION_TYPE: &str = "iotdps-operation-type";
 pub const OPERATION_ID: &str = "iotdps-operation-id";
 pub const REGISTER: &str = "iotdps-register";
 pub const GET_OPERATION_STATUS: &str = "iotdps-get-operationstatus";
-/// DPS's maximum message size (dps-protocol limits: 96 KB) applied to the request body.
-pub const MAX_BODY: usize = 96 * 1024;
+/// DPS's maximum message size (96 KB, the core's limit), applied while the body is gathered.
+pub const MAX_BODY: usize = MAX_MESSAGE;
 /// Longest operation id accepted (the server issues UUID-based ids).
 pub const MAX_OPERATION_ID: usize = 256;
 /// Condition for throttling; Node and C# retry it after `info.retry-after`.
@@ -63,11 +64,11 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    /// The DPS error this is reported as.
-    pub fn device_error(&self) -> DeviceError {
+    /// The domain error this is reported as (`Services::wire_error` makes the DPS body).
+    pub fn error(&self) -> Error {
         match self {
-            RequestError::TooLarge(_) => DeviceError::too_large(self.to_string()),
-            _ => DeviceError::bad_request(self.to_string()),
+            RequestError::TooLarge(_) => Error::TooLarge(self.to_string()),
+            _ => Error::Invalid(self.to_string()),
         }
     }
 }
@@ -133,13 +134,6 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
     parse_request(&msg)
 }
 
-/// The `registrationId` a register body names, when it is a JSON object that names one (the
-/// body is otherwise the core's to judge).
-pub fn body_registration_id(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v.get("registrationId")?.as_str().map(str::to_owned)
-}
-
 /// How a request is answered.
 #[derive(Debug)]
 pub enum Answer {
@@ -149,17 +143,12 @@ pub enum Answer {
     Reject(definitions::Error),
 }
 
-/// The answer to a request, from the device API's reply.
+/// The answer to a request, from the device API's reply: an error is a rejection, anything
+/// else a response with the reply's JSON body and retry-after.
 pub fn answer(reply: &DeviceReply, correlation_id: Option<MessageId>) -> Answer {
     match reply {
-        DeviceReply::Accepted { operation_id, retry_after_secs } => {
-            let body = serde_json::json!({ "operationId": operation_id, "status": "assigning" });
-            Answer::Respond(Box::new(response(correlation_id, &body, Some(*retry_after_secs))))
-        }
-        DeviceReply::Status { body, retry_after_secs, .. } => {
-            Answer::Respond(Box::new(response(correlation_id, body, *retry_after_secs)))
-        }
         DeviceReply::Error(e) => Answer::Reject(rejection(e)),
+        other => Answer::Respond(Box::new(response(correlation_id, &other.body(), other.retry_after()))),
     }
 }
 
@@ -180,7 +169,7 @@ pub fn response(
 
 /// The AMQP error a DPS error is reported as: the condition the clients understand, the JSON
 /// body in `description` (C# parses it), `retry-after` in `info` for retryable errors.
-pub fn rejection(e: &DeviceError) -> definitions::Error {
+pub fn rejection(e: &WireError) -> definitions::Error {
     let condition = match e.status {
         401 | 403 => ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess),
         404 => ErrorCondition::AmqpError(AmqpError::NotFound),
@@ -190,13 +179,13 @@ pub fn rejection(e: &DeviceError) -> definitions::Error {
         s if s >= 500 => ErrorCondition::AmqpError(AmqpError::InternalError),
         _ => ErrorCondition::Custom(Symbol::from("com.microsoft:argument-error")),
     };
-    let info = e.retry_after_secs.map(|secs| {
+    let info = e.retry_after.map(|secs| {
         let mut f = Fields::new();
         f.insert(Symbol::from("retry-after"), Value::String(secs.to_string()));
         f.insert(Symbol::from("Retry-After"), Value::String(secs.to_string()));
         Box::new(f)
     });
-    definitions::Error { condition, description: Some(e.body_json().to_string()), info }
+    definitions::Error { condition, description: Some(e.body().to_string()), info }
 }
 
 #[cfg(test)]
@@ -204,6 +193,7 @@ mod tests {
     use fe2o3_amqp::types::messaging::AmqpValue;
 
     use super::*;
+    use crate::fuzz::wire;
 
     fn request(props: &[(&str, &str)], body: Body<Value>, correlation: Option<MessageId>) -> Message<Body<Value>> {
         let mut app = ApplicationProperties::builder();
@@ -264,7 +254,7 @@ mod tests {
         assert_eq!(parse_request(&m), Err(RequestError::MissingOperationId));
         let m = request(&[(OPERATION_TYPE, REGISTER)], data(&vec![b' '; MAX_BODY + 1]), None);
         assert_eq!(parse_request(&m), Err(RequestError::TooLarge(MAX_BODY + 1)));
-        assert_eq!(RequestError::TooLarge(1).device_error().status, 413);
+        assert_eq!(RequestError::TooLarge(1).error().kind().status(), 413);
         assert!(matches!(decode_request(b"\x00\x53"), Err(RequestError::Decode(_))));
     }
 
@@ -275,29 +265,27 @@ mod tests {
             MessageId::Ulong(7),
             MessageId::Binary(Binary::from(vec![1, 2, 3])),
         ] {
-            let reply = DeviceReply::Accepted { operation_id: "op".into(), retry_after_secs: 3 };
+            let reply = DeviceReply::Accepted { operation_id: "op".into() };
             let Answer::Respond(m) = answer(&reply, Some(corr.clone())) else { panic!("not a response") };
             let m = *m;
             assert_eq!(m.properties.as_ref().and_then(|p| p.correlation_id.clone()), Some(corr));
             let app = &m.application_properties.as_ref().expect("app properties").0;
-            assert_eq!(app.get("retry-after"), Some(&SimpleValue::String("3".into())));
-            assert_eq!(app.get("Retry-After"), Some(&SimpleValue::String("3".into())));
+            assert_eq!(app.get("retry-after"), Some(&SimpleValue::String("1".into())));
+            assert_eq!(app.get("Retry-After"), Some(&SimpleValue::String("1".into())));
             let json: serde_json::Value = serde_json::from_slice(&m.body.0).expect("json");
             assert_eq!(json, serde_json::json!({"operationId": "op", "status": "assigning"}));
         }
-        let reply = DeviceReply::Status {
-            http_status: 200,
-            body: serde_json::json!({"status": "assigned"}),
-            retry_after_secs: None,
-        };
+        let reply = DeviceReply::Error(wire(404, 404_202, "x"));
+        assert!(matches!(answer(&reply, None), Answer::Reject(_)));
+        let reply = DeviceReply::Challenge { authentication_key: "k".into(), key_name: "registration".into() };
         let Answer::Respond(m) = answer(&reply, None) else { panic!("not a response") };
         assert!(m.application_properties.as_ref().is_none_or(|a| a.0.is_empty()));
     }
 
     #[test]
     fn errors_become_rejections_with_the_json_body() {
-        let mut e = DeviceError::new(429, 429_001, "slow down");
-        e.retry_after_secs = Some(2);
+        let mut e = wire(429, 429_001, "slow down");
+        e.retry_after = Some(2);
         let Answer::Reject(r) = answer(&DeviceReply::Error(e), None) else { panic!("not a rejection") };
         assert_eq!(r.condition, ErrorCondition::Custom(Symbol::from(THROTTLED)));
         let info = r.info.expect("info");
@@ -311,15 +299,7 @@ mod tests {
             (500, ErrorCondition::AmqpError(AmqpError::InternalError)),
             (503, ErrorCondition::AmqpError(AmqpError::InternalError)),
         ] {
-            assert_eq!(rejection(&DeviceError::new(status, u32::from(status) * 1000, "x")).condition, cond);
+            assert_eq!(rejection(&wire(status, u32::from(status) * 1000, "x")).condition, cond);
         }
-    }
-
-    #[test]
-    fn finds_the_registration_id_a_body_names() {
-        assert_eq!(body_registration_id(br#"{"registrationId":"a","payload":{}}"#), Some("a".into()));
-        assert_eq!(body_registration_id(b""), None);
-        assert_eq!(body_registration_id(b"[1]"), None);
-        assert_eq!(body_registration_id(br#"{"registrationId":5}"#), None);
     }
 }

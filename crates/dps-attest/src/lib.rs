@@ -1,8 +1,8 @@
 //! `dps-attest`: the cryptography of attestation, with OpenSSL's crypto (never its TLS).
 //!
-//! - [`sas`]: SharedAccessSignature tokens in every form the SDKs produce (dps-protocol.md
-//!   §4.1, §4.5), verified in constant time.
-//! - [`derive_device_key`]: enrollment-group key derivation (§4.2).
+//! - [`sas`]: SharedAccessSignature tokens in every form the SDKs produce (docs/protocol.md,
+//!   "Device SAS tokens"), verified in constant time.
+//! - [`derive_device_key`]: enrollment-group key derivation (docs/protocol.md, "Symmetric-key enrollment groups").
 //! - [`OpensslX509`]: the `X509Inspector` port (certificate info, CA flag, issued-by checks).
 //! - [`OpensslDeviceCrypto`]: the `DeviceCrypto` port; device chains are verified by OpenSSL's
 //!   verifier ([`verify_chain`]: partial chains up to the enrollment's CA, the caller's time,

@@ -1,6 +1,6 @@
 //! `dps-config`: the configuration of `opendps serve`.
 //!
-//! Two layers, as in craft.md L4: [`raw`] is the serde shape of the TOML file
+//! Two layers: [`raw`] is the serde shape of the TOML file
 //! (`deny_unknown_fields`: a misspelt security setting must fail, not be ignored), and [`Config`]
 //! is the validated value the server runs on. [`Config::load`] goes file → command-line
 //! [`Overrides`] → one validation pass that reports **every** problem with its TOML path.
@@ -28,6 +28,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub https: ListenerConfig,
     pub mqtt: ListenerConfig,
+    pub amqp: ListenerConfig,
     pub tls: TlsConfig,
     pub log: LogConfig,
     /// How long shutdown waits for open connections to finish before closing them.
@@ -163,6 +164,7 @@ pub struct Overrides {
     pub listen_address: Option<String>,
     pub https_port: Option<u16>,
     pub mqtt_port: Option<u16>,
+    pub amqp_port: Option<u16>,
     pub tls_profile: Option<String>,
     pub tls13: Option<bool>,
     pub request_client_cert: Option<bool>,
@@ -313,8 +315,16 @@ impl Config {
         };
         let https = listener(&mut v, "https", &raw.https, 443);
         let mqtt = listener(&mut v, "mqtt", &raw.mqtt, 8883);
-        if https.enabled && mqtt.enabled && https.port == mqtt.port && https.port != 0 {
+        let amqp = listener(&mut v, "amqp", &raw.amqp, 5671);
+        let clash = |a: &ListenerConfig, b: &ListenerConfig| a.enabled && b.enabled && a.port == b.port && a.port != 0;
+        if clash(&https, &mqtt) {
             v.problem("mqtt.port", format!("{} is also the HTTPS port; give each listener its own port", mqtt.port));
+        }
+        if clash(&https, &amqp) {
+            v.problem("amqp.port", format!("{} is also the HTTPS port; give each listener its own port", amqp.port));
+        }
+        if clash(&mqtt, &amqp) {
+            v.problem("amqp.port", format!("{} is also the MQTT port; give each listener its own port", amqp.port));
         }
 
         let groups = match &raw.tls.groups {
@@ -447,6 +457,7 @@ impl Config {
             data_dir,
             https,
             mqtt,
+            amqp,
             tls: TlsConfig {
                 groups,
                 handshake_timeout,

@@ -19,6 +19,8 @@ pub struct Raw {
     #[serde(default)]
     pub mqtt: RawListener,
     #[serde(default)]
+    pub amqp: RawListener,
+    #[serde(default)]
     pub tls: RawTls,
     #[serde(default)]
     pub log: RawLog,
@@ -141,21 +143,25 @@ impl Raw {
         set(&mut self.listen.address, &o.listen_address);
         set(&mut self.https.port, &o.https_port);
         set(&mut self.mqtt.port, &o.mqtt_port);
+        set(&mut self.amqp.port, &o.amqp_port);
         if o.tls_profile.is_some() {
             // A profile on the command line applies to every listener.
             self.tls.profile.clone_from(&o.tls_profile);
             self.https.profile = None;
             self.mqtt.profile = None;
+            self.amqp.profile = None;
         }
         if o.tls13.is_some() {
             self.tls.tls13 = o.tls13;
             self.https.tls13 = None;
             self.mqtt.tls13 = None;
+            self.amqp.tls13 = None;
         }
         if o.request_client_cert.is_some() {
             self.tls.request_client_cert = o.request_client_cert;
             self.https.request_client_cert = None;
             self.mqtt.request_client_cert = None;
+            self.amqp.request_client_cert = None;
         }
         if o.cert_chain.is_some() || o.cert_key.is_some() {
             let files = self.tls.files.get_or_insert_with(RawFiles::default);

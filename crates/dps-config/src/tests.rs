@@ -12,6 +12,8 @@ fn defaults_need_no_file() {
     let c = Config::load(None, &Overrides::default()).expect("defaults are valid");
     assert_eq!(c.https.port, 443);
     assert_eq!(c.mqtt.port, 8883);
+    assert_eq!(c.amqp.port, 5671);
+    assert!(c.amqp.enabled && c.amqp.tls.request_client_cert);
     assert_eq!(c.https.tls.profile, ProfileName::LegacySecurity);
     assert!(!c.https.tls.tls13);
     assert!(c.https.tls.request_client_cert);
@@ -100,6 +102,10 @@ fn leaf_lifetime_has_a_floor_of_one_minute() {
 fn same_port_twice_is_refused() {
     let p = invalid("[https]\nport = 9000\n[mqtt]\nport = 9000\n");
     assert_eq!(p[0].path, "mqtt.port");
+    let p = invalid("[mqtt]\nport = 9000\n[amqp]\nport = 9000\n");
+    assert_eq!(p[0].path, "amqp.port");
+    let p = invalid("[amqp]\nport = 443\n");
+    assert_eq!(p[0].path, "amqp.port");
 }
 
 fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {

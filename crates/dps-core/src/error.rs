@@ -92,7 +92,7 @@ impl Error {
         }
     }
 
-    /// The six-digit DPS error code (`status * 1000 + n`, dps-protocol.md §1.8).
+    /// The six-digit DPS error code (`status * 1000 + n`, docs/protocol.md, "Error bodies and codes").
     pub fn code(&self) -> u32 {
         match self {
             Error::EnrollmentNotFound(_) => 404_201,

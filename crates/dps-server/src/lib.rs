@@ -3,7 +3,7 @@
 //! protocol adapter of that port, and shuts everything down in order.
 //!
 //! Sockets are bound outside [`Server::start`] ([`bind`]), so tests can pass listeners of their
-//! own and the binary can report a bind failure with what to do about it (craft.md L12).
+//! own and the binary can report a bind failure with what to do about it.
 
 mod listener;
 mod roles;
@@ -135,8 +135,12 @@ pub fn connection_string(state: &dps_http::AppState, instance: &dps_core::model:
 /// The transports this server can run, one entry each: its name, its settings, the flag that
 /// moves its port, and the protocol behind its TLS. Adding a transport is adding a line here
 /// (and its driver in `listener.rs`).
-fn transports(config: &Config) -> [(&'static str, &ListenerConfig, &'static str, Protocol); 2] {
-    [("https", &config.https, "--https-port", Protocol::Https), ("mqtt", &config.mqtt, "--mqtt-port", Protocol::Mqtt)]
+fn transports(config: &Config) -> [(&'static str, &ListenerConfig, &'static str, Protocol); 3] {
+    [
+        ("https", &config.https, "--https-port", Protocol::Https),
+        ("mqtt", &config.mqtt, "--mqtt-port", Protocol::Mqtt),
+        ("amqp", &config.amqp, "--amqp-port", Protocol::Amqp),
+    ]
 }
 
 /// Listeners bound before the server starts, one per enabled transport.
@@ -207,6 +211,11 @@ fn mqtt_limits(config: &Config) -> dps_mqtt::Limits {
     dps_mqtt::Limits::default()
 }
 
+fn amqp_settings(config: &Config) -> Arc<dps_amqp::AmqpSettings> {
+    let _ = config;
+    Arc::new(dps_amqp::AmqpSettings::default())
+}
+
 /// Where the built-in CA keeps its files.
 pub fn pki_dir(config: &Config) -> PathBuf {
     config.data_dir.join("pki")
@@ -257,6 +266,7 @@ fn policy(config: &Config, l: &ListenerConfig) -> TlsPolicy {
 pub struct Server {
     pub https_addr: Option<SocketAddr>,
     pub mqtt_addr: Option<SocketAddr>,
+    pub amqp_addr: Option<SocketAddr>,
     pub tls: Arc<ServerTls>,
     pub state: Arc<dps_http::AppState>,
     /// The management API's bearer credential (also in `data_dir/admin.token`).
@@ -396,14 +406,15 @@ impl Server {
             tracker.spawn(roles::poll(db, state.services.clone(), config.store.role_poll, shutdown.clone()));
         }
 
-        let drivers = listener::Drivers::new(state.clone(), mqtt_limits(&config));
-        let mut addrs = (None, None);
+        let drivers = listener::Drivers::new(state.clone(), mqtt_limits(&config), amqp_settings(&config));
+        let mut addrs = (None, None, None);
         for (name, listener) in listeners.listeners {
             let Some((_, _, _, protocol)) = transports(&config).into_iter().find(|t| t.0 == name) else { continue };
             let addr = listener.local_addr().ok();
             match protocol {
                 Protocol::Https => addrs.0 = addr,
                 Protocol::Mqtt => addrs.1 = addr,
+                Protocol::Amqp => addrs.2 = addr,
             }
             let Some(acceptor) = tls.acceptor(name) else { continue };
             tracker.spawn(listener::accept_loop(listener::LoopArgs {
@@ -428,7 +439,17 @@ impl Server {
                 tracing::warn!(grace = ?grace, "connections still open after the shutdown grace period; closing them");
             }
         });
-        Ok(Server { https_addr: addrs.0, mqtt_addr: addrs.1, tls, state, admin_token, created_default, shutdown, done })
+        Ok(Server {
+            https_addr: addrs.0,
+            mqtt_addr: addrs.1,
+            amqp_addr: addrs.2,
+            tls,
+            state,
+            admin_token,
+            created_default,
+            shutdown,
+            done,
+        })
     }
 
     /// A token that stops the server when cancelled.

@@ -1,6 +1,6 @@
 //! One accept loop per listener: connection cap, TLS handshake, then the port's protocol
 //! driver. The drivers are built once (`Drivers`), including the WebSocket routes that the
-//! HTTPS port hands to the MQTT driver (and, later, others).
+//! HTTPS port hands to the MQTT and AMQP drivers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 pub enum Protocol {
     Https,
     Mqtt,
+    Amqp,
 }
 
 impl Protocol {
@@ -24,6 +25,7 @@ impl Protocol {
         match self {
             Protocol::Https => Transport::Https,
             Protocol::Mqtt => Transport::Mqtt,
+            Protocol::Amqp => Transport::Amqp,
         }
     }
 }
@@ -34,10 +36,15 @@ pub(crate) struct Drivers {
     https: dps_http::HttpService,
     services: dps_core::service::Services,
     mqtt_limits: dps_mqtt::Limits,
+    amqp: Arc<dps_amqp::AmqpSettings>,
 }
 
 impl Drivers {
-    pub(crate) fn new(state: Arc<dps_http::AppState>, mqtt_limits: dps_mqtt::Limits) -> Self {
+    pub(crate) fn new(
+        state: Arc<dps_http::AppState>,
+        mqtt_limits: dps_mqtt::Limits,
+        amqp: Arc<dps_amqp::AmqpSettings>,
+    ) -> Self {
         let services = state.services.clone();
         let mqtt_ws = {
             let services = services.clone();
@@ -51,7 +58,22 @@ impl Drivers {
                 }),
             }
         };
-        Drivers { https: dps_http::HttpService::new(state, vec![mqtt_ws]), services, mqtt_limits }
+        let amqp_ws = {
+            let services = services.clone();
+            let settings = amqp.clone();
+            dps_http::WsRoute {
+                protocols: vec![dps_amqp::WEBSOCKET_PROTOCOL],
+                transport: Transport::AmqpWs,
+                // A client may put several AMQP frames in one message.
+                max_message: 4 * settings.max_frame_size as usize,
+                handler: Arc::new(move |stream, facts, shutdown| {
+                    let ctx =
+                        dps_amqp::ConnectionContext { facts, services: services.clone(), settings: settings.clone() };
+                    Box::pin(dps_amqp::serve_connection(stream, ctx, shutdown))
+                }),
+            }
+        };
+        Drivers { https: dps_http::HttpService::new(state, vec![mqtt_ws, amqp_ws]), services, mqtt_limits, amqp }
     }
 }
 
@@ -110,6 +132,10 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
                     let ctx =
                         dps_mqtt::ConnectionContext { facts, services: drivers.services, limits: drivers.mqtt_limits };
                     dps_mqtt::serve_connection(conn.stream, ctx, shutdown).await;
+                }
+                Protocol::Amqp => {
+                    let ctx = dps_amqp::ConnectionContext { facts, services: drivers.services, settings: drivers.amqp };
+                    dps_amqp::serve_connection(conn.stream, ctx, shutdown).await;
                 }
             }
         });

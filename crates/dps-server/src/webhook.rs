@@ -1,4 +1,4 @@
-//! The custom allocation webhook client (dps-protocol.md §6.3): HTTPS POST of the allocation
+//! The custom allocation webhook client (docs/allocation.md, "Custom allocation webhooks"): HTTPS POST of the allocation
 //! request, trusting the system roots plus an optional configured CA, bounded by a timeout.
 //! Every failure is described exactly (what the webhook did), never with the URL's query, which
 //! usually carries a function key.

@@ -10,7 +10,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use common::{health_ok, http, start, Client, TestServer};
-use dps_core::model::{AttestationMechanism, AttestationType, EnrollmentGroup, SymmetricKeyAttestation};
 use mqttbytes::v4::{self, Connect, Login, Packet, Publish, Subscribe};
 use mqttbytes::QoS;
 use serde_json::Value;
@@ -21,27 +20,7 @@ async fn setup(extra: &str) -> (TestServer, String) {
     let s = start(extra).await;
     let svc = &s.server.state.services;
     let inst = common::link_hub(&s, "hub-a.azure-devices.net").await;
-    let group = EnrollmentGroup {
-        enrollment_group_id: "group-1".into(),
-        attestation: AttestationMechanism {
-            kind: AttestationType::SymmetricKey,
-            tpm: None,
-            x509: None,
-            symmetric_key: Some(SymmetricKeyAttestation { primary_key: Some(GROUP_KEY.into()), secondary_key: None }),
-        },
-        capabilities: None,
-        iot_hub_host_name: None,
-        initial_twin: None,
-        etag: None,
-        provisioning_status: None,
-        reprovision_policy: None,
-        created_date_time_utc: None,
-        last_updated_date_time_utc: None,
-        allocation_policy: None,
-        iot_hubs: None,
-        custom_allocation_definition: None,
-        extra: serde_json::Map::new(),
-    };
+    let group = common::symmetric_group("group-1", GROUP_KEY);
     svc.put_group(&inst, "group-1", group, None).await.unwrap();
     (s, inst.id_scope.to_string())
 }
@@ -244,7 +223,7 @@ async fn mqtt_register_poll_and_bad_input() {
         let scope = scope2;
         let user = |id: &str| format!("{scope}/registrations/{id}/api-version=2019-03-31&ClientVersion=test");
         // Wrong key: CONNECT is accepted (session-present 0) and the register request is answered
-        // with the DPS 401 on its response topic (dps-protocol.md §2.1).
+        // with the DPS 401 on its response topic (docs/protocol.md, "MQTT connection").
         let (mut bad, code) = mqtt_connect(
             addr,
             "m-1",

@@ -1,4 +1,4 @@
-//! The handshake matrix of tls-policy.md, driven by real OpenSSL clients against a real server.
+//! The handshake matrix of docs/tls.md, driven by real OpenSSL clients against a real server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -160,7 +160,7 @@ async fn connection_without_a_client_certificate_is_accepted() {
     assert!(body.contains("\"clientCertificate\":false"), "{body}");
 }
 
-/// The authentication boundary (tls-policy.md §5): a chain from a CA nobody configured is
+/// The authentication boundary (docs/tls.md, "Mutual TLS"): a chain from a CA nobody configured is
 /// accepted by the TLS layer, and handed to the application whole, leaf first.
 #[tokio::test(flavor = "multi_thread")]
 async fn untrusted_client_chain_is_accepted_and_handed_over() {

@@ -134,7 +134,7 @@ pub fn build_context(policy: &TlsPolicy, creds: &ServerCredentials) -> Result<Ss
     Ok(b.build())
 }
 
-/// SECURITY-CRITICAL (tls-policy.md §5). The server *requests* a client certificate and does not
+/// SECURITY-CRITICAL (docs/tls.md, "Mutual TLS"). The server *requests* a client certificate and does not
 /// require one (no FAIL_IF_NO_PEER_CERT): symmetric-key and TPM devices send none. The
 /// CertificateRequest carries an empty CA list (no client CA list is ever set), because trust
 /// anchors are per enrollment, not per server.

@@ -102,7 +102,7 @@ impl ServerCredentials {
         unix(self.leaf.not_after())
     }
 
-    /// The checks every roll goes through before a swap (tls-policy.md §4): the key matches the
+    /// The checks every roll goes through before a swap (docs/tls.md, "Rolling credentials"): the key matches the
     /// leaf, the leaf is RSA of at least 2048 bits (every DPS suite is `*_RSA_*`), every
     /// certificate is inside its validity window at `now`, and the chain verifies to `root`
     /// (or, without one, to its own last certificate).

@@ -93,6 +93,8 @@ impl Server {
             .arg(spec.https_port.to_string())
             .arg("--mqtt-port")
             .arg(spec.mqtt_port.to_string())
+            .arg("--amqp-port")
+            .arg("0")
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())

@@ -171,6 +171,9 @@ struct ServeArgs {
     /// MQTT-over-TLS port. Default: 8883.
     #[arg(long)]
     mqtt_port: Option<u16>,
+    /// AMQP-over-TLS port. Default: 5671 (AMQP over WebSockets uses the HTTPS port).
+    #[arg(long)]
+    amqp_port: Option<u16>,
     /// TLS profile for every listener: dps-legacy-security (default), dps-legacy-performance, dps-recommended.
     #[arg(long)]
     tls_profile: Option<String>,
@@ -214,6 +217,7 @@ impl ServeArgs {
             listen_address: self.listen_address.clone(),
             https_port: self.https_port,
             mqtt_port: self.mqtt_port,
+            amqp_port: self.amqp_port,
             tls_profile: self.tls_profile.clone(),
             tls13: self.tls13.then_some(true),
             request_client_cert: self.no_client_cert_request.then_some(false),
@@ -267,6 +271,7 @@ async fn serve(args: ServeArgs, global: GlobalArgs) -> anyhow::Result<()> {
     let mut line = |label: &str, value: &dyn std::fmt::Display| banner.push_str(&format!("  {label:<29} {value}\n"));
     line("https (device + service API):", &fmt(server.https_addr));
     line("mqtt:", &fmt(server.mqtt_addr));
+    line("amqp:", &fmt(server.amqp_addr));
     line(
         "tls profile:",
         &format!("{} (TLS 1.3 {})", config.https.tls.profile, if config.https.tls.tls13 { "on" } else { "off" }),

@@ -76,7 +76,7 @@ fn sighup_reloads_file_credentials() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n[listen]\naddress = \"127.0.0.1\"\n[https]\nport = 0\n[mqtt]\nport = 0\n[tls.files]\nchain = {:?}\nkey = {:?}\npoll_interval = \"1h\"\n",
+            "data_dir = {:?}\n[listen]\naddress = \"127.0.0.1\"\n[https]\nport = 0\n[mqtt]\nport = 0\n[amqp]\nport = 0\n[tls.files]\nchain = {:?}\nkey = {:?}\npoll_interval = \"1h\"\n",
             dir.path().join("data").to_str().unwrap(),
             chain.to_str().unwrap(),
             key.to_str().unwrap()
@@ -137,6 +137,7 @@ fn serve_help_documents_the_settings() {
         "--listen-address",
         "--https-port",
         "--mqtt-port",
+        "--amqp-port",
         "--tls-profile",
         "--tls13",
         "--cert-chain",

@@ -78,7 +78,7 @@ fn ready_and_stopping_reach_systemd() {
     socket.set_read_timeout(Some(Duration::from_secs(240))).unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--data-dir", dir.path().join("data").to_str().unwrap()])
-        .args(["--listen-address", "127.0.0.1", "--https-port", "0", "--mqtt-port", "0"])
+        .args(["--listen-address", "127.0.0.1", "--https-port", "0", "--mqtt-port", "0", "--amqp-port", "0"])
         .env("NOTIFY_SOCKET", &socket_path)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -179,7 +179,7 @@ fn a_person_at_a_terminal_sees_the_connection_string() {
     // The server runs in the background of the pseudo-terminal's shell, its stdout the terminal;
     // its pid goes to a file so the test stops exactly that process.
     let cmd = format!(
-        "{BIN} serve --data-dir {} --listen-address 127.0.0.1 --https-port 0 --mqtt-port 0 & echo $! > {}; wait",
+        "{BIN} serve --data-dir {} --listen-address 127.0.0.1 --https-port 0 --mqtt-port 0 --amqp-port 0 & echo $! > {}; wait",
         dir.path().join("data").display(),
         pid_file.display()
     );

@@ -13,8 +13,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::frame;
-use super::machine::{Identity, SaslServer, Step};
-use crate::api::DeviceSession;
+use base64::Engine as _;
+use dps_core::device::{Credential, DeviceSession, TpmKeys};
+
+use super::machine::{Identity, SaslCredential, SaslServer, Step};
 
 /// Limits of the SASL phase.
 #[derive(Clone, Copy, Debug)]
@@ -79,7 +81,7 @@ async fn fail<S: AsyncWrite + Unpin>(io: &mut S, code: SaslCode, reason: String)
 pub(crate) async fn run<S>(
     io: &mut S,
     buf: &mut BytesMut,
-    session: &mut dyn DeviceSession,
+    session: &mut DeviceSession,
     api_version: Option<&str>,
     limits: SaslLimits,
     peer: SocketAddr,
@@ -116,6 +118,18 @@ where
                 }
             }
             Step::Authenticate { id_scope, registration_id, credential } => {
+                let keys;
+                let credential = match &credential {
+                    SaslCredential::Sas(token) => Credential::Sas(token),
+                    SaslCredential::Tpm { endorsement_key, storage_root_key } => {
+                        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+                        keys = TpmKeys {
+                            endorsement_key: b64(endorsement_key),
+                            storage_root_key: Some(b64(storage_root_key)),
+                        };
+                        Credential::Tpm(&keys)
+                    }
+                };
                 let asked = session.authenticate(&id_scope, &registration_id, api_version, credential);
                 match tokio::time::timeout_at(deadline(&machine), asked).await {
                     Ok(outcome) => machine.on_auth(outcome),

@@ -17,7 +17,7 @@ use fe2o3_amqp::frames::sasl::Frame;
 use fe2o3_amqp::types::primitives::Symbol;
 use fe2o3_amqp::types::sasl::{SaslCode, SaslMechanisms};
 
-use crate::api::{AuthOutcome, Credential};
+use dps_core::device::AuthOutcome;
 
 /// The mechanisms offered, in preference order (a client takes the first it knows).
 pub const MECHANISMS: [&str; 2] = ["PLAIN", "TPM"];
@@ -33,6 +33,29 @@ pub const MAX_SEGMENTS: usize = 4;
 pub const SEGMENT_PREFERRED: usize = 400;
 pub const SEGMENT_MAX: usize = 480;
 
+/// What the client presented, for the device API (the driver lends it to
+/// `DeviceSession::authenticate` as a `dps_core::device::Credential`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum SaslCredential {
+    /// A SAS token (PLAIN password, or the TPM exchange's final response).
+    Sas(String),
+    /// The TPM's public keys (TPM2B_PUBLIC bytes): asks for the activation challenge.
+    Tpm { endorsement_key: Vec<u8>, storage_root_key: Vec<u8> },
+}
+
+impl std::fmt::Debug for SaslCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SaslCredential::Sas(_) => f.write_str("Sas(<redacted>)"),
+            SaslCredential::Tpm { endorsement_key, storage_root_key } => f
+                .debug_struct("Tpm")
+                .field("endorsement_key_len", &endorsement_key.len())
+                .field("storage_root_key_len", &storage_root_key.len())
+                .finish(),
+        }
+    }
+}
+
 /// Who the SASL exchange authenticated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -46,7 +69,7 @@ pub enum Step {
     /// Send a sasl-challenge with these bytes; the client's response goes to [`SaslServer::on_frame`].
     Challenge(Vec<u8>),
     /// Ask the device API; its answer goes to [`SaslServer::on_auth`].
-    Authenticate { id_scope: String, registration_id: String, credential: Credential },
+    Authenticate { id_scope: String, registration_id: String, credential: SaslCredential },
     /// Send sasl-outcome `ok`: the connection is authenticated as this identity.
     Succeeded(Identity),
     /// Send sasl-outcome `code` and close. `reason` is for the log; it is never sent.
@@ -124,7 +147,7 @@ impl SaslServer {
                     let step = Step::Authenticate {
                         id_scope: id.id_scope.clone(),
                         registration_id: id.registration_id.clone(),
-                        credential: Credential::Tpm { endorsement_key: ek, storage_root_key: srk.to_vec() },
+                        credential: SaslCredential::Tpm { endorsement_key: ek, storage_root_key: srk.to_vec() },
                     };
                     self.state = State::TpmAuth(id);
                     step
@@ -153,7 +176,7 @@ impl SaslServer {
                         let step = Step::Authenticate {
                             id_scope: id.id_scope.clone(),
                             registration_id: id.registration_id.clone(),
-                            credential: Credential::Sas(sas.to_owned()),
+                            credential: SaslCredential::Sas(sas.to_owned()),
                         };
                         self.state = State::TpmSasAuth(id);
                         step
@@ -234,7 +257,7 @@ impl SaslServer {
         let step = Step::Authenticate {
             id_scope: id.id_scope.clone(),
             registration_id: id.registration_id.clone(),
-            credential: Credential::Sas(password.to_owned()),
+            credential: SaslCredential::Sas(password.to_owned()),
         };
         self.state = State::PlainAuth(id);
         step
@@ -323,7 +346,7 @@ mod tests {
     use fe2o3_amqp::types::sasl::{SaslChallenge, SaslInit, SaslResponse};
 
     use super::*;
-    use crate::api::DeviceError;
+    use crate::fuzz::wire;
     use crate::sasl::frame;
 
     fn init(mechanism: &str, response: &[u8]) -> Frame {
@@ -357,7 +380,7 @@ mod tests {
             Step::Authenticate {
                 id_scope: "0ne00000001".into(),
                 registration_id: "dev-1".into(),
-                credential: Credential::Sas("SharedAccessSignature sr=x".into()),
+                credential: SaslCredential::Sas("SharedAccessSignature sr=x".into()),
             }
         );
         assert!(!m.is_tpm());
@@ -371,11 +394,11 @@ mod tests {
     fn plain_refusals_map_to_auth_or_temporary_codes() {
         let mut m = SaslServer::new();
         m.on_frame(init("PLAIN", b"\x00s/registrations/d\x00pw"));
-        let step = m.on_auth(AuthOutcome::Refused(DeviceError::unauthorized("nope")));
+        let step = m.on_auth(AuthOutcome::Refused(wire(401, 401_002, "nope")));
         assert!(matches!(step, Step::Failed { code: SaslCode::Auth, .. }));
         let mut m = SaslServer::new();
         m.on_frame(init("PLAIN", b"s/registrations/d\x00s/registrations/d\x00pw"));
-        let step = m.on_auth(AuthOutcome::Refused(DeviceError::new(429, 429_001, "slow down")));
+        let step = m.on_auth(AuthOutcome::Refused(wire(429, 429_001, "slow down")));
         assert!(matches!(step, Step::Failed { code: SaslCode::SysTemp, .. }));
     }
 
@@ -426,7 +449,7 @@ mod tests {
             Step::Authenticate {
                 id_scope: "0ne0000000A".into(),
                 registration_id: "tpm-1".into(),
-                credential: Credential::Tpm { endorsement_key: ek, storage_root_key: srk },
+                credential: SaslCredential::Tpm { endorsement_key: ek, storage_root_key: srk },
             }
         );
         let key = base64::engine::general_purpose::STANDARD.encode(&blob);
@@ -449,7 +472,7 @@ mod tests {
         assert_eq!(seq, 2, "1000 bytes go in three segments of 400");
         let step = m.on_frame(response(b"\x00SharedAccessSignature sr=y"));
         assert!(
-            matches!(step, Step::Authenticate { credential: Credential::Sas(ref s), .. } if s == "SharedAccessSignature sr=y")
+            matches!(step, Step::Authenticate { credential: SaslCredential::Sas(ref s), .. } if s == "SharedAccessSignature sr=y")
         );
         assert!(matches!(m.on_auth(AuthOutcome::Attested), Step::Succeeded(_)));
     }

@@ -6,4 +6,4 @@ pub mod frame;
 pub mod machine;
 
 pub use driver::SaslLimits;
-pub use machine::{Identity, SaslServer, Step};
+pub use machine::{Identity, SaslCredential, SaslServer, Step};

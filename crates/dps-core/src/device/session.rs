@@ -361,6 +361,17 @@ impl DeviceSession {
         Ok(DeviceReply::Accepted { operation_id: op.operation_id })
     }
 
+    /// The api-version a transport learns only after connection-level authentication (AMQP:
+    /// the links' `com.microsoft:api-version` property, after SASL). Later requests act under
+    /// it; an invalid one is refused and the earlier one kept.
+    pub fn set_api_version(&mut self, api_version: &str) -> std::result::Result<(), WireError> {
+        let parsed = ApiVersion::parse(api_version).map_err(|e| self.services.wire_error(&e))?;
+        if let Some(id) = self.identity.as_mut() {
+            id.api_version = Some(parsed);
+        }
+        Ok(())
+    }
+
     /// A request the transport could not read (a malformed topic, say), refused in the DPS
     /// error shape and logged once.
     pub fn bad_request(&self, message: String) -> WireError {

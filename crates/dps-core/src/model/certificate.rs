@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 use super::enrollment::X509CertificateInfo;
 
 /// A CA certificate uploaded to an instance, verified by proof of possession
-/// (dps-protocol.md §4.3): upload → verification code → a certificate with CN = code, signed by
+/// (docs/service-api.md, "Certificates"): upload → verification code → a certificate with CN = code, signed by
 /// the CA's key → verified.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -182,7 +182,7 @@ impl AttestationMechanism {
     }
 }
 
-/// An individual enrollment (dps-protocol.md §5.4).
+/// An individual enrollment (docs/protocol.md, "Enrollments").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IndividualEnrollment {
@@ -221,7 +221,7 @@ pub struct IndividualEnrollment {
     pub extra: Map<String, Value>,
 }
 
-/// An enrollment group (dps-protocol.md §5.4).
+/// An enrollment group (docs/protocol.md, "Enrollments").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnrollmentGroup {

@@ -38,7 +38,7 @@ impl fmt::Display for IdScope {
 }
 
 /// DPS registration ids: ≤128 characters, alphanumerics and `- . _ :`, starting with an
-/// alphanumeric and ending with an alphanumeric or `-` (dps-protocol.md §1.4).
+/// alphanumeric and ending with an alphanumeric or `-` (docs/protocol.md, "Registration ids").
 pub fn validate_registration_id(id: &str) -> Result<(), String> {
     validate_id("registration id", id, 128)
 }

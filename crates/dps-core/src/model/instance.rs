@@ -118,7 +118,7 @@ impl std::fmt::Debug for AccessPolicy {
     }
 }
 
-/// A linked IoT hub (`iotHubs[]`, dps-protocol.md §6.2).
+/// A linked IoT hub (`iotHubs[]`, docs/protocol.md, "Management API and deployments").
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LinkedHub {
@@ -170,7 +170,7 @@ pub struct Instance {
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     pub id_scope: IdScope,
-    /// Fixed at creation (tls-policy.md §3); nothing may change it afterwards.
+    /// Fixed at creation (docs/tls.md, "minTlsVersion per instance"); nothing may change it afterwards.
     #[serde(default, with = "min_tls_serde", skip_serializing_if = "Option::is_none")]
     pub min_tls_version: Option<MinTlsVersion>,
     #[serde(default)]

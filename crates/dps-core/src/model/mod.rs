@@ -1,4 +1,4 @@
-//! Domain entities. They serialize in the DPS wire shape (camelCase, dps-protocol.md §5.4): the
+//! Domain entities. They serialize in the DPS wire shape (camelCase, docs/protocol.md, "Enrollments"): the
 //! enrollment document is an externally defined schema whose every field must round-trip, so the
 //! domain keeps one definition of it instead of a wire copy and a domain copy (see ARCHITECTURE.md).
 

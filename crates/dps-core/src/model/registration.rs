@@ -12,8 +12,8 @@ pub enum RegistrationStatus {
     Disabled,
 }
 
-/// `DeviceRegistrationState` as the service API shows it (dps-protocol.md §5.4), which is also
-/// the device's `registrationState` (§1.3).
+/// `DeviceRegistrationState` as the service API shows it (docs/protocol.md, "Service API"), which is also
+/// the device's `registrationState` (docs/protocol.md, "Registration operations").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceRegistrationState {
@@ -49,7 +49,7 @@ pub struct RegistrationRecord {
     /// The group the device registered through, if any (for "query registrations of a group").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_group_id: Option<String>,
-    /// The TLS facts of the connection that registered (tls-policy.md §7), as JSON.
+    /// The TLS facts of the connection that registered (docs/tls.md, "Handshake facts"), as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,4 +1,4 @@
-//! Choosing an IoT hub (dps-protocol.md §6.1): static, and evenly weighted (hashed).
+//! Choosing an IoT hub (docs/allocation.md): static, and evenly weighted (hashed).
 //!
 //! Hashed allocation is weighted rendezvous hashing over the eligible hubs: deterministic per
 //! registration id, proportional to `allocationWeight`, and stable when hubs are added or

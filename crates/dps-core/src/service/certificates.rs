@@ -1,4 +1,4 @@
-//! CA certificates with proof of possession (dps-protocol.md §4.3).
+//! CA certificates with proof of possession (docs/service-api.md, "Certificates").
 
 use super::Services;
 use crate::error::{Error, Result};

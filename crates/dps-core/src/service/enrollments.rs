@@ -1,4 +1,4 @@
-//! Individual enrollments, enrollment groups and registration states (service API, §5).
+//! Individual enrollments, enrollment groups and registration states (docs/service-api.md).
 
 use super::query::Query;
 use super::Services;
@@ -10,7 +10,7 @@ use crate::model::{
 };
 use crate::store::{Page, Precondition, StoreError};
 
-/// Bulk operation modes (§5.3).
+/// Bulk operation modes (docs/protocol.md, "Enrollments").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BulkMode {
     Create,
@@ -90,7 +90,7 @@ where
     }
 }
 
-/// Most items one bulk call may carry (dps-protocol.md §8).
+/// Most items one bulk call may carry (docs/protocol.md, "Limits").
 pub const BULK_MAX: usize = 10;
 
 fn not_found_or<T>(e: StoreError, not_found: impl FnOnce() -> Error, what: &str) -> Result<T> {

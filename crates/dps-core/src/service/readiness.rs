@@ -1,4 +1,4 @@
-//! The TLS readiness report (tls-policy.md §7): which registered devices a stricter policy
+//! The TLS readiness report (docs/tls.md, "Readiness report"): which registered devices a stricter policy
 //! would lock out, computed from the TLS facts each registration keeps — before anyone changes
 //! anything.
 

@@ -50,7 +50,7 @@ impl Services {
     /// is delivered on the first poll).
     ///
     /// A first registration is allocated by the enrollment's (or the instance's) policy. A
-    /// repeat registration follows the enrollment's `reprovisionPolicy` (dps-protocol.md §6.4):
+    /// repeat registration follows the enrollment's `reprovisionPolicy` (docs/allocation.md, "Reprovisioning"):
     /// never re-provision keeps the current hub; otherwise the hub is re-evaluated, and the
     /// substatus says what happened (`reprovisionedToInitialAssignment` on the same hub,
     /// `deviceDataMigrated` or `deviceDataReset` on another). A device whose hub was unlinked
@@ -233,7 +233,7 @@ impl Services {
         }
     }
 
-    /// The `AllocationRequest` of dps-protocol.md §6.3 (enrollment without secrets).
+    /// The `AllocationRequest` of docs/allocation.md, "Custom allocation webhooks" (enrollment without secrets).
     fn webhook_request(
         &self,
         a: &Attested,

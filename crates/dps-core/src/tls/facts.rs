@@ -84,7 +84,7 @@ impl Negotiated {
 }
 
 /// The TLS facts of one connection: offered and negotiated. The value protocol layers attach to
-/// a registration record (tls-policy.md §7).
+/// a registration record (docs/tls.md, "Handshake facts").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandshakeFacts {
     /// `None` when the ClientHello never arrived or could not be parsed.

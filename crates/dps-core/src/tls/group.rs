@@ -1,7 +1,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// A key-exchange group the server may offer (tls-policy.md §2: P-256 then P-384 by default;
+/// A key-exchange group the server may offer (docs/tls.md, "Key exchange groups": P-256 then P-384 by default;
 /// X25519 only if configured).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Group {

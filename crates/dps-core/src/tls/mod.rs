@@ -1,4 +1,4 @@
-//! The TLS contract of `shared/spec/tls-policy.md`, as plain data.
+//! The TLS contract of docs/tls.md, as plain data.
 //!
 //! `dps-tls` turns a [`Profile`] into OpenSSL settings; the readiness evaluator in
 //! [`readiness`] uses the same data to predict what a handshake would do. Keeping both on one

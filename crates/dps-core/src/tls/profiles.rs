@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 use super::suites::CipherSuite;
 
-/// The name of a server-preference profile (tls-policy.md §2).
+/// The name of a server-preference profile (docs/tls.md, "Profiles").
 ///
 /// Profiles are versioned data: a new profile gets a new name, an existing profile never
 /// changes its suites or their order.
@@ -86,7 +86,7 @@ impl Profile {
         self.order.iter().filter_map(|n| CipherSuite::by_number(*n))
     }
 
-    /// Row numbers (tls-policy.md §2) in server-preference order.
+    /// Row numbers (docs/tls.md, "Profiles") in server-preference order.
     pub fn order(&self) -> &'static [u8] {
         self.order
     }

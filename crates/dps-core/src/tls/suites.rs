@@ -1,4 +1,4 @@
-/// Why a suite is in the DPS set (tls-policy.md §2).
+/// Why a suite is in the DPS set (docs/tls.md, "Cipher suites").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SuiteClass {
     /// ECDHE with SHA-2: the four suites DPS recommends.
@@ -26,7 +26,7 @@ impl SuiteClass {
 /// One TLS 1.2 cipher suite of the DPS set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CipherSuite {
-    /// Row number in tls-policy.md §2 (1..=12); profiles are written in these numbers.
+    /// Row number in docs/tls.md, "Cipher suites" (1..=12); profiles are written in these numbers.
     pub number: u8,
     /// IANA name, as scanners print it.
     pub iana: &'static str,
@@ -52,7 +52,7 @@ const fn suite(
 
 use SuiteClass::{LegacyNoPfs, LegacySha1, LegacySha1NoPfs, Recommended};
 
-/// The twelve TLS 1.2 suites DPS enforces, in the numbering of tls-policy.md §2.
+/// The twelve TLS 1.2 suites DPS enforces, in the numbering of docs/tls.md, "Cipher suites".
 /// Nothing outside this table is ever configured on a listener.
 pub const DPS_SUITES: [CipherSuite; 12] = [
     suite(1, "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384", 0xC030, "ECDHE-RSA-AES256-GCM-SHA384", true, Recommended),
@@ -70,7 +70,7 @@ pub const DPS_SUITES: [CipherSuite; 12] = [
 ];
 
 impl CipherSuite {
-    /// The suite with row number `n` of tls-policy.md §2.
+    /// The suite with row number `n` of docs/tls.md, "Cipher suites".
     pub fn by_number(n: u8) -> Option<&'static CipherSuite> {
         DPS_SUITES.iter().find(|s| s.number == n)
     }

@@ -64,7 +64,7 @@ impl fmt::Display for TlsVersion {
     }
 }
 
-/// A DPS instance's `properties.minTlsVersion` (tls-policy.md §3): `"1.2"` or `"1.3"`.
+/// A DPS instance's `properties.minTlsVersion` (docs/tls.md, "minTlsVersion per instance"): `"1.2"` or `"1.3"`.
 ///
 /// Absent means "no floor beyond the server's", which is TLS 1.2. Every other value, including
 /// `"1.0"` and `"1.1"`, is refused when parsed, so an instance can never hold one.

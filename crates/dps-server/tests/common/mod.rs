@@ -52,7 +52,7 @@ pub fn config(dir: &Path, extra: &str) -> Config {
     // Listener tables in `extra` get port 0 added; the others are added here.
     let mut extra = extra.to_owned();
     let mut base = format!("data_dir = {:?}\n[listen]\naddress = \"127.0.0.1\"\n", dir.to_str().expect("utf-8 path"));
-    for table in ["[https]", "[mqtt]"] {
+    for table in ["[https]", "[mqtt]", "[amqp]"] {
         if extra.contains(table) {
             extra = extra.replace(table, &format!("{table}\nport = 0"));
         } else {
@@ -340,4 +340,30 @@ pub async fn link_hub(s: &TestServer, name: &str) -> dps_core::model::Instance {
         })
         .await
         .expect("link hub")
+}
+
+/// A symmetric-key enrollment group with `key` as its primary key and nothing else set.
+pub fn symmetric_group(id: &str, key: &str) -> dps_core::model::EnrollmentGroup {
+    use dps_core::model::{AttestationMechanism, AttestationType, EnrollmentGroup, SymmetricKeyAttestation};
+    EnrollmentGroup {
+        enrollment_group_id: id.into(),
+        attestation: AttestationMechanism {
+            kind: AttestationType::SymmetricKey,
+            tpm: None,
+            x509: None,
+            symmetric_key: Some(SymmetricKeyAttestation { primary_key: Some(key.into()), secondary_key: None }),
+        },
+        capabilities: None,
+        iot_hub_host_name: None,
+        initial_twin: None,
+        etag: None,
+        provisioning_status: None,
+        reprovision_policy: None,
+        created_date_time_utc: None,
+        last_updated_date_time_utc: None,
+        allocation_policy: None,
+        iot_hubs: None,
+        custom_allocation_definition: None,
+        extra: serde_json::Map::new(),
+    }
 }

@@ -24,10 +24,14 @@ impl Drop for Running {
     }
 }
 
+/// `opendps serve` with `args`. A server given ephemeral ports (`--https-port 0`) gets an
+/// ephemeral AMQP port too, so parallel tests on one address do not collide on 5671.
 pub fn serve(args: &[&str]) -> Running {
+    let ephemeral = args.windows(2).any(|w| w == ["--https-port", "0"]) && !args.contains(&"--amqp-port");
     let mut child = Command::new(BIN)
         .arg("serve")
         .args(args)
+        .args(if ephemeral { &["--amqp-port", "0"][..] } else { &[] })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

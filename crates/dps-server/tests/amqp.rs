@@ -1,0 +1,487 @@
+//! The AMQP device API of a real server (TLS on the AMQP port), from raw clients: the header
+//! sniff, the SASL layer and the AMQP layer each get hostile input and answer it in AMQP's own
+//! terms (our protocol header, a sasl-outcome, a detach or rejected disposition carrying the DPS
+//! error, a close); every test ends by provisioning a good device on the same server, so a bad
+//! connection costs only itself. Raw bytes for the header and SASL; fe2o3-amqp's client for the
+//! AMQP layer. (The official Node SDK runs in tests/devices.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{start, TestServer};
+use dps_amqp::sasl::frame;
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::frames::sasl::Frame as SaslFrame;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::types::definitions::{AmqpError, ErrorCondition, LinkError};
+use fe2o3_amqp::types::messaging::{
+    AmqpValue, ApplicationProperties, Body, Data, Message, MessageId, Outcome, Properties,
+};
+use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
+use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslResponse};
+use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_openssl::SslStream;
+
+const GROUP_KEY: &str = "c2VjcmV0LWdyb3VwLWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OWFiY2RlZg==";
+const WAIT: Duration = Duration::from_secs(20);
+
+type Tls = SslStream<TcpStream>;
+
+struct Fixture {
+    s: TestServer,
+    instance: dps_core::model::Instance,
+    scope: String,
+}
+
+async fn setup(extra: &str) -> Fixture {
+    let s = start(extra).await;
+    let inst = common::link_hub(&s, "hub-a.azure-devices.net").await;
+    let group = common::symmetric_group("group-1", GROUP_KEY);
+    s.server.state.services.put_group(&inst, "group-1", group, None).await.unwrap();
+    Fixture { s, scope: inst.id_scope.to_string(), instance: inst }
+}
+
+impl Fixture {
+    fn addr(&self) -> SocketAddr {
+        self.s.server.amqp_addr.expect("amqp on")
+    }
+
+    fn address(&self, id: &str) -> String {
+        format!("{}/registrations/{id}", self.scope)
+    }
+
+    fn token(&self, id: &str, key: &str) -> String {
+        let expiry = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+        dps_attest::sas::make_token(&self.address(id), key, expiry, Some("registration")).unwrap()
+    }
+
+    fn plain(&self, id: &str, key: &str) -> Vec<u8> {
+        let mut b = format!("\x00{}\x00", self.address(id)).into_bytes();
+        b.extend_from_slice(self.token(id, key).as_bytes());
+        b
+    }
+
+    async fn connect(&self, id: &str, key: &str) -> Result<ConnectionHandle<()>, String> {
+        let tls = tls(self.addr()).await;
+        Connection::builder()
+            .container_id("raw-client")
+            .hostname("localhost")
+            .sasl_profile(SaslProfile::Plain { username: self.address(id), password: self.token(id, key) })
+            .open_with_stream(tls)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// A device with both links attached, as the Node SDK attaches them (receiver first).
+    async fn device(&self, id: &str) -> Device {
+        let mut connection = self.connect(id, &device_key(id)).await.expect("connection");
+        let mut session = Session::begin(&mut connection).await.expect("session");
+        let receiver = Receiver::attach(&mut session, "rheaReceiver_1", self.address(id)).await.expect("receiver");
+        let sender = Sender::attach(&mut session, "rheaSender_1", self.address(id)).await.expect("sender");
+        Device { connection, session, sender, receiver }
+    }
+
+    /// Register and poll one good device to the end, and find its record.
+    async fn provisions(&self, id: &str) {
+        let mut d = self.device(id).await;
+        let op = d.register(&format!(r#"{{"registrationId":"{id}"}}"#)).await.expect("register");
+        assert_eq!(op["status"], "assigning");
+        let done = d.poll(op["operationId"].as_str().expect("operationId")).await.expect("poll");
+        assert_eq!(done["status"], "assigned", "{done}");
+        assert_eq!(done["registrationState"]["deviceId"], id);
+        assert_eq!(done["registrationState"]["assignedHub"], "hub-a.azure-devices.net");
+        d.close().await;
+        let svc = &self.s.server.state.services;
+        let record = svc.registration(&self.instance, id).await.expect("record");
+        assert_eq!(record.enrollment_group_id.as_deref(), Some("group-1"));
+        assert!(record.tls.is_some(), "the TLS facts of the AMQP connection are recorded");
+    }
+}
+
+fn device_key(id: &str) -> String {
+    dps_attest::derive_device_key(GROUP_KEY, id).unwrap()
+}
+
+async fn tls(addr: SocketAddr) -> Tls {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    let ssl = b.build().configure().unwrap().into_ssl("localhost").unwrap();
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut s = SslStream::new(ssl, tcp).unwrap();
+    Pin::new(&mut s).connect().await.expect("TLS handshake");
+    s
+}
+
+/// Reads until the server closes; fails the test if it does not within WAIT.
+async fn read_until_closed(io: &mut Tls) -> Vec<u8> {
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        let mut b = [0u8; 4096];
+        loop {
+            match io.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&b[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server did not close the connection");
+    all
+}
+
+/// The sasl-outcome code among what the server sent after its SASL header.
+fn outcome_code(bytes: &[u8]) -> Option<SaslCode> {
+    let mut rest = bytes.get(8..)?;
+    while let Ok(Some((f, n))) = frame::decode(rest, 1 << 16) {
+        if let SaslFrame::Outcome(o) = f {
+            return Some(o.code);
+        }
+        rest = &rest[n..];
+    }
+    None
+}
+
+async fn sasl_client(addr: SocketAddr) -> Tls {
+    let mut io = tls(addr).await;
+    io.write_all(b"AMQP\x03\x01\x00\x00").await.expect("header");
+    io
+}
+
+async fn read_sasl_frame(io: &mut Tls, buf: &mut Vec<u8>) -> SaslFrame {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(Some((f, n))) = frame::decode(buf, 1 << 16) {
+                buf.drain(..n);
+                return f;
+            }
+            let mut b = [0u8; 4096];
+            let n = io.read(&mut b).await.expect("read");
+            assert!(n > 0, "closed while a SASL frame was expected");
+            buf.extend_from_slice(&b[..n]);
+        }
+    })
+    .await
+    .expect("no SASL frame")
+}
+
+fn init(mechanism: &str, response: &[u8]) -> Vec<u8> {
+    frame::encode(&SaslFrame::Init(SaslInit {
+        mechanism: Symbol::from(mechanism),
+        initial_response: Some(Binary::from(response.to_vec())),
+        hostname: Some("localhost".into()),
+    }))
+    .expect("encode")
+}
+
+fn response(bytes: &[u8]) -> Vec<u8> {
+    frame::encode(&SaslFrame::Response(SaslResponse { response: Binary::from(bytes.to_vec()) })).expect("encode")
+}
+
+fn request(
+    operation: &str,
+    operation_id: Option<&str>,
+    body: Body<Value>,
+    correlation: MessageId,
+) -> Message<Body<Value>> {
+    let mut app = ApplicationProperties::builder().insert("iotdps-operation-type", operation);
+    if let Some(id) = operation_id {
+        app = app.insert("iotdps-operation-id", id);
+    }
+    let p = Properties { correlation_id: Some(correlation), ..Properties::default() };
+    Message::builder().properties(p).application_properties(app.build()).body(body).build()
+}
+
+fn data(bytes: Vec<u8>) -> Body<Value> {
+    Body::Data(vec![Data(Binary::from(bytes))].into())
+}
+
+fn correlation() -> MessageId {
+    let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    MessageId::String(format!("corr-{n}"))
+}
+
+struct Device {
+    connection: ConnectionHandle<()>,
+    session: fe2o3_amqp::session::SessionHandle<()>,
+    sender: Sender,
+    receiver: Receiver,
+}
+
+impl Device {
+    /// Sends a request; an accepted one is answered on the response link (one data section of
+    /// JSON, the correlation id echoed with its type, retry-after under both spellings).
+    async fn ask(
+        &mut self,
+        msg: Message<Body<Value>>,
+    ) -> Result<serde_json::Value, fe2o3_amqp::types::definitions::Error> {
+        let correlation = msg.properties.as_ref().and_then(|p| p.correlation_id.clone());
+        let outcome = tokio::time::timeout(WAIT, self.sender.send(msg)).await.expect("no disposition").expect("send");
+        match outcome {
+            Outcome::Accepted(_) => {}
+            Outcome::Rejected(r) => return Err(r.error.expect("a rejection carries an error")),
+            other => panic!("request settled as {other:?}; only accepted or rejected are allowed"),
+        }
+        let delivery =
+            tokio::time::timeout(WAIT, self.receiver.recv::<Body<Value>>()).await.expect("no response").expect("recv");
+        self.receiver.accept(&delivery).await.expect("accept");
+        let msg = delivery.into_message();
+        assert_eq!(msg.properties.as_ref().and_then(|p| p.correlation_id.clone()), correlation, "echoed as is");
+        let Body::Data(sections) = msg.body else { panic!("response body is not a data section") };
+        assert_eq!(sections.len(), 1, "exactly one data section");
+        if let Some(app) = msg.application_properties.as_ref() {
+            assert_eq!(app.0.get("retry-after"), app.0.get("Retry-After"));
+        }
+        Ok(serde_json::from_slice(&sections[0].0).expect("response JSON"))
+    }
+
+    async fn register(&mut self, body: &str) -> Result<serde_json::Value, fe2o3_amqp::types::definitions::Error> {
+        self.ask(request("iotdps-register", None, data(body.as_bytes().to_vec()), correlation())).await
+    }
+
+    async fn poll(&mut self, operation_id: &str) -> Result<serde_json::Value, fe2o3_amqp::types::definitions::Error> {
+        let body = Body::Value(AmqpValue(Value::String(String::new())));
+        self.ask(request("iotdps-get-operationstatus", Some(operation_id), body, correlation())).await
+    }
+
+    async fn close(mut self) {
+        let _ = self.sender.close().await;
+        let _ = self.receiver.close().await;
+        let _ = self.session.end().await;
+        tokio::time::timeout(WAIT, self.connection.close()).await.expect("close answered").expect("close");
+    }
+}
+
+fn assert_condition(e: &fe2o3_amqp::types::definitions::Error, condition: ErrorCondition, error_code: u64) {
+    assert_eq!(e.condition, condition, "{e:?}");
+    let body: serde_json::Value =
+        serde_json::from_str(e.description.as_deref().unwrap_or("")).expect("JSON description");
+    assert_eq!(body["errorCode"], error_code, "{body}");
+    assert!(body["trackingId"].is_string() && body["timestampUtc"].is_string() && body["message"].is_string());
+}
+
+fn argument_error() -> ErrorCondition {
+    ErrorCondition::Custom(Symbol::from("com.microsoft:argument-error"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registers_polls_and_answers_bad_requests_as_rejections() {
+    let f = setup("").await;
+    f.provisions("dev-1").await;
+
+    let mut d = f.device("dev-2").await;
+    // Correlation ids of every type come back with their type.
+    for id in
+        [MessageId::Uuid(uuid::Uuid::new_v4().into_bytes().into()), MessageId::Ulong(42), MessageId::String("x".into())]
+    {
+        let op = d.ask(request("iotdps-register", None, data(b"{}".to_vec()), id)).await.expect("register");
+        assert_eq!(op["status"], "assigning");
+    }
+    let e = d.poll("4.no-such-operation").await.expect_err("unknown id");
+    assert_condition(&e, ErrorCondition::AmqpError(AmqpError::NotFound), 404_202);
+    let e = d
+        .ask(request("iotdps-get-registration", None, data(b"{}".to_vec()), correlation()))
+        .await
+        .expect_err("unknown type");
+    assert_condition(&e, argument_error(), 400_000);
+    let e =
+        d.ask(request("iotdps-get-operationstatus", None, data(Vec::new()), correlation())).await.expect_err("no id");
+    assert_condition(&e, argument_error(), 400_000);
+    let e = d.register("{not json").await.expect_err("bad JSON");
+    assert_condition(&e, argument_error(), 400_000);
+    let e = d.register(r#"{"registrationId":"dev-1"}"#).await.expect_err("another device in the body");
+    assert_condition(&e, argument_error(), 400_000);
+    // Over DPS's 96 KB, within the link's limit: the DPS 413.
+    let mut big = br#"{"registrationId":"dev-2","payload":""#.to_vec();
+    big.extend(std::iter::repeat_n(b'a', 97 * 1024));
+    big.extend_from_slice(b"\"}");
+    let e = d.register(std::str::from_utf8(&big).unwrap()).await.expect_err("too large");
+    assert_condition(&e, ErrorCondition::LinkError(LinkError::MessageSizeExceeded), 413_000);
+    // Over the link's max-message-size: the client refuses locally (it was told the limit).
+    let sent = d.sender.send(request("iotdps-register", None, data(vec![b' '; 200 * 1024]), correlation())).await;
+    assert!(sent.is_err(), "{sent:?}");
+    // Another device's operation is not found either.
+    let mut other = f.device("dev-3").await;
+    let op = other.register("{}").await.expect("register");
+    let e = d.poll(op["operationId"].as_str().unwrap()).await.expect_err("not mine");
+    assert_eq!(e.condition, ErrorCondition::AmqpError(AmqpError::NotFound));
+    other.close().await;
+    // The connection still serves.
+    let op = d.register("{}").await.expect("register");
+    assert_eq!(d.poll(op["operationId"].as_str().unwrap()).await.expect("poll")["status"], "assigned");
+    d.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_headers_and_bad_sasl_get_amqp_answers() {
+    let f = setup("").await;
+    // Not an AMQP 1.0 header we serve: our header, then close.
+    for garbage in
+        [&b"GET / HTTP/1.1\r\n\r\n"[..], b"\x16\x03\x01\x02\x00", b"AMQP\x02\x01\x00\x00", b"AMQP\x00\x00\x09\x01"]
+    {
+        let mut io = tls(f.addr()).await;
+        io.write_all(garbage).await.expect("write");
+        let answer = read_until_closed(&mut io).await;
+        assert!(answer == b"AMQP\x03\x01\x00\x00" || answer == b"AMQP\x00\x01\x00\x00", "{garbage:?} → {answer:?}");
+    }
+    // Out of order, unknown mechanisms, malformed usernames, a wrong key, an unknown device.
+    for (first, want) in [
+        (response(b"\x00"), SaslCode::SysPerm),
+        (init("EXTERNAL", b""), SaslCode::Auth),
+        (init("ANONYMOUS", b""), SaslCode::Auth),
+        (init("PLAIN", format!("\x00{}/devices/dev-1\x00pw", f.scope).as_bytes()), SaslCode::Auth),
+        (init("PLAIN", &f.plain("dev-1", "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=")), SaslCode::Auth),
+        (init("PLAIN", &f.plain("nobody", GROUP_KEY)), SaslCode::Auth),
+    ] {
+        let mut io = sasl_client(f.addr()).await;
+        io.write_all(&first).await.expect("write");
+        let got = read_until_closed(&mut io).await;
+        assert_eq!(got.get(..8), Some(&b"AMQP\x03\x01\x00\x00"[..]));
+        assert_eq!(outcome_code(&got), Some(want));
+    }
+    // Oversized (refused from its size alone), too small to be a frame, an AMQP frame where
+    // SASL is due.
+    for bad in [
+        &[0x00, 0x10, 0x00, 0x00, 0x02, 0x01, 0x00, 0x00][..],
+        &[0x00, 0x00, 0x00, 0x04],
+        &[0x00, 0x00, 0x00, 0x0C, 0x02, 0x00, 0x00, 0x00, 0x00, 0x53, 0x10, 0x45],
+    ] {
+        let mut io = sasl_client(f.addr()).await;
+        io.write_all(bad).await.expect("write");
+        let got = read_until_closed(&mut io).await;
+        assert_eq!(outcome_code(&got), Some(SaslCode::SysPerm), "{bad:?}");
+    }
+    // A SASL frame over 512 bytes is read (TPM inits are that large): the TPM exchange starts.
+    let mut io = sasl_client(f.addr()).await;
+    let mut buf = Vec::new();
+    let mut header = [0u8; 8];
+    io.read_exact(&mut header).await.expect("header");
+    match read_sasl_frame(&mut io, &mut buf).await {
+        SaslFrame::Mechanisms(m) => {
+            let names: Vec<&str> = m.sasl_server_mechanisms.iter().map(|s| s.as_str()).collect();
+            assert_eq!(names, ["PLAIN", "TPM"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut tpm = format!("\x00{}\x00tpm-1\x00", f.scope).into_bytes();
+    tpm.extend(std::iter::repeat_n(0xEE, 600));
+    let frame = init("TPM", &tpm);
+    assert!(frame.len() > 512);
+    io.write_all(&frame).await.expect("write");
+    match read_sasl_frame(&mut io, &mut buf).await {
+        SaslFrame::Challenge(c) => assert_eq!(c.challenge.as_slice(), &[0u8]),
+        other => panic!("expected the first TPM challenge, got {other:?}"),
+    }
+    drop(io);
+    // A wrong key through a real client: refused at SASL.
+    let err = f.connect("dev-1", "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=").await.expect_err("wrong key");
+    assert!(err.to_lowercase().contains("sasl") || err.to_lowercase().contains("auth"), "{err}");
+    f.provisions("dev-1").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_and_malformed_amqp_frames_close_the_connection() {
+    let f = setup("").await;
+    for bad in [
+        &[0x00, 0x00, 0x00, 0x05, 0x02][..],               // shorter than a frame header
+        &[0x00, 0x00, 0x00, 0x08, 0x07, 0x00, 0x00, 0x00], // data offset 7
+        &[0x00, 0x00, 0x00, 0x08, 0x02, 0x01, 0x00, 0x00], // a SASL frame after SASL
+        &[0x7F, 0xFF, 0xFF, 0xFF, 0x02, 0x00, 0x00, 0x00], // 2 GiB
+        &[0x00, 0x01, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00], // 64 KiB, over max-frame-size
+        &[0x00, 0x00, 0x00, 0x0C, 0x02, 0x00, 0x00, 0x00, 0x00, 0x53, 0x99, 0x45], // unknown performative
+    ] {
+        let mut io = sasl_client(f.addr()).await;
+        let mut first = [0u8; 8];
+        io.read_exact(&mut first).await.expect("header");
+        io.write_all(&init("PLAIN", &f.plain("dev-1", &device_key("dev-1")))).await.expect("init");
+        io.write_all(b"AMQP\x00\x01\x00\x00").await.expect("amqp header");
+        io.write_all(bad).await.expect("garbage");
+        let got = read_until_closed(&mut io).await;
+        assert!(!got.is_empty(), "{bad:?}");
+    }
+    f.provisions("dev-1").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn links_must_name_the_authenticated_device() {
+    let f = setup("").await;
+    let mut connection = f.connect("dev-1", &device_key("dev-1")).await.expect("connection");
+    let mut session = Session::begin(&mut connection).await.expect("session");
+    for address in [f.address("dev-2"), "0ne99999999/registrations/dev-1".to_owned(), "$iothub/whatever".to_owned()] {
+        let refused = match Receiver::attach(&mut session, format!("rx-{address}"), address.clone()).await {
+            Err(e) => format!("{e:?}"),
+            Ok(mut r) => match tokio::time::timeout(WAIT, r.recv::<Body<Value>>()).await.expect("detach") {
+                Err(e) => format!("{e:?}"),
+                Ok(_) => panic!("a message on another device's link"),
+            },
+        };
+        assert!(refused.contains("UnauthorizedAccess"), "{address}: {refused}");
+        assert!(refused.contains("401002"), "the DPS error is in the description: {refused}");
+    }
+    // The connection's own links still work, with the amqps:// form of the address.
+    let address = format!("amqps://localhost/{}", f.address("dev-1"));
+    let receiver = Receiver::attach(&mut session, "rx", address.clone()).await.expect("receiver");
+    let sender = Sender::attach(&mut session, "tx", address.clone()).await.expect("sender");
+    let mut d = Device { connection, session, sender, receiver };
+    // A second request link is refused; the first keeps working.
+    let refused = match Sender::attach(&mut d.session, "tx-2", address).await {
+        Err(e) => format!("{e:?}"),
+        Ok(mut s) => {
+            format!("{:?}", s.send(request("iotdps-register", None, data(b"{}".to_vec()), correlation())).await)
+        }
+    };
+    assert!(
+        refused.contains("ResourceLimitExceeded") || refused.contains("Detached") || refused.contains("Closed"),
+        "{refused}"
+    );
+    assert_eq!(d.register("{}").await.expect("register")["status"], "assigning");
+    d.close().await;
+    f.provisions("dev-2").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_sasl_and_without_a_certificate_requests_are_unauthorized() {
+    let f = setup("").await;
+    let io = tls(f.addr()).await;
+    let mut connection =
+        Connection::builder().container_id("x509").hostname("localhost").open_with_stream(io).await.expect("open");
+    let mut session = Session::begin(&mut connection).await.expect("session");
+    let receiver = Receiver::attach(&mut session, "rx", f.address("dev-1")).await.expect("receiver");
+    let sender = Sender::attach(&mut session, "tx", f.address("dev-1")).await.expect("sender");
+    let mut d = Device { connection, session, sender, receiver };
+    let e = d.register("{}").await.expect_err("no certificate");
+    assert_condition(&e, ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess), 401_002);
+    let e = d.poll("4.whatever").await.expect_err("still refused");
+    assert_eq!(e.condition, ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess));
+    d.close().await;
+    f.provisions("dev-1").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttling_is_a_retryable_rejection_with_retry_after() {
+    let f = setup("[service]\nregistrations_per_minute = 1\n").await;
+    let mut d = f.device("dev-1").await;
+    assert_eq!(d.register("{}").await.expect("first")["status"], "assigning");
+    let e = d.register("{}").await.expect_err("throttled");
+    assert_condition(&e, ErrorCondition::Custom(Symbol::from("com.microsoft:device-container-throttled")), 429_001);
+    let info = e.info.expect("info");
+    let retry = info.get(&Symbol::from("retry-after")).cloned();
+    assert!(matches!(&retry, Some(Value::String(s)) if s.parse::<u32>().is_ok_and(|n| n >= 1)), "{retry:?}");
+    assert_eq!(info.get(&Symbol::from("Retry-After")), retry.as_ref());
+    d.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_closes_open_connections() {
+    let f = setup("").await;
+    let mut d = f.device("dev-1").await;
+    f.s.server.shutdown_token().cancel();
+    let closed = tokio::time::timeout(WAIT, d.connection.on_close()).await.expect("closed by the server");
+    assert!(format!("{closed:?}").contains("ConnectionForced"), "{closed:?}");
+}
