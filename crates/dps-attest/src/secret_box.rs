@@ -1,4 +1,4 @@
-//! Secrets at rest under the operator's node key: AES-256-GCM (OpenSSL), a fresh 96-bit nonce
+//! Secrets at rest under the operator's node key (the `SecretSealer` port): AES-256-GCM (OpenSSL), a fresh 96-bit nonce
 //! per seal, and a context string bound in as associated data, so a sealed value cannot be
 //! moved to another slot (the intermediate's key presented as the root's). Sealed text:
 //! `v1:<key id>:<base64(nonce ‖ ciphertext ‖ tag)>`; the key id (8 hex digits of a hash of the
@@ -16,19 +16,8 @@ use zeroize::Zeroizing;
 const NONCE: usize = 12;
 const TAG: usize = 16;
 
-/// Why sealing or opening failed. Never holds secret material.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SecretBoxError {
-    #[error("the node key is too short ({0} characters; at least 32, e.g. `openssl rand -base64 32`)")]
-    ShortKey(usize),
-    #[error("sealed with another node key (key id {found}, this node's is {ours}): give every node the same key")]
-    OtherKey { found: String, ours: String },
-    #[error("the sealed value is damaged")]
-    Damaged,
-    #[error("OpenSSL failed while {0}")]
-    Crypto(&'static str),
-}
+/// Why sealing or opening failed (the port's error).
+pub use dps_core::ports::SealError as SecretBoxError;
 
 /// A symmetric box for secrets at rest. Its `Debug` shows only the key id.
 pub struct SecretBox {
@@ -94,6 +83,15 @@ impl SecretBox {
         decrypt_aead(Cipher::aes_256_gcm(), &self.key, Some(nonce), context.as_bytes(), ct, tag)
             .map(Zeroizing::new)
             .map_err(|_| SecretBoxError::Damaged)
+    }
+}
+
+impl dps_core::ports::SecretSealer for SecretBox {
+    fn seal(&self, slot: &str, plain: &[u8]) -> Result<String, SecretBoxError> {
+        SecretBox::seal(self, slot, plain)
+    }
+    fn open(&self, slot: &str, sealed: &str) -> Result<Vec<u8>, SecretBoxError> {
+        SecretBox::open(self, slot, sealed).map(|z| z.to_vec())
     }
 }
 
