@@ -207,6 +207,11 @@ async fn a_promoted_standby_keeps_every_acknowledged_registration_and_min_tls_ve
     assert_eq!(status, 202, "{v}");
     assert_eq!(mqtt_connack(b.mqtt(), &scope, "mqtt-after").await, 0, "MQTT accepted again");
 
+    // TLS 1.0 and 1.1 are refused on B whatever its profile.
+    for v in [openssl::ssl::SslVersion::TLS1, openssl::ssl::SslVersion::TLS1_1] {
+        let old = Client { min: Some(v), max: Some(v), ..Client::default() };
+        assert!(old.run(b.https()).await.is_err(), "{v:?} refused on B");
+    }
     // The 1.3-only instance keeps its floor on B (loosest local profile), and it cannot change.
     let (status, _, v) = register(&tls12, &b, &strict_scope, "late").await;
     assert_eq!(status, 403, "TLS 1.2 refused for the 1.3 instance on B: {v}");
