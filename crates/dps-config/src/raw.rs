@@ -50,6 +50,7 @@ pub struct RawStore {
     pub durability: Option<String>,
     pub node_key_file: Option<PathBuf>,
     pub role_poll: Option<String>,
+    pub peer_url: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -373,9 +373,22 @@ impl Server {
         if let Some(q) = quota {
             services = services.with_quota(q);
         }
+        let peer_db = match &config.store.peer_url {
+            Some(url) => {
+                Some(dps_store_postgres::PgStore::observer(&url.0, dps_store_postgres::Timeouts::default()).map_err(
+                    |source| ServerError::Store { path: PathBuf::from("postgres://<redacted> (peer)"), source },
+                )?)
+            }
+            None => None,
+        };
         if let Some(db) = &shared_db {
-            let role = db.role().await;
+            let role = roles::observe(db, peer_db.as_ref()).await;
             services.set_role(role);
+            if role == dps_core::service::Role::Fenced {
+                tracing::error!(
+                    "split brain: the peer database is primary on a higher timeline; this node serves nothing"
+                );
+            }
             tracing::info!(role = role.as_str(), "database role");
         }
         let created_default = match services.role() {
@@ -403,7 +416,8 @@ impl Server {
         let tracker = TaskTracker::new();
         tracker.spawn(tls.clone().run(check_interval, config.tls.ticket_key_lifetime, shutdown.clone()));
         if let Some(db) = shared_db {
-            tracker.spawn(roles::poll(db, state.services.clone(), config.store.role_poll, shutdown.clone()));
+            let poll = roles::poll(db, peer_db, state.services.clone(), config.store.role_poll, shutdown.clone());
+            tracker.spawn(poll);
         }
 
         let drivers = listener::Drivers::new(state.clone(), mqtt_limits(&config), amqp_settings(&config));

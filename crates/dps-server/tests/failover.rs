@@ -9,8 +9,9 @@
 //! registration is there with the same hub and device id (0 lost: synchronous replication), the
 //! one in doubt re-registers to the same answer, no duplicates; the 1.3-only instance still
 //! refuses TLS 1.2 on B, which runs the loosest TLS profile, because the floor is replicated
-//! data; its `minTlsVersion` still cannot change. The promotion-to-ready time is printed (not
-//! judged).
+//! data; its `minTlsVersion` still cannot change. Then the old primary is restarted without a
+//! rewind (split brain): a node on it that watches region B (`peer_url`) is fenced and serves
+//! nothing. The promotion-to-ready time is printed (not judged).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -219,6 +220,22 @@ async fn a_promoted_standby_keeps_every_acknowledged_registration_and_min_tls_ve
         "properties": { "minTlsVersion": "1.2" } });
     let e = svc_b.deploy("rg", "local", &[(dps_core::service::DPS_RESOURCE_TYPE.to_owned(), loosen)]).await;
     assert!(e.is_err_and(|e| e.to_string().contains("minTlsVersion")), "minTlsVersion is immutable on B too");
+
+    // Split brain: region A's old primary comes back without a rewind (still a primary, on the
+    // old timeline). A node there that watches region B's database refuses to serve.
+    primary.restart().unwrap();
+    let fenced_cfg = format!(
+        "[store]\nurl = {:?}\npeer_url = {:?}\nnode_key_file = {key_file:?}\n",
+        primary.url("postgres"),
+        standby.url("postgres")
+    );
+    let a2 = common::start(&fenced_cfg).await;
+    assert_eq!(a2.server.state.services.role(), Role::Fenced);
+    let (status, _, v) = http_with(&Client::default(), a2.https(), "GET", "/health/ready", None, "").await;
+    assert_eq!((status, v["role"].as_str()), (503, Some("fenced")), "{v}");
+    let (status, _, v) = register(&Client::default(), &a2, &scope, "split-brain").await;
+    assert_eq!(status, 503, "{v}");
+    a2.server.shutdown().await;
 
     eprintln!(
         "failover: promote-to-ready {ready_ms} ms, acknowledged {}, lost {}, in doubt {}",

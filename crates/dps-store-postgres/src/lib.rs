@@ -104,6 +104,26 @@ impl PgStore {
         }
     }
 
+    /// A store for watching another database (a peer region's): no connection is made and
+    /// nothing is migrated until [`PgStore::role`] or [`PgStore::timeline`] asks.
+    pub fn observer(url: &str, timeouts: Timeouts) -> Result<PgStore, StoreError> {
+        Ok(PgStore { pool: connect::pool_for(url, 1, timeouts)?, timeouts })
+    }
+
+    /// The timeline a primary writes on (each promotion starts a higher one); an error on a
+    /// standby.
+    pub async fn timeline(&self) -> Result<u32, StoreError> {
+        self.timed(async {
+            let c = self.client().await?;
+            let row = c
+                .query_one("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int", &[])
+                .await
+                .map_err(driver)?;
+            Ok(u32::try_from(row.get::<_, i32>(0)).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn in_recovery(&self) -> Result<bool, StoreError> {
         let c = self.client().await?;
         let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(driver)?;
@@ -190,12 +210,15 @@ impl PgStore {
                 "the database schema is version {version}, newer than this build knows ({known}); upgrade opendps"
             )));
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
-            tx.batch_execute(sql).await.map_err(driver)?;
-            tracing::info!(version = i + 1, "store schema migrated");
+        if version < known {
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+                tx.batch_execute(sql).await.map_err(driver)?;
+                tracing::info!(version = i + 1, "store schema migrated");
+            }
+            tx.execute("DELETE FROM opendps_schema", &[]).await.map_err(driver)?;
+            tx.execute("INSERT INTO opendps_schema (version) VALUES ($1)", &[&known]).await.map_err(driver)?;
         }
-        tx.execute("DELETE FROM opendps_schema", &[]).await.map_err(driver)?;
-        tx.execute("INSERT INTO opendps_schema (version) VALUES ($1)", &[&known]).await.map_err(driver)?;
+        // Up to date: nothing was written, so the commit waits for no standby.
         tx.commit().await.map_err(driver)
     }
 

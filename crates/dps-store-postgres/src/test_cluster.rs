@@ -455,6 +455,13 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Starts a killed server again, on a free port (its URL may change): crash recovery, and
+    /// whatever role its data directory says (an old primary comes back as a primary).
+    pub fn restart(&mut self) -> Result<(), ClusterError> {
+        self.kill()?;
+        self.boot()
+    }
+
     /// Promotes a standby (`pg_ctl promote`, waiting until it is out of recovery).
     pub fn promote(&self) -> Result<(), ClusterError> {
         let data = self.data_dir().to_string_lossy().into_owned();

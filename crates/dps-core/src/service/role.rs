@@ -18,6 +18,9 @@ pub enum Role {
     Standby,
     /// Not answering.
     Unreachable,
+    /// Writable, but the peer region's database is primary on a higher timeline: this one is
+    /// an old primary restarted after a failover (split brain). Serve nothing.
+    Fenced,
 }
 
 impl Role {
@@ -26,6 +29,7 @@ impl Role {
             Role::Primary => "primary",
             Role::Standby => "standby",
             Role::Unreachable => "unreachable",
+            Role::Fenced => "fenced",
         }
     }
 }
@@ -39,23 +43,25 @@ pub(crate) struct RoleCell(AtomicU8);
 
 impl RoleCell {
     fn get(&self) -> Role {
-        match self.0.load(Ordering::Acquire) {
-            0 => Role::Primary,
-            1 => Role::Standby,
-            _ => Role::Unreachable,
-        }
+        decode(self.0.load(Ordering::Acquire))
     }
     fn set(&self, r: Role) -> Role {
         let v = match r {
             Role::Primary => 0,
             Role::Standby => 1,
             Role::Unreachable => 2,
+            Role::Fenced => 3,
         };
-        match self.0.swap(v, Ordering::AcqRel) {
-            0 => Role::Primary,
-            1 => Role::Standby,
-            _ => Role::Unreachable,
-        }
+        decode(self.0.swap(v, Ordering::AcqRel))
+    }
+}
+
+fn decode(v: u8) -> Role {
+    match v {
+        0 => Role::Primary,
+        1 => Role::Standby,
+        2 => Role::Unreachable,
+        _ => Role::Fenced,
     }
 }
 
@@ -90,5 +96,7 @@ mod tests {
         assert_eq!(c.set(Role::Standby), Role::Primary);
         assert_eq!(c.set(Role::Unreachable), Role::Standby);
         assert_eq!(c.get(), Role::Unreachable);
+        assert_eq!(c.set(Role::Fenced), Role::Unreachable);
+        assert_eq!(c.get(), Role::Fenced);
     }
 }
