@@ -24,9 +24,14 @@ RUN setcap cap_net_bind_service=+ep /usr/local/bin/opendps \
  && apt-get purge -y libcap2-bin && apt-get autoremove -y
 USER opendps
 ENV OPENDPS_DATA_DIR=/var/lib/opendps
+# The admin listener (plain HTTP: /metrics, /health/live, /health/ready) on the container's own
+# interfaces, so a scraper on the container network reaches it; publish it only to the host's
+# loopback, e.g. -p 127.0.0.1:9464:9464 (docs/operations.md).
+ENV OPENDPS_ADMIN__ADDRESS=0.0.0.0
 VOLUME ["/var/lib/opendps"]
-# HTTPS (device + service + management API, MQTT over WebSockets) and MQTT over TLS.
-EXPOSE 443 8883 5671
+# HTTPS (device + service + management API, MQTT over WebSockets), MQTT over TLS, AMQP over
+# TLS, admin.
+EXPOSE 443 8883 5671 9464
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s CMD ["opendps", "dps", "show", "-o", "none"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["opendps"]

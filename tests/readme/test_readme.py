@@ -63,6 +63,10 @@ def test_readme_first_start_and_first_device(tmp_path):
             name = re.findall(r"saved as `([^`]+)`", before)[-1]
             (tmp_path / name).write_text(code)
     assert len(shell) == 4 and (tmp_path / "register.py").exists() and (tmp_path / "register.js").exists()
+    # Then the metrics snippet, after the devices registered.
+    metrics = [code for lang, code, _ in blocks(section(text, "Metrics and health")) if lang == "sh"]
+    assert len(metrics) == 1, metrics
+    shell += metrics
 
     if not (VENV / "bin" / "python").exists() or not NODE_MODULES.exists():
         pytest.fail("tests/devices/.venv and tests/devices/node_modules are needed (scripts/test installs them)")
@@ -131,7 +135,13 @@ echo "=== done"
     out = run.stdout
     py_out = out.split("=== step 2")[1].split("=== step 3")[0]
     node_out = out.split("=== step 3")[1].split("=== step 4")[0]
-    show = out.split("=== step 4")[1].split("=== done")[0]
+    show = out.split("=== step 4")[1].split("=== step 5")[0]
+    scraped = out.split("=== step 5")[1].split("=== done")[0]
     assert "assigned myhub.azure-devices.net my-device" in py_out, report
     assert "assigned myhub.azure-devices.net my-device" in node_out, report
     assert "myhub.azure-devices.net" in show and "TLSv1.2" in show and "assigned" in show, report
+    # Metrics: both devices counted as assigned to the README's hub; the store is ready.
+    assigned = [line for line in scraped.splitlines() if line.startswith("opendps_device_assignments_total{")]
+    assert assigned and all('hub="myhub.azure-devices.net"' in line for line in assigned), report
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in assigned) >= 2, report
+    assert "ready" in scraped, report

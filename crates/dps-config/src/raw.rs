@@ -32,6 +32,28 @@ pub struct Raw {
     pub service: RawService,
     #[serde(default)]
     pub allocation: RawAllocation,
+    #[serde(default)]
+    pub limits: RawLimits,
+    pub admin: RawAdmin,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub hello_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub mqtt_connect_timeout: Option<String>,
+    pub mqtt_max_keep_alive: Option<String>,
+    pub mqtt_refused_lifetime: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub enabled: Option<bool>,
+    pub address: Option<String>,
+    pub port: Option<u16>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -144,6 +166,7 @@ impl Raw {
         set(&mut self.listen.address, &o.listen_address);
         set(&mut self.https.port, &o.https_port);
         set(&mut self.mqtt.port, &o.mqtt_port);
+        set(&mut self.admin.port, &o.admin_port);
         set(&mut self.amqp.port, &o.amqp_port);
         if o.tls_profile.is_some() {
             // A profile on the command line applies to every listener.

@@ -175,3 +175,23 @@ fn environment_problems_name_the_variable_in_one_pass() {
     );
     assert!(p[2].message.contains("unknown field"), "{}", p[2].message);
 }
+
+#[test]
+fn admin_listener_stays_on_loopback_and_needs_its_own_port() {
+    let load = |text: &str| Config::from_raw(raw::Raw::parse(text).expect("parses")).expect("valid");
+    let c = load("");
+    assert!(c.admin.enabled);
+    assert_eq!((c.admin.address, c.admin.port), (IpAddr::from([127, 0, 0, 1]), 9464), "0.0.0.0 → 127.0.0.1");
+    let c = load("[listen]\naddress = \"127.0.0.185\"\n");
+    assert_eq!(c.admin.address, IpAddr::from([127, 0, 0, 185]), "a loopback listen address is kept");
+    let c = load("[listen]\naddress = \"192.0.2.1\"\n[admin]\nenabled = false\n");
+    assert!(!c.admin.enabled);
+    assert_eq!(c.admin.address, IpAddr::from([127, 0, 0, 1]));
+    let p = invalid("[admin]\nport = 443\naddress = \"not-an-ip\"\n");
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["admin.address", "admin.port"], "443 is the HTTPS port on 0.0.0.0, which covers every address");
+    let p = invalid("[listen]\naddress = \"127.0.0.1\"\n[admin]\nport = 8883\n");
+    assert!(p.iter().any(|p| p.path == "admin.port" && p.message.contains("mqtt")), "{p:?}");
+    let o = Overrides { admin_port: Some(0), ..Overrides::default() };
+    assert_eq!(Config::load(None, &o).expect("valid").admin.port, 0);
+}

@@ -70,6 +70,9 @@ pub enum Error {
     Store(#[source] StoreError),
     #[error("this node's database is {role}: it serves no devices now; retry after {} s", .retry_after.as_secs())]
     NotServing { role: &'static str, retry_after: std::time::Duration },
+    /// A server-side failure outside the store (a port's crypto); logged, never shown.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -88,7 +91,7 @@ impl Error {
             Error::PreconditionFailed(_) => ErrorKind::PreconditionFailed,
             Error::Throttled { .. } => ErrorKind::Throttled,
             Error::Store(StoreError::Unavailable(_)) | Error::NotServing { .. } => ErrorKind::Unavailable,
-            Error::Store(_) => ErrorKind::Internal,
+            Error::Store(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }
 

@@ -58,6 +58,9 @@ pub fn instance_view(state: &AppState, i: &Instance) -> Value {
     if let Some(v) = i.min_tls_version {
         props["minTlsVersion"] = json!(v.as_str());
     }
+    if !i.ip_filter_rules.is_empty() {
+        props["ipFilterRules"] = json!(i.ip_filter_rules);
+    }
     json!({
         "id": instance_id(state, i),
         "name": i.name,

@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dps_core::model::{AccessRight, EnrollmentGroup, IndividualEnrollment, Instance, RegistrationRecord};
+use dps_core::observe::Api;
 use dps_core::service::query::Query;
 use dps_core::service::{BulkMode, BulkResult};
 use dps_core::store::Page;
@@ -145,6 +146,16 @@ pub async fn handle(state: &AppState, req: &Request) -> Option<ApiResult<Respons
     Some(route(state, req, &seg).await)
 }
 
+/// The instance a service API call addresses, once its SAS token holds `right` and the
+/// instance's network rules admit the caller's address.
+async fn caller(state: &AppState, req: &Request, host: &str, right: AccessRight) -> ApiResult<Instance> {
+    let inst = state.services.service_caller(req.header("authorization"), host, right).await?;
+    if let Some(conn) = &req.conn {
+        state.services.check_network_access(&inst, conn.facts.peer.ip(), Api::Service)?;
+    }
+    Ok(inst)
+}
+
 async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Response> {
     check_api_version(req, SERVICE_API_VERSIONS)?;
     let s = &state.services;
@@ -152,7 +163,7 @@ async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Res
     let id = req.segments.get(1).map(String::as_str);
     let if_match = req.header("if-match");
     let host = crate::request_host(&req.headers);
-    let right = |r| state.services.service_caller(req.header("authorization"), &host, r);
+    let right = |r| caller(state, req, &host, r);
     match (seg[0].as_str(), seg.len(), m) {
         // Individual enrollments.
         ("enrollments", 1, &Method::POST) => {
@@ -190,8 +201,9 @@ async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Res
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         ("enrollments", 3, &Method::POST) if seg[2] == "attestationmechanism" => {
-            let inst = right(AccessRight::EnrollmentRead).await?;
-            Ok(Json(s.enrollment(&inst, id.unwrap_or("")).await?.attestation).into_response())
+            let (inst, keys) = key_reader(state, req, &host).await?;
+            let a = s.enrollment(&inst, id.unwrap_or("")).await?.attestation;
+            Ok(Json(if keys { a } else { a.redacted() }).into_response())
         }
         // Enrollment groups.
         ("enrollmentgroups", 1, &Method::POST) => {
@@ -228,8 +240,9 @@ async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Res
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         ("enrollmentgroups", 3, &Method::POST) if seg[2] == "attestationmechanism" => {
-            let inst = right(AccessRight::EnrollmentRead).await?;
-            Ok(Json(s.group(&inst, id.unwrap_or("")).await?.attestation).into_response())
+            let (inst, keys) = key_reader(state, req, &host).await?;
+            let a = s.group(&inst, id.unwrap_or("")).await?.attestation;
+            Ok(Json(if keys { a } else { a.redacted() }).into_response())
         }
         // Registration states.
         ("registrations", 2, &Method::POST) if seg[1] == "query" => {
@@ -256,6 +269,15 @@ async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Res
             format!("{} /{} is not an operation of the service API", req.method, req.segments.join("/")),
         )),
     }
+}
+
+/// The caller of `attestationmechanism` (EnrollmentRead), and whether it may see keys: only a
+/// policy that may also write enrollments (and so could set the keys) reads them; a read-only
+/// policy gets the mechanism without secrets (docs/service-api.md, "Rights").
+async fn key_reader(state: &AppState, req: &Request, host: &str) -> ApiResult<(Instance, bool)> {
+    let (inst, rights) =
+        state.services.service_caller_rights(req.header("authorization"), host, AccessRight::EnrollmentRead).await?;
+    Ok((inst, rights.contains(&AccessRight::EnrollmentWrite)))
 }
 
 async fn registrations_page(

@@ -5,7 +5,9 @@
 //! Sockets are bound outside [`Server::start`] ([`bind`]), so tests can pass listeners of their
 //! own and the binary can report a bind failure with what to do about it.
 
+mod admin;
 mod listener;
+pub mod metrics;
 mod roles;
 mod shared;
 mod webhook;
@@ -100,6 +102,19 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<(), ServerError> 
     std::fs::rename(&tmp, path).map_err(werr)
 }
 
+/// Creates the data directory 0700 (it holds the store, the CA keys and the admin token), or
+/// narrows an existing one that others could read or enter.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+        tracing::info!(dir = %dir.display(), "data directory narrowed to owner-only access (0700)");
+    }
+    Ok(())
+}
+
 fn admin_token(config: &Config) -> Result<String, ServerError> {
     let path = admin_token_path(config);
     if let Ok(t) = std::fs::read_to_string(&path) {
@@ -147,13 +162,34 @@ fn transports(config: &Config) -> [(&'static str, &ListenerConfig, &'static str,
 #[derive(Debug, Default)]
 pub struct BoundListeners {
     pub listeners: Vec<(&'static str, TcpListener)>,
+    /// The plain-HTTP admin listener (metrics, health), unless disabled.
+    pub admin: Option<TcpListener>,
 }
 
 impl BoundListeners {
     /// The bound address of listener `name`.
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        if name == "admin" {
+            return self.admin.as_ref().and_then(|l| l.local_addr().ok());
+        }
         self.listeners.iter().find(|(n, _)| *n == name).and_then(|(_, l)| l.local_addr().ok())
     }
+}
+
+fn bind_error(listener: &'static str, addr: SocketAddr, flag: &str, source: std::io::Error) -> ServerError {
+    let hint = match source.kind() {
+        std::io::ErrorKind::PermissionDenied => format!(
+            "permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE. Run as root, or pick another port with {flag}"
+        ),
+        std::io::ErrorKind::AddrInUse => format!(
+            "the address is already in use; stop the other server, or pick another port with {flag} or another address with --listen-address"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            "this machine has no such address; pick one of its own with --listen-address".to_owned()
+        }
+        _ => format!("{source}"),
+    };
+    ServerError::Bind { listener, addr, hint, source }
 }
 
 /// Binds every enabled listener of `config`.
@@ -164,22 +200,13 @@ pub async fn bind(config: &Config) -> Result<BoundListeners, ServerError> {
             continue;
         }
         let addr = SocketAddr::new(l.address, l.port);
-        let listener = TcpListener::bind(addr).await.map_err(|source| {
-            let hint = match source.kind() {
-                std::io::ErrorKind::PermissionDenied => format!(
-                    "permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE. Run as root, or pick another port with {flag}"
-                ),
-                std::io::ErrorKind::AddrInUse => format!(
-                    "the address is already in use; stop the other server, or pick another port with {flag} or another address with --listen-address"
-                ),
-                std::io::ErrorKind::AddrNotAvailable => {
-                    "this machine has no such address; pick one of its own with --listen-address".to_owned()
-                }
-                _ => format!("{source}"),
-            };
-            ServerError::Bind { listener: name, addr, hint, source }
-        })?;
+        let listener = TcpListener::bind(addr).await.map_err(|source| bind_error(name, addr, flag, source))?;
         bound.listeners.push((name, listener));
+    }
+    if config.admin.enabled {
+        let addr = SocketAddr::new(config.admin.address, config.admin.port);
+        let flag = "--admin-port (or [admin] enabled = false)";
+        bound.admin = Some(TcpListener::bind(addr).await.map_err(|source| bind_error("admin", addr, flag, source))?);
     }
     Ok(bound)
 }
@@ -207,8 +234,12 @@ fn host_names(config: &Config) -> Vec<String> {
 }
 
 fn mqtt_limits(config: &Config) -> dps_mqtt::Limits {
-    let _ = config;
-    dps_mqtt::Limits::default()
+    let l = &config.limits;
+    dps_mqtt::Limits {
+        connect_timeout: l.mqtt_connect_timeout,
+        max_keep_alive: l.mqtt_max_keep_alive,
+        refused_lifetime: l.mqtt_refused_lifetime,
+    }
 }
 
 fn amqp_settings(config: &Config) -> Arc<dps_amqp::AmqpSettings> {
@@ -261,12 +292,48 @@ fn policy(config: &Config, l: &ListenerConfig) -> TlsPolicy {
     }
 }
 
+/// File descriptors the server needs besides its connections: store, certificate files, log,
+/// listeners, runtime.
+const OPEN_FILES_MARGIN: u64 = 256;
+
+/// The open files `config` may need: every enabled listener's connection cap plus a margin.
+pub fn open_files_needed(config: &Config) -> u64 {
+    let listeners = transports(config).iter().filter(|t| t.1.enabled).count() as u64;
+    listeners.saturating_mul(config.tls.max_connections as u64).saturating_add(OPEN_FILES_MARGIN)
+}
+
+/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard limit, and warns when even
+/// that is below what the connection caps need (accepts would then fail under load, costing
+/// good clients). Returns the soft limit now in force.
+pub fn raise_open_file_limit(config: &Config) -> u64 {
+    let needed = open_files_needed(config);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => {
+            tracing::warn!(
+                open_files = limit,
+                needed,
+                "the open-file limit is below the connection caps ({} per listener) plus {OPEN_FILES_MARGIN}; raise the hard limit (ulimit -Hn, LimitNOFILE= in the systemd unit) or lower tls.max_connections",
+                config.tls.max_connections
+            );
+            limit
+        }
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, needed, "cannot read or raise the open-file limit");
+            0
+        }
+    }
+}
+
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
     pub https_addr: Option<SocketAddr>,
     pub mqtt_addr: Option<SocketAddr>,
     pub amqp_addr: Option<SocketAddr>,
+    /// The admin listener (metrics, health), if enabled.
+    pub admin_addr: Option<SocketAddr>,
+    pub metrics: Arc<metrics::Metrics>,
     pub tls: Arc<ServerTls>,
     pub state: Arc<dps_http::AppState>,
     /// The management API's bearer credential (also in `data_dir/admin.token`).
@@ -290,8 +357,11 @@ impl Server {
         listeners: BoundListeners,
         clock: Arc<dyn dps_core::ports::Clock>,
     ) -> Result<Server, ServerError> {
-        std::fs::create_dir_all(&config.data_dir)
+        private_dir(&config.data_dir)
             .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
+        raise_open_file_limit(&config);
+        let metrics = Arc::new(metrics::Metrics::new());
+        let timed = |s| metrics::TimedStore::new(s, metrics.clone());
         let mut quota: Option<Arc<dyn dps_core::service::RegistrationQuota>> = None;
         let mut shared_db: Option<dps_store_postgres::PgStore> = None;
         let store: Arc<dyn dps_core::store::Store> = match &config.store.url {
@@ -301,7 +371,7 @@ impl Server {
                     .map_err(|source| ServerError::Store { path: PathBuf::from("postgres://<redacted>"), source })?;
                 quota = Some(Arc::new(pg.quota(config.service.registrations_per_minute)));
                 shared_db = Some(pg.clone());
-                Arc::new(pg)
+                Arc::new(timed(pg))
             }
             None => {
                 let store_path = config.store.path.clone();
@@ -310,12 +380,13 @@ impl Server {
                 } else {
                     dps_store_sqlite::Durability::Normal
                 };
-                Arc::new(
+                Arc::new(metrics::TimedStore::new(
                     tokio::task::spawn_blocking(move || dps_store_sqlite::SqliteStore::open(&store_path, durability))
                         .await
                         .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("store task failed: {e}"))))?
                         .map_err(|source| ServerError::Store { path: config.store.path.clone(), source })?,
-                )
+                    metrics.clone(),
+                ))
             }
         };
         // A shared store shares the built-in CA and the admin credential (sealed with the node key).
@@ -357,10 +428,12 @@ impl Server {
             Arc::new(dps_attest::OpensslX509),
             Arc::new(dps_attest::OpensslDeviceCrypto),
         )
+        .with_observer(metrics.clone())
         .with_registration_quota(config.service.registrations_per_minute)
         .with_host_names(host_names(&config))
         .with_admin_token(admin_token.clone())
         .with_region(&config.service.region)
+        .with_tpm(Arc::new(dps_attest::tpm::OpensslTpm))
         .with_http_localhost_webhooks(config.allocation.allow_http_localhost)
         .with_webhook(Arc::new(HttpsWebhook {
             timeout: config.allocation.webhook_timeout,
@@ -410,6 +483,8 @@ impl Server {
             subscription_id: SUBSCRIPTION_ID.into(),
             default_location: config.service.region.clone(),
             max_body: config.service.max_body,
+            header_timeout: config.limits.header_timeout,
+            body_timeout: config.limits.body_timeout,
             shutdown: shutdown.clone(),
         });
 
@@ -437,9 +512,16 @@ impl Server {
                 protocol,
                 drivers: drivers.clone(),
                 max_connections: config.tls.max_connections,
+                hello_timeout: config.limits.hello_timeout,
+                metrics: metrics.clone(),
                 tracker: tracker.clone(),
                 shutdown: shutdown.clone(),
             }));
+        }
+        let admin_addr = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(l) = listeners.admin {
+            let services = state.services.clone();
+            tracker.spawn(admin::serve(l, metrics.clone(), services, tracker.clone(), shutdown.clone()));
         }
         if let Some(addr) = addrs.0 {
             write_private(&endpoint_path(&config), &format!("{addr}\n"))?;
@@ -457,6 +539,8 @@ impl Server {
             https_addr: addrs.0,
             mqtt_addr: addrs.1,
             amqp_addr: addrs.2,
+            admin_addr,
+            metrics,
             tls,
             state,
             admin_token,
@@ -480,5 +564,19 @@ impl Server {
     /// Waits until the server has been shut down through its token.
     pub async fn wait(self) {
         let _ = self.done.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_file_soft_limit_is_raised_to_the_hard_limit() {
+        let (_, hard) = rlimit::Resource::NOFILE.get().expect("getrlimit");
+        let low = hard.min(256);
+        rlimit::Resource::NOFILE.set(low, hard).expect("lower the soft limit");
+        let config = dps_config::Config::from_raw(dps_config::raw::Raw::default()).expect("defaults");
+        assert_eq!(super::raise_open_file_limit(&config), hard);
+        assert_eq!(rlimit::Resource::NOFILE.get().expect("getrlimit"), (hard, hard));
+        assert_eq!(super::open_files_needed(&config), 3 * 10_000 + 256, "three listeners");
     }
 }

@@ -93,6 +93,9 @@ impl Server {
             .arg(spec.https_port.to_string())
             .arg("--mqtt-port")
             .arg(spec.mqtt_port.to_string())
+            // The admin listener is not measured; a free port keeps servers side by side apart.
+            .arg("--admin-port")
+            .arg("0")
             .arg("--amqp-port")
             .arg("0")
             .arg("--config")

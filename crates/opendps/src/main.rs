@@ -174,6 +174,10 @@ struct ServeArgs {
     /// AMQP-over-TLS port. Default: 5671 (AMQP over WebSockets uses the HTTPS port).
     #[arg(long)]
     amqp_port: Option<u16>,
+    /// Port of the plain-HTTP admin listener (/metrics, /health/live, /health/ready; loopback).
+    /// Default: 9464; 0 picks a free port.
+    #[arg(long)]
+    admin_port: Option<u16>,
     /// TLS profile for every listener: dps-legacy-security (default), dps-legacy-performance, dps-recommended.
     #[arg(long)]
     tls_profile: Option<String>,
@@ -230,6 +234,7 @@ impl ServeArgs {
             log_filter: None,
             public_host: self.public_host.clone(),
             store_url: self.store_url.clone(),
+            admin_port: self.admin_port,
         }
     }
 }
@@ -272,6 +277,10 @@ async fn serve(args: ServeArgs, global: GlobalArgs) -> anyhow::Result<()> {
     line("https (device + service API):", &fmt(server.https_addr));
     line("mqtt:", &fmt(server.mqtt_addr));
     line("amqp:", &fmt(server.amqp_addr));
+    line(
+        "admin (metrics, health):",
+        &server.admin_addr.map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics")),
+    );
     line(
         "tls profile:",
         &format!("{} (TLS 1.3 {})", config.https.tls.profile, if config.https.tls.tls13 { "on" } else { "off" }),

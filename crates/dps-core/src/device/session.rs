@@ -7,7 +7,9 @@ use tracing::Instrument;
 
 use super::{ApiVersion, ConnectionFacts, Credential, DeviceReply, Operation, RegisterBody, Transport};
 use crate::error::{Error, Result, WireError};
-use crate::service::{Attestation, Attested, Services};
+use crate::model::RegistrationStatus;
+use crate::observe::{Api, AttestationResult};
+use crate::service::{Attestation, Attested, OperationStatus, Services};
 
 /// An authentication this old is re-read from the store before a registration acts on it, so a
 /// long-lived connection does not register through an enrollment that was disabled meanwhile.
@@ -68,12 +70,14 @@ pub struct DeviceSession {
     services: Services,
     conn: ConnectionFacts,
     identity: Option<Identity>,
+    /// The instance the last request resolved to (for metrics; `""` before any).
+    instance: String,
 }
 
 impl Services {
     /// Opens the device API for one connection.
     pub fn device_session(&self, conn: ConnectionFacts) -> DeviceSession {
-        DeviceSession { services: self.clone(), conn, identity: None }
+        DeviceSession { services: self.clone(), conn, identity: None, instance: String::new() }
     }
 }
 
@@ -106,7 +110,7 @@ impl DeviceSession {
         credential: Credential<'_>,
     ) -> AuthOutcome {
         let span = self.span("device_authenticate");
-        span.record("registration_id", registration_id);
+        span.record("registration_id", crate::device::excerpt(registration_id, 130).as_str());
         async {
             if let Err(e) = self.services.serving() {
                 return self.refuse_connection(scope, registration_id, None, &credential, e);
@@ -150,7 +154,7 @@ impl DeviceSession {
         e: Error,
     ) -> AuthOutcome {
         let wire = self.services.wire_error(&e);
-        tracing::info!(status = wire.status, code = wire.error_code, error = %wire.message, "device not authenticated; its requests will be refused");
+        tracing::info!(status = wire.status, code = wire.error_code, error = %crate::device::excerpt(&wire.message, 300), "device not authenticated; its requests will be refused");
         self.identity = Some(Identity {
             scope: scope.to_owned(),
             registration_id: registration_id.to_owned(),
@@ -162,9 +166,11 @@ impl DeviceSession {
     }
 
     /// A request on a connection that authenticated at connect (MQTT, AMQP).
+    /// Its latency is reported here (HTTPS requests are timed by their adapter).
     pub async fn handle(&mut self, op: Operation<'_>) -> DeviceReply {
+        let started = self.services.clock.now();
         let span = self.span("device_request");
-        async {
+        let reply = async {
             if let Err(e) = self.services.serving() {
                 return self.reply_error(e);
             }
@@ -184,7 +190,17 @@ impl DeviceSession {
             self.run(&attested, at, api_version.as_ref(), op).await
         }
         .instrument(span)
-        .await
+        .await;
+        self.count_refused_registration(op, &reply);
+        let elapsed = self.services.clock.now().duration_since(started).unwrap_or_default();
+        self.services.observer.request(self.conn.transport, Api::Device, reply.status(), elapsed);
+        reply
+    }
+
+    fn count_refused_registration(&self, op: Operation<'_>, reply: &DeviceReply) {
+        if matches!(op, Operation::Register { .. }) && matches!(reply, DeviceReply::Error(_)) {
+            self.count_registration(None);
+        }
     }
 
     /// A self-contained request (HTTPS): the device's address, api-version and credential
@@ -200,8 +216,10 @@ impl DeviceSession {
         op: Operation<'_>,
     ) -> DeviceReply {
         let span = self.span("device_request");
-        span.record("registration_id", registration_id);
-        async {
+        span.record("registration_id", crate::device::excerpt(registration_id, 130).as_str());
+        // Metrics name the instance this request resolves to, not an earlier request's.
+        self.instance.clear();
+        let reply = async {
             // A standby (or unreachable) database: nothing is served, so nothing is written.
             if let Err(e) = self.services.serving() {
                 return self.reply_error(e);
@@ -243,7 +261,10 @@ impl DeviceSession {
                 }
             });
             let (attested, at) = match cached {
-                Some(hit) => hit,
+                Some(hit) => {
+                    self.instance.clone_from(&hit.0.instance.name);
+                    hit
+                }
                 None => match self.attest(scope, registration_id, credential.clone()).await {
                     Ok(Attestation::Attested(a)) => {
                         self.identity = Some(Identity {
@@ -259,6 +280,16 @@ impl DeviceSession {
                         tracing::info!("device challenged (TPM activation)");
                         return DeviceReply::Challenge { authentication_key, key_name: "registration".into() };
                     }
+                    // A TPM device whose SAS is refused (expired, signed with a key issued
+                    // before, by a server that has forgotten it) is challenged again: the C#
+                    // client takes every 401 on register as a challenge (docs/tpm.md, "Flow").
+                    Err(Error::Unauthorized(why)) if matches!(credential, Credential::Sas(_)) => match tpm {
+                        Some(keys) => {
+                            tracing::info!(error = %why, "TPM device's SAS refused; challenging it again");
+                            return self.challenge(scope, registration_id, keys).await;
+                        }
+                        None => return self.reply_error(Error::Unauthorized(why)),
+                    },
                     Err(e) => return self.reply_error(e),
                 },
             };
@@ -270,7 +301,23 @@ impl DeviceSession {
             }
         }
         .instrument(span)
-        .await
+        .await;
+        self.count_refused_registration(op, &reply);
+        reply
+    }
+
+    /// Asks for a TPM activation challenge for `keys`.
+    async fn challenge(&mut self, scope: &str, registration_id: &str, keys: &super::TpmKeys) -> DeviceReply {
+        match self.attest(scope, registration_id, Credential::Tpm(keys)).await {
+            Ok(Attestation::Challenge { authentication_key }) => {
+                tracing::info!("device challenged (TPM activation)");
+                DeviceReply::Challenge { authentication_key, key_name: "registration".into() }
+            }
+            Ok(Attestation::Attested(_)) => {
+                self.reply_error(Error::Unauthorized("the device could not be authenticated".into()))
+            }
+            Err(e) => self.reply_error(e),
+        }
     }
 
     fn span(&self, name: &'static str) -> tracing::Span {
@@ -293,10 +340,51 @@ impl DeviceSession {
         }
     }
 
-    async fn attest(&self, scope: &str, registration_id: &str, credential: Credential<'_>) -> Result<Attestation> {
-        let instance = self.services.device_instance(scope, Some(self.conn.tls.negotiated.version)).await?;
+    async fn attest(&mut self, scope: &str, registration_id: &str, credential: Credential<'_>) -> Result<Attestation> {
+        let observer = self.services.observer.clone();
+        let instance = match self.services.device_instance(scope, Some(self.conn.tls.negotiated.version)).await {
+            Ok(i) => i,
+            Err(e) => {
+                self.instance.clear();
+                observer.attestation_attempt("", self.conn.transport, AttestationResult::Failure);
+                return Err(e);
+            }
+        };
         tracing::Span::current().record("instance", instance.name.as_str());
-        self.services.attest(instance, registration_id, credential, &self.conn.peer_certificates.0).await
+        self.instance.clone_from(&instance.name);
+        self.services.check_network_access(&instance, self.conn.peer.ip(), Api::Device)?;
+        let result = self.services.attest(instance, registration_id, credential, &self.conn).await;
+        let outcome = match &result {
+            Ok(Attestation::Attested(_)) => AttestationResult::Success,
+            Ok(Attestation::Challenge { .. }) => AttestationResult::Challenge,
+            Err(_) => AttestationResult::Failure,
+        };
+        observer.attestation_attempt(&self.instance, self.conn.transport, outcome);
+        result
+    }
+
+    /// Counts a register request (Azure DPS's registration attempts and device assignments):
+    /// `None` for one answered with an error.
+    fn count_registration(&self, status: Option<&OperationStatus>) {
+        let o = self.services.observer.as_ref();
+        let t = self.conn.transport;
+        let Some(op) = status else {
+            o.registration_attempt(&self.instance, t, "refused");
+            return;
+        };
+        let result = match op.status {
+            RegistrationStatus::Assigned => "assigned",
+            RegistrationStatus::Failed => "failed",
+            RegistrationStatus::Disabled => "disabled",
+            RegistrationStatus::Assigning => "assigning",
+            RegistrationStatus::Unassigned => "unassigned",
+        };
+        o.registration_attempt(&self.instance, t, result);
+        if op.status == RegistrationStatus::Assigned {
+            if let Some(hub) = op.registration_state.as_ref().and_then(|s| s.assigned_hub.as_deref()) {
+                o.device_assignment(&self.instance, t, hub);
+            }
+        }
     }
 
     async fn run(
@@ -321,7 +409,7 @@ impl DeviceSession {
                 Err(e) => Err(e),
             },
             Operation::OperationStatus { operation_id } => {
-                tracing::Span::current().record("operation_id", operation_id);
+                tracing::Span::current().record("operation_id", crate::device::excerpt(operation_id, 100).as_str());
                 self.services.operation_status(attested, operation_id).await.map(DeviceReply::Operation)
             }
             Operation::StatusLookup => self.services.device_registration(attested).await.map(DeviceReply::Registration),
@@ -339,6 +427,14 @@ impl DeviceSession {
         let now = self.services.clock.now();
         let fresh;
         let attested = if now.duration_since(at).unwrap_or_default() > FRESH {
+            // The instance's network rules may have changed since the connection authenticated.
+            let instance = match self.services.instance(&attested.instance.name).await {
+                Err(Error::InstanceNotFound(_)) => {
+                    return Err(Error::Unauthorized("the device's DPS instance is gone; connect again".into()))
+                }
+                other => other?,
+            };
+            self.services.check_network_access(&instance, self.conn.peer.ip(), Api::Device)?;
             fresh = self
                 .services
                 .refresh(attested)
@@ -358,6 +454,7 @@ impl DeviceSession {
             hub = op.registration_state.as_ref().and_then(|s| s.assigned_hub.as_deref()).unwrap_or("-"),
             "device registered"
         );
+        self.count_registration(Some(&op));
         Ok(DeviceReply::Accepted { operation_id: op.operation_id })
     }
 
@@ -385,7 +482,7 @@ impl DeviceSession {
     fn reply_error(&self, e: Error) -> DeviceReply {
         let wire = self.services.wire_error(&e);
         if wire.status < 500 {
-            tracing::info!(status = wire.status, code = wire.error_code, error = %wire.message, "device request refused");
+            tracing::info!(status = wire.status, code = wire.error_code, error = %crate::device::excerpt(&wire.message, 300), "device request refused");
         }
         DeviceReply::Error(wire)
     }

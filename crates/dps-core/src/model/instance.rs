@@ -183,6 +183,9 @@ pub struct Instance {
     pub enable_data_residency: bool,
     #[serde(default = "enabled")]
     pub public_network_access: String,
+    /// IP filter rules, in the order they are evaluated (docs/operations.md, "IP filter rules").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_filter_rules: Vec<IpFilterRule>,
     pub state: String,
     pub created: String,
     pub updated: String,
@@ -191,6 +194,108 @@ pub struct Instance {
 
 fn enabled() -> String {
     "Enabled".into()
+}
+
+/// What an IP filter rule does with a matching address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IpFilterAction {
+    Accept,
+    Reject,
+}
+
+/// Which traffic an IP filter rule applies to (ARM `target`, camelCase).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum IpFilterTarget {
+    #[default]
+    All,
+    ServiceApi,
+    DeviceApi,
+}
+
+impl IpFilterTarget {
+    /// Whether a rule with this target applies to traffic of `api`.
+    pub fn covers(self, api: crate::observe::Api) -> bool {
+        use crate::observe::Api;
+        match self {
+            IpFilterTarget::All => matches!(api, Api::Device | Api::Service),
+            IpFilterTarget::ServiceApi => api == Api::Service,
+            IpFilterTarget::DeviceApi => api == Api::Device,
+        }
+    }
+}
+
+/// One `ipFilterRules[]` entry: `ipMask` is an address or a CIDR block, validated at deploy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpFilterRule {
+    pub filter_name: String,
+    pub action: IpFilterAction,
+    pub ip_mask: String,
+    #[serde(default)]
+    pub target: IpFilterTarget,
+}
+
+impl IpFilterRule {
+    /// Parses an `ipMask`: an IPv4 or IPv6 address (a /32 or /128) or a CIDR block.
+    pub fn parse_mask(mask: &str) -> Result<ipnet::IpNet, String> {
+        let mask = mask.trim();
+        mask.parse::<ipnet::IpNet>()
+            .or_else(|_| mask.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| format!("ipMask {mask:?} is not an IP address or a CIDR block (e.g. 192.168.100.0/22)"))
+    }
+
+    /// Whether this rule's mask covers `ip`. An IPv4-mapped IPv6 address is compared as IPv4;
+    /// `0.0.0.0/0` (DPS's "every address") covers IPv6 peers too.
+    pub fn matches(&self, ip: std::net::IpAddr) -> bool {
+        let Ok(net) = Self::parse_mask(&self.ip_mask) else { return false };
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        match (net, ip) {
+            (ipnet::IpNet::V4(n), std::net::IpAddr::V6(_)) => n.prefix_len() == 0,
+            (net, ip) => net.contains(&ip),
+        }
+    }
+}
+
+/// Why an instance's network rules refuse a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkRefusal {
+    /// `publicNetworkAccess` is `Disabled`: OpenDPS has no private endpoints, so every device
+    /// and service API request of the instance is refused.
+    PublicNetworkAccessDisabled,
+    /// The first IP filter rule that matches the address rejects it.
+    IpFilter,
+}
+
+impl NetworkRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkRefusal::PublicNetworkAccessDisabled => "public_network_access_disabled",
+            NetworkRefusal::IpFilter => "ip_filter",
+        }
+    }
+}
+
+impl Instance {
+    /// Whether the instance's network rules admit a request of `api` from `peer`: with
+    /// `publicNetworkAccess` disabled, none; otherwise the first IP filter rule whose target
+    /// covers `api` and whose mask matches decides, and an address no rule matches is
+    /// accepted (DPS's order semantics). The management API is never filtered.
+    pub fn network_access(&self, peer: std::net::IpAddr, api: crate::observe::Api) -> Result<(), NetworkRefusal> {
+        if !matches!(api, crate::observe::Api::Device | crate::observe::Api::Service) {
+            return Ok(());
+        }
+        if self.public_network_access.eq_ignore_ascii_case("disabled") {
+            return Err(NetworkRefusal::PublicNetworkAccessDisabled);
+        }
+        match self.ip_filter_rules.iter().find(|r| r.target.covers(api) && r.matches(peer)) {
+            Some(r) if r.action == IpFilterAction::Reject => Err(NetworkRefusal::IpFilter),
+            _ => Ok(()),
+        }
+    }
 }
 
 mod min_tls_serde {

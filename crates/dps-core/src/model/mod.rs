@@ -8,6 +8,7 @@ mod enrollment;
 mod ids;
 mod instance;
 mod registration;
+mod tpm;
 
 pub use certificate::CaCertificate;
 pub use connection_string::{ConnectionString, ConnectionStringError};
@@ -17,5 +18,9 @@ pub use enrollment::{
     X509Attestation, X509CaReferences, X509CertificateInfo, X509CertificateWithInfo, X509Certificates,
 };
 pub use ids::{validate_group_id, validate_instance_name, validate_registration_id, IdScope};
-pub use instance::{AccessPolicy, AccessRight, Instance, LinkedHub, ServiceAllocationPolicy, Sku};
+pub use instance::{
+    AccessPolicy, AccessRight, Instance, IpFilterAction, IpFilterRule, IpFilterTarget, LinkedHub, NetworkRefusal,
+    ServiceAllocationPolicy, Sku,
+};
 pub use registration::{DeviceRegistrationState, RegistrationRecord, RegistrationStatus};
+pub use tpm::{IssuedTpmKey, TpmIssuedKeys, MAX_ISSUED_TPM_KEYS};

@@ -7,7 +7,8 @@ use serde_json::Value;
 use super::Services;
 use crate::error::{Error, Result};
 use crate::model::{
-    validate_instance_name, AccessPolicy, AccessRight, IdScope, Instance, LinkedHub, ServiceAllocationPolicy, Sku,
+    validate_instance_name, AccessPolicy, AccessRight, IdScope, Instance, IpFilterAction, IpFilterRule, IpFilterTarget,
+    LinkedHub, ServiceAllocationPolicy, Sku,
 };
 use crate::store::InstanceWrite;
 use crate::tls::MinTlsVersion;
@@ -62,6 +63,8 @@ struct Spec {
     policies: Option<Vec<PolicySpec>>,
     enable_data_residency: bool,
     public_network_access: String,
+    /// `None`: the template does not say (an existing instance keeps its rules).
+    ip_filter_rules: Option<Vec<IpFilterRule>>,
 }
 
 #[derive(Debug)]
@@ -89,7 +92,157 @@ pub fn parse_hub_connection_string(cs: &str) -> std::result::Result<String, Stri
     crate::model::ConnectionString::parse(cs).map(|c| c.host_name.to_ascii_lowercase()).map_err(|e| e.to_string())
 }
 
+/// Resource keys a template may carry: what OpenDPS implements, plus ARM's bookkeeping and the
+/// read-only values a GET returns (clients PUT back what they read).
+const RESOURCE_KEYS: &[&str] = &[
+    "type",
+    "apiVersion",
+    "name",
+    "location",
+    "sku",
+    "tags",
+    "properties",
+    "dependsOn",
+    "condition",
+    "comments",
+    "id",
+    "etag",
+    "resourceGroup",
+    "subscriptionId",
+    "systemData",
+    "identity",
+];
+/// `properties` keys: implemented, or read-only (ignored as ARM ignores them).
+const PROPERTY_KEYS: &[&str] = &[
+    "minTlsVersion",
+    "allocationPolicy",
+    "iotHubs",
+    "authorizationPolicies",
+    "enableDataResidency",
+    "publicNetworkAccess",
+    "ipFilterRules",
+    "privateEndpointConnections",
+    "state",
+    "provisioningState",
+    "serviceOperationsHostName",
+    "deviceProvisioningHostName",
+    "portalOperationsHostName",
+    "idScope",
+];
+const SKU_KEYS: &[&str] = &["name", "capacity", "tier"];
+const HUB_KEYS: &[&str] = &["name", "connectionString", "location", "allocationWeight", "applyAllocationPolicy"];
+const POLICY_KEYS: &[&str] = &["keyName", "primaryKey", "secondaryKey", "rights"];
+const IP_RULE_KEYS: &[&str] = &["filterName", "action", "ipMask", "target"];
+/// The most IP filter rules an instance may have.
+pub const MAX_IP_FILTER_RULES: usize = 100;
+
+/// Every key of `v` (an object) not in `known` is a problem: a setting OpenDPS does not
+/// implement is refused, never stored and ignored.
+fn refuse_unknown(v: &Value, known: &[&str], path: &str, p: &mut Problems) {
+    for k in v.as_object().into_iter().flat_map(|o| o.keys()) {
+        if !known.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+            p.push(
+                &format!("{path}.{}", crate::device::excerpt(k, 100)),
+                "is not supported by OpenDPS (docs/operations.md, \"Template properties\"); remove it",
+            );
+        }
+    }
+}
+
+/// Settings OpenDPS accepts only with the value that means "off".
+fn refuse_unimplemented(body: &Value, props: &Value, path: &str, pp: &str, p: &mut Problems) {
+    match str_at(body, "identity") {
+        None | Some(Value::Null) => {}
+        Some(id) if str_at(id, "type").and_then(Value::as_str).is_some_and(|t| t.eq_ignore_ascii_case("none")) => {}
+        Some(_) => p.push(&format!("{path}.identity"), "managed identities are not supported by OpenDPS; remove it"),
+    }
+    match str_at(props, "privateEndpointConnections") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(_) => p.push(
+            &format!("{pp}.privateEndpointConnections"),
+            "private endpoints are not supported by OpenDPS; remove them",
+        ),
+    }
+}
+
+fn parse_ip_filter_rules(v: &Value, pp: &str, p: &mut Problems) -> Vec<IpFilterRule> {
+    let path = format!("{pp}.ipFilterRules");
+    let Some(list) = v.as_array() else {
+        p.push(&path, "must be an array of {filterName, action, ipMask, target}");
+        return Vec::new();
+    };
+    if list.len() > MAX_IP_FILTER_RULES {
+        p.push(&path, format!("has {} rules; at most {MAX_IP_FILTER_RULES} are allowed", list.len()));
+        return Vec::new();
+    }
+    let mut out: Vec<IpFilterRule> = Vec::new();
+    for (i, r) in list.iter().enumerate() {
+        let rp = format!("{path}[{i}]");
+        refuse_unknown(r, IP_RULE_KEYS, &rp, p);
+        let text = |k: &str| str_at(r, k).and_then(Value::as_str);
+        let name = match text("filterName") {
+            Some(n)
+                if !n.is_empty()
+                    && n.len() <= 128
+                    && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')) =>
+            {
+                n
+            }
+            Some(n) => {
+                p.push(
+                    &format!("{rp}.filterName"),
+                    format!("{:?} must be 1 to 128 letters, digits, - _ . :", crate::device::excerpt(n, 140)),
+                );
+                continue;
+            }
+            None => {
+                p.push(&format!("{rp}.filterName"), "is required");
+                continue;
+            }
+        };
+        if out.iter().any(|o| o.filter_name.eq_ignore_ascii_case(name)) {
+            p.push(
+                &format!("{rp}.filterName"),
+                format!("{name} is used by an earlier rule; names are unique (case-insensitive)"),
+            );
+        }
+        let action = match text("action") {
+            Some(a) if a.eq_ignore_ascii_case("accept") => IpFilterAction::Accept,
+            Some(a) if a.eq_ignore_ascii_case("reject") => IpFilterAction::Reject,
+            other => {
+                p.push(&format!("{rp}.action"), format!("must be Accept or Reject, got {other:?}"));
+                continue;
+            }
+        };
+        let mask = match text("ipMask").map(|m| (m, IpFilterRule::parse_mask(m))) {
+            Some((m, Ok(_))) => m.trim().to_owned(),
+            Some((_, Err(e))) => {
+                p.push(&format!("{rp}.ipMask"), e);
+                continue;
+            }
+            None => {
+                p.push(&format!("{rp}.ipMask"), "is required");
+                continue;
+            }
+        };
+        let target = match text("target") {
+            None => IpFilterTarget::All,
+            Some(t) if t.eq_ignore_ascii_case("all") => IpFilterTarget::All,
+            Some(t) if t.eq_ignore_ascii_case("serviceApi") => IpFilterTarget::ServiceApi,
+            Some(t) if t.eq_ignore_ascii_case("deviceApi") => IpFilterTarget::DeviceApi,
+            Some(t) => {
+                p.push(&format!("{rp}.target"), format!("{t:?} is not all, serviceApi or deviceApi"));
+                continue;
+            }
+        };
+        out.push(IpFilterRule { filter_name: name.to_owned(), action, ip_mask: mask, target });
+    }
+    out
+}
+
 fn parse_spec(path: &str, body: &Value, default_location: &str, node_region: &str, p: &mut Problems) -> Option<Spec> {
+    refuse_unknown(body, RESOURCE_KEYS, path, p);
     let name = match str_at(body, "name").and_then(Value::as_str) {
         Some(n) => {
             if let Err(e) = validate_instance_name(n) {
@@ -116,6 +269,7 @@ fn parse_spec(path: &str, body: &Value, default_location: &str, node_region: &st
             Sku { name: "S1".into(), capacity: 1 }
         }
         Some(s) => {
+            refuse_unknown(s, SKU_KEYS, &format!("{path}.sku"), p);
             let name = str_at(s, "name").and_then(Value::as_str).unwrap_or("");
             if !name.eq_ignore_ascii_case("S1") {
                 p.push(&format!("{path}.sku.name"), format!("{name:?} is not a DPS SKU (only S1 exists)"));
@@ -152,6 +306,8 @@ fn parse_spec(path: &str, body: &Value, default_location: &str, node_region: &st
     let empty = Value::Object(serde_json::Map::new());
     let props = str_at(body, "properties").unwrap_or(&empty);
     let pp = format!("{path}.properties");
+    refuse_unknown(props, PROPERTY_KEYS, &pp, p);
+    refuse_unimplemented(body, props, path, &pp, p);
     let min_tls_version = match str_at(props, "minTlsVersion") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => match MinTlsVersion::parse(s) {
@@ -177,6 +333,7 @@ fn parse_spec(path: &str, body: &Value, default_location: &str, node_region: &st
         let mut out: Vec<LinkedHub> = Vec::new();
         for (i, h) in hubs.iter().enumerate() {
             let hp = format!("{pp}.iotHubs[{i}]");
+            refuse_unknown(h, HUB_KEYS, &hp, p);
             match parse_linked_hub(h, node_region) {
                 Ok(hub) if out.iter().any(|o| o.name == hub.name) => {
                     p.push(&hp, format!("hub {} is linked twice", hub.name))
@@ -191,6 +348,7 @@ fn parse_spec(path: &str, body: &Value, default_location: &str, node_region: &st
         let mut out: Vec<PolicySpec> = Vec::new();
         for (i, a) in list.iter().enumerate() {
             let ap = format!("{pp}.authorizationPolicies[{i}]");
+            refuse_unknown(a, POLICY_KEYS, &ap, p);
             match parse_policy(a) {
                 Ok(pol) if out.iter().any(|o| o.key_name.eq_ignore_ascii_case(&pol.key_name)) => {
                     p.push(&ap, format!("policy {} is listed twice", pol.key_name))
@@ -211,7 +369,12 @@ fn parse_spec(path: &str, body: &Value, default_location: &str, node_region: &st
             "Enabled".to_owned()
         }
     };
+    let ip_filter_rules = match str_at(props, "ipFilterRules") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_ip_filter_rules(v, &pp, p)),
+    };
     Some(Spec {
+        ip_filter_rules,
         name,
         location,
         sku,
@@ -427,6 +590,9 @@ impl Services {
                     next.authorization_policies = self.policies_from(spec.policies, &cur.authorization_policies);
                     next.enable_data_residency = spec.enable_data_residency;
                     next.public_network_access = spec.public_network_access;
+                    if let Some(rules) = spec.ip_filter_rules {
+                        next.ip_filter_rules = rules;
+                    }
                     if next == cur {
                         outcome.push((cur, ResourceChange::Unchanged));
                     } else {
@@ -450,6 +616,7 @@ impl Services {
                         authorization_policies: self.policies_from(spec.policies, &[]),
                         enable_data_residency: spec.enable_data_residency,
                         public_network_access: spec.public_network_access,
+                        ip_filter_rules: spec.ip_filter_rules.unwrap_or_default(),
                         state: "Active".into(),
                         created: now.clone(),
                         updated: now.clone(),

@@ -7,6 +7,7 @@ mod callers;
 mod certificates;
 mod deploy;
 mod enrollments;
+mod network;
 pub mod query;
 mod readiness;
 mod regions;
@@ -16,7 +17,8 @@ mod throttle;
 
 use std::sync::Arc;
 
-use crate::ports::{AllocationWebhook, Clock, DeviceCrypto, Entropy, NoWebhook, X509Inspector};
+use crate::observe::{NoObserver, Observer};
+use crate::ports::{AllocationWebhook, Clock, DeviceCrypto, Entropy, NoTpm, NoWebhook, TpmActivator, X509Inspector};
 use crate::store::Store;
 
 pub use allocation::weighted_choice;
@@ -46,6 +48,8 @@ pub struct Services {
     pub(crate) throttle: Arc<dyn RegistrationQuota>,
     /// Custom allocation webhook client.
     pub(crate) webhook: Arc<dyn AllocationWebhook>,
+    /// TPM activation (challenges and the final result's key blob).
+    pub(crate) tpm: Arc<dyn TpmActivator>,
     /// This node's region (geoLatency allocation; location of instances that name none).
     pub(crate) region: String,
     /// Whether webhook URLs may be plain `http://` to localhost (tests, local development).
@@ -56,6 +60,10 @@ pub struct Services {
     pub(crate) admin_token: Option<String>,
     /// The database's role (shared by every clone).
     pub(crate) role: Arc<role::RoleCell>,
+    /// Where metrics go.
+    pub(crate) observer: Arc<dyn Observer>,
+    /// Sources whose network refusal was logged (each is logged once).
+    pub(crate) refusals_logged: Arc<network::LoggedOnce>,
 }
 
 impl Services {
@@ -74,12 +82,27 @@ impl Services {
             crypto,
             throttle: Arc::new(Throttle::new(0)),
             webhook: Arc::new(NoWebhook),
+            tpm: Arc::new(NoTpm),
             region: "local".into(),
             allow_http_localhost_webhooks: false,
             host_names: Vec::new(),
             admin_token: None,
             role: Arc::default(),
+            observer: Arc::new(NoObserver),
+            refusals_logged: Arc::default(),
         }
+    }
+
+    /// Sets where the domain reports what it does (metrics).
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// The observer, for adapters that report requests (latency) themselves.
+    pub fn observer(&self) -> &dyn Observer {
+        self.observer.as_ref()
     }
 
     /// Sets the host names clients use for this server (the public host name, listen
@@ -158,6 +181,13 @@ impl Services {
     #[must_use]
     pub fn with_webhook(mut self, webhook: Arc<dyn AllocationWebhook>) -> Self {
         self.webhook = webhook;
+        self
+    }
+
+    /// Sets the TPM activation (without it, TPM devices are refused).
+    #[must_use]
+    pub fn with_tpm(mut self, tpm: Arc<dyn TpmActivator>) -> Self {
+        self.tpm = tpm;
         self
     }
 

@@ -31,6 +31,8 @@ pub fn serve(args: &[&str]) -> Running {
     let mut child = Command::new(BIN)
         .arg("serve")
         .args(args)
+        // Tests run servers side by side: each admin listener on a port of its own.
+        .env("OPENDPS_ADMIN__PORT", "0")
         .args(if ephemeral { &["--amqp-port", "0"][..] } else { &[] })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
