@@ -34,6 +34,7 @@ pub struct Raw {
     pub allocation: RawAllocation,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
     pub admin: RawAdmin,
 }
 
