@@ -13,6 +13,7 @@
 
 mod device;
 pub mod sas;
+pub mod secret_box;
 pub mod tpm;
 mod x509;
 

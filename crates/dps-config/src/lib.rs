@@ -103,6 +103,15 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// `full`: fsync every commit (survives power loss); `normal` (default): survives a crash.
     pub durable_fsync: bool,
+    /// The operator's node key (a file holding at least 32 characters; the variable
+    /// `OPENDPS_NODE_KEY` holds the key itself and wins). Required on a shared store: it seals
+    /// the built-in CA's keys and the admin credential there.
+    pub node_key_file: Option<PathBuf>,
+    /// How often a node on a shared store asks its database for its role (primary or standby).
+    pub role_poll: Duration,
+    /// The other region's database (`postgres://…`), watched for fencing: while it is primary on
+    /// a higher timeline than this node's database, this node serves nothing (split brain).
+    pub peer_url: Option<Secret>,
 }
 
 /// How the server presents itself to clients.
@@ -459,10 +468,25 @@ impl Config {
                 v.problem("store.url", "must be a postgres:// URL (leave it out for the embedded SQLite store)".into());
             }
         }
+        if let Some(u) = &raw.store.peer_url {
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                v.problem("store.peer_url", "must be a postgres:// URL (the other region's database)".into());
+            } else if raw.store.url.is_none() {
+                v.problem("store.peer_url", "needs store.url (fencing is for nodes on a shared store)".into());
+            }
+        }
         let store = StoreConfig {
             url: raw.store.url.clone().map(Secret),
             path: raw.store.path.clone().unwrap_or_else(|| data_dir.join("opendps.db")),
             durable_fsync,
+            node_key_file: raw.store.node_key_file.clone(),
+            peer_url: raw.store.peer_url.clone().map(Secret),
+            role_poll: v.duration(
+                "store.role_poll",
+                raw.store.role_poll.as_deref(),
+                "250ms",
+                Duration::from_millis(50),
+            ),
         };
         let public_host = raw.service.public_host.clone().unwrap_or_else(|| {
             if address.is_unspecified() {

@@ -34,6 +34,7 @@ pub struct Raw {
     pub allocation: RawAllocation,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
     pub admin: RawAdmin,
     pub hub_registry: RawHubRegistry,
 }
@@ -79,6 +80,9 @@ pub struct RawStore {
     pub url: Option<String>,
     pub path: Option<PathBuf>,
     pub durability: Option<String>,
+    pub node_key_file: Option<PathBuf>,
+    pub role_poll: Option<String>,
+    pub peer_url: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

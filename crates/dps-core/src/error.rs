@@ -70,6 +70,8 @@ pub enum Error {
     Throttled { retry_after: std::time::Duration },
     #[error("the store failed")]
     Store(#[source] StoreError),
+    #[error("this node's database is {role}: it serves no devices now; retry after {} s", .retry_after.as_secs())]
+    NotServing { role: &'static str, retry_after: std::time::Duration },
     /// A server-side failure outside the store (a port's crypto); logged, never shown.
     #[error("{0}")]
     Internal(String),
@@ -91,7 +93,7 @@ impl Error {
             Error::Conflict(_) => ErrorKind::Conflict,
             Error::PreconditionFailed(_) => ErrorKind::PreconditionFailed,
             Error::Throttled { .. } => ErrorKind::Throttled,
-            Error::Store(StoreError::Unavailable(_)) => ErrorKind::Unavailable,
+            Error::Store(StoreError::Unavailable(_)) | Error::NotServing { .. } => ErrorKind::Unavailable,
             Error::Store(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -121,7 +123,9 @@ impl Error {
     /// Seconds the client should wait before retrying, where the error says so.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Error::Throttled { retry_after } => Some(retry_after.as_secs().max(1)),
+            Error::Throttled { retry_after } | Error::NotServing { retry_after, .. } => {
+                Some(retry_after.as_secs().max(1))
+            }
             _ => None,
         }
     }

@@ -187,6 +187,29 @@ impl AllocationWebhook for NoWebhook {
     }
 }
 
+/// Why sealing or opening a secret failed. Never holds secret material.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    #[error("the node key is too short ({0} characters; at least 32, e.g. `openssl rand -base64 32`)")]
+    ShortKey(usize),
+    #[error("sealed with another node key (key id {found}, this node's is {ours}): give every node the same key")]
+    OtherKey { found: String, ours: String },
+    #[error("the sealed value is damaged")]
+    Damaged,
+    #[error("the cipher failed while {0}")]
+    Crypto(&'static str),
+}
+
+/// Secrets at rest under the operator's node key: `seal` turns a secret into text safe to
+/// store; `open` gives it back. `slot` names where the secret belongs (e.g. `builtin-ca/root`),
+/// so a sealed value cannot be presented for another slot. What the open returns is the
+/// caller's to keep short-lived.
+pub trait SecretSealer: Send + Sync + std::fmt::Debug {
+    fn seal(&self, slot: &str, plain: &[u8]) -> Result<String, SealError>;
+    fn open(&self, slot: &str, sealed: &str) -> Result<Vec<u8>, SealError>;
+}
+
 /// Why a TPM device's keys were refused, or a challenge could not be made. The text is safe to
 /// return to the device: it names the problem, never a secret.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -81,6 +81,19 @@ async fn health(Extension(conn): Extension<ConnectionInfo>) -> Response {
     .into_response()
 }
 
+/// `GET /health/ready`: 200 while this node serves devices (its database is primary), else 503
+/// with the role (`standby`, `unreachable`) and `Retry-After`; `/health` stays 200 (liveness).
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let role = state.services.role();
+    let body = Json(serde_json::json!({ "role": role.as_str() }));
+    if role == dps_core::service::Role::Primary {
+        body.into_response()
+    } else {
+        let secs = dps_core::service::ROLE_RETRY_AFTER.as_secs().to_string();
+        (http::StatusCode::SERVICE_UNAVAILABLE, [(http::header::RETRY_AFTER, secs)], body).into_response()
+    }
+}
+
 /// Everything the HTTP adapter needs, shared by all connections.
 #[derive(Debug)]
 pub struct AppState {
@@ -278,6 +291,7 @@ impl HttpService {
         let ws = Arc::new(websocket::WsRoutes::new(ws_routes));
         let router = Router::new()
             .route("/health", get(health))
+            .route("/health/ready", get(ready))
             .route("/openapi.yaml", get(openapi::serve))
             .route("/$iothub/websocket", get(websocket::upgrade))
             .route("/", get(websocket::upgrade))

@@ -51,6 +51,7 @@ pub const INSTANCE_PATH: &str = arm!("");
 /// The table.
 pub const ROUTES: &[Route] = &[
     r("GET", "/health", Api::Public, "Health"),
+    r("GET", "/health/ready", Api::Public, "Readiness"),
     r("GET", "/openapi.yaml", Api::Public, "OpenApiDocument"),
     // Device API.
     r("PUT", "/{idScope}/registrations/{registrationId}/register", Api::Device, "RuntimeRegistration_RegisterDevice"),

@@ -168,6 +168,12 @@ where
     let credential = if password.is_empty() { Credential::ClientCertificate } else { Credential::Sas(password) };
     let outcome =
         device.authenticate(&user.id_scope, &user.registration_id, user.api_version.as_deref(), credential).await;
+    // A node whose database is not primary (a standby during a failover) serves no device:
+    // MQTT's own "server unavailable", so the client retries (possibly at another node).
+    if matches!(&outcome, AuthOutcome::Refused(w) if w.status == 503) {
+        c.refuse_connect(ConnectReturnCode::ServiceUnavailable).await;
+        return;
+    }
     let refused = matches!(outcome, AuthOutcome::Refused(_));
     let ack = ConnAck::new(ConnectReturnCode::Success, false);
     if !c.send(|b| ack.write(b)).await {

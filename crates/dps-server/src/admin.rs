@@ -51,6 +51,12 @@ impl Admin {
                 self.metrics.encode(),
             ),
             "/health/live" => text(StatusCode::OK, PLAIN, "live\n".into()),
+            // A node whose database is not primary (standby, unreachable, fenced) is not ready.
+            "/health/ready" if self.services.role() != dps_core::service::Role::Primary => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                PLAIN,
+                format!("not ready: the database is {}\n", self.services.role().as_str()),
+            ),
             "/health/ready" => match tokio::time::timeout(READY_TIMEOUT, self.services.store_ready()).await {
                 Ok(Ok(())) => text(StatusCode::OK, PLAIN, "ready\n".into()),
                 Ok(Err(e)) => {

@@ -9,6 +9,8 @@ mod admin;
 mod hub_client;
 mod listener;
 pub mod metrics;
+mod roles;
+mod shared;
 mod webhook;
 
 pub use hub_client::HttpsHubRegistry;
@@ -52,6 +54,14 @@ pub enum ServerError {
     #[error("cannot open the store {path}")]
     Store {
         path: PathBuf,
+        #[source]
+        source: dps_core::store::StoreError,
+    },
+    #[error("node key: {0}")]
+    NodeKey(String),
+    #[error("shared store: {what}")]
+    Shared {
+        what: &'static str,
         #[source]
         source: dps_core::store::StoreError,
     },
@@ -352,30 +362,19 @@ impl Server {
         private_dir(&config.data_dir)
             .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
         raise_open_file_limit(&config);
-        let (source, check_interval) = credential_source(&config);
-        let mut specs = Vec::new();
-        for (name, l, _, _) in transports(&config) {
-            specs.push(ListenerSpec {
-                name: name.to_owned(),
-                policy: policy(&config, l),
-                handshake_timeout: config.tls.handshake_timeout,
-                max_handshakes: config.tls.max_handshakes,
-            });
-        }
-        let tls_clock = clock.clone();
-        let tls = tokio::task::spawn_blocking(move || ServerTls::start(source, &specs, tls_clock))
-            .await
-            .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("TLS start-up task failed: {e}"))))?
-            .map_err(ServerError::Tls)?;
-
         let metrics = Arc::new(metrics::Metrics::new());
         let timed = |s| metrics::TimedStore::new(s, metrics.clone());
+        let mut quota: Option<Arc<dyn dps_core::service::RegistrationQuota>> = None;
+        let mut shared_db: Option<dps_store_postgres::PgStore> = None;
         let store: Arc<dyn dps_core::store::Store> = match &config.store.url {
-            Some(url) => Arc::new(timed(
-                dps_store_postgres::PgStore::connect(&url.0, 16)
+            Some(url) => {
+                let pg = dps_store_postgres::PgStore::connect(&url.0, 16)
                     .await
-                    .map_err(|source| ServerError::Store { path: PathBuf::from("postgres://<redacted>"), source })?,
-            )),
+                    .map_err(|source| ServerError::Store { path: PathBuf::from("postgres://<redacted>"), source })?;
+                quota = Some(Arc::new(pg.quota(config.service.registrations_per_minute)));
+                shared_db = Some(pg.clone());
+                Arc::new(timed(pg))
+            }
             None => {
                 let store_path = config.store.path.clone();
                 let durability = if config.store.durable_fsync {
@@ -392,7 +391,38 @@ impl Server {
                 ))
             }
         };
-        let admin_token = admin_token(&config)?;
+        // A shared store shares the built-in CA and the admin credential (sealed with the node key).
+        let node_key = match &config.store.url {
+            Some(_) => Some(shared::require_node_key(&config)?),
+            None => None,
+        };
+        let (source, check_interval) = credential_source(&config);
+        if let (Some(b), CredentialSource::BuiltIn(settings)) = (&node_key, &source) {
+            shared::share_builtin_ca(store.as_ref(), b, settings, dps_tls::unix(clock.as_ref())).await?;
+        }
+        let mut specs = Vec::new();
+        for (name, l, _, _) in transports(&config) {
+            specs.push(ListenerSpec {
+                name: name.to_owned(),
+                policy: policy(&config, l),
+                handshake_timeout: config.tls.handshake_timeout,
+                max_handshakes: config.tls.max_handshakes,
+            });
+        }
+        let tls_clock = clock.clone();
+        let tls = tokio::task::spawn_blocking(move || ServerTls::start(source, &specs, tls_clock))
+            .await
+            .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("TLS start-up task failed: {e}"))))?
+            .map_err(ServerError::Tls)?;
+
+        let mut admin_token = admin_token(&config)?;
+        if let Some(b) = &node_key {
+            let shared = shared::share_admin_token(store.as_ref(), b, admin_token.clone()).await?;
+            if shared != admin_token {
+                write_private(&admin_token_path(&config), &shared)?;
+                admin_token = shared;
+            }
+        }
         let services = dps_core::service::Services::new(
             store,
             clock,
@@ -415,7 +445,7 @@ impl Server {
             },
             allow_http_localhost: config.allocation.allow_http_localhost,
         }));
-        let services = if config.hub_registry.register_devices {
+        let mut services = if config.hub_registry.register_devices {
             // Trusted for hubs: the system roots, this server's own root (its embedded hubs),
             // and the configured CA.
             let mut roots = tls.root_pem().unwrap_or_default();
@@ -427,14 +457,39 @@ impl Server {
         } else {
             services
         };
-        let created_default = services
-            .ensure_default_instance(&dps_core::service::InstanceDefaults {
-                name: config.service.default_instance.clone(),
-                resource_group: "opendps".into(),
-                location: config.service.region.clone(),
-            })
-            .await
-            .map_err(ServerError::DefaultInstance)?;
+        if let Some(q) = quota {
+            services = services.with_quota(q);
+        }
+        let peer_db = match &config.store.peer_url {
+            Some(url) => {
+                Some(dps_store_postgres::PgStore::observer(&url.0, dps_store_postgres::Timeouts::default()).map_err(
+                    |source| ServerError::Store { path: PathBuf::from("postgres://<redacted> (peer)"), source },
+                )?)
+            }
+            None => None,
+        };
+        if let Some(db) = &shared_db {
+            let role = roles::observe(db, peer_db.as_ref()).await;
+            services.set_role(role);
+            if role == dps_core::service::Role::Fenced {
+                tracing::error!(
+                    "split brain: the peer database is primary on a higher timeline; this node serves nothing"
+                );
+            }
+            tracing::info!(role = role.as_str(), "database role");
+        }
+        let created_default = match services.role() {
+            // A standby serves what the primary's nodes created; it writes nothing.
+            dps_core::service::Role::Primary => services
+                .ensure_default_instance(&dps_core::service::InstanceDefaults {
+                    name: config.service.default_instance.clone(),
+                    resource_group: "opendps".into(),
+                    location: config.service.region.clone(),
+                })
+                .await
+                .map_err(ServerError::DefaultInstance)?,
+            _ => None,
+        };
         let shutdown = CancellationToken::new();
         let state = Arc::new(dps_http::AppState {
             services,
@@ -449,6 +504,10 @@ impl Server {
 
         let tracker = TaskTracker::new();
         tracker.spawn(tls.clone().run(check_interval, config.tls.ticket_key_lifetime, shutdown.clone()));
+        if let Some(db) = shared_db {
+            let poll = roles::poll(db, peer_db, state.services.clone(), config.store.role_poll, shutdown.clone());
+            tracker.spawn(poll);
+        }
 
         let drivers = listener::Drivers::new(state.clone(), mqtt_limits(&config), amqp_settings(&config));
         let mut addrs = (None, None, None);

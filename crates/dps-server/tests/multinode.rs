@@ -24,9 +24,43 @@ async fn two_nodes_share_one_postgres_store() {
     admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).await.unwrap();
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
-    let extra = format!("[store]\nurl = {url:?}\n");
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("node.key");
+    std::fs::write(&key_file, "multi-node test key, 32+ characters long\n").unwrap();
+    let extra = format!("[store]\nurl = {url:?}\nnode_key_file = {key_file:?}\n");
     let a = common::start(&extra).await;
     let b = common::start(&extra).await;
+
+    // One CA and one admin credential for the deployment; each node has its own leaf.
+    assert_eq!(a.root_pem(), b.root_pem(), "node B adopted the CA node A created");
+    assert_eq!(a.server.admin_token, b.server.admin_token);
+    assert_eq!(std::fs::read_to_string(b.dir.path().join("admin.token")).unwrap(), a.server.admin_token);
+    let leaf = |s: &common::TestServer| std::fs::read(s.dir.path().join("pki/server.pem")).unwrap();
+    assert_ne!(leaf(&a), leaf(&b), "each node issues its own leaf");
+    // A device that pinned node A's root verifies node B.
+    dps_tls::client::connect(b.https(), "127.0.0.1", Some(&a.root_pem())).await.expect("B's chain leads to A's root");
+    // The CA keys are sealed in the database, not stored in the clear.
+    let row: String = admin
+        .query_one(&format!("SELECT doc FROM {schema}.documents WHERE kind = 5 AND id_key = 'builtin-ca'"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!row.contains("PRIVATE KEY") && row.contains("\"rootKey\":\"v1:"), "sealed: {row}");
+
+    // A node without the key, or with another key, refuses to start and says why.
+    for (what, key_line, want) in [
+        ("no key", String::new(), "OPENDPS_NODE_KEY"),
+        ("another key", format!("node_key_file = {:?}\n", keys.path().join("other.key")), "another node key"),
+    ] {
+        std::fs::write(keys.path().join("other.key"), "a different key of 32+ characters!!").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = common::config(dir.path(), &format!("[store]\nurl = {url:?}\n{key_line}"));
+        let listeners = dps_server::bind(&config).await.unwrap();
+        let e = dps_server::Server::start(config, listeners).await.err().unwrap_or_else(|| panic!("{what}: started"));
+        let text = dps_tls::DisplayChain(&e).to_string();
+        assert!(text.contains(want), "{what}: {text}");
+        assert!(!dir.path().join("pki/root.key").exists(), "{what}: no CA of its own");
+    }
 
     let svc_a = &a.server.state.services;
     let inst = common::link_hub(&a, "hub.example").await;

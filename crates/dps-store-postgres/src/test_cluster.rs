@@ -429,10 +429,37 @@ impl TestCluster {
         if !self.running {
             return Ok(());
         }
+        // A stopped (black-holed) server would not see the stop signal.
+        let _ = self.signal("CONT");
         self.running = false;
         let data = self.data_dir().to_string_lossy().into_owned();
         check(run(&self.bin, "pg_ctl", &["-D", &data, "-m", "immediate", "-w", "-t", "30", "stop"])?, "pg_ctl stop")?;
         Ok(())
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `KILL`, …) to the server and every process it started:
+    /// `STOP` makes the database a black hole (connections open, nothing answered).
+    pub fn signal(&self, signal: &str) -> Result<(), ClusterError> {
+        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .map_err(|e| err(format!("postmaster.pid: {e}")))?;
+        let pid = pid_file.lines().next().unwrap_or_default().trim().to_owned();
+        let children = Command::new("pgrep").args(["-P", &pid]).output().map_err(|e| err(format!("pgrep: {e}")))?;
+        let mut pids = vec![pid];
+        pids.extend(String::from_utf8_lossy(&children.stdout).split_whitespace().map(str::to_owned));
+        let out = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .args(&pids)
+            .output()
+            .map_err(|e| err(format!("kill: {e}")))?;
+        check(out, "kill")?;
+        Ok(())
+    }
+
+    /// Starts a killed server again, on a free port (its URL may change): crash recovery, and
+    /// whatever role its data directory says (an old primary comes back as a primary).
+    pub fn restart(&mut self) -> Result<(), ClusterError> {
+        self.kill()?;
+        self.boot()
     }
 
     /// Promotes a standby (`pg_ctl promote`, waiting until it is out of recovery).

@@ -24,5 +24,19 @@ async fn postgres_store_passes_the_conformance_suite() {
     let other = PgStore::connect(&url, 2).await.expect("second node");
     use dps_core::store::Store;
     assert_eq!(other.instances().await.unwrap().len(), 2);
+
+    // The registration quota is one bucket per instance for every node: 3 per minute, taken
+    // twice through this node and once through the other, is spent for both.
+    use dps_core::service::RegistrationQuota;
+    let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+    let (qa, qb) = (store.quota(3), other.quota(3));
+    assert!(qa.take("dps-a", t0).await.unwrap().is_ok());
+    assert!(qa.take("DPS-A", t0).await.unwrap().is_ok());
+    assert!(qb.take("dps-a", t0).await.unwrap().is_ok());
+    assert_eq!(qb.take("dps-a", t0).await.unwrap(), Err(std::time::Duration::from_secs(20)));
+    assert!(qa.take("dps-a", t0).await.unwrap().is_err());
+    assert!(qa.take("dps-b", t0).await.unwrap().is_ok(), "instances are independent");
+    assert!(qb.take("dps-a", t0 + std::time::Duration::from_secs(20)).await.unwrap().is_ok(), "refilled");
+    assert!(store.quota(0).take("dps-a", t0).await.unwrap().is_ok(), "0 = unlimited");
     admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }

@@ -77,6 +77,31 @@ impl BuiltInCaSettings {
     /// Loads what exists, creates what is missing, renews what is due, and returns the
     /// credentials to serve (leaf + intermediate) and the root.
     pub fn ensure(&self, now: i64) -> Result<(ServerCredentials, X509, Renewal), TlsError> {
+        let Authority { root, inter, inter_key, new_root, new_inter } = self.authority(now)?;
+        let (dns, ips) = self.wanted_names();
+        let leaf = self.load_pair("server", now)?.filter(|(c, _)| {
+            !new_inter && issued_by(c, &inter) && remaining_fraction_ok(c, now) && has_names(c, &dns, &ips)
+        });
+        let (leaf, leaf_key, renewal) = match leaf {
+            Some((c, k)) => (c, k, Renewal::Unchanged),
+            None => {
+                let key = rsa(2048)?;
+                let lifetime = i64::try_from(self.leaf_lifetime.as_secs()).unwrap_or(i64::MAX / 4);
+                let cert = issue(&Spec::leaf(now, lifetime, &dns, &ips), &key, Some((&inter, &inter_key)))?;
+                self.store_pair("server", &cert, &key)?;
+                (cert, key, Renewal::Issued { root: new_root, intermediate: new_inter })
+            }
+        };
+        Ok((ServerCredentials { leaf, chain: vec![inter], key: leaf_key }, root, renewal))
+    }
+
+    /// Only the root and the intermediate: loaded, created or renewed as [`Self::ensure`] would
+    /// (nodes sharing one CA create it once and copy it to the others' directories).
+    pub fn ensure_authority(&self, now: i64) -> Result<(), TlsError> {
+        self.authority(now).map(|_| ())
+    }
+
+    fn authority(&self, now: i64) -> Result<Authority, TlsError> {
         std::fs::create_dir_all(&self.dir).map_err(|source| TlsError::Write { path: self.dir.clone(), source })?;
         let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700));
 
@@ -102,22 +127,7 @@ impl BuiltInCaSettings {
                 (cert, key, true)
             }
         };
-
-        let (dns, ips) = self.wanted_names();
-        let leaf = self.load_pair("server", now)?.filter(|(c, _)| {
-            !new_inter && issued_by(c, &inter) && remaining_fraction_ok(c, now) && has_names(c, &dns, &ips)
-        });
-        let (leaf, leaf_key, renewal) = match leaf {
-            Some((c, k)) => (c, k, Renewal::Unchanged),
-            None => {
-                let key = rsa(2048)?;
-                let lifetime = i64::try_from(self.leaf_lifetime.as_secs()).unwrap_or(i64::MAX / 4);
-                let cert = issue(&Spec::leaf(now, lifetime, &dns, &ips), &key, Some((&inter, &inter_key)))?;
-                self.store_pair("server", &cert, &key)?;
-                (cert, key, Renewal::Issued { root: new_root, intermediate: new_inter })
-            }
-        };
-        Ok((ServerCredentials { leaf, chain: vec![inter], key: leaf_key }, root, renewal))
+        Ok(Authority { root, inter, inter_key, new_root, new_inter })
     }
 
     /// A (cert, key) pair, if both files exist, parse, match and the cert has not expired.
@@ -156,6 +166,75 @@ impl BuiltInCaSettings {
         write_atomic(&self.dir.join(format!("{name}.key")), &key_pem, 0o600)?;
         write_atomic(&self.dir.join(format!("{name}.pem")), &cert_pem, 0o644)
     }
+}
+
+/// A built-in CA's root and intermediate as PEM (keys PKCS#8), for nodes that share one CA.
+/// `Debug` leaves the keys out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthorityPem {
+    pub root: String,
+    pub root_key: String,
+    pub intermediate: String,
+    pub intermediate_key: String,
+}
+
+impl std::fmt::Debug for AuthorityPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorityPem").finish_non_exhaustive()
+    }
+}
+
+impl BuiltInCaSettings {
+    /// The root and intermediate of this directory (after [`Self::ensure_authority`]).
+    pub fn export_authority(&self) -> Result<AuthorityPem, TlsError> {
+        let text = |name: &str| {
+            let p = self.dir.join(name);
+            String::from_utf8(read(&p)?).map_err(|_| TlsError::Invalid(format!("{} is not PEM text", p.display())))
+        };
+        Ok(AuthorityPem {
+            root: text("root.pem")?,
+            root_key: text("root.key")?,
+            intermediate: text("intermediate.pem")?,
+            intermediate_key: text("intermediate.key")?,
+        })
+    }
+
+    /// Installs a shared root and intermediate in this directory, after checking that each
+    /// key matches its certificate and the intermediate was issued by the root. Returns whether
+    /// anything changed (the next [`Self::ensure`] then issues this node's leaf from it).
+    pub fn import_authority(&self, a: &AuthorityPem) -> Result<bool, TlsError> {
+        if self.export_authority().is_ok_and(|have| &have == a) {
+            return Ok(false);
+        }
+        let pair = |name: &str, cert: &str, key: &str| -> Result<(X509, PKey<Private>), TlsError> {
+            let p = self.dir.join(format!("{name}.pem"));
+            let c = certs_from_pem(&p, cert.as_bytes())?.remove(0);
+            let k = key_from_pem(&self.dir.join(format!("{name}.key")), key.as_bytes())?;
+            if !c.public_key().map(|p| p.public_eq(&k)).unwrap_or(false) {
+                return Err(TlsError::Invalid(format!("the shared {name} key does not match its certificate")));
+            }
+            Ok((c, k))
+        };
+        let (root, root_key) = pair("root", &a.root, &a.root_key)?;
+        let (inter, inter_key) = pair("intermediate", &a.intermediate, &a.intermediate_key)?;
+        if !issued_by(&inter, &root) {
+            return Err(TlsError::Invalid("the shared intermediate was not issued by the shared root".into()));
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|source| TlsError::Write { path: self.dir.clone(), source })?;
+        let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700));
+        self.store_pair("root", &root, &root_key)?;
+        self.store_pair("intermediate", &inter, &inter_key)?;
+        Ok(true)
+    }
+}
+
+/// The root and the intermediate (with its key) a leaf is issued from.
+struct Authority {
+    root: X509,
+    inter: X509,
+    inter_key: PKey<Private>,
+    new_root: bool,
+    new_inter: bool,
 }
 
 /// Renew when less than a third of the certificate's lifetime is left.

@@ -8,6 +8,9 @@
 //!   and either no resumption at all (every connection a full handshake, no ticket extension) or
 //!   sessions that can be kept ([`ClientStream::session`]) and offered again
 //!   ([`Client::connect`] with `resume`).
+//! - [`library_connector`] + [`per_connection`]: the OpenSSL settings for a library that runs
+//!   its handshakes itself (the PostgreSQL driver, through `postgres-openssl`): TLS 1.2+, the
+//!   given roots only (or the system roots), and the server checked as [`ServerCheck`] says.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -19,8 +22,10 @@ use std::task::{Context, Poll};
 use openssl::error::ErrorStack;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
-    Ssl, SslConnector, SslContext, SslMethod, SslOptions, SslSession, SslSessionCacheMode, SslVerifyMode, SslVersion,
+    ConnectConfiguration, Ssl, SslConnector, SslContext, SslMethod, SslOptions, SslSession, SslSessionCacheMode,
+    SslVerifyMode, SslVersion,
 };
+use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::X509;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -63,6 +68,50 @@ pub async fn connect(
         .await
         .map_err(|e| TlsError::Invalid(format!("TLS handshake with {addr} failed: {e}")))?;
     Ok(stream)
+}
+
+/// How much of the server's certificate a client checks (PostgreSQL's `sslmode` `require`,
+/// `verify-ca`, `verify-full`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerCheck {
+    /// Encryption only: any certificate is accepted.
+    Nothing,
+    /// The chain must lead to a trusted root; the name is not checked.
+    Chain,
+    /// The chain and the name (or IP address) the client connected to.
+    ChainAndName,
+}
+
+/// A connector for a library that drives the handshake itself: TLS 1.2 or later, trusting only
+/// the certificates of `roots_pem` (or the system roots when `None`), verifying as `check` says
+/// (together with [`per_connection`]).
+pub fn library_connector(check: ServerCheck, roots_pem: Option<&[u8]>) -> Result<SslConnector, TlsError> {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(TlsError::openssl("client context"))?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2)).map_err(TlsError::openssl("client minimum version"))?;
+    if let Some(pem) = roots_pem {
+        let roots = X509::stack_from_pem(pem).map_err(TlsError::openssl("reading the root certificate"))?;
+        if roots.is_empty() {
+            return Err(TlsError::Invalid("the root certificate file holds no certificate".into()));
+        }
+        let mut store = X509StoreBuilder::new().map_err(TlsError::openssl("client trust store"))?;
+        for cert in roots {
+            store.add_cert(cert).map_err(TlsError::openssl("trusting the root certificate"))?;
+        }
+        b.set_cert_store(store.build());
+    }
+    b.set_verify(if check == ServerCheck::Nothing { SslVerifyMode::NONE } else { SslVerifyMode::PEER });
+    Ok(b.build())
+}
+
+/// The per-connection half of [`library_connector`]: whether the name the library connects to
+/// (`domain`, a DNS name or an IP address) must be in the certificate.
+pub fn per_connection(
+    check: ServerCheck,
+) -> impl Fn(&mut ConnectConfiguration, &str) -> Result<(), ErrorStack> + Send + Sync + 'static {
+    move |cfg, _domain| {
+        cfg.set_verify_hostname(check == ServerCheck::ChainAndName);
+        Ok(())
+    }
 }
 
 /// What a [`Client`] offers.

@@ -30,7 +30,7 @@ pub use accept::{HandshakeFailure, ListenerAcceptor, TlsConnection};
 pub use context::{build_context, TlsPolicy};
 pub use credentials::{CredentialFiles, ServerCredentials};
 pub use error::TlsError;
-pub use server_tls::{CredentialSource, DisplayChain, ListenerSpec, ServerTls};
+pub use server_tls::{unix, CredentialSource, DisplayChain, ListenerSpec, ServerTls};
 
 /// Re-exported so adapters can name the stream type without depending on tokio-openssl.
 pub type TlsStream<S> = tokio_openssl::SslStream<S>;

@@ -53,7 +53,8 @@ pub struct ListenerSpec {
     pub max_handshakes: usize,
 }
 
-fn unix(clock: &dyn Clock) -> i64 {
+/// `clock`'s time in Unix seconds (what certificate checks take).
+pub fn unix(clock: &dyn Clock) -> i64 {
     clock
         .now()
         .duration_since(std::time::UNIX_EPOCH)

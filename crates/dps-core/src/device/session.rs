@@ -112,6 +112,9 @@ impl DeviceSession {
         let span = self.span("device_authenticate");
         span.record("registration_id", crate::device::excerpt(registration_id, 130).as_str());
         async {
+            if let Err(e) = self.services.serving() {
+                return self.refuse_connection(scope, registration_id, None, &credential, e);
+            }
             let api_version = match api_version.map(ApiVersion::parse).transpose() {
                 Ok(v) => v,
                 Err(e) => return self.refuse_connection(scope, registration_id, None, &credential, e),
@@ -168,6 +171,9 @@ impl DeviceSession {
         let started = self.services.clock.now();
         let span = self.span("device_request");
         let reply = async {
+            if let Err(e) = self.services.serving() {
+                return self.reply_error(e);
+            }
             let Some(id) = &self.identity else {
                 return self.reply_error(Error::Unauthorized("the connection has not authenticated a device".into()));
             };
@@ -214,6 +220,10 @@ impl DeviceSession {
         // Metrics name the instance this request resolves to, not an earlier request's.
         self.instance.clear();
         let reply = async {
+            // A standby (or unreachable) database: nothing is served, so nothing is written.
+            if let Err(e) = self.services.serving() {
+                return self.reply_error(e);
+            }
             let api_version = match api_version {
                 None => return self.reply_error(Error::Invalid("the api-version query parameter is required".into())),
                 Some(v) => match ApiVersion::parse(v) {

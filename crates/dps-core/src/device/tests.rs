@@ -720,3 +720,32 @@ async fn an_assigned_device_is_written_into_its_hub_and_a_refusing_hub_fails_it(
     assigned(&w.provision("dev-3", Some(&sas3), vec![], "").await);
     assert!(hub.calls.lock().unwrap().is_empty(), "never: the hub is left alone");
 }
+
+#[tokio::test]
+async fn a_node_whose_database_is_not_primary_serves_no_device_and_records_nothing() {
+    use crate::service::Role;
+    let w = World::new(&["hub-a"]).await;
+    w.enroll(symmetric("sb-1", K1)).await;
+    let sas = w.sas("sb-1", K1);
+    // An HTTPS session that authenticated while primary keeps no pass once the role changes.
+    let mut d = w.https(vec![]);
+    let first = d.request(&w.scope(), "sb-1", API, Some(&sas), Operation::StatusLookup).await;
+    assert_ne!(first.status(), 503);
+    for role in [Role::Standby, Role::Unreachable] {
+        w.s.set_role(role);
+        let r = d.request(&w.scope(), "sb-1", API, Some(&sas), Operation::Register { body: b"" }).await;
+        let (status, code, message) = refused(&r);
+        assert_eq!((status, code), (503, 503_000));
+        assert!(message.contains(role.as_str()), "{message}");
+        assert_eq!(r.retry_after(), Some(2));
+        let mut m = w.s.device_session(connection(Transport::Mqtt, TlsVersion::Tls12, vec![]));
+        let AuthOutcome::Refused(e) = m.authenticate(&w.scope(), "sb-1", None, Credential::Sas(&sas)).await else {
+            panic!("authenticated on a {role:?} database")
+        };
+        assert_eq!(e.status, 503);
+    }
+    assert!(w.s.registration(&w.inst, "sb-1").await.is_err(), "nothing recorded");
+    // Promoted: served again.
+    assert_eq!(w.s.set_role(Role::Primary), Role::Unreachable);
+    assert_eq!(w.provision("sb-1", Some(&sas), vec![], "").await.status(), 200);
+}

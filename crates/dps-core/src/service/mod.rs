@@ -14,6 +14,7 @@ pub mod query;
 mod readiness;
 mod regions;
 mod registration;
+mod role;
 mod throttle;
 
 use std::sync::Arc;
@@ -39,7 +40,8 @@ pub use hub_sync::HUB_REFUSED;
 pub use readiness::{ReadinessReport, Refused};
 pub use regions::{distance_km, is_known as is_known_region, REGIONS};
 pub use registration::OperationStatus;
-pub use throttle::Throttle;
+pub use role::{Role, ROLE_RETRY_AFTER};
+pub use throttle::{quota_wait, RegistrationQuota, Throttle};
 
 /// The domain's entry point, holding its ports.
 #[derive(Clone, Debug)]
@@ -50,7 +52,7 @@ pub struct Services {
     pub(crate) x509: Arc<dyn X509Inspector>,
     pub(crate) crypto: Arc<dyn DeviceCrypto>,
     /// Registration quota per instance (unlimited unless configured).
-    pub(crate) throttle: Arc<Throttle>,
+    pub(crate) throttle: Arc<dyn RegistrationQuota>,
     /// Custom allocation webhook client.
     pub(crate) webhook: Arc<dyn AllocationWebhook>,
     /// TPM activation (challenges and the final result's key blob).
@@ -65,6 +67,8 @@ pub struct Services {
     pub(crate) host_names: Vec<String>,
     /// The management API's bearer credential.
     pub(crate) admin_token: Option<String>,
+    /// The database's role (shared by every clone).
+    pub(crate) role: Arc<role::RoleCell>,
     /// Where metrics go.
     pub(crate) observer: Arc<dyn Observer>,
     /// Sources whose network refusal was logged (each is logged once).
@@ -93,6 +97,7 @@ impl Services {
             allow_http_localhost_webhooks: false,
             host_names: Vec::new(),
             admin_token: None,
+            role: Arc::default(),
             observer: Arc::new(NoObserver),
             refusals_logged: Arc::default(),
         }
@@ -141,7 +146,10 @@ impl Services {
     /// and the caller gets a message without internal detail.
     pub fn wire_error(&self, e: &crate::error::Error) -> crate::error::WireError {
         let status = e.kind().status();
-        let message = if status >= 500 {
+        let message = if let crate::error::Error::NotServing { .. } = e {
+            // Expected during a failover, and says nothing internal: the device sees why.
+            e.to_string()
+        } else if status >= 500 {
             tracing::error!(status, error = %crate::error::DisplayChain(e), "request failed");
             "the service failed to complete the request; try again".to_owned()
         } else {
@@ -168,6 +176,14 @@ impl Services {
     #[must_use]
     pub fn with_registration_quota(mut self, per_minute: u32) -> Self {
         self.throttle = Arc::new(Throttle::new(per_minute));
+        self
+    }
+
+    /// Keeps the registration quota's buckets in `quota` (a shared store's, so that every node
+    /// counts against one quota per instance) instead of on this node.
+    #[must_use]
+    pub fn with_quota(mut self, quota: Arc<dyn RegistrationQuota>) -> Self {
+        self.throttle = quota;
         self
     }
 

@@ -69,6 +69,7 @@ impl Services {
         let e = EnrollmentView::of(a);
         self.throttle
             .take(&a.instance.name, self.clock.now())
+            .await?
             .map_err(|retry_after| Error::Throttled { retry_after })?;
         if e.status == Some(ProvisioningStatus::Disabled) {
             return Err(Error::Unauthorized(format!("the enrollment of {} is disabled", a.registration_id)));

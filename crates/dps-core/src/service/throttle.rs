@@ -1,10 +1,13 @@
-//! Optional per-instance registration quota (a token bucket per DPS instance, on this node).
-//! Excess registrations get `Throttled { retry_after }`: 429 with `Retry-After` over HTTP, the
-//! 429 response topic over MQTT.
+//! Optional per-instance registration quota (a token bucket per DPS instance). Excess
+//! registrations get `Throttled { retry_after }`: 429 with `Retry-After` over HTTP, the 429
+//! response topic over MQTT. [`Throttle`] keeps the buckets on this node; a shared store keeps
+//! them in the database for all nodes (the [`RegistrationQuota`] port).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+
+use crate::store::StoreError;
 
 /// A per-key token bucket: `per_minute` tokens refilled continuously, burst of the same size.
 #[derive(Debug)]
@@ -35,9 +38,30 @@ impl Throttle {
             *tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(((1.0 - *tokens) / rate).ceil().max(1.0)))
+            Err(quota_wait(*tokens, self.per_minute))
         }
     }
+}
+
+/// Where the registration quota's buckets live: this node ([`Throttle`]) or a shared store,
+/// so that nodes sharing a database share each instance's quota.
+#[async_trait::async_trait]
+pub trait RegistrationQuota: Send + Sync + std::fmt::Debug {
+    /// Takes one registration for `instance` at `now`: `Ok(Err(wait))` when the quota is spent.
+    async fn take(&self, instance: &str, now: SystemTime) -> Result<Result<(), Duration>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl RegistrationQuota for Throttle {
+    async fn take(&self, instance: &str, now: SystemTime) -> Result<Result<(), Duration>, StoreError> {
+        Ok(Throttle::take(self, instance, now))
+    }
+}
+
+/// The wait until one token is back, for a bucket holding `tokens` refilled at `per_minute`.
+pub fn quota_wait(tokens: f64, per_minute: u32) -> Duration {
+    let rate = f64::from(per_minute.max(1)) / 60.0;
+    Duration::from_secs_f64(((1.0 - tokens) / rate).ceil().max(1.0))
 }
 
 #[cfg(test)]

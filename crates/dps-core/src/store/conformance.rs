@@ -115,6 +115,24 @@ pub async fn run<S: Store + ?Sized>(s: &S) {
     tpm_keys(s).await;
     cascade(s).await;
     hubs(s).await;
+    shared(s).await;
+}
+
+async fn shared<S: Store + ?Sized>(s: &S) {
+    use super::SharedDoc;
+    assert!(s.shared("builtin-ca").await.unwrap().is_none());
+    let doc = SharedDoc { name: "builtin-ca".into(), etag: "1".into(), body: serde_json::json!({"k": "first"}) };
+    s.put_shared(&doc, Precondition::MustNotExist).await.unwrap();
+    let second = SharedDoc { etag: "2".into(), body: serde_json::json!({"k": "second"}), ..doc.clone() };
+    assert!(
+        matches!(s.put_shared(&second, Precondition::MustNotExist).await, Err(StoreError::AlreadyExists)),
+        "the first writer wins"
+    );
+    assert_eq!(s.shared("BUILTIN-CA").await.unwrap(), Some(doc.clone()));
+    assert!(matches!(s.put_shared(&second, Precondition::IfMatch("7")).await, Err(StoreError::PreconditionFailed)));
+    s.put_shared(&second, Precondition::IfMatch("1")).await.unwrap();
+    assert_eq!(s.shared("builtin-ca").await.unwrap(), Some(second));
+    assert!(s.instances().await.unwrap().iter().all(|i| !i.name.is_empty()), "shared documents are no instance");
 }
 
 async fn instances<S: Store + ?Sized>(s: &S) {

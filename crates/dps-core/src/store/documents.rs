@@ -4,7 +4,7 @@
 
 use serde::de::DeserializeOwned;
 
-use super::{from_doc, to_doc, InstanceWrite, Page, Precondition, Store, StoreError};
+use super::{from_doc, to_doc, InstanceWrite, Page, Precondition, SharedDoc, Store, StoreError, SHARED};
 use crate::model::{
     CaCertificate, EnrollmentGroup, Hub, HubDevice, IdScope, IndividualEnrollment, Instance, RegistrationRecord,
     TpmIssuedKeys,
@@ -23,6 +23,8 @@ pub enum Kind {
     Hub = 6,
     /// Device identities of an embedded hub, under the pseudo-instance [`hub_space`].
     HubDevice = 7,
+    /// Filed under no instance: what every node of a deployment shares ([`SharedDoc`]).
+    Shared = 8,
 }
 
 /// The pseudo-instance embedded hubs are filed under (`$` is never in an instance name).
@@ -150,6 +152,16 @@ impl Document for TpmIssuedKeys {
 
 impl Document for Hub {
     const KIND: Kind = Kind::Hub;
+    fn doc_id(&self) -> &str {
+        &self.name
+    }
+    fn doc_etag(&self) -> &str {
+        &self.etag
+    }
+}
+
+impl Document for SharedDoc {
+    const KIND: Kind = Kind::Shared;
     fn doc_id(&self) -> &str {
         &self.name
     }
@@ -388,5 +400,11 @@ impl<S: DocumentStore> Store for S {
         limit: usize,
     ) -> Result<Page<HubDevice>, StoreError> {
         page(self, Kind::HubDevice, &hub_space(hub), None, continuation, limit).await
+    }
+    async fn shared(&self, name: &str) -> Result<Option<SharedDoc>, StoreError> {
+        get(self, Kind::Shared, SHARED, name).await
+    }
+    async fn put_shared(&self, doc: &SharedDoc, pre: Precondition<'_>) -> Result<(), StoreError> {
+        put(self, SHARED, doc, pre).await
     }
 }

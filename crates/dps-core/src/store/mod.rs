@@ -193,4 +193,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         continuation: Option<&str>,
         limit: usize,
     ) -> Result<Page<HubDevice>, StoreError>;
+
+    /// What the nodes of a deployment share, by name; `None` if no node wrote it yet.
+    async fn shared(&self, name: &str) -> Result<Option<SharedDoc>, StoreError>;
+    /// Writes a shared document under `pre` (first writer wins with `MustNotExist`).
+    async fn put_shared(&self, doc: &SharedDoc, pre: Precondition<'_>) -> Result<(), StoreError>;
+}
+
+/// The instance name shared documents are filed under (no DPS instance has it).
+pub const SHARED: &str = "";
+
+/// A document every node of a deployment shares (the built-in CA, the admin credential),
+/// filed under no instance. The caller seals the secrets in `body` before writing it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedDoc {
+    pub name: String,
+    pub etag: String,
+    pub body: serde_json::Value,
 }

@@ -298,7 +298,19 @@ pub async fn http(
     auth: Option<String>,
     body: &str,
 ) -> (u16, String, serde_json::Value) {
-    let mut d = Client::default().run(s.https()).await.unwrap();
+    http_with(&Client::default(), s.https(), method, path, auth, body).await
+}
+
+/// [`http`] with a given client, to any address.
+pub async fn http_with(
+    client: &Client,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<String>,
+    body: &str,
+) -> (u16, String, serde_json::Value) {
+    let mut d = client.run(addr).await.unwrap();
     let (method, path, body) = (method.to_owned(), path.to_owned(), body.to_owned());
     tokio::task::spawn_blocking(move || {
         let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
