@@ -138,6 +138,11 @@ where
                 close_after_refusal(io).await;
                 return;
             }
+            Err(SaslEnd::Refused { code }) => {
+                tracing::debug!(%peer, code = ?code, "amqp: SASL outcome for a refused device");
+                close_after_refusal(io).await;
+                return;
+            }
         }
     } else {
         let mut prefix = BytesMut::with_capacity(8 + buf.len());

@@ -63,7 +63,7 @@ pub fn sasl_exchange(data: &[u8]) {
             let encoded = frame::encode(&f).unwrap_or_default();
             assert!(encoded.len() <= frame::MAX_SERVER_FRAME, "a server SASL frame over 512 bytes");
         }
-        if matches!(step, Step::Succeeded(_) | Step::Failed { .. }) {
+        if matches!(step, Step::Succeeded(_) | Step::Failed { .. } | Step::Refused { .. }) {
             break;
         }
     }

@@ -37,6 +37,7 @@ pub struct Config {
     pub service: ServiceConfig,
     pub allocation: AllocationConfig,
     pub admin: AdminConfig,
+    pub limits: LimitsConfig,
 }
 
 /// The plain-HTTP admin listener: Prometheus `/metrics`, `/health/live`, `/health/ready`
@@ -48,6 +49,25 @@ pub struct AdminConfig {
     pub address: IpAddr,
     /// Default 9464.
     pub port: u16,
+}
+
+/// Time bounds of every connection (docs/limits.md). A bound reached costs only that connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// A new connection must send its first bytes (the ClientHello) within this; until then it
+    /// holds no handshake slot.
+    pub hello_timeout: Duration,
+    /// HTTPS: a request head must be complete within this, counted from the end of the TLS
+    /// handshake or of the previous response (so it is also the keep-alive idle timeout).
+    pub header_timeout: Duration,
+    /// HTTPS: a request body must be complete within this, counted from the end of its head.
+    pub body_timeout: Duration,
+    /// MQTT: how long a client may take to send CONNECT.
+    pub mqtt_connect_timeout: Duration,
+    /// MQTT: the longest keep-alive honoured (a client asking for more, or for none, gets this).
+    pub mqtt_max_keep_alive: Duration,
+    /// MQTT: how long a connection whose device was refused at CONNECT may stay.
+    pub mqtt_refused_lifetime: Duration,
 }
 
 /// Custom allocation webhooks.
@@ -466,6 +486,7 @@ impl Config {
                 }
             }
         }
+        let limits = v.limits(&raw.limits);
         if data_dir.as_os_str().is_empty() {
             v.problem("data_dir", "must not be empty".into());
         }
@@ -492,6 +513,7 @@ impl Config {
             service,
             allocation,
             admin,
+            limits,
         })
     }
 }
@@ -536,6 +558,33 @@ impl Validator {
                 self.problem(path, format!("{text:?} is not a duration ({e}); write e.g. \"10s\", \"5m\", \"30d\""));
                 Duration::ZERO
             }
+        }
+    }
+
+    fn limits(&mut self, r: &raw::RawLimits) -> LimitsConfig {
+        let min = Duration::from_millis(100);
+        LimitsConfig {
+            hello_timeout: self.duration("limits.hello_timeout", r.hello_timeout.as_deref(), "5s", min),
+            header_timeout: self.duration("limits.header_timeout", r.header_timeout.as_deref(), "20s", min),
+            body_timeout: self.duration("limits.body_timeout", r.body_timeout.as_deref(), "20s", min),
+            mqtt_connect_timeout: self.duration(
+                "limits.mqtt_connect_timeout",
+                r.mqtt_connect_timeout.as_deref(),
+                "10s",
+                min,
+            ),
+            mqtt_max_keep_alive: self.duration(
+                "limits.mqtt_max_keep_alive",
+                r.mqtt_max_keep_alive.as_deref(),
+                "29m",
+                Duration::from_secs(1),
+            ),
+            mqtt_refused_lifetime: self.duration(
+                "limits.mqtt_refused_lifetime",
+                r.mqtt_refused_lifetime.as_deref(),
+                "30s",
+                min,
+            ),
         }
     }
 

@@ -34,6 +34,8 @@ pub struct Raw {
     pub allocation: RawAllocation,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub limits: RawLimits,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -42,6 +44,17 @@ pub struct RawAdmin {
     pub enabled: Option<bool>,
     pub address: Option<String>,
     pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub hello_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub mqtt_connect_timeout: Option<String>,
+    pub mqtt_max_keep_alive: Option<String>,
+    pub mqtt_refused_lifetime: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -68,6 +68,9 @@ pub enum Error {
     Throttled { retry_after: std::time::Duration },
     #[error("the store failed")]
     Store(#[source] StoreError),
+    /// A server-side failure outside the store (a port's crypto); logged, never shown.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -86,7 +89,7 @@ impl Error {
             Error::PreconditionFailed(_) => ErrorKind::PreconditionFailed,
             Error::Throttled { .. } => ErrorKind::Throttled,
             Error::Store(StoreError::Unavailable(_)) => ErrorKind::Unavailable,
-            Error::Store(_) => ErrorKind::Internal,
+            Error::Store(_) | Error::Internal(_) => ErrorKind::Internal,
         }
     }
 

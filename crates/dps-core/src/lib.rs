@@ -6,6 +6,7 @@
 //! - `model`: instances, enrollments, groups, registrations, CA certificates.
 //! - `store`: the storage port (`Store`), with domain operations and typed errors.
 //! - `service`: the application services the adapters call (`Instances`, `Enrollments`).
+//! - `log_limit`: a log-line budget for events clients can cause at will.
 //! - `error`: domain outcomes, each with an `ErrorKind` that adapters map to their wire format.
 //!
 //! Invariant: nothing here performs I/O or depends on a TLS, HTTP or SQL library.
@@ -13,6 +14,7 @@
 pub mod base64;
 pub mod device;
 pub mod error;
+pub mod log_limit;
 pub mod model;
 pub mod observe;
 pub mod ports;

@@ -186,3 +186,72 @@ impl AllocationWebhook for NoWebhook {
         Err(WebhookError::Disabled)
     }
 }
+
+/// Why a TPM device's keys were refused, or a challenge could not be made. The text is safe to
+/// return to the device: it names the problem, never a secret.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TpmKeyError {
+    /// A key OpenDPS does not accept (ECC, not RSA-2048, malformed); the text says which.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The server could not build the activation blob.
+    #[error("the TPM activation could not be built: {0}")]
+    Failed(String),
+    /// This server has no TPM attestation.
+    #[error("TPM attestation is not enabled on this server")]
+    Disabled,
+}
+
+/// A fresh key issued to one TPM and the activation blob that hands it over.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TpmChallenge {
+    /// The activation blob, base64 (`authenticationKey`; only that TPM can open it).
+    pub authentication_key: String,
+    /// The issued HMAC key, base64: the device's SAS tokens are signed with it. Secret.
+    pub issued_key: String,
+}
+
+impl std::fmt::Debug for TpmChallenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TpmChallenge").field("issued_key", &"<redacted>").finish_non_exhaustive()
+    }
+}
+
+/// TPM 2.0 activation, the server's half (docs/tpm.md; implemented with OpenSSL's crypto in
+/// `dps-attest`). Keys are base64 `TPM2B_PUBLIC`s as devices and enrollments carry them.
+pub trait TpmActivator: Send + Sync + std::fmt::Debug {
+    /// Checks an endorsement key: RSA-2048 restricted decryption key, SHA-256, AES-CFB.
+    fn check_endorsement_key(&self, ek: &str) -> Result<(), TpmKeyError>;
+    /// Checks a storage root key the same way (without the fixedTPM/fixedParent rule).
+    fn check_storage_root_key(&self, srk: &str) -> Result<(), TpmKeyError>;
+    /// Whether two EKs are the same RSA key (SDK templates differ in their `unique` bytes).
+    fn same_endorsement_key(&self, enrolled: &str, presented: &str) -> bool;
+    /// Issues a fresh key to the TPM owning `ek`, to be imported under `srk`.
+    fn challenge(&self, ek: &str, srk: &str) -> Result<TpmChallenge, TpmKeyError>;
+    /// The activation blob (base64) handing `key` (base64) to that TPM: the final registration
+    /// result's `tpm.authenticationKey`.
+    fn wrap_key(&self, ek: &str, srk: &str, key: &str) -> Result<String, TpmKeyError>;
+}
+
+/// The TPM activation of a server without it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoTpm;
+
+impl TpmActivator for NoTpm {
+    fn check_endorsement_key(&self, _ek: &str) -> Result<(), TpmKeyError> {
+        Err(TpmKeyError::Disabled)
+    }
+    fn check_storage_root_key(&self, _srk: &str) -> Result<(), TpmKeyError> {
+        Err(TpmKeyError::Disabled)
+    }
+    fn same_endorsement_key(&self, _enrolled: &str, _presented: &str) -> bool {
+        false
+    }
+    fn challenge(&self, _ek: &str, _srk: &str) -> Result<TpmChallenge, TpmKeyError> {
+        Err(TpmKeyError::Disabled)
+    }
+    fn wrap_key(&self, _ek: &str, _srk: &str, _key: &str) -> Result<String, TpmKeyError> {
+        Err(TpmKeyError::Disabled)
+    }
+}

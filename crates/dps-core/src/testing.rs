@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::device::{ConnectionFacts, Transport};
 use crate::model::X509CertificateInfo;
 use crate::ports::{
-    CertificateError, Clock, DeviceCrypto, Entropy, LeafFacts, ParsedCertificate, SasClaims, SasError, X509Inspector,
+    CertificateError, Clock, DeviceCrypto, Entropy, LeafFacts, ParsedCertificate, SasClaims, SasError, TpmActivator,
+    TpmChallenge, TpmKeyError, X509Inspector,
 };
 use crate::service::Services;
 use crate::store::memory::MemoryStore;
@@ -67,6 +68,8 @@ impl Entropy for CountingEntropy {
 pub struct TextCrypto {
     /// How many certificates `leaf` parsed (to see that a connection parses its chain once).
     pub leaf_calls: AtomicUsize,
+    /// How many times a SAS token was checked against a key.
+    pub sas_checks: AtomicUsize,
 }
 
 fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
@@ -140,6 +143,7 @@ impl DeviceCrypto for TextCrypto {
     }
 
     fn sas_signed_with(&self, token: &str, key: &str) -> bool {
+        self.sas_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         parse_token(token).is_ok_and(|t| t.sig == key)
     }
 
@@ -199,6 +203,73 @@ impl X509Inspector for TextCrypto {
     }
 }
 
+/// TPM activation in plain text. A key is base64 of `rsa2048:{id}` (`ecc:{id}` and `rsa3072:{id}`
+/// are refused as the real checks refuse them); two EKs are the same key when their ids are. The
+/// blob is base64 of `ek={ek id};srk={srk id};key={key}`, and "activating" it ([`TextTpm::open`])
+/// needs the same EK and SRK. Issued keys count up: `tpm-key-1`, `tpm-key-2`, …
+#[derive(Debug, Default)]
+pub struct TextTpm {
+    issued: AtomicUsize,
+}
+
+/// A TPM key in `TextTpm`'s form.
+pub fn tpm_key(kind: &str, id: &str) -> String {
+    crate::base64::encode(format!("{kind}:{id}").as_bytes())
+}
+
+fn tpm_id(b64: &str, role: &str) -> Result<String, TpmKeyError> {
+    let text = crate::base64::decode(b64)
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| TpmKeyError::Unsupported(format!("the {role} is not valid base64")))?;
+    match text.split_once(':') {
+        Some(("rsa2048", id)) => Ok(id.to_owned()),
+        Some(("ecc", _)) => Err(TpmKeyError::Unsupported(format!(
+            "the {role} is an ECC key; OpenDPS accepts only RSA-2048 endorsement and storage root keys"
+        ))),
+        Some((kind, _)) => {
+            Err(TpmKeyError::Unsupported(format!("the {role} is {kind}; OpenDPS accepts only RSA-2048")))
+        }
+        None => Err(TpmKeyError::Unsupported(format!("the {role} is truncated"))),
+    }
+}
+
+impl TextTpm {
+    /// What the TPM with keys `ek`/`srk` finds in `blob`: the key, or `None` if it is not theirs.
+    pub fn open(blob: &str, ek: &str, srk: &str) -> Option<String> {
+        let text = String::from_utf8(crate::base64::decode(blob)?).ok()?;
+        let (ek, srk) = (tpm_id(ek, "ek").ok()?, tpm_id(srk, "srk").ok()?);
+        (field(&text, "ek") == Some(ek.as_str()) && field(&text, "srk") == Some(srk.as_str()))
+            .then(|| field(&text, "key").map(str::to_owned))
+            .flatten()
+    }
+
+    /// How many keys were issued.
+    pub fn issued(&self) -> usize {
+        self.issued.load(Ordering::Relaxed)
+    }
+}
+
+impl TpmActivator for TextTpm {
+    fn check_endorsement_key(&self, ek: &str) -> Result<(), TpmKeyError> {
+        tpm_id(ek, "endorsement key").map(drop)
+    }
+    fn check_storage_root_key(&self, srk: &str) -> Result<(), TpmKeyError> {
+        tpm_id(srk, "storage root key").map(drop)
+    }
+    fn same_endorsement_key(&self, enrolled: &str, presented: &str) -> bool {
+        matches!((tpm_id(enrolled, "ek"), tpm_id(presented, "ek")), (Ok(a), Ok(b)) if a == b)
+    }
+    fn challenge(&self, ek: &str, srk: &str) -> Result<TpmChallenge, TpmKeyError> {
+        let n = self.issued.fetch_add(1, Ordering::Relaxed) + 1;
+        let key = format!("tpm-key-{n}");
+        Ok(TpmChallenge { authentication_key: self.wrap_key(ek, srk, &key)?, issued_key: key })
+    }
+    fn wrap_key(&self, ek: &str, srk: &str, key: &str) -> Result<String, TpmKeyError> {
+        let (ek, srk) = (tpm_id(ek, "endorsement key")?, tpm_id(srk, "storage root key")?);
+        Ok(crate::base64::encode(format!("ek={ek};srk={srk};key={key}").as_bytes()))
+    }
+}
+
 /// Services on an in-memory store with the doubles above; returns the clock and crypto too.
 pub fn services() -> (Services, Arc<ManualClock>, Arc<TextCrypto>) {
     let clock = Arc::new(ManualClock::fixed());
@@ -209,7 +280,8 @@ pub fn services() -> (Services, Arc<ManualClock>, Arc<TextCrypto>) {
         Arc::new(CountingEntropy::default()),
         crypto.clone(),
         crypto.clone(),
-    );
+    )
+    .with_tpm(Arc::new(TextTpm::default()));
     (s, clock, crypto)
 }
 

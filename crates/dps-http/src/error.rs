@@ -32,7 +32,7 @@ impl ApiError {
             ApiError::Domain(e) => state.services.wire_error(&e),
             ApiError::Adapter { status, code, message } => {
                 if status >= 500 {
-                    tracing::error!(status, error = %message, "request failed");
+                    tracing::error!(status, error = %dps_core::device::excerpt(&message, 300), "request failed");
                 }
                 state.services.wire(status, code, message)
             }
@@ -51,7 +51,8 @@ impl ApiError {
 pub(crate) fn log_refusal(wire: &dps_core::error::WireError, method: &str, path: &str) {
     if wire.status < 500 {
         let path = dps_core::device::excerpt(path, 200);
-        tracing::info!(%method, %path, status = wire.status, code = wire.error_code, error = %wire.message, "request refused");
+        let error = dps_core::device::excerpt(&wire.message, 300);
+        tracing::info!(%method, %path, status = wire.status, code = wire.error_code, %error, "request refused");
     }
 }
 

@@ -34,6 +34,7 @@ pub use axum::Router;
 use dps_core::device::{ConnectionFacts, DeviceSession};
 use dps_core::error::WireError;
 use dps_core::observe::Api;
+use error::ApiError;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
@@ -87,8 +88,14 @@ pub struct AppState {
     pub subscription_id: String,
     /// Location for resource groups and instances that name none.
     pub default_location: String,
-    /// Largest request body accepted (413 beyond).
+    /// Largest request body accepted on the service and management APIs (413 beyond); the
+    /// device API accepts at most `dps_core::device::MAX_MESSAGE`.
     pub max_body: usize,
+    /// A request head must be complete within this after the handshake or the previous
+    /// response (it is also the keep-alive idle timeout).
+    pub header_timeout: std::time::Duration,
+    /// A request body must be complete within this after its head (408 beyond).
+    pub body_timeout: std::time::Duration,
     /// Cancelled when the server shuts down (ends upgraded WebSocket sessions).
     pub shutdown: CancellationToken,
 }
@@ -120,6 +127,74 @@ fn decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s).decode_utf8().map_or_else(|_| s.to_owned(), |d| d.into_owned())
 }
 
+/// Whether decoded path `segments` address the device API (`/{scope}/registrations/{id}…`).
+fn is_device_path(segments: &[String]) -> bool {
+    segments.len() >= 3 && segments[1].eq_ignore_ascii_case("registrations")
+}
+
+/// The largest body this request may send. Device API requests and unauthenticated callers get
+/// the DPS message limit (96 KB); only a caller the management or service API accepts may send
+/// up to `max_body` (bulk enrollment operations, deployments), so an anonymous client can make
+/// the server buffer at most 96 KB per connection.
+async fn body_limit(state: &AppState, segments: &[String], headers: &http::HeaderMap) -> usize {
+    let small = dps_core::device::MAX_MESSAGE.min(state.max_body);
+    let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n <= small as u64) || is_device_path(segments) {
+        return small;
+    }
+    let auth = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let first = segments.first().map(|s| s.to_ascii_lowercase());
+    let known = match first.as_deref() {
+        Some("subscriptions") => state.services.check_admin(auth).is_ok(),
+        Some("enrollments" | "enrollmentgroups" | "registrations") => state
+            .services
+            .service_caller(auth, &request_host(headers), dps_core::model::AccessRight::EnrollmentWrite)
+            .await
+            .is_ok(),
+        _ => false,
+    };
+    if known {
+        state.max_body
+    } else {
+        small
+    }
+}
+
+/// Reads the body within `limit` bytes and the body timeout. Refusals: 413 when the declared
+/// length or the bytes sent exceed the limit (before anything is read when the length is
+/// declared, so `Expect: 100-continue` gets no `100 Continue`), 408 when the body is not
+/// complete in time, 400 when its framing is malformed (bad chunked encoding, early close).
+async fn read_body(
+    state: &AppState,
+    headers: &http::HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || ApiError::new(413, format!("the request body is larger than {limit} bytes"));
+    let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(
+            408,
+            format!("the request body was not received within {}s", state.body_timeout.as_secs_f64()),
+        )),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let inner = e.into_inner();
+            if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err(too_large())
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "the request body could not be read: {}",
+                    dps_core::device::excerpt(&inner.to_string(), 200)
+                )))
+            }
+        }
+    }
+}
+
 async fn dispatch(
     State(state): State<Arc<AppState>>,
     conn: Option<Extension<ConnectionInfo>>,
@@ -141,16 +216,20 @@ async fn route(
     let (parts, body) = req.into_parts();
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
-    let body = match axum::body::to_bytes(body, state.max_body).await {
+    let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(decode).collect();
+    let limit = body_limit(state, &segments, &parts.headers).await;
+    let body = match read_body(state, &parts.headers, body, limit).await {
         Ok(b) => b,
-        Err(_) => {
-            let e = error::ApiError::new(413, format!("the request body is larger than {} bytes", state.max_body));
-            return (Api::Other, e.into_response(state, &method, &path));
+        Err(e) => {
+            // The rest of the body is not read: the connection cannot carry another request.
+            let mut r = e.into_response(state, &method, &path);
+            r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return (Api::Other, r);
         }
     };
     let req = Request {
         method: parts.method,
-        segments: path.split('/').filter(|s| !s.is_empty()).map(decode).collect(),
+        segments,
         query: parts
             .uri
             .query()
@@ -175,8 +254,7 @@ async fn route(
     if let Some(r) = service_api::handle(state, &req).await {
         return (Api::Service, r.unwrap_or_else(|e| e.into_response(state, &method, &path)));
     }
-    let e =
-        error::ApiError::new(404, format!("{method} {} is not a DPS operation", dps_core::device::excerpt(&path, 200)));
+    let e = ApiError::new(404, format!("{method} {} is not a DPS operation", dps_core::device::excerpt(&path, 200)));
     (Api::Other, e.into_response(state, &method, &path))
 }
 
@@ -217,6 +295,8 @@ impl HttpService {
         let service = self.router.clone().layer(Extension(ConnectionInfo { facts, device }));
         let service = hyper_util::service::TowerToHyperService::new(service);
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.state.header_timeout)
             .keep_alive(true)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();

@@ -201,8 +201,9 @@ async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Res
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         ("enrollments", 3, &Method::POST) if seg[2] == "attestationmechanism" => {
-            let inst = right(AccessRight::EnrollmentRead).await?;
-            Ok(Json(s.enrollment(&inst, id.unwrap_or("")).await?.attestation).into_response())
+            let (inst, keys) = key_reader(state, req, &host).await?;
+            let a = s.enrollment(&inst, id.unwrap_or("")).await?.attestation;
+            Ok(Json(if keys { a } else { a.redacted() }).into_response())
         }
         // Enrollment groups.
         ("enrollmentgroups", 1, &Method::POST) => {
@@ -239,8 +240,9 @@ async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Res
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         ("enrollmentgroups", 3, &Method::POST) if seg[2] == "attestationmechanism" => {
-            let inst = right(AccessRight::EnrollmentRead).await?;
-            Ok(Json(s.group(&inst, id.unwrap_or("")).await?.attestation).into_response())
+            let (inst, keys) = key_reader(state, req, &host).await?;
+            let a = s.group(&inst, id.unwrap_or("")).await?.attestation;
+            Ok(Json(if keys { a } else { a.redacted() }).into_response())
         }
         // Registration states.
         ("registrations", 2, &Method::POST) if seg[1] == "query" => {
@@ -267,6 +269,15 @@ async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Res
             format!("{} /{} is not an operation of the service API", req.method, req.segments.join("/")),
         )),
     }
+}
+
+/// The caller of `attestationmechanism` (EnrollmentRead), and whether it may see keys: only a
+/// policy that may also write enrollments (and so could set the keys) reads them; a read-only
+/// policy gets the mechanism without secrets (docs/service-api.md, "Rights").
+async fn key_reader(state: &AppState, req: &Request, host: &str) -> ApiResult<(Instance, bool)> {
+    let (inst, rights) =
+        state.services.service_caller_rights(req.header("authorization"), host, AccessRight::EnrollmentRead).await?;
+    Ok((inst, rights.contains(&AccessRight::EnrollmentWrite)))
 }
 
 async fn registrations_page(

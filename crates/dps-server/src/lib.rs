@@ -92,6 +92,19 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<(), ServerError> 
     std::fs::rename(&tmp, path).map_err(werr)
 }
 
+/// Creates the data directory 0700 (it holds the store, the CA keys and the admin token), or
+/// narrows an existing one that others could read or enter.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+        tracing::info!(dir = %dir.display(), "data directory narrowed to owner-only access (0700)");
+    }
+    Ok(())
+}
+
 fn admin_token(config: &Config) -> Result<String, ServerError> {
     let path = admin_token_path(config);
     if let Ok(t) = std::fs::read_to_string(&path) {
@@ -211,8 +224,12 @@ fn host_names(config: &Config) -> Vec<String> {
 }
 
 fn mqtt_limits(config: &Config) -> dps_mqtt::Limits {
-    let _ = config;
-    dps_mqtt::Limits::default()
+    let l = &config.limits;
+    dps_mqtt::Limits {
+        connect_timeout: l.mqtt_connect_timeout,
+        max_keep_alive: l.mqtt_max_keep_alive,
+        refused_lifetime: l.mqtt_refused_lifetime,
+    }
 }
 
 fn amqp_settings(config: &Config) -> Arc<dps_amqp::AmqpSettings> {
@@ -265,6 +282,39 @@ fn policy(config: &Config, l: &ListenerConfig) -> TlsPolicy {
     }
 }
 
+/// File descriptors the server needs besides its connections: store, certificate files, log,
+/// listeners, runtime.
+const OPEN_FILES_MARGIN: u64 = 256;
+
+/// The open files `config` may need: every enabled listener's connection cap plus a margin.
+pub fn open_files_needed(config: &Config) -> u64 {
+    let listeners = transports(config).iter().filter(|t| t.1.enabled).count() as u64;
+    listeners.saturating_mul(config.tls.max_connections as u64).saturating_add(OPEN_FILES_MARGIN)
+}
+
+/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard limit, and warns when even
+/// that is below what the connection caps need (accepts would then fail under load, costing
+/// good clients). Returns the soft limit now in force.
+pub fn raise_open_file_limit(config: &Config) -> u64 {
+    let needed = open_files_needed(config);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => {
+            tracing::warn!(
+                open_files = limit,
+                needed,
+                "the open-file limit is below the connection caps ({} per listener) plus {OPEN_FILES_MARGIN}; raise the hard limit (ulimit -Hn, LimitNOFILE= in the systemd unit) or lower tls.max_connections",
+                config.tls.max_connections
+            );
+            limit
+        }
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, needed, "cannot read or raise the open-file limit");
+            0
+        }
+    }
+}
+
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
@@ -297,8 +347,9 @@ impl Server {
         listeners: BoundListeners,
         clock: Arc<dyn dps_core::ports::Clock>,
     ) -> Result<Server, ServerError> {
-        std::fs::create_dir_all(&config.data_dir)
+        private_dir(&config.data_dir)
             .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
+        raise_open_file_limit(&config);
         let (source, check_interval) = credential_source(&config);
         let mut specs = Vec::new();
         for (name, l, _, _) in transports(&config) {
@@ -352,6 +403,7 @@ impl Server {
         .with_host_names(host_names(&config))
         .with_admin_token(admin_token.clone())
         .with_region(&config.service.region)
+        .with_tpm(Arc::new(dps_attest::tpm::OpensslTpm))
         .with_http_localhost_webhooks(config.allocation.allow_http_localhost)
         .with_webhook(Arc::new(HttpsWebhook {
             timeout: config.allocation.webhook_timeout,
@@ -376,6 +428,8 @@ impl Server {
             subscription_id: SUBSCRIPTION_ID.into(),
             default_location: config.service.region.clone(),
             max_body: config.service.max_body,
+            header_timeout: config.limits.header_timeout,
+            body_timeout: config.limits.body_timeout,
             shutdown: shutdown.clone(),
         });
 
@@ -400,6 +454,7 @@ impl Server {
                 drivers: drivers.clone(),
                 max_connections: config.tls.max_connections,
                 metrics: metrics.clone(),
+                hello_timeout: config.limits.hello_timeout,
                 tracker: tracker.clone(),
                 shutdown: shutdown.clone(),
             }));
@@ -450,5 +505,19 @@ impl Server {
     /// Waits until the server has been shut down through its token.
     pub async fn wait(self) {
         let _ = self.done.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_file_soft_limit_is_raised_to_the_hard_limit() {
+        let (_, hard) = rlimit::Resource::NOFILE.get().expect("getrlimit");
+        let low = hard.min(256);
+        rlimit::Resource::NOFILE.set(low, hard).expect("lower the soft limit");
+        let config = dps_config::Config::from_raw(dps_config::raw::Raw::default()).expect("defaults");
+        assert_eq!(super::raise_open_file_limit(&config), hard);
+        assert_eq!(rlimit::Resource::NOFILE.get().expect("getrlimit"), (hard, hard));
+        assert_eq!(super::open_files_needed(&config), 3 * 10_000 + 256, "three listeners");
     }
 }

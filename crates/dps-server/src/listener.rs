@@ -3,7 +3,9 @@
 //! HTTPS port hands to the MQTT and AMQP drivers.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use dps_core::log_limit::LogLimit;
 
 use dps_core::device::{ConnectionFacts, Transport};
 use dps_tls::ListenerAcceptor;
@@ -84,14 +86,20 @@ pub(crate) struct LoopArgs {
     pub drivers: Drivers,
     pub max_connections: usize,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// A new connection must send its first bytes within this before it may take a handshake
+    /// slot (half-open and silent connections hold none).
+    pub hello_timeout: Duration,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
 pub(crate) async fn accept_loop(args: LoopArgs) {
-    let LoopArgs { listener, acceptor, protocol, drivers, max_connections, metrics, tracker, shutdown } = args;
+    let LoopArgs { listener, acceptor, protocol, drivers, max_connections, metrics, hello_timeout, tracker, shutdown } =
+        args;
     let connections = Arc::new(Semaphore::new(max_connections));
     let mut backoff = Duration::from_millis(5);
+    // A flood of refusals is one line per 10 s, not one per connection.
+    let mut refusals = LogLimit::new(1, Duration::from_secs(10));
     loop {
         let (tcp, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -99,7 +107,9 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
                 Ok(a) => { backoff = Duration::from_millis(5); a }
                 Err(e) => {
                     // Out of file descriptors and the like: back off (bounded) and keep serving.
-                    tracing::warn!(listener = acceptor.name(), error = %e, "accept failed; retrying in {backoff:?}");
+                    if let Some(more) = refusals.event(Instant::now()) {
+                        tracing::warn!(listener = acceptor.name(), error = %e, refused_before = more, "accept failed; retrying in {backoff:?}");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
@@ -107,11 +117,21 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
             },
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(listener = acceptor.name(), %peer, max_connections, "connection limit reached; closing the new connection");
             metrics.connection_refused(acceptor.name(), "max_connections");
+            if let Some(more) = refusals.event(Instant::now()) {
+                tracing::warn!(listener = acceptor.name(), %peer, max_connections, refused_before = more, "connection limit reached; closing the new connection (further refusals are counted, one line per 10 s)");
+            }
             drop(tcp);
             continue;
         };
+        if let Some(more) = refusals.flush(Instant::now()) {
+            tracing::warn!(
+                listener = acceptor.name(),
+                max_connections,
+                refused = more,
+                "connections refused at the limit (or failed accepts) in the last period"
+            );
+        }
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let drivers = drivers.clone();
@@ -120,6 +140,17 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
         tracker.spawn(async move {
             let _permit = permit;
             let _open = metrics.connection_open(acceptor.name());
+            // The first bytes of the ClientHello, waited for without a handshake slot.
+            let mut byte = [0u8; 1];
+            let first = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = tokio::time::timeout(hello_timeout, tcp.peek(&mut byte)) => r,
+            };
+            if !matches!(first, Ok(Ok(n)) if n > 0) {
+                tracing::debug!(listener = acceptor.name(), %peer, "no ClientHello within {hello_timeout:?}; closed");
+                metrics.handshake_failure(acceptor.name(), "no ClientHello in time");
+                return;
+            }
             let conn = tokio::select! {
                 () = shutdown.cancelled() => return,
                 r = acceptor.accept(tcp, peer) => match r {

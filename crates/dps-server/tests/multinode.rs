@@ -1,5 +1,6 @@
 //! Stateless nodes sharing PostgreSQL: what one node writes, another serves. A device registers
-//! at node A and polls its operation at node B; an enrollment written through A is read at B.
+//! at node A and polls its operation at node B; an enrollment written through A is read at B; a
+//! TPM device challenged at A answers at B.
 //! The database is a throwaway cluster of the test's own (or `OPENDPS_TEST_POSTGRES_URL`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,6 +9,7 @@ mod common;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::http;
+use dps_core::base64::{decode, encode};
 use dps_core::model::IndividualEnrollment;
 use serde_json::json;
 
@@ -66,6 +68,31 @@ async fn two_nodes_share_one_postgres_store() {
     .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["registrationState"]["assignedHub"], "hub.example");
+
+    // TPM: challenged at A, the SAS under the issued key accepted at B, the final key at A.
+    let tpm = dps_attest::tpm::testing::SoftwareTpm::default();
+    let (ek, srk) = (encode(&tpm.endorsement_key()), encode(&tpm.storage_root_key()));
+    let e: IndividualEnrollment = serde_json::from_value(
+        json!({ "registrationId": "tpm-roamer", "attestation": { "type": "tpm", "tpm": { "endorsementKey": ek } } }),
+    )
+    .unwrap();
+    svc_a.put_enrollment(&inst, "tpm-roamer", e, None).await.unwrap();
+    let body =
+        json!({ "registrationId": "tpm-roamer", "tpm": { "endorsementKey": ek, "storageRootKey": srk } }).to_string();
+    let register = format!("/{scope}/registrations/tpm-roamer/register?api-version=2021-06-01");
+    let (status, _, v) = http(&a, "PUT", &register, None, &body).await;
+    assert_eq!(status, 401, "{v}");
+    let k = tpm.activate(&decode(v["authenticationKey"].as_str().unwrap()).unwrap()).unwrap();
+    let tok =
+        dps_attest::sas::make_token(&format!("{scope}/registrations/tpm-roamer"), &encode(&k), expiry, None).unwrap();
+    let (status, _, v) = http(&b, "PUT", &register, Some(tok.clone()), &body).await;
+    assert_eq!(status, 202, "{v}");
+    let op = v["operationId"].as_str().unwrap().to_owned();
+    let poll = format!("/{scope}/registrations/tpm-roamer/operations/{op}?api-version=2021-06-01");
+    let (status, _, v) = http(&a, "GET", &poll, Some(tok), "").await;
+    assert_eq!(status, 200, "{v}");
+    let blob = decode(v["registrationState"]["tpm"]["authenticationKey"].as_str().unwrap()).unwrap();
+    assert_eq!(tpm.activate(&blob).unwrap(), k);
 
     let (a, b) = (a, b);
     a.server.shutdown().await;

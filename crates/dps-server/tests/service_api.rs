@@ -16,9 +16,9 @@ fn later() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn service_api_refusals_are_dps_errors() {
-    let s = start("").await;
+/// Adds a policy "reader" with only EnrollmentRead to the default instance; returns the
+/// instance and the reader's primary key.
+async fn add_reader(s: &common::TestServer) -> (dps_core::model::Instance, String) {
     let svc = &s.server.state.services;
     let reader_key = svc.generate_policy_key();
     let inst = svc
@@ -33,6 +33,13 @@ async fn service_api_refusals_are_dps_errors() {
         })
         .await
         .unwrap();
+    (inst, reader_key)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_api_refusals_are_dps_errors() {
+    let s = start("").await;
+    let (inst, reader_key) = add_reader(&s).await;
     let owner = &inst.authorization_policies[0];
     let host = "127.0.0.1";
     let auth = Some(sas(host, &owner.primary_key, &owner.key_name, later()));
@@ -89,4 +96,37 @@ async fn service_api_refusals_are_dps_errors() {
     let (status, _, v) = http(&s, "GET", "/enrollments/a?api-version=2021-10-01", reader, "").await;
     assert_eq!((status, v["errorCode"].as_u64()), (404, Some(404_201)));
     assert!(health_ok(s.https()).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_policy_reads_attestation_mechanisms_without_keys() {
+    let s = start("").await;
+    let (inst, reader_key) = add_reader(&s).await;
+    let owner = &inst.authorization_policies[0];
+    let host = "127.0.0.1";
+    let owner_auth = Some(sas(host, &owner.primary_key, &owner.key_name, later()));
+    let reader_auth = Some(sas(host, &reader_key, "reader", later()));
+    for (put, body, mech) in [
+        (
+            "/enrollments/dev-1?api-version=2021-10-01",
+            r#"{"registrationId":"dev-1","attestation":{"type":"symmetricKey"}}"#,
+            "/enrollments/dev-1/attestationmechanism?api-version=2021-10-01",
+        ),
+        (
+            "/enrollmentGroups/grp-1?api-version=2021-10-01",
+            r#"{"enrollmentGroupId":"grp-1","attestation":{"type":"symmetricKey"}}"#,
+            "/enrollmentGroups/grp-1/attestationmechanism?api-version=2021-10-01",
+        ),
+    ] {
+        let (status, _, v) = http(&s, "PUT", put, owner_auth.clone(), body).await;
+        assert_eq!(status, 200, "{v}");
+        let (status, _, v) = http(&s, "POST", mech, owner_auth.clone(), "").await;
+        assert_eq!(status, 200, "{v}");
+        assert!(v["symmetricKey"]["primaryKey"].is_string(), "a writer reads the keys: {v}");
+        let (status, _, v) = http(&s, "POST", mech, reader_auth.clone(), "").await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["type"], "symmetricKey", "{v}");
+        assert!(v["symmetricKey"]["primaryKey"].is_null(), "a reader gets no keys: {v}");
+        assert!(v["symmetricKey"]["secondaryKey"].is_null(), "a reader gets no keys: {v}");
+    }
 }

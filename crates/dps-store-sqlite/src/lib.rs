@@ -107,6 +107,7 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
+        private_files(path)?;
         let mut writer = open_conn(path, durability)?;
         migrate(&mut writer)?;
         let readers = (0..4).map(|_| open_conn(path, durability).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
@@ -419,6 +420,32 @@ impl DocumentStore for SqliteStore {
         })
         .await
     }
+}
+
+/// The store holds every key and secret: the database file is created 0600 before SQLite opens
+/// it (SQLite gives its `-wal` and `-shm` files the database file's mode), and an existing
+/// database and its companions are narrowed to 0600.
+fn private_files(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(StoreError::unavailable)?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        if let Ok(meta) = std::fs::metadata(&p) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(StoreError::unavailable)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use dps_core::log_limit::LogLimit;
 use dps_core::tls::{HandshakeFacts, Negotiated, Offered, PeerCertificates, TlsVersion};
 use openssl::nid::Nid;
 use openssl::ssl::{Ssl, SslContext, SslRef, SslVersion};
@@ -24,6 +25,8 @@ pub struct ListenerAcceptor {
     context: ArcSwap<SslContext>,
     handshake_timeout: Duration,
     handshakes: Semaphore,
+    /// Failed handshakes are logged at most 20 a second; the rest are counted.
+    failures: std::sync::Mutex<LogLimit>,
 }
 
 /// A finished handshake.
@@ -61,6 +64,7 @@ impl ListenerAcceptor {
             context: ArcSwap::from_pointee(context),
             handshake_timeout,
             handshakes: Semaphore::new(max_handshakes.max(1)),
+            failures: std::sync::Mutex::new(LogLimit::new(20, Duration::from_secs(1))),
         })
     }
 
@@ -82,9 +86,10 @@ impl ListenerAcceptor {
         self.context.store(Arc::new(context));
     }
 
-    /// Runs the server handshake on `io` within the handshake timeout (waiting for a handshake
-    /// slot counts against it), and logs one structured line with the outcome and the client's
-    /// offer. A failure costs only this connection.
+    /// Runs the server handshake on `io` within the handshake timeout, and logs one structured
+    /// line with the outcome and the client's offer. Waiting for a handshake slot is bounded by
+    /// the same duration but does not count against the handshake itself, so a queue of slow
+    /// clients does not eat a good client's time. A failure costs only this connection.
     pub async fn accept<S>(&self, io: S, peer: SocketAddr) -> Result<TlsConnection<S>, HandshakeFailure>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -92,16 +97,16 @@ impl ListenerAcceptor {
         let context = self.context.load_full();
         let ssl = Ssl::new(&context).map_err(HandshakeFailure::Setup)?;
         let mut stream = SslStream::new(ssl, io).map_err(HandshakeFailure::Setup)?;
-        let outcome = tokio::time::timeout(self.handshake_timeout, async {
-            let _slot = self.handshakes.acquire().await;
-            Pin::new(&mut stream).accept().await
-        })
-        .await;
+        // `None`: no slot, or no handshake, within the timeout.
+        let outcome = match tokio::time::timeout(self.handshake_timeout, self.handshakes.acquire()).await {
+            Err(_) => None,
+            Ok(_slot) => tokio::time::timeout(self.handshake_timeout, Pin::new(&mut stream).accept()).await.ok(),
+        };
         let offered = stream.ssl().ex_data(offered_index()).cloned();
         let result = match outcome {
-            Err(_) => Err(HandshakeFailure::Timeout(self.handshake_timeout)),
-            Ok(Err(e)) => Err(HandshakeFailure::Tls(reason(&e))),
-            Ok(Ok(())) => Ok(()),
+            None => Err(HandshakeFailure::Timeout(self.handshake_timeout)),
+            Some(Err(e)) => Err(HandshakeFailure::Tls(reason(&e))),
+            Some(Ok(())) => Ok(()),
         };
         match result {
             Ok(()) => {
@@ -112,7 +117,10 @@ impl ListenerAcceptor {
                 Ok(TlsConnection { stream, facts, peer_certificates })
             }
             Err(e) => {
-                log_failure(&self.name, peer, offered.as_ref(), &e);
+                let budget = self.failures.lock().map(|mut l| l.event(std::time::Instant::now()));
+                if let Ok(Some(unlogged)) = budget {
+                    log_failure(&self.name, peer, offered.as_ref(), &e, unlogged);
+                }
                 Err(e)
             }
         }
@@ -192,17 +200,17 @@ fn log_success(listener: &str, peer: SocketAddr, f: &HandshakeFacts) {
         group = n.group.as_deref().unwrap_or("-"),
         resumed = n.resumed,
         client_cert = n.client_certificate,
-        sni = o.sni.as_deref().unwrap_or("-"),
-        offered_versions = %o.version_names().join(","),
-        offered_ciphers = %o.cipher_suite_names().join(","),
-        offered_groups = %o.group_names().join(","),
-        offered_sigalgs = %o.signature_algorithm_names().join(","),
-        offered_alpn = %o.alpn.join(","),
+        sni = %bounded(o.sni.as_deref().unwrap_or("-"), 300),
+        offered_versions = %bounded(&o.version_names().join(","), 300),
+        offered_ciphers = %bounded(&o.cipher_suite_names().join(","), 3000),
+        offered_groups = %bounded(&o.group_names().join(","), 1000),
+        offered_sigalgs = %bounded(&o.signature_algorithm_names().join(","), 1000),
+        offered_alpn = %bounded(&o.alpn.join(","), 300),
         "tls handshake"
     );
 }
 
-fn log_failure(listener: &str, peer: SocketAddr, offered: Option<&Offered>, e: &HandshakeFailure) {
+fn log_failure(listener: &str, peer: SocketAddr, offered: Option<&Offered>, e: &HandshakeFailure, unlogged: u64) {
     let o = offered.cloned().unwrap_or_default();
     tracing::info!(
         target: "opendps::tls::handshake",
@@ -210,12 +218,19 @@ fn log_failure(listener: &str, peer: SocketAddr, offered: Option<&Offered>, e: &
         %peer,
         outcome = "failed",
         reason = %e,
+        failures_not_logged = unlogged,
         client_hello = offered.is_some(),
-        sni = o.sni.as_deref().unwrap_or("-"),
-        offered_versions = %o.version_names().join(","),
-        offered_ciphers = %o.cipher_suite_names().join(","),
-        offered_groups = %o.group_names().join(","),
-        offered_sigalgs = %o.signature_algorithm_names().join(","),
+        sni = %bounded(o.sni.as_deref().unwrap_or("-"), 300),
+        offered_versions = %bounded(&o.version_names().join(","), 300),
+        offered_ciphers = %bounded(&o.cipher_suite_names().join(","), 3000),
+        offered_groups = %bounded(&o.group_names().join(","), 1000),
+        offered_sigalgs = %bounded(&o.signature_algorithm_names().join(","), 1000),
         "tls handshake"
     );
+}
+
+/// Client-chosen text in a handshake line, bounded to `max` characters (a ClientHello may list
+/// thousands of suites, and an SNI may be 64 KB).
+fn bounded(s: &str, max: usize) -> String {
+    dps_core::device::excerpt(s, max)
 }

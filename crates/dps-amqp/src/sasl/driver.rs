@@ -36,6 +36,8 @@ pub(crate) enum SaslEnd {
     Closed,
     /// Failed, timed out or malformed; the reason is for the log.
     Failed { code: SaslCode, reason: String },
+    /// The device API refused the device; it logged why.
+    Refused { code: SaslCode },
 }
 
 enum Read {
@@ -147,6 +149,10 @@ where
                 return Ok(identity);
             }
             Step::Failed { code, reason } => return Err(fail(io, code, reason).await),
+            Step::Refused { code } => {
+                let _ = fail(io, code.clone(), String::new()).await;
+                return Err(SaslEnd::Refused { code });
+            }
         };
     }
 }

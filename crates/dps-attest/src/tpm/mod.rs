@@ -10,17 +10,19 @@
 //!
 //! Everything here is bytes in, bytes out: no I/O, no state.
 
+mod activator;
 mod blob;
 mod error;
 mod marshal;
 mod primitives;
 mod public;
 pub mod sasl;
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 mod soft_device;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use activator::OpensslTpm;
 pub use blob::{
     activation_blob, challenge, Challenge, IdentityKey, CREDENTIAL_LEN, IDENTITY_KEY_ATTRIBUTES, IDENTITY_KEY_LEN,
     MAX_IDENTITY_KEY_LEN,

@@ -73,7 +73,7 @@ pub(crate) fn cfb_encrypt(key: &[u8], data: &[u8]) -> Result<Vec<u8>, TpmError> 
 }
 
 /// The inverse of [`cfb_encrypt`] (for the software device in tests).
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn cfb_decrypt(key: &[u8], data: &[u8]) -> Result<Vec<u8>, TpmError> {
     cfb(Mode::Decrypt, key, data)
 }

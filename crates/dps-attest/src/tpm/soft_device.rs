@@ -4,6 +4,8 @@
 //! MakeCredential (a committed known-answer file), so the server and this device cannot share a
 //! mistake unnoticed; the swtpm tests then check the server against a real TPM implementation.
 
+#![cfg_attr(not(test), allow(dead_code))] // the testing feature uses only part of it
+
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use openssl::sha::Sha256;

@@ -326,3 +326,38 @@ fn parse_public_never_panics_on_truncations_and_garbage() {
         let _ = TpmRsaKey::endorsement_key(&b);
     }
 }
+
+// ---- the port ------------------------------------------------------------------------------
+
+#[test]
+fn the_port_issues_keys_that_the_tpm_opens_and_refuses_what_it_cannot_use() {
+    use dps_core::ports::{TpmActivator, TpmKeyError};
+    let port = super::OpensslTpm;
+    let tpm = SoftTpm::shared(0);
+    let b64 = dps_core::base64::encode;
+    let (ek, srk) = (b64(&tpm.ek.public), b64(&tpm.srk.public));
+    let c = port.challenge(&ek, &srk).expect("challenge");
+    let blob = dps_core::base64::decode(&c.authentication_key).expect("base64 blob");
+    let k = tpm.activate(&blob).expect("activates");
+    assert_eq!(b64(&k), c.issued_key, "the device holds the key the server keeps");
+    assert!(!format!("{c:?}").contains(&c.issued_key), "Debug redacts the key");
+    // The final result's blob hands the same key over again, to the same TPM only.
+    let again = port.wrap_key(&ek, &srk, &c.issued_key).expect("wrap");
+    assert_eq!(tpm.activate(&dps_core::base64::decode(&again).expect("b64")).expect("opens"), k);
+    let other = SoftTpm::shared(1);
+    assert!(other.activate(&dps_core::base64::decode(&again).expect("b64")).is_err());
+    // Same key whatever template; another TPM's EK is not.
+    assert!(port.same_endorsement_key(&ek, &ek));
+    assert!(!port.same_endorsement_key(&ek, &b64(&other.ek.public)));
+    assert!(!port.same_endorsement_key(&ek, "not base64!"));
+    // Keys it cannot use: the device is told why.
+    match port.check_endorsement_key(&b64(SWTPM_EK_ECC)) {
+        Err(TpmKeyError::Unsupported(m)) => assert!(m.contains("ECC") && m.contains("RSA-2048"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match port.challenge(&ek, &b64(SWTPM_RSA3072)) {
+        Err(TpmKeyError::Unsupported(m)) => assert!(m.contains("RSA-3072") && m.contains("storage root key"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(port.check_storage_root_key("%%%"), Err(TpmKeyError::Unsupported(_))));
+}

@@ -42,6 +42,11 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Whether DPS offers TPM attestation on this transport (HTTPS and AMQP; not MQTT).
+    pub fn offers_tpm(self) -> bool {
+        !matches!(self, Transport::Mqtt | Transport::MqttWs)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Https => "https",

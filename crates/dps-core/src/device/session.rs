@@ -110,7 +110,7 @@ impl DeviceSession {
         credential: Credential<'_>,
     ) -> AuthOutcome {
         let span = self.span("device_authenticate");
-        span.record("registration_id", registration_id);
+        span.record("registration_id", crate::device::excerpt(registration_id, 130).as_str());
         async {
             let api_version = match api_version.map(ApiVersion::parse).transpose() {
                 Ok(v) => v,
@@ -151,7 +151,7 @@ impl DeviceSession {
         e: Error,
     ) -> AuthOutcome {
         let wire = self.services.wire_error(&e);
-        tracing::info!(status = wire.status, code = wire.error_code, error = %wire.message, "device not authenticated; its requests will be refused");
+        tracing::info!(status = wire.status, code = wire.error_code, error = %crate::device::excerpt(&wire.message, 300), "device not authenticated; its requests will be refused");
         self.identity = Some(Identity {
             scope: scope.to_owned(),
             registration_id: registration_id.to_owned(),
@@ -210,7 +210,7 @@ impl DeviceSession {
         op: Operation<'_>,
     ) -> DeviceReply {
         let span = self.span("device_request");
-        span.record("registration_id", registration_id);
+        span.record("registration_id", crate::device::excerpt(registration_id, 130).as_str());
         // Metrics name the instance this request resolves to, not an earlier request's.
         self.instance.clear();
         let reply = async {
@@ -270,6 +270,16 @@ impl DeviceSession {
                         tracing::info!("device challenged (TPM activation)");
                         return DeviceReply::Challenge { authentication_key, key_name: "registration".into() };
                     }
+                    // A TPM device whose SAS is refused (expired, signed with a key issued
+                    // before, by a server that has forgotten it) is challenged again: the C#
+                    // client takes every 401 on register as a challenge (docs/tpm.md, "Flow").
+                    Err(Error::Unauthorized(why)) if matches!(credential, Credential::Sas(_)) => match tpm {
+                        Some(keys) => {
+                            tracing::info!(error = %why, "TPM device's SAS refused; challenging it again");
+                            return self.challenge(scope, registration_id, keys).await;
+                        }
+                        None => return self.reply_error(Error::Unauthorized(why)),
+                    },
                     Err(e) => return self.reply_error(e),
                 },
             };
@@ -284,6 +294,20 @@ impl DeviceSession {
         .await;
         self.count_refused_registration(op, &reply);
         reply
+    }
+
+    /// Asks for a TPM activation challenge for `keys`.
+    async fn challenge(&mut self, scope: &str, registration_id: &str, keys: &super::TpmKeys) -> DeviceReply {
+        match self.attest(scope, registration_id, Credential::Tpm(keys)).await {
+            Ok(Attestation::Challenge { authentication_key }) => {
+                tracing::info!("device challenged (TPM activation)");
+                DeviceReply::Challenge { authentication_key, key_name: "registration".into() }
+            }
+            Ok(Attestation::Attested(_)) => {
+                self.reply_error(Error::Unauthorized("the device could not be authenticated".into()))
+            }
+            Err(e) => self.reply_error(e),
+        }
     }
 
     fn span(&self, name: &'static str) -> tracing::Span {
@@ -319,7 +343,7 @@ impl DeviceSession {
         tracing::Span::current().record("instance", instance.name.as_str());
         self.instance.clone_from(&instance.name);
         self.services.check_network_access(&instance, self.conn.peer.ip(), Api::Device)?;
-        let result = self.services.attest(instance, registration_id, credential, &self.conn.peer_certificates.0).await;
+        let result = self.services.attest(instance, registration_id, credential, &self.conn).await;
         let outcome = match &result {
             Ok(Attestation::Attested(_)) => AttestationResult::Success,
             Ok(Attestation::Challenge { .. }) => AttestationResult::Challenge,
@@ -375,7 +399,7 @@ impl DeviceSession {
                 Err(e) => Err(e),
             },
             Operation::OperationStatus { operation_id } => {
-                tracing::Span::current().record("operation_id", operation_id);
+                tracing::Span::current().record("operation_id", crate::device::excerpt(operation_id, 100).as_str());
                 self.services.operation_status(attested, operation_id).await.map(DeviceReply::Operation)
             }
             Operation::StatusLookup => self.services.device_registration(attested).await.map(DeviceReply::Registration),
@@ -448,7 +472,7 @@ impl DeviceSession {
     fn reply_error(&self, e: Error) -> DeviceReply {
         let wire = self.services.wire_error(&e);
         if wire.status < 500 {
-            tracing::info!(status = wire.status, code = wire.error_code, error = %wire.message, "device request refused");
+            tracing::info!(status = wire.status, code = wire.error_code, error = %crate::device::excerpt(&wire.message, 300), "device request refused");
         }
         DeviceReply::Error(wire)
     }

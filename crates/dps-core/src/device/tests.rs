@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::{AuthOutcome, Credential, DeviceReply, DeviceSession, Operation, Transport};
 use crate::model::{EnrollmentGroup, IndividualEnrollment, Instance, LinkedHub, RegistrationStatus};
 use crate::service::{InstanceDefaults, Services};
-use crate::testing::{cert, connection, services, token, ManualClock, TextCrypto};
+use crate::testing::{cert, connection, services, token, tpm_key, ManualClock, TextCrypto, TextTpm};
 use crate::tls::TlsVersion;
 
 const API: Option<&str> = Some("2021-10-01");
@@ -330,13 +330,264 @@ async fn reprovisioning_follows_the_enrollment_policy() {
     assert_eq!(w.s.registration(&w.inst, "r-1").await.unwrap().twin_action.as_deref(), Some("kept"));
 }
 
+// -- TPM (docs/tpm.md, "Flow") --------------------------------------------------------------------
+
+fn tpm_body(id: &str, ek: &str, srk: &str) -> String {
+    json!({ "registrationId": id, "tpm": { "endorsementKey": ek, "storageRootKey": srk } }).to_string()
+}
+
+impl World {
+    async fn enroll_tpm(&self, id: &str, ek: &str) {
+        self.enroll(json!({ "registrationId": id, "attestation": { "type": "tpm", "tpm": { "endorsementKey": ek } } }))
+            .await;
+    }
+
+    /// One register without a token on a fresh connection.
+    async fn register_once(&self, id: &str, body: &str) -> DeviceReply {
+        let mut d = self.https(vec![]);
+        d.request(&self.scope(), id, API, None, Operation::Register { body: body.as_bytes() }).await
+    }
+
+    /// Whether a register with a SAS under `key` (no tpm block) is accepted.
+    async fn signs_in(&self, id: &str, key: &str) -> bool {
+        let sas = self.sas(id, key);
+        let mut d = self.https(vec![]);
+        let r = d.request(&self.scope(), id, API, Some(&sas), Operation::Register { body: b"" }).await;
+        matches!(r, DeviceReply::Accepted { .. })
+    }
+
+    /// Asks for a challenge; the key the TPM with `ek`/`srk` finds in it.
+    async fn challenged(&self, d: &mut DeviceSession, id: &str, ek: &str, srk: &str, auth: Option<&str>) -> String {
+        let body = tpm_body(id, ek, srk);
+        let r = d.request(&self.scope(), id, API, auth, Operation::Register { body: body.as_bytes() }).await;
+        assert_eq!(r.status(), 401);
+        let DeviceReply::Challenge { authentication_key, key_name } = &r else { panic!("not a challenge: {r:?}") };
+        assert_eq!(key_name, "registration");
+        assert_eq!(r.body()["authenticationKey"], json!(authentication_key), "the 401 body carries the blob");
+        TextTpm::open(authentication_key, ek, srk).expect("the blob is for this TPM")
+    }
+}
+
 #[tokio::test]
-async fn a_tpm_register_without_a_token_is_refused_until_tpm_attestation_exists() {
+async fn a_tpm_device_is_challenged_then_registers_with_the_issued_key() {
     let w = World::new(&["hub-a"]).await;
+    let (ek, srk) = (tpm_key("rsa2048", "ek-1"), tpm_key("rsa2048", "srk-1"));
+    w.enroll_tpm("t-1", &ek).await;
     let mut d = w.https(vec![]);
-    let body = br#"{"registrationId":"t","tpm":{"endorsementKey":"AAE=","storageRootKey":"AAI="}}"#;
-    let r = d.request(&w.scope(), "t", API, None, Operation::Register { body }).await;
+    let k = w.challenged(&mut d, "t-1", &ek, &srk, None).await;
+    let sas = w.sas("t-1", &k);
+    // Node and C# send the tpm block again with the SAS; AZIOT sends none.
+    let body = tpm_body("t-1", &ek, &srk);
+    for body in [body.as_str(), ""] {
+        // A fresh connection (another node): the issued key comes from the store.
+        let mut d = w.https(vec![]);
+        let r = d.request(&w.scope(), "t-1", API, Some(&sas), Operation::Register { body: body.as_bytes() }).await;
+        let DeviceReply::Accepted { operation_id } = r else { panic!("not accepted: {r:?}") };
+        let r = d
+            .request(&w.scope(), "t-1", API, Some(&sas), Operation::OperationStatus { operation_id: &operation_id })
+            .await;
+        assert_eq!(assigned(&r).0, "hub-a");
+        // The final result hands the same key over again, for the same TPM.
+        let blob = r.body()["registrationState"]["tpm"]["authenticationKey"]
+            .as_str()
+            .expect("tpm.authenticationKey")
+            .to_owned();
+        assert_eq!(TextTpm::open(&blob, &ek, &srk).as_deref(), Some(k.as_str()));
+        assert_eq!(TextTpm::open(&blob, &ek, &tpm_key("rsa2048", "srk-other")), None);
+    }
+    // Kept as a secret: the record the service API shows has no trace of it.
+    let rec = w.s.registration(&w.inst, "t-1").await.unwrap();
+    assert!(!serde_json::to_string(&rec).unwrap().contains(&k));
+}
+
+#[tokio::test]
+async fn tpm_refusals_unknown_wrong_ek_and_unusable_keys() {
+    let w = World::new(&["hub-a"]).await;
+    let (ek, srk) = (tpm_key("rsa2048", "ek-1"), tpm_key("rsa2048", "srk-1"));
+    w.enroll_tpm("t-1", &ek).await;
+    w.enroll(symmetric("sym-1", K1)).await;
+    let mut d = w.https(vec![]);
+    // Unknown id, another TPM's EK, a symmetric-key enrollment: the one 404 (as DPS answers an
+    // unknown TPM device), no challenge.
+    for (id, key) in [("nobody", &ek), ("t-1", &tpm_key("rsa2048", "ek-2")), ("sym-1", &ek)] {
+        let r = w.register_once(id, &tpm_body(id, key, &srk)).await;
+        assert_eq!(refused(&r), (404, 404_201, format!("individual enrollment {id:?} not found")), "{id}");
+    }
+    // Keys OpenDPS cannot use: 400 that says why, whoever is asked for.
+    for (id, key, srk, says) in [
+        ("t-1", tpm_key("ecc", "ek-1"), srk.clone(), "ECC"),
+        ("nobody", tpm_key("ecc", "x"), srk.clone(), "ECC"),
+        ("t-1", tpm_key("rsa3072", "ek-1"), srk.clone(), "RSA-2048"),
+        ("t-1", ek.clone(), tpm_key("ecc", "srk"), "storage root key is an ECC key"),
+        ("t-1", ek.clone(), String::new(), "storageRootKey is required"),
+    ] {
+        let (status, code, msg) = refused(&w.register_once(id, &tpm_body(id, &key, &srk)).await);
+        assert_eq!((status, code), (400, 400_000), "{msg}");
+        assert!(msg.contains(says), "{msg}");
+    }
+    // A register with the tpm block but a SAS under another key: challenged again.
+    let k1 = w.challenged(&mut d, "t-1", &ek, &srk, None).await;
+    let forged = w.sas("t-1", "not-the-issued-key");
+    let k2 = w.challenged(&mut d, "t-1", &ek, &srk, Some(&forged)).await;
+    assert_ne!(k1, k2, "a fresh key each challenge");
+    // An expired SAS under the issued key: challenged again too.
+    let expired = token(
+        &format!("{}/registrations/t-1", w.scope()),
+        &k2,
+        crate::ports::Clock::now(w.clock.as_ref()) - Duration::from_secs(10),
+    );
+    w.challenged(&mut d, "t-1", &ek, &srk, Some(&expired)).await;
+    // Without the tpm block (a poll, an AZIOT register) a bad SAS is the plain 401 error.
+    let r = d.request(&w.scope(), "t-1", API, Some(&forged), Operation::Register { body: b"" }).await;
     assert_eq!(refused(&r).0, 401);
+    let r =
+        d.request(&w.scope(), "t-1", API, Some(&forged), Operation::OperationStatus { operation_id: "4.x.y" }).await;
+    assert_eq!(refused(&r).0, 401);
+    assert!(w.s.registration(&w.inst, "t-1").await.is_err(), "nothing was registered");
+}
+
+#[tokio::test]
+async fn earlier_keys_stay_valid_until_the_ek_changes_or_the_enrollment_goes() {
+    let w = World::new(&["hub-a"]).await;
+    let (ek, srk) = (tpm_key("rsa2048", "ek-1"), tpm_key("rsa2048", "srk-1"));
+    w.enroll_tpm("t-1", &ek).await;
+    let mut d = w.https(vec![]);
+    let first = w.challenged(&mut d, "t-1", &ek, &srk, None).await;
+    // Someone else asks with the same (public) EK and their own SRK: the device's key still works.
+    w.challenged(&mut d, "t-1", &ek, &tpm_key("rsa2048", "srk-mallory"), None).await;
+    assert!(w.signs_in("t-1", &first).await);
+    // Only the newest few are kept.
+    for _ in 0..crate::model::MAX_ISSUED_TPM_KEYS {
+        w.challenged(&mut d, "t-1", &ek, &srk, None).await;
+    }
+    assert!(!w.signs_in("t-1", &first).await, "pushed out by newer challenges");
+    let latest = w.challenged(&mut d, "t-1", &ek, &srk, None).await;
+    assert!(w.signs_in("t-1", &latest).await);
+    // The enrollment's EK is replaced: keys issued to the old TPM no longer count.
+    w.enroll_tpm("t-1", &tpm_key("rsa2048", "ek-new")).await;
+    assert!(!w.signs_in("t-1", &latest).await);
+    // Deleting the enrollment deletes the issued keys.
+    w.enroll_tpm("t-1", &ek).await;
+    w.s.delete_enrollment(&w.inst, "t-1", None).await.unwrap();
+    w.enroll_tpm("t-1", &ek).await;
+    assert!(!w.signs_in("t-1", &latest).await);
+}
+
+#[tokio::test]
+async fn a_disabled_tpm_enrollment_is_refused_after_the_challenge() {
+    let w = World::new(&["hub-a"]).await;
+    let (ek, srk) = (tpm_key("rsa2048", "ek-1"), tpm_key("rsa2048", "srk-1"));
+    w.enroll(json!({ "registrationId": "t-1", "provisioningStatus": "disabled", "attestation": { "type": "tpm", "tpm": { "endorsementKey": ek } } }))
+        .await;
+    let mut d = w.https(vec![]);
+    let k = w.challenged(&mut d, "t-1", &ek, &srk, None).await;
+    let r = w.provision("t-1", Some(&w.sas("t-1", &k)), vec![], "").await;
+    let (status, _, msg) = refused(&r);
+    assert_eq!(status, 401);
+    assert!(msg.contains("disabled"), "{msg}");
+}
+
+#[tokio::test]
+async fn tpm_enrollments_with_unusable_endorsement_keys_are_refused_on_write() {
+    let w = World::new(&["hub-a"]).await;
+    for (ek, says) in [(tpm_key("ecc", "e"), "ECC"), (tpm_key("rsa4096", "e"), "RSA-2048")] {
+        let e: IndividualEnrollment = serde_json::from_value(
+            json!({ "registrationId": "t-1", "attestation": { "type": "tpm", "tpm": { "endorsementKey": ek } } }),
+        )
+        .unwrap();
+        let err = w.s.put_enrollment(&w.inst, "t-1", e, None).await.expect_err("refused");
+        assert_eq!(err.kind().status(), 400);
+        assert!(err.to_string().contains(says), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_tpm_enrollment_reached_over_mqtt_is_told_to_use_https_or_amqp() {
+    let w = World::new(&["hub-a"]).await;
+    let (ek, srk) = (tpm_key("rsa2048", "ek-1"), tpm_key("rsa2048", "srk-1"));
+    w.enroll_tpm("t-1", &ek).await;
+    // Even a device that holds an issued key cannot use it over MQTT.
+    let k = w.challenged(&mut w.https(vec![]), "t-1", &ek, &srk, None).await;
+    for transport in [Transport::Mqtt, Transport::MqttWs] {
+        for sas in [w.sas("t-1", &k), w.sas("t-1", "anything")] {
+            let mut d = w.s.device_session(connection(transport, TlsVersion::Tls12, vec![]));
+            let AuthOutcome::Refused(e) = d.authenticate(&w.scope(), "t-1", API, Credential::Sas(&sas)).await else {
+                panic!("not refused")
+            };
+            assert_eq!((e.status, e.error_code), (401, 401_002));
+            assert!(e.message.contains("TPM attestation is not available over MQTT"), "{}", e.message);
+            let r = d.handle(Operation::Register { body: b"" }).await;
+            assert!(refused(&r).2.contains("over MQTT"));
+        }
+    }
+    // Other ids over MQTT keep the one refusal.
+    let mut d = w.s.device_session(connection(Transport::Mqtt, TlsVersion::Tls12, vec![]));
+    let AuthOutcome::Refused(e) =
+        d.authenticate(&w.scope(), "nobody", API, Credential::Sas(&w.sas("nobody", "k"))).await
+    else {
+        panic!("not refused")
+    };
+    assert_eq!(e.message, "the device could not be authenticated");
+}
+
+#[tokio::test]
+async fn a_tpm_device_authenticates_at_connect_as_amqp_sasl_does() {
+    // The AMQP SASL `TPM` exchange in core terms: the keys ask for the challenge, the SAS answers
+    // it, and the connection then registers and polls with no credential; the final result
+    // still hands the key over (the C# register body over AMQP is empty).
+    let w = World::new(&["hub-a"]).await;
+    let (ek, srk) = (tpm_key("rsa2048", "ek-1"), tpm_key("rsa2048", "srk-1"));
+    w.enroll_tpm("t-1", &ek).await;
+    let keys = super::TpmKeys { endorsement_key: ek.clone(), storage_root_key: Some(srk.clone()) };
+    let mut d = w.s.device_session(connection(Transport::Amqp, TlsVersion::Tls12, vec![]));
+    let AuthOutcome::Challenge { authentication_key } =
+        d.authenticate(&w.scope(), "t-1", API, Credential::Tpm(&keys)).await
+    else {
+        panic!("no challenge")
+    };
+    let k = TextTpm::open(&authentication_key, &ek, &srk).expect("for this TPM");
+    let wrong = w.sas("t-1", "wrong");
+    assert!(matches!(d.authenticate(&w.scope(), "t-1", API, Credential::Sas(&wrong)).await, AuthOutcome::Refused(_)));
+    let sas = w.sas("t-1", &k);
+    assert_eq!(d.authenticate(&w.scope(), "t-1", API, Credential::Sas(&sas)).await, AuthOutcome::Attested);
+    w.clock.advance(Duration::from_secs(10)); // the register re-reads the enrollment
+    let DeviceReply::Accepted { operation_id } = d.handle(Operation::Register { body: b"" }).await else {
+        panic!("not accepted")
+    };
+    let r = d.handle(Operation::OperationStatus { operation_id: &operation_id }).await;
+    assert_eq!(assigned(&r).0, "hub-a");
+    let blob = r.body()["registrationState"]["tpm"]["authenticationKey"].as_str().expect("key blob").to_owned();
+    assert_eq!(TextTpm::open(&blob, &ek, &srk), Some(k));
+}
+
+#[tokio::test]
+async fn an_api_version_learnt_after_authentication_applies_to_later_requests() {
+    let w = World::new(&["hub-a"]).await;
+    w.enroll(symmetric("v-1", K1)).await;
+    let sas = w.sas("v-1", K1);
+    let register_twice = |api: Option<&'static str>| {
+        let w = &w;
+        let sas = sas.clone();
+        async move {
+            let mut last = String::new();
+            for _ in 0..2 {
+                let mut d = w.s.device_session(connection(Transport::Amqp, TlsVersion::Tls12, vec![]));
+                assert_eq!(d.authenticate(&w.scope(), "v-1", None, Credential::Sas(&sas)).await, AuthOutcome::Attested);
+                if let Some(v) = api {
+                    d.set_api_version(v).expect("a valid api-version");
+                }
+                let r = d.handle(Operation::Register { body: b"" }).await;
+                let DeviceReply::Accepted { operation_id } = r else { panic!("{r:?}") };
+                last = assigned(&d.handle(Operation::OperationStatus { operation_id: &operation_id }).await).2;
+            }
+            last
+        }
+    };
+    assert_eq!(register_twice(None).await, "reprovisionedToInitialAssignment");
+    assert_eq!(register_twice(Some("2019-03-31")).await, "initialAssignment");
+    let mut d = w.s.device_session(connection(Transport::Amqp, TlsVersion::Tls12, vec![]));
+    let e = d.set_api_version("yesterday").expect_err("malformed");
+    assert_eq!((e.status, e.error_code), (400, 400_000));
 }
 
 /// Records what the session reports, as `kind instance protocol result`.

@@ -8,6 +8,7 @@ mod enrollment;
 mod ids;
 mod instance;
 mod registration;
+mod tpm;
 
 pub use certificate::CaCertificate;
 pub use connection_string::{ConnectionString, ConnectionStringError};
@@ -22,3 +23,4 @@ pub use instance::{
     ServiceAllocationPolicy, Sku,
 };
 pub use registration::{DeviceRegistrationState, RegistrationRecord, RegistrationStatus};
+pub use tpm::{IssuedTpmKey, TpmIssuedKeys, MAX_ISSUED_TPM_KEYS};

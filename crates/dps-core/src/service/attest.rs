@@ -7,9 +7,14 @@
 use std::time::SystemTime;
 
 use super::Services;
-use crate::device::{Credential, TpmKeys};
+use crate::device::{ConnectionFacts, Credential, TpmKeys};
 use crate::error::{Error, Result};
-use crate::model::{AttestationType, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, X509CertificateInfo};
+use crate::model::{
+    AttestationType, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, IssuedTpmKey, TpmIssuedKeys,
+    X509CertificateInfo, MAX_ISSUED_TPM_KEYS,
+};
+use crate::ports::TpmKeyError;
+use crate::store::{Precondition, StoreError};
 use crate::tls::TlsVersion;
 
 /// The enrollment a device authenticated against.
@@ -31,6 +36,9 @@ pub struct Attested {
     pub(crate) certificate: Option<X509CertificateInfo>,
     /// When the credential stops being valid (a SAS token's expiry).
     pub(crate) valid_until: Option<SystemTime>,
+    /// For TPM devices, the issued key the device's SAS was signed with (and the EK/SRK it was
+    /// wrapped for): the final result hands it over again (`tpm.authenticationKey`).
+    pub(crate) tpm: Option<IssuedTpmKey>,
 }
 
 impl Attested {
@@ -61,13 +69,22 @@ impl Attested {
 pub(crate) enum Attestation {
     Attested(Attested),
     /// The TPM activation challenge (base64 blob) the device must answer.
-    #[allow(dead_code)] // made by TPM attestation, which is being built
     Challenge {
         authentication_key: String,
     },
 }
 
 const DENIED: &str = "the device could not be authenticated";
+
+/// A TPM key OpenDPS cannot use is the device's error (400); a server without TPM attestation
+/// or a failed blob is the server's.
+fn tpm_refusal(e: TpmKeyError) -> Error {
+    match e {
+        TpmKeyError::Unsupported(m) => Error::Invalid(m),
+        TpmKeyError::Disabled => Error::Unauthorized(e.to_string()),
+        other => Error::Internal(other.to_string()),
+    }
+}
 
 fn denied() -> Error {
     Error::Unauthorized(DENIED.into())
@@ -91,16 +108,28 @@ impl Services {
         Ok(instance)
     }
 
-    /// Checks `credential` for `registration_id` of `instance`. `chain` is the connection's TLS
-    /// client chain (leaf first, DER), used for [`Credential::ClientCertificate`].
+    /// Checks `credential` for `registration_id` of `instance` on connection `conn` (its TLS
+    /// client chain, leaf first, is used for [`Credential::ClientCertificate`]).
     pub(crate) async fn attest(
         &self,
         instance: Instance,
         registration_id: &str,
         credential: Credential<'_>,
-        chain: &[Vec<u8>],
+        conn: &ConnectionFacts,
     ) -> Result<Attestation> {
         crate::model::validate_registration_id(registration_id).map_err(Error::Invalid)?;
+        if !conn.transport.offers_tpm() {
+            // DPS has no TPM exchange over MQTT: a TPM enrollment's device is told so (the
+            // one refusal that names the kind of an enrollment; docs/tpm.md, "Transports").
+            let tpm = self.store.enrollment(&instance.name, registration_id).await?;
+            if tpm.is_some_and(|e| e.attestation.kind == AttestationType::Tpm) {
+                return Err(Error::Unauthorized(format!(
+                    "{registration_id} has a TPM enrollment, and TPM attestation is not available over MQTT: \
+                     register over HTTPS or AMQP (as with Azure DPS)"
+                )));
+            }
+        }
+        let chain = conn.peer_certificates.0.as_slice();
         match credential {
             Credential::Sas(token) => self.attest_sas(instance, registration_id, token).await,
             Credential::ClientCertificate if chain.is_empty() => {
@@ -123,10 +152,25 @@ impl Services {
                 kind: AttestationType::SymmetricKey,
                 certificate: None,
                 valid_until,
+                tpm: None,
             })
         };
         // Token-level problems (expired, wrong resource) are said; which key failed is not.
         if let Some(e) = self.store.enrollment(&instance.name, registration_id).await? {
+            if e.attestation.kind == AttestationType::Tpm {
+                // A TPM device signs with the key it was issued in its last challenges.
+                if let Some((issued, until)) = self.check_tpm_sas(&instance, &e, registration_id, token).await? {
+                    return Ok(Attestation::Attested(Attested {
+                        instance: instance.clone(),
+                        registration_id: registration_id.to_owned(),
+                        source: EnrollmentSource::Individual(e),
+                        kind: AttestationType::Tpm,
+                        certificate: None,
+                        valid_until: Some(until),
+                        tpm: Some(issued),
+                    }));
+                }
+            }
             if let Some(k) =
                 e.attestation.symmetric_key.as_ref().filter(|_| e.attestation.kind == AttestationType::SymmetricKey)
             {
@@ -183,6 +227,7 @@ impl Services {
                 kind: AttestationType::X509,
                 certificate: Some(info),
                 valid_until: None,
+                tpm: None,
             })
         };
         if let Some(e) = self.store.enrollment(&instance.name, registration_id).await? {
@@ -231,10 +276,95 @@ impl Services {
         Err(denied())
     }
 
-    async fn attest_tpm(&self, instance: Instance, registration_id: &str, _keys: &TpmKeys) -> Result<Attestation> {
-        // Unknown registration ids are refused as every other failure.
-        let _ = (instance, registration_id);
-        Err(Error::Unauthorized("TPM attestation is not available on this server yet".into()))
+    /// A TPM device asking for its challenge (docs/tpm.md, "Flow"): its EK must be the
+    /// enrollment's; the challenge issues a fresh key, kept in the store (so any node can check
+    /// the SAS that follows) and handed to that TPM in the activation blob.
+    ///
+    /// An id with no TPM enrollment and an EK that is not the enrollment's get the same 404
+    /// (404201, as DPS answers an unknown TPM device): a 401 would be taken for a challenge by
+    /// the C# client.
+    async fn attest_tpm(&self, instance: Instance, registration_id: &str, keys: &TpmKeys) -> Result<Attestation> {
+        let not_enrolled = || Error::EnrollmentNotFound(registration_id.to_owned());
+        // Keys OpenDPS cannot use are said before any enrollment is looked at (no enumeration).
+        self.tpm.check_endorsement_key(&keys.endorsement_key).map_err(tpm_refusal)?;
+        let srk = keys.storage_root_key.as_deref().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            Error::Invalid("tpm.storageRootKey is required: the issued key is imported under it".into())
+        })?;
+        self.tpm.check_storage_root_key(srk).map_err(tpm_refusal)?;
+        let enrolled = self
+            .store
+            .enrollment(&instance.name, registration_id)
+            .await?
+            .filter(|e| e.attestation.kind == AttestationType::Tpm)
+            .and_then(|e| e.attestation.tpm.map(|t| t.endorsement_key))
+            .ok_or_else(not_enrolled)?;
+        if !self.tpm.same_endorsement_key(&enrolled, &keys.endorsement_key) {
+            return Err(not_enrolled());
+        }
+        let challenge = self.tpm.challenge(&keys.endorsement_key, srk).map_err(tpm_refusal)?;
+        let issued = IssuedTpmKey {
+            endorsement_key: keys.endorsement_key.clone(),
+            storage_root_key: srk.to_owned(),
+            key: challenge.issued_key.clone(),
+            issued_date_time_utc: self.now(),
+        };
+        self.remember_tpm_key(&instance, registration_id, issued).await?;
+        Ok(Attestation::Challenge { authentication_key: challenge.authentication_key })
+    }
+
+    /// Files a newly issued key first among the registration's issued keys (at most
+    /// [`MAX_ISSUED_TPM_KEYS`]); a concurrent challenge of the same id is merged, not lost.
+    async fn remember_tpm_key(&self, instance: &Instance, registration_id: &str, issued: IssuedTpmKey) -> Result<()> {
+        for _attempt in 0..3 {
+            let current = self.store.tpm_keys(&instance.name, registration_id).await?;
+            let mut keys = vec![issued.clone()];
+            if let Some(c) = &current {
+                keys.extend(c.keys.iter().take(MAX_ISSUED_TPM_KEYS - 1).cloned());
+            }
+            let doc = TpmIssuedKeys { registration_id: registration_id.to_owned(), etag: self.etag(), keys };
+            let pre = match &current {
+                Some(c) => Precondition::IfMatch(&c.etag),
+                None => Precondition::MustNotExist,
+            };
+            match self.store.put_tpm_keys(&instance.name, &doc, pre).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::AlreadyExists | StoreError::PreconditionFailed | StoreError::NotFound) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Conflict(format!("the TPM challenge of {registration_id} is being changed concurrently; retry")))
+    }
+
+    /// Whether `token` was signed with a key issued to the TPM of enrollment `e` (for its
+    /// current EK). `Ok(None)` when none signed it; token-level problems are errors.
+    async fn check_tpm_sas(
+        &self,
+        instance: &Instance,
+        e: &IndividualEnrollment,
+        registration_id: &str,
+        token: &str,
+    ) -> Result<Option<(IssuedTpmKey, SystemTime)>> {
+        let Some(enrolled) = e.attestation.tpm.as_ref().map(|t| t.endorsement_key.as_str()) else {
+            return Ok(None);
+        };
+        let Some(issued) = self.store.tpm_keys(&instance.name, registration_id).await? else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        let resource = format!("{}/registrations/{registration_id}", instance.id_scope.as_str());
+        for k in issued.keys {
+            if !self.tpm.same_endorsement_key(enrolled, &k.endorsement_key) {
+                continue;
+            }
+            let verified = self
+                .crypto
+                .verify_sas(token, &resource, std::slice::from_ref(&k.key), now)
+                .map_err(|e| Error::Unauthorized(e.to_string()))?;
+            if let Some(until) = verified {
+                return Ok(Some((k, until)));
+            }
+        }
+        Ok(None)
     }
 
     pub(crate) async fn all_groups(&self, instance: &Instance) -> Result<Vec<EnrollmentGroup>> {

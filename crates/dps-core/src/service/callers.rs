@@ -20,17 +20,29 @@ impl Services {
     /// Authenticates a service API call (`authorization`: the `Authorization` header) for
     /// `right`, and resolves the instance it addresses.
     ///
-    /// The instance is the one whose name prefixes the addressed host (`mydps.example.com`), or
-    /// else the one whose policy key signed the token: connection strings printed by opendps
-    /// carry the server's address, shared by every instance, so the key is what tells
-    /// instances apart. The token's resource must be one of this server's own host names (or
-    /// `{instance}.…`), never merely the `Host` the client chose to send.
+    /// The instance is the one whose name prefixes the addressed host (`mydps.example.com`) or
+    /// the token's resource, looked up by name; or else the one whose policy key signed the
+    /// token: connection strings printed by opendps carry the server's address, shared by every
+    /// instance, so the key is what tells instances apart. The token's resource must be one of
+    /// this server's own host names (or `{instance}.…`), never merely the `Host` the client
+    /// chose to send.
     pub async fn service_caller(
         &self,
         authorization: Option<&str>,
         host: &str,
         right: AccessRight,
     ) -> Result<Instance> {
+        self.service_caller_rights(authorization, host, right).await.map(|(i, _)| i)
+    }
+
+    /// [`Services::service_caller`], with every right of the policy that signed the token (a
+    /// reader is shown less than a writer).
+    pub async fn service_caller_rights(
+        &self,
+        authorization: Option<&str>,
+        host: &str,
+        right: AccessRight,
+    ) -> Result<(Instance, Vec<AccessRight>)> {
         let token = authorization
             .ok_or_else(|| unauthorized("the request has no Authorization header (SharedAccessSignature)"))?;
         let claims = self.crypto.sas_claims(token, self.clock.now()).map_err(|e| unauthorized(e.to_string()))?;
@@ -38,11 +50,23 @@ impl Services {
         let host = host.to_ascii_lowercase();
         let resource = claims.resource.to_ascii_lowercase();
         let resource_host = resource.split('/').next().unwrap_or("").to_owned();
-        let instances = self.store.instances().await?;
         let named =
             |i: &Instance, h: &str| h.strip_prefix(&i.name.to_ascii_lowercase()).is_some_and(|r| r.starts_with('.'));
-        let by_host: Vec<&Instance> = instances.iter().filter(|i| named(i, &host)).collect();
-        let candidates: Vec<&Instance> = if by_host.is_empty() { instances.iter().collect() } else { by_host };
+        // An instance named by the host or the token is found by name: a bad token costs one
+        // lookup, not a pass over every instance.
+        let mut candidates = Vec::new();
+        for h in [&host, &resource_host] {
+            if let Some((label, _)) = h.split_once('.') {
+                if let Some(i) = self.store.instance(label).await? {
+                    candidates.push(i);
+                    break;
+                }
+            }
+        }
+        if candidates.is_empty() {
+            candidates = self.store.instances().await?;
+            candidates.retain(|i| i.authorization_policies.iter().any(|p| p.key_name.eq_ignore_ascii_case(&skn)));
+        }
         for inst in candidates {
             let Some(policy) = inst.authorization_policies.iter().find(|p| p.key_name.eq_ignore_ascii_case(&skn))
             else {
@@ -54,7 +78,7 @@ impl Services {
             if !(primary | secondary) {
                 continue;
             }
-            let own_host = named(inst, &resource_host) || self.host_names.contains(&resource_host);
+            let own_host = named(&inst, &resource_host) || self.host_names.contains(&resource_host);
             if !own_host {
                 return Err(unauthorized(format!(
                     "the SAS token is for {:?}, which is not a host name of this service",
@@ -68,7 +92,8 @@ impl Services {
                     right.as_str()
                 )));
             }
-            return Ok(inst.clone());
+            let rights = policy.rights.clone();
+            return Ok((inst, rights));
         }
         Err(unauthorized("the SAS token was not signed by a shared access policy of this service"))
     }
@@ -97,7 +122,53 @@ impl Services {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
     use super::ct_eq;
+    use crate::model::AccessRight;
+
+    /// 30 instances, each with the default owner policy; returns the services and the crypto.
+    async fn many() -> (super::Services, std::sync::Arc<crate::testing::TextCrypto>) {
+        let (s, _, crypto) = crate::testing::services();
+        for n in 0..30 {
+            let body = serde_json::json!({ "name": format!("dps{n:02}"), "location": "local", "sku": {"name": "S1", "capacity": 1}, "properties": {} });
+            s.put_instance("rg", "local", body, None).await.expect("instance");
+        }
+        (s, crypto)
+    }
+
+    fn token(sr: &str, key: &str) -> String {
+        let expiry = std::time::SystemTime::now() + Duration::from_secs(86_400 * 365 * 30);
+        crate::testing::token(sr, key, expiry).replace("skn=registration", "skn=provisioningserviceowner")
+    }
+
+    #[tokio::test]
+    async fn a_bad_token_for_a_named_instance_is_checked_against_that_instance_only() {
+        let (s, crypto) = many().await;
+        let s = s.with_host_names(vec!["dps.example".into()]);
+        // Addressed by host name, or by the token's resource: one instance's keys are tried.
+        for (host, sr) in [("dps07.dps.example", "dps.example"), ("dps.example", "dps07.dps.example")] {
+            crypto.sas_checks.store(0, Ordering::Relaxed);
+            let r = s.service_caller(Some(&token(sr, "wrong")), host, AccessRight::EnrollmentRead).await;
+            assert!(r.is_err());
+            assert_eq!(crypto.sas_checks.load(Ordering::Relaxed), 2, "{host} / {sr}: primary and secondary of one");
+        }
+        // The right key of that instance is accepted.
+        let inst = s.instance("dps07").await.expect("accepted");
+        let key = inst.authorization_policies[0].primary_key.clone();
+        let t = token("dps07.dps.example", &key);
+        assert_eq!(
+            s.service_caller(Some(&t), "dps.example", AccessRight::EnrollmentRead).await.expect("accepted").name,
+            "dps07"
+        );
+        // Through the shared host name the key finds its instance.
+        let t = token("dps.example", &key);
+        assert_eq!(
+            s.service_caller(Some(&t), "dps.example", AccessRight::EnrollmentRead).await.expect("accepted").name,
+            "dps07"
+        );
+    }
 
     #[test]
     fn constant_time_equality() {

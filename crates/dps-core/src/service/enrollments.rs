@@ -227,6 +227,11 @@ impl Services {
                 if crate::base64::decode(&ek).is_none() {
                     return Err(Error::Invalid("attestation.tpm.endorsementKey is required and must be base64".into()));
                 }
+                // An EK no device could ever attest with is refused now, not at registration.
+                match self.tpm.check_endorsement_key(&ek) {
+                    Ok(()) | Err(crate::ports::TpmKeyError::Disabled) => {}
+                    Err(e) => return Err(Error::Invalid(format!("attestation.tpm.endorsementKey: {e}"))),
+                }
                 if let Some(srk) = a.tpm.as_ref().and_then(|t| t.storage_root_key.as_deref()) {
                     if crate::base64::decode(srk).is_none() {
                         return Err(Error::Invalid("attestation.tpm.storageRootKey must be base64".into()));
@@ -398,6 +403,10 @@ impl Services {
     pub async fn delete_enrollment(&self, instance: &Instance, id: &str, if_match: Option<&str>) -> Result<()> {
         if let Err(err) = self.store.delete_enrollment(&instance.name, id, precondition(if_match)).await {
             return not_found_or(err, || Error::EnrollmentNotFound(id.to_owned()), &format!("enrollment {id}"));
+        }
+        match self.store.delete_tpm_keys(&instance.name, id, Precondition::Any).await {
+            Ok(()) | Err(StoreError::NotFound) => {}
+            Err(other) => return Err(Error::Store(other)),
         }
         if let Some(r) = self.store.registration(&instance.name, id).await? {
             if r.enrollment_group_id.is_none() {

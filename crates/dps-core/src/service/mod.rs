@@ -17,7 +17,7 @@ mod throttle;
 use std::sync::Arc;
 
 use crate::observe::{NoObserver, Observer};
-use crate::ports::{AllocationWebhook, Clock, DeviceCrypto, Entropy, NoWebhook, X509Inspector};
+use crate::ports::{AllocationWebhook, Clock, DeviceCrypto, Entropy, NoTpm, NoWebhook, TpmActivator, X509Inspector};
 use crate::store::Store;
 
 pub use allocation::weighted_choice;
@@ -46,6 +46,8 @@ pub struct Services {
     pub(crate) throttle: Arc<Throttle>,
     /// Custom allocation webhook client.
     pub(crate) webhook: Arc<dyn AllocationWebhook>,
+    /// TPM activation (challenges and the final result's key blob).
+    pub(crate) tpm: Arc<dyn TpmActivator>,
     /// This node's region (geoLatency allocation; location of instances that name none).
     pub(crate) region: String,
     /// Whether webhook URLs may be plain `http://` to localhost (tests, local development).
@@ -76,6 +78,7 @@ impl Services {
             crypto,
             throttle: Arc::new(Throttle::new(0)),
             webhook: Arc::new(NoWebhook),
+            tpm: Arc::new(NoTpm),
             region: "local".into(),
             allow_http_localhost_webhooks: false,
             host_names: Vec::new(),
@@ -162,6 +165,13 @@ impl Services {
     #[must_use]
     pub fn with_webhook(mut self, webhook: Arc<dyn AllocationWebhook>) -> Self {
         self.webhook = webhook;
+        self
+    }
+
+    /// Sets the TPM activation (without it, TPM devices are refused).
+    #[must_use]
+    pub fn with_tpm(mut self, tpm: Arc<dyn TpmActivator>) -> Self {
+        self.tpm = tpm;
         self
     }
 

@@ -268,10 +268,22 @@ impl Services {
     /// The status of operation `operation_id` of an authenticated device.
     pub(crate) async fn operation_status(&self, a: &Attested, operation_id: &str) -> Result<OperationStatus> {
         let r = self.store.registration(&a.instance.name, &a.registration_id).await?;
-        match r {
-            Some(r) if r.operation_id.as_deref() == Some(operation_id) => Ok(status_of(&r)),
-            _ => Err(Error::RegistrationNotFound(format!("{} (operation {operation_id})", a.registration_id))),
+        let mut status = match r {
+            Some(r) if r.operation_id.as_deref() == Some(operation_id) => status_of(&r),
+            _ => return Err(Error::RegistrationNotFound(format!("{} (operation {operation_id})", a.registration_id))),
+        };
+        // A TPM device gets its key handed over again in the final result (docs/tpm.md, "Flow"):
+        // the C, C# and Node clients require `tpm.authenticationKey` there.
+        if let (Some(k), Some(state)) = (&a.tpm, status.registration_state.as_mut()) {
+            if state.status == RegistrationStatus::Assigned {
+                let blob = self
+                    .tpm
+                    .wrap_key(&k.endorsement_key, &k.storage_root_key, &k.key)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                state.extra.insert("tpm".into(), json!({ "authenticationKey": blob }));
+            }
         }
+        Ok(status)
     }
 
     /// The registration status lookup (`POST /{scope}/registrations/{id}`).

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use super::{InstanceWrite, Precondition, Store, StoreError};
 use crate::model::{
     AttestationMechanism, AttestationType, CaCertificate, DeviceRegistrationState, EnrollmentGroup, IdScope,
-    IndividualEnrollment, Instance, RegistrationRecord, RegistrationStatus, ServiceAllocationPolicy, Sku,
-    SymmetricKeyAttestation, X509CertificateInfo,
+    IndividualEnrollment, Instance, IssuedTpmKey, RegistrationRecord, RegistrationStatus, ServiceAllocationPolicy, Sku,
+    SymmetricKeyAttestation, TpmIssuedKeys, X509CertificateInfo,
 };
 
 fn instance(name: &str, scope: u8) -> Instance {
@@ -112,6 +112,7 @@ pub async fn run<S: Store + ?Sized>(s: &S) {
     groups(s).await;
     registrations(s).await;
     certificates(s).await;
+    tpm_keys(s).await;
     cascade(s).await;
 }
 
@@ -265,11 +266,37 @@ async fn certificates<S: Store + ?Sized>(s: &S) {
     assert!(s.certificates(i).await.unwrap().is_empty());
 }
 
+async fn tpm_keys<S: Store + ?Sized>(s: &S) {
+    let i = "dps-a";
+    let key = |k: &str| IssuedTpmKey {
+        endorsement_key: "EK".into(),
+        storage_root_key: "SRK".into(),
+        key: k.into(),
+        issued_date_time_utc: "t".into(),
+    };
+    let v1 = TpmIssuedKeys { registration_id: "Tpm-1".into(), etag: "\"t1\"".into(), keys: vec![key("k1")] };
+    s.put_tpm_keys(i, &v1, Precondition::MustNotExist).await.unwrap();
+    assert_eq!(s.tpm_keys(i, "tpm-1").await.unwrap().as_ref(), Some(&v1), "TPM keys by id (case-insensitive)");
+    let v2 = TpmIssuedKeys { etag: "\"t2\"".into(), keys: vec![key("k2"), key("k1")], ..v1.clone() };
+    assert!(matches!(s.put_tpm_keys(i, &v2, Precondition::MustNotExist).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(
+        s.put_tpm_keys(i, &v2, Precondition::IfMatch("\"zz\"")).await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    s.put_tpm_keys(i, &v2, Precondition::IfMatch("\"t1\"")).await.unwrap();
+    assert_eq!(s.tpm_keys(i, "TPM-1").await.unwrap(), Some(v2));
+    assert!(s.enrollment(i, "tpm-1").await.unwrap().is_none(), "TPM keys are not an enrollment");
+    s.delete_tpm_keys(i, "tpm-1", Precondition::Any).await.unwrap();
+    assert!(s.tpm_keys(i, "tpm-1").await.unwrap().is_none());
+    s.put_tpm_keys(i, &v1, Precondition::MustNotExist).await.unwrap(); // for the cascade
+}
+
 async fn cascade<S: Store + ?Sized>(s: &S) {
     s.delete_instance("dps-a").await.unwrap();
     assert!(s.instance("dps-a").await.unwrap().is_none());
     assert!(s.enrollment("dps-a", "page-00").await.unwrap().is_none(), "deleting an instance deletes its enrollments");
     assert!(s.registration("dps-a", "r-2").await.unwrap().is_none(), "and its registrations");
+    assert!(s.tpm_keys("dps-a", "tpm-1").await.unwrap().is_none(), "and the keys issued to its TPMs");
     assert!(matches!(s.delete_instance("dps-a").await, Err(StoreError::NotFound)));
     // A new instance of the same name starts empty.
     s.write_instances(&[InstanceWrite::Create(instance("dps-a", 9))]).await.unwrap();

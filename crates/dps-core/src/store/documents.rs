@@ -5,7 +5,9 @@
 use serde::de::DeserializeOwned;
 
 use super::{from_doc, to_doc, InstanceWrite, Page, Precondition, Store, StoreError};
-use crate::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord};
+use crate::model::{
+    CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord, TpmIssuedKeys,
+};
 
 /// The kinds of document, with their stable numbers (stored in the database).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +16,8 @@ pub enum Kind {
     Group = 2,
     Registration = 3,
     Certificate = 4,
+    /// The keys issued to a TPM device (secret; docs/tpm.md, "Secrets").
+    TpmKeys = 5,
 }
 
 /// A page of raw documents.
@@ -115,6 +119,16 @@ impl Document for CaCertificate {
     const KIND: Kind = Kind::Certificate;
     fn doc_id(&self) -> &str {
         &self.name
+    }
+    fn doc_etag(&self) -> &str {
+        &self.etag
+    }
+}
+
+impl Document for TpmIssuedKeys {
+    const KIND: Kind = Kind::TpmKeys;
+    fn doc_id(&self) -> &str {
+        &self.registration_id
     }
     fn doc_etag(&self) -> &str {
         &self.etag
@@ -297,5 +311,20 @@ impl<S: DocumentStore> Store for S {
     }
     async fn certificates(&self, instance: &str) -> Result<Vec<CaCertificate>, StoreError> {
         Ok(page(self, Kind::Certificate, instance, None, None, 10_000).await?.items)
+    }
+
+    async fn tpm_keys(&self, instance: &str, registration_id: &str) -> Result<Option<TpmIssuedKeys>, StoreError> {
+        get(self, Kind::TpmKeys, instance, registration_id).await
+    }
+    async fn put_tpm_keys(&self, instance: &str, k: &TpmIssuedKeys, pre: Precondition<'_>) -> Result<(), StoreError> {
+        put(self, instance, k, pre).await
+    }
+    async fn delete_tpm_keys(
+        &self,
+        instance: &str,
+        registration_id: &str,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        self.delete_doc(Kind::TpmKeys, instance, registration_id, pre).await
     }
 }

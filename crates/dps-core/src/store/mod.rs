@@ -5,7 +5,9 @@
 //! (compared lower-cased); instance names likewise. Every write carries a [`Precondition`], so
 //! the check and the write happen in one transaction in the backend.
 
-use crate::model::{CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord};
+use crate::model::{
+    CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord, TpmIssuedKeys,
+};
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -166,4 +168,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         -> Result<(), StoreError>;
     async fn delete_certificate(&self, instance: &str, name: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
     async fn certificates(&self, instance: &str) -> Result<Vec<CaCertificate>, StoreError>;
+
+    /// The keys issued to the TPM of `registration_id` (secret: never logged or returned).
+    async fn tpm_keys(&self, instance: &str, registration_id: &str) -> Result<Option<TpmIssuedKeys>, StoreError>;
+    async fn put_tpm_keys(&self, instance: &str, k: &TpmIssuedKeys, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn delete_tpm_keys(
+        &self,
+        instance: &str,
+        registration_id: &str,
+        pre: Precondition<'_>,
+    ) -> Result<(), StoreError>;
 }

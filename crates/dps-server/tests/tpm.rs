@@ -1,0 +1,135 @@
+//! TPM attestation over HTTPS against a real server (docs/tpm.md, "Flow"): the 401 challenge in
+//! the shape the clients read, a software TPM (dps-attest's, with the TPM's checks) that opens it,
+//! the SAS signed with the issued key, 202, and the final result that hands the key over again;
+//! refusals for keys OpenDPS cannot use, EKs it does not know, and SAS tokens under other keys.
+//! (The official Node TPM client on swtpm is exercised in tests/devices/test_tpm.py.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::{http, start, TestServer};
+use dps_attest::tpm::testing::SoftwareTpm;
+use dps_attest::tpm::ActivationBlobFields;
+use dps_core::base64::{decode, encode};
+use dps_core::model::{IndividualEnrollment, Instance};
+use serde_json::{json, Value};
+
+const API: &str = "api-version=2021-10-01";
+const ECC_EK: &[u8] = include_bytes!("../../dps-attest/testdata/tpm/swtpm-ek-ecc.pub");
+const RSA3072: &[u8] = include_bytes!("../../dps-attest/testdata/tpm/swtpm-rsa3072.pub");
+
+async fn setup() -> (TestServer, Instance) {
+    let s = start("").await;
+    let inst = common::link_hub(&s, "hub-a.azure-devices.net").await;
+    (s, inst)
+}
+
+async fn enroll(s: &TestServer, inst: &Instance, id: &str, ek: &[u8]) -> Result<(), dps_core::error::Error> {
+    let e: IndividualEnrollment = serde_json::from_value(
+        json!({ "registrationId": id, "attestation": { "type": "tpm", "tpm": { "endorsementKey": encode(ek) } } }),
+    )
+    .unwrap();
+    s.server.state.services.put_enrollment(inst, id, e, None).await.map(drop)
+}
+
+fn body(id: &str, ek: &[u8], srk: &[u8]) -> String {
+    json!({ "registrationId": id, "tpm": { "endorsementKey": encode(ek), "storageRootKey": encode(srk) } }).to_string()
+}
+
+fn sas(inst: &Instance, id: &str, key: &[u8]) -> String {
+    let expiry = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let resource = format!("{}/registrations/{id}", inst.id_scope.as_str());
+    dps_attest::sas::make_token(&resource, &encode(key), expiry, Some("registration")).unwrap()
+}
+
+/// A register; (status, body).
+async fn register(s: &TestServer, inst: &Instance, id: &str, auth: Option<String>, body: &str) -> (u16, Value) {
+    let path = format!("/{}/registrations/{id}/register?{API}", inst.id_scope.as_str());
+    let (status, _, v) = http(s, "PUT", &path, auth, body).await;
+    (status, v)
+}
+
+/// The challenge of a 401: checks its shape, returns the blob.
+fn challenge(status: u16, v: &Value) -> Vec<u8> {
+    assert_eq!(status, 401, "{v}");
+    assert_eq!(v["keyName"], "registration", "{v}");
+    assert!(v["message"].is_string(), "{v}");
+    let blob = decode(v["authenticationKey"].as_str().expect("authenticationKey")).expect("base64");
+    let f = ActivationBlobFields::parse(&blob).expect("six TPM2B fields, nothing after");
+    assert_eq!(f.uri_data, [0, 0], "field 6 present and empty");
+    blob
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tpm_device_is_challenged_registers_and_gets_its_key_again() {
+    let (s, inst) = setup().await;
+    let tpm = SoftwareTpm::default();
+    let (ek, srk) = (tpm.endorsement_key(), tpm.storage_root_key());
+    enroll(&s, &inst, "tpm-dev-1", &ek).await.unwrap();
+
+    let (status, v) = register(&s, &inst, "tpm-dev-1", None, &body("tpm-dev-1", &ek, &srk)).await;
+    let k = tpm.activate(&challenge(status, &v)).expect("our TPM opens the challenge");
+    assert_eq!(k.len(), 32);
+    assert!(SoftwareTpm::default().activate(&challenge(status, &v)).is_err(), "another TPM cannot");
+
+    // A SAS under another key, with the tpm block: challenged again (C# takes any 401 so).
+    let (status, v) =
+        register(&s, &inst, "tpm-dev-1", Some(sas(&inst, "tpm-dev-1", b"wrong")), &body("tpm-dev-1", &ek, &srk)).await;
+    let k2 = tpm.activate(&challenge(status, &v)).expect("a fresh challenge");
+    assert_ne!(k, k2);
+
+    let auth = sas(&inst, "tpm-dev-1", &k2);
+    let (status, v) = register(&s, &inst, "tpm-dev-1", Some(auth.clone()), &body("tpm-dev-1", &ek, &srk)).await;
+    assert_eq!(status, 202, "{v}");
+    let op = v["operationId"].as_str().expect("operationId").to_owned();
+    let path = format!("/{}/registrations/tpm-dev-1/operations/{op}?{API}", inst.id_scope.as_str());
+    let (status, _, v) = http(&s, "GET", &path, Some(auth), "").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "assigned", "{v}");
+    assert_eq!(v["registrationState"]["assignedHub"], "hub-a.azure-devices.net");
+    let blob =
+        decode(v["registrationState"]["tpm"]["authenticationKey"].as_str().expect("tpm.authenticationKey")).unwrap();
+    assert_eq!(tpm.activate(&blob).expect("the final blob opens"), k2, "the key the device signs with");
+
+    // The service API's record shows neither the key nor the blob.
+    let rec = s.server.state.services.registration(&inst, "tpm-dev-1").await.unwrap();
+    let text = serde_json::to_string(&rec).unwrap();
+    assert!(!text.contains(&encode(&k2)) && !text.contains("authenticationKey"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unusable_and_unknown_endorsement_keys_are_refused() {
+    let (s, inst) = setup().await;
+    let tpm = SoftwareTpm::default();
+    let (ek, srk) = (tpm.endorsement_key(), tpm.storage_root_key());
+    enroll(&s, &inst, "tpm-dev-1", &ek).await.unwrap();
+
+    // ECC and RSA-3072: 400 that says so, whether or not the id is enrolled.
+    for (id, ek, srk, says) in [
+        ("tpm-dev-1", ECC_EK, srk.as_slice(), "ECC"),
+        ("nobody", ECC_EK, srk.as_slice(), "ECC"),
+        ("tpm-dev-1", RSA3072, srk.as_slice(), "RSA-3072"),
+        ("tpm-dev-1", ek.as_slice(), RSA3072, "storage root key is RSA-3072"),
+    ] {
+        let (status, v) = register(&s, &inst, id, None, &body(id, ek, srk)).await;
+        assert_eq!((status, v["errorCode"].as_u64()), (400, Some(400_000)), "{v}");
+        let msg = v["message"].as_str().unwrap();
+        assert!(msg.contains(says) && msg.contains("RSA-2048"), "{msg}");
+        assert!(v.get("authenticationKey").is_none());
+    }
+    // An id the server does not know, another TPM's EK for an enrolled id: the one 404 (as DPS
+    // answers an unknown TPM device; a 401 would be taken for a challenge by the C# client).
+    let other = SoftwareTpm::default();
+    for (id, ek) in [("nobody", ek.clone()), ("tpm-dev-1", other.endorsement_key())] {
+        let (status, v) = register(&s, &inst, id, None, &body(id, &ek, &srk)).await;
+        assert_eq!((status, v["errorCode"].as_u64()), (404, Some(404_201)), "{v}");
+        assert!(v.get("authenticationKey").is_none(), "no challenge: {v}");
+    }
+    // Enrollments with keys no device could attest with are refused when written.
+    let err = enroll(&s, &inst, "tpm-ecc", ECC_EK).await.expect_err("ECC EK");
+    assert_eq!(err.kind().status(), 400);
+    assert!(err.to_string().contains("ECC"), "{err}");
+    assert!(s.server.state.services.registration(&inst, "tpm-dev-1").await.is_err(), "nothing registered");
+}
