@@ -36,19 +36,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub service: ServiceConfig,
     pub allocation: AllocationConfig,
-    pub admin: AdminConfig,
     pub limits: LimitsConfig,
-}
-
-/// The plain-HTTP admin listener: Prometheus `/metrics`, `/health/live`, `/health/ready`
-/// (docs/operations.md).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AdminConfig {
-    pub enabled: bool,
-    /// Default: the listen address if it is a loopback address, else 127.0.0.1.
-    pub address: IpAddr,
-    /// Default 9464.
-    pub port: u16,
+    pub admin: AdminConfig,
 }
 
 /// Time bounds of every connection (docs/limits.md). A bound reached costs only that connection.
@@ -68,6 +57,17 @@ pub struct LimitsConfig {
     pub mqtt_max_keep_alive: Duration,
     /// MQTT: how long a connection whose device was refused at CONNECT may stay.
     pub mqtt_refused_lifetime: Duration,
+}
+
+/// The plain-HTTP admin listener: Prometheus `/metrics`, `/health/live`, `/health/ready`
+/// (docs/operations.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// Default: the listen address if it is a loopback address, else 127.0.0.1.
+    pub address: IpAddr,
+    /// Default 9464.
+    pub port: u16,
 }
 
 /// Custom allocation webhooks.
@@ -467,6 +467,7 @@ impl Config {
                 }
             },
         };
+        let limits = v.limits(&raw.limits);
         let admin = AdminConfig {
             enabled: raw.admin.enabled.unwrap_or(true),
             address: match raw.admin.address.as_deref() {
@@ -486,7 +487,6 @@ impl Config {
                 }
             }
         }
-        let limits = v.limits(&raw.limits);
         if data_dir.as_os_str().is_empty() {
             v.problem("data_dir", "must not be empty".into());
         }
@@ -512,8 +512,8 @@ impl Config {
             store,
             service,
             allocation,
-            admin,
             limits,
+            admin,
         })
     }
 }

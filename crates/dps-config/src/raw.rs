@@ -33,17 +33,8 @@ pub struct Raw {
     #[serde(default)]
     pub allocation: RawAllocation,
     #[serde(default)]
-    pub admin: RawAdmin,
-    #[serde(default)]
     pub limits: RawLimits,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    pub enabled: Option<bool>,
-    pub address: Option<String>,
-    pub port: Option<u16>,
+    pub admin: RawAdmin,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -55,6 +46,14 @@ pub struct RawLimits {
     pub mqtt_connect_timeout: Option<String>,
     pub mqtt_max_keep_alive: Option<String>,
     pub mqtt_refused_lifetime: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub enabled: Option<bool>,
+    pub address: Option<String>,
+    pub port: Option<u16>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -453,8 +453,8 @@ impl Server {
                 protocol,
                 drivers: drivers.clone(),
                 max_connections: config.tls.max_connections,
-                metrics: metrics.clone(),
                 hello_timeout: config.limits.hello_timeout,
+                metrics: metrics.clone(),
                 tracker: tracker.clone(),
                 shutdown: shutdown.clone(),
             }));

@@ -85,16 +85,16 @@ pub(crate) struct LoopArgs {
     pub protocol: Protocol,
     pub drivers: Drivers,
     pub max_connections: usize,
-    pub metrics: Arc<crate::metrics::Metrics>,
     /// A new connection must send its first bytes within this before it may take a handshake
     /// slot (half-open and silent connections hold none).
     pub hello_timeout: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
 pub(crate) async fn accept_loop(args: LoopArgs) {
-    let LoopArgs { listener, acceptor, protocol, drivers, max_connections, metrics, hello_timeout, tracker, shutdown } =
+    let LoopArgs { listener, acceptor, protocol, drivers, max_connections, hello_timeout, metrics, tracker, shutdown } =
         args;
     let connections = Arc::new(Semaphore::new(max_connections));
     let mut backoff = Duration::from_millis(5);
@@ -117,10 +117,10 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
             },
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            metrics.connection_refused(acceptor.name(), "max_connections");
             if let Some(more) = refusals.event(Instant::now()) {
                 tracing::warn!(listener = acceptor.name(), %peer, max_connections, refused_before = more, "connection limit reached; closing the new connection (further refusals are counted, one line per 10 s)");
             }
+            metrics.connection_refused(acceptor.name(), "max_connections");
             drop(tcp);
             continue;
         };
