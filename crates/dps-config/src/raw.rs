@@ -35,6 +35,7 @@ pub struct Raw {
     #[serde(default)]
     pub limits: RawLimits,
     pub admin: RawAdmin,
+    pub hub_registry: RawHubRegistry,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -54,6 +55,14 @@ pub struct RawAdmin {
     pub enabled: Option<bool>,
     pub address: Option<String>,
     pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHubRegistry {
+    pub register_devices: Option<bool>,
+    pub timeout: Option<String>,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

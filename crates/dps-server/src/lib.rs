@@ -6,10 +6,12 @@
 //! own and the binary can report a bind failure with what to do about it.
 
 mod admin;
+mod hub_client;
 mod listener;
 pub mod metrics;
 mod webhook;
 
+pub use hub_client::HttpsHubRegistry;
 pub use webhook::HttpsWebhook;
 
 use std::net::SocketAddr;
@@ -413,6 +415,18 @@ impl Server {
             },
             allow_http_localhost: config.allocation.allow_http_localhost,
         }));
+        let services = if config.hub_registry.register_devices {
+            // Trusted for hubs: the system roots, this server's own root (its embedded hubs),
+            // and the configured CA.
+            let mut roots = tls.root_pem().unwrap_or_default();
+            if let Some(p) = &config.hub_registry.ca_file {
+                roots.extend(std::fs::read(p).map_err(|source| ServerError::Read { path: p.clone(), source })?);
+            }
+            let roots = (!roots.is_empty()).then_some(roots);
+            services.with_hub_registry(Arc::new(HttpsHubRegistry::new(config.hub_registry.timeout, roots)))
+        } else {
+            services
+        };
         let created_default = services
             .ensure_default_instance(&dps_core::service::InstanceDefaults {
                 name: config.service.default_instance.clone(),

@@ -6,7 +6,8 @@
 //! the check and the write happen in one transaction in the backend.
 
 use crate::model::{
-    CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord, TpmIssuedKeys,
+    CaCertificate, EnrollmentGroup, Hub, HubDevice, IdScope, IndividualEnrollment, Instance, RegistrationRecord,
+    TpmIssuedKeys,
 };
 
 #[cfg(any(test, feature = "conformance"))]
@@ -178,4 +179,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         registration_id: &str,
         pre: Precondition<'_>,
     ) -> Result<(), StoreError>;
+    /// Embedded hubs (docs/hub.md), outside every DPS instance.
+    async fn hub(&self, name: &str) -> Result<Option<Hub>, StoreError>;
+    async fn put_hub(&self, h: &Hub, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn delete_hub(&self, name: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn hubs(&self) -> Result<Vec<Hub>, StoreError>;
+    async fn hub_device(&self, hub: &str, device_id: &str) -> Result<Option<HubDevice>, StoreError>;
+    async fn put_hub_device(&self, hub: &str, d: &HubDevice, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn delete_hub_device(&self, hub: &str, device_id: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn hub_devices(
+        &self,
+        hub: &str,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<HubDevice>, StoreError>;
 }
