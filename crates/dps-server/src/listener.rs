@@ -148,6 +148,7 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
             };
             if !matches!(first, Ok(Ok(n)) if n > 0) {
                 tracing::debug!(listener = acceptor.name(), %peer, "no ClientHello within {hello_timeout:?}; closed");
+                metrics.handshake_failure(acceptor.name(), "no ClientHello in time");
                 return;
             }
             let conn = tokio::select! {

@@ -485,3 +485,40 @@ async fn shutdown_closes_open_connections() {
     let closed = tokio::time::timeout(WAIT, d.connection.on_close()).await.expect("closed by the server");
     assert!(format!("{closed:?}").contains("ConnectionForced"), "{closed:?}");
 }
+
+/// The instance's network rules reach AMQP through the device session, and so do the metrics
+/// (docs/operations.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn ip_filter_rules_refuse_amqp_devices_at_sasl_and_metrics_count_amqp() {
+    let f = setup("").await;
+    f.provisions("dev-1").await;
+    let svc = &f.s.server.state.services;
+    svc.update_instance("opendps", |i| {
+        i.ip_filter_rules = vec![dps_core::model::IpFilterRule {
+            filter_name: "nolocal".into(),
+            action: dps_core::model::IpFilterAction::Reject,
+            ip_mask: "127.0.0.0/8".into(),
+            target: dps_core::model::IpFilterTarget::DeviceApi,
+        }];
+        Ok(())
+    })
+    .await
+    .unwrap();
+    f.connect("dev-2", &device_key("dev-2")).await.expect_err("refused by the IP filter");
+    let text = f.s.server.metrics.encode();
+    for line in [
+        r#"opendps_registration_attempts_total{instance="opendps",protocol="amqp",result="assigned"} 1"#,
+        r#"opendps_device_assignments_total{instance="opendps",protocol="amqp",hub="hub-a.azure-devices.net"} 1"#,
+        r#"opendps_attestation_attempts_total{instance="opendps",protocol="amqp",result="success"} 1"#,
+        r#"opendps_network_refusals_total{instance="opendps",api="device",reason="ip_filter"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
+    svc.update_instance("opendps", |i| {
+        i.ip_filter_rules.clear();
+        Ok(())
+    })
+    .await
+    .unwrap();
+    f.provisions("dev-2").await;
+}
