@@ -34,7 +34,9 @@ pub struct Raw {
     pub allocation: RawAllocation,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
     pub hub_registry: RawHubRegistry,
 }
 
