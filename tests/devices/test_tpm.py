@@ -267,3 +267,37 @@ def test_node_tpm_client_of_a_disabled_enrollment_is_refused(server, swtpm):
     assert server.registration(rid) is None
     log = server.stderr_path.read_text(errors="replace")
     assert any(rid in ln and "is disabled" in ln for ln in log.splitlines()), "refused for being disabled"
+
+
+@pytest.fixture(scope="module")
+def hub_server(tmp_path_factory):
+    """A server that writes devices into its embedded hub (docs/hub.md), on the hub tests' range."""
+    from conftest import Server
+
+    ip = os.environ.get("OPENDPS_TPM_HUB_IP", "127.0.0.146")
+    s = Server(ip, tmp_path_factory.mktemp(f"opendps-{ip}"), register_devices=True).start()
+    s.cli("hub", "create", "-n", "tpm-hub")
+    cs = s.cli("hub", "connection-string", "-n", "tpm-hub")["connectionString"]
+    s.cli("dps", "linked-hub", "create", "--connection-string", cs, "--location", "local")
+    yield s
+    s.stop()
+
+
+def test_a_tpm_device_is_in_its_hub_with_the_key_its_tpm_holds(hub_server, swtpm):
+    """The hub identity of a TPM device is `sas` with the issued key: what the TPM signs with it is
+    what the hub checks."""
+    import hashlib
+    import hmac
+
+    keys = swtpm.keys()
+    rid = keys["registrationId"]
+    hub_server.cli("enrollment", "create", "--enrollment-id", rid, "--attestation-type", "tpm",
+                   "--endorsement-key", keys["endorsementKey"])
+    sr, se, to_sign = sas_parts(hub_server.id_scope, rid)
+    out = node_tpm_register(hub_server, swtpm, "http", to_sign)
+    assert out["ok"] and out["result"]["status"] == "assigned", out
+    device = hub_server.cli("hub", "device-identity", "show", "-n", "tpm-hub", "-d", rid)
+    assert device["authentication"]["type"] == "sas", device
+    hub_key = base64.b64decode(device["authentication"]["symmetricKey"]["primaryKey"])
+    expected = base64.b64encode(hmac.new(hub_key, to_sign.encode(), hashlib.sha256).digest()).decode()
+    assert out["signature"] == expected, "the TPM signs with the key the hub holds"

@@ -76,14 +76,18 @@ impl Services {
                 g.capabilities.as_ref().is_some_and(|c| c.iot_edge),
             ),
         };
-        let auth = match (a.kind, keys, &a.certificate) {
-            (AttestationType::SymmetricKey, Some((Some(p), s)), _) => {
+        let auth = match (a.kind, keys, &a.certificate, &a.tpm) {
+            (AttestationType::SymmetricKey, Some((Some(p), s)), _, _) => {
                 HubDeviceAuth::Sas { secondary_key: s.unwrap_or_else(|| p.clone()), primary_key: p }
             }
-            (AttestationType::X509, _, Some(c)) => HubDeviceAuth::SelfSigned {
+            (AttestationType::X509, _, Some(c), _) => HubDeviceAuth::SelfSigned {
                 primary_thumbprint: c.sha1_thumbprint.to_ascii_uppercase(),
                 secondary_thumbprint: Some(c.sha256_thumbprint.to_ascii_uppercase()).filter(|t| !t.is_empty()),
             },
+            // The key the TPM exchange issued: the device signs its hub SAS tokens with it.
+            (AttestationType::Tpm, _, _, Some(t)) => {
+                HubDeviceAuth::Sas { primary_key: t.key.clone(), secondary_key: t.key.clone() }
+            }
             _ => HubDeviceAuth::Generated,
         };
         HubDeviceIdentity { device_id: device_id.to_owned(), auth, iot_edge: edge }
