@@ -307,7 +307,11 @@ async fn ip_filter_rules_and_public_network_access_are_enforced() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ready_fails_when_the_store_is_gone() {
     let mut cluster = dps_store_postgres::test_cluster::TestCluster::start().unwrap_or_else(|e| panic!("{e}"));
-    let s = start(&format!("[store]\nurl = {:?}\n", cluster.url("postgres"))).await;
+    // A shared store needs the operator's node key (docs/failover.md).
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("node.key");
+    std::fs::write(&key, "operations test node key, 32+ characters").unwrap();
+    let s = start(&format!("[store]\nurl = {:?}\nnode_key_file = {key:?}\n", cluster.url("postgres"))).await;
     let admin = s.server.admin_addr.expect("admin listener on");
     let ready = || tokio::task::spawn_blocking(move || admin_get(admin, "/health/ready"));
     assert_eq!(ready().await.unwrap().0, 200);
