@@ -77,9 +77,12 @@ def _die_with_parent() -> None:
 class Server:
     """One `opendps serve` process with its own data directory and loopback address."""
 
-    def __init__(self, ip: str, base_dir: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, ip: str, base_dir: Path, extra_args: tuple[str, ...] = (), register_devices: bool = False):
         self.ip = ip
         self.extra_args = extra_args
+        # The linked hubs of most tests here are names only (hub-a.azure-devices.net), so the
+        # server does not write devices into them; test_hub.py turns it on with embedded hubs.
+        self.register_devices = register_devices
         self.data_dir = base_dir / "data"
         self.data_dir.mkdir(parents=True)
         self.stderr_path = base_dir / "server.stderr.log"
@@ -96,7 +99,8 @@ class Server:
             stderr=self._stderr,
             stdin=subprocess.DEVNULL,
             text=True,
-            env={**os.environ, "NO_COLOR": "1"},
+            env={**os.environ, "NO_COLOR": "1",
+                 "OPENDPS_HUB_REGISTRY__REGISTER_DEVICES": "true" if self.register_devices else "false"},
             preexec_fn=_die_with_parent,
         )
         ready = threading.Event()

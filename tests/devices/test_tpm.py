@@ -251,5 +251,19 @@ def test_an_unenrolled_ek_over_amqp_gets_a_sasl_outcome(server, swtpm):
     assert not out["ok"], out
     assert server.registration(rid) is None
     log = server.stderr_path.read_text(errors="replace")
-    assert any("SASL authentication failed" in ln and rid in ln and "404201" in ln for ln in log.splitlines()), \
-        f"no SASL refusal of {rid} in the server log"
+    assert any('transport="amqp"' in ln and rid in ln and "404201" in ln for ln in log.splitlines()), \
+        f"no AMQP refusal of {rid} in the server log"
+
+
+def test_node_tpm_client_of_a_disabled_enrollment_is_refused(server, swtpm):
+    """Challenged like any TPM device; the register that follows is refused (enrollment disabled)."""
+    keys = swtpm.keys()
+    rid = keys["registrationId"]
+    server.cli("enrollment", "create", "--enrollment-id", rid, "--attestation-type", "tpm",
+               "--endorsement-key", keys["endorsementKey"], "--provisioning-status", "disabled")
+    _, _, to_sign = sas_parts(server.id_scope, rid)
+    out = node_tpm_register(server, swtpm, "http", to_sign)
+    assert not out["ok"] and out["error"]["name"] != "Timeout", out
+    assert server.registration(rid) is None
+    log = server.stderr_path.read_text(errors="replace")
+    assert any(rid in ln and "is disabled" in ln for ln in log.splitlines()), "refused for being disabled"

@@ -131,17 +131,20 @@ echo "=== done"
         else:
             assert g == w, f"{k}: {g!r} (README: {w!r})"
 
-    # First device: both SDKs were assigned to the README's hub; the record shows it and TLS.
+    # First device: both SDKs were assigned to the README's embedded hub; the record shows it and
+    # TLS.
     out = run.stdout
     py_out = out.split("=== step 2")[1].split("=== step 3")[0]
     node_out = out.split("=== step 3")[1].split("=== step 4")[0]
     show = out.split("=== step 4")[1].split("=== step 5")[0]
     scraped = out.split("=== step 5")[1].split("=== done")[0]
-    assert "assigned myhub.azure-devices.net my-device" in py_out, report
-    assert "assigned myhub.azure-devices.net my-device" in node_out, report
-    assert "myhub.azure-devices.net" in show and "TLSv1.2" in show and "assigned" in show, report
+    assert "assigned localhost my-device" in py_out, report
+    assert "assigned localhost my-device" in node_out, report
+    assert "localhost" in show and "TLSv1.2" in show and "assigned" in show, report
+    # The device is in the embedded hub, with a SAS identity (docs/hub.md).
+    assert "my-device" in show.split("TLSv1.2", 1)[1] and "sas" in show, report
     # Metrics: both devices counted as assigned to the README's hub; the store is ready.
     assigned = [line for line in scraped.splitlines() if line.startswith("opendps_device_assignments_total{")]
-    assert assigned and all('hub="myhub.azure-devices.net"' in line for line in assigned), report
+    assert assigned and all('hub="localhost"' in line for line in assigned), report
     assert sum(float(line.rsplit(" ", 1)[1]) for line in assigned) >= 2, report
     assert "ready" in scraped, report

@@ -38,6 +38,7 @@ pub struct Config {
     pub allocation: AllocationConfig,
     pub limits: LimitsConfig,
     pub admin: AdminConfig,
+    pub hub_registry: HubRegistryConfig,
 }
 
 /// Time bounds of every connection (docs/limits.md). A bound reached costs only that connection.
@@ -68,6 +69,18 @@ pub struct AdminConfig {
     pub address: IpAddr,
     /// Default 9464.
     pub port: u16,
+}
+
+/// How registration writes devices into their IoT hubs (docs/hub.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubRegistryConfig {
+    /// Write each assigned device into its hub before answering `assigned`, as DPS does
+    /// (`false`: only record the assignment).
+    pub register_devices: bool,
+    /// How long one registry call may take (connect, TLS, request, answer).
+    pub timeout: Duration,
+    /// A CA to trust for hubs besides the system's roots and this server's own root.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Custom allocation webhooks.
@@ -440,6 +453,16 @@ impl Config {
             webhook_ca_file: raw.allocation.webhook_ca_file.clone(),
             allow_http_localhost: raw.allocation.allow_http_localhost.unwrap_or(false),
         };
+        let hub_registry = HubRegistryConfig {
+            register_devices: raw.hub_registry.register_devices.unwrap_or(true),
+            timeout: v.duration(
+                "hub_registry.timeout",
+                raw.hub_registry.timeout.as_deref(),
+                "10s",
+                Duration::from_millis(100),
+            ),
+            ca_file: raw.hub_registry.ca_file.clone(),
+        };
         if let Some(u) = &raw.store.url {
             if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
                 v.problem("store.url", "must be a postgres:// URL (leave it out for the embedded SQLite store)".into());
@@ -538,6 +561,7 @@ impl Config {
             allocation,
             limits,
             admin,
+            hub_registry,
         })
     }
 }

@@ -36,6 +36,7 @@ pub struct Raw {
     pub limits: RawLimits,
     #[serde(default)]
     pub admin: RawAdmin,
+    pub hub_registry: RawHubRegistry,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -55,6 +56,14 @@ pub struct RawAdmin {
     pub enabled: Option<bool>,
     pub address: Option<String>,
     pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHubRegistry {
+    pub register_devices: Option<bool>,
+    pub timeout: Option<String>,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

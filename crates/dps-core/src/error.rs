@@ -56,6 +56,8 @@ pub enum Error {
     InstanceNotFound(String),
     #[error("CA certificate {0:?} not found")]
     CertificateNotFound(String),
+    #[error("IoT hub {0:?} not found")]
+    HubNotFound(String),
     #[error("{0}")]
     Conflict(String),
     #[error("the etag in If-Match does not match the current etag of {0}")]
@@ -86,7 +88,8 @@ impl Error {
             | Error::GroupNotFound(_)
             | Error::RegistrationNotFound(_)
             | Error::InstanceNotFound(_)
-            | Error::CertificateNotFound(_) => ErrorKind::NotFound,
+            | Error::CertificateNotFound(_)
+            | Error::HubNotFound(_) => ErrorKind::NotFound,
             Error::Conflict(_) => ErrorKind::Conflict,
             Error::PreconditionFailed(_) => ErrorKind::PreconditionFailed,
             Error::Throttled { .. } => ErrorKind::Throttled,
@@ -154,18 +157,48 @@ impl WireError {
     }
 }
 
-/// Displays an error with its sources, `a: b: c`: the one log line of a failure.
+/// Displays an error with its sources, `a: b: c`: the one log line of a failure. A source whose
+/// text the previous one already shows is left out (some libraries, `tokio-postgres` among them,
+/// repeat their source's text in their own).
 #[derive(Debug)]
 pub struct DisplayChain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for DisplayChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut shown = self.0.to_string();
+        f.write_str(&shown)?;
         let mut source = self.0.source();
         while let Some(s) = source {
-            write!(f, ": {s}")?;
+            let text = s.to_string();
+            if !shown.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            shown = text;
             source = s.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::DisplayChain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("db error: {0}")]
+    struct Repeats(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("ERROR: relation \"x\" does not exist")]
+    struct Inner;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("store unavailable")]
+    struct Outer(#[source] Repeats);
+
+    #[test]
+    fn a_source_repeated_by_its_parent_is_shown_once() {
+        let e = Outer(Repeats(Inner));
+        assert_eq!(DisplayChain(&e).to_string(), "store unavailable: db error: ERROR: relation \"x\" does not exist");
     }
 }

@@ -13,6 +13,8 @@ pub enum Api {
     Device,
     Service,
     Management,
+    /// The embedded IoT hub registry (docs/hub.md).
+    Hub,
     /// Health, the OpenAPI document, unknown paths.
     Other,
 }
@@ -23,6 +25,7 @@ impl Api {
             Api::Device => "device",
             Api::Service => "service",
             Api::Management => "management",
+            Api::Hub => "hub",
             Api::Other => "other",
         }
     }

@@ -278,3 +278,110 @@ impl TpmActivator for NoTpm {
         Err(TpmKeyError::Disabled)
     }
 }
+
+/// The credential a device identity carries in its hub (docs/hub.md, "What DPS writes").
+#[derive(Clone, PartialEq, Eq)]
+pub enum HubDeviceAuth {
+    /// `sas`: the device's own symmetric keys (group-derived for group enrollments).
+    Sas { primary_key: String, secondary_key: String },
+    /// `selfSigned`: thumbprints of the certificate the device presented.
+    SelfSigned { primary_thumbprint: String, secondary_thumbprint: Option<String> },
+    /// `sas` with keys the hub generates (a device whose key DPS does not hold).
+    Generated,
+}
+
+impl std::fmt::Debug for HubDeviceAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HubDeviceAuth::Sas { .. } => f.write_str("Sas { .. }"),
+            HubDeviceAuth::SelfSigned { primary_thumbprint, .. } => {
+                f.debug_struct("SelfSigned").field("primary_thumbprint", primary_thumbprint).finish_non_exhaustive()
+            }
+            HubDeviceAuth::Generated => f.write_str("Generated"),
+        }
+    }
+}
+
+/// A device identity as DPS writes it into the assigned hub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubDeviceIdentity {
+    pub device_id: String,
+    pub auth: HubDeviceAuth,
+    pub iot_edge: bool,
+}
+
+/// What a hub's registry did instead of doing what was asked. Never carries a key or token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubCallError {
+    #[error("{host} is not reachable: {cause}")]
+    Unreachable { host: String, cause: String },
+    #[error("{host} did not answer within {}", short_duration(*.after))]
+    TimedOut { host: String, after: std::time::Duration },
+    #[error("{host} answered HTTP {status}: {message}")]
+    Status { host: String, status: u16, message: String },
+}
+
+/// The IoT hub registry client (docs/hub.md): what registration writes into the assigned hub,
+/// authenticated with the linked hub's connection string. Implemented over HTTPS in
+/// `dps-server` (`hub_client.rs`).
+#[async_trait::async_trait]
+pub trait HubRegistry: Send + Sync + std::fmt::Debug {
+    /// Whether registration writes devices into hubs at all (`false`: it only records the
+    /// assignment, the server's `[hub_registry] register_devices = false`).
+    fn enabled(&self) -> bool {
+        true
+    }
+    /// Creates the identity, or updates it (keeping its twin) when it exists.
+    async fn put_device(
+        &self,
+        hub: &crate::model::ConnectionString,
+        identity: &HubDeviceIdentity,
+    ) -> Result<(), HubCallError>;
+    /// The device's twin, `None` if the hub has no such device.
+    async fn twin(
+        &self,
+        hub: &crate::model::ConnectionString,
+        device_id: &str,
+    ) -> Result<Option<serde_json::Value>, HubCallError>;
+    /// Replaces the twin's tags and desired properties with `twin`'s.
+    async fn replace_twin(
+        &self,
+        hub: &crate::model::ConnectionString,
+        device_id: &str,
+        twin: &serde_json::Value,
+    ) -> Result<(), HubCallError>;
+}
+
+/// The registry client of a server that does not write devices into hubs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHubRegistry;
+
+#[async_trait::async_trait]
+impl HubRegistry for NoHubRegistry {
+    fn enabled(&self) -> bool {
+        false
+    }
+    async fn put_device(
+        &self,
+        _hub: &crate::model::ConnectionString,
+        _identity: &HubDeviceIdentity,
+    ) -> Result<(), HubCallError> {
+        Ok(())
+    }
+    async fn twin(
+        &self,
+        _hub: &crate::model::ConnectionString,
+        _device_id: &str,
+    ) -> Result<Option<serde_json::Value>, HubCallError> {
+        Ok(None)
+    }
+    async fn replace_twin(
+        &self,
+        _hub: &crate::model::ConnectionString,
+        _device_id: &str,
+        _twin: &serde_json::Value,
+    ) -> Result<(), HubCallError> {
+        Ok(())
+    }
+}

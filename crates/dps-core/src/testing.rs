@@ -304,3 +304,68 @@ pub fn connection(transport: Transport, version: TlsVersion, chain: Vec<Vec<u8>>
         peer_certificates: Arc::new(PeerCertificates(chain)),
     }
 }
+
+/// An IoT hub registry that records what registration writes, and refuses while told to.
+#[derive(Debug, Default)]
+pub struct RecordingHub {
+    /// `(hub host, call)`: `put <device id> <identity debug>`, `twin <device id> <json>`.
+    pub calls: Mutex<Vec<(String, String)>>,
+    /// Answer every call with HTTP 401 while set.
+    pub refuse: std::sync::atomic::AtomicBool,
+}
+
+impl RecordingHub {
+    fn check(&self, hub: &crate::model::ConnectionString) -> Result<(), crate::ports::HubCallError> {
+        if self.refuse.load(Ordering::Relaxed) {
+            return Err(crate::ports::HubCallError::Status {
+                host: hub.host_name.clone(),
+                status: 401,
+                message: "ErrorCode:IotHubUnauthorizedAccess;Unauthorized".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::ports::HubRegistry for RecordingHub {
+    async fn put_device(
+        &self,
+        hub: &crate::model::ConnectionString,
+        identity: &crate::ports::HubDeviceIdentity,
+    ) -> Result<(), crate::ports::HubCallError> {
+        self.check(hub)?;
+        let auth = match &identity.auth {
+            crate::ports::HubDeviceAuth::Sas { primary_key, secondary_key } => {
+                format!("sas {primary_key} {secondary_key}")
+            }
+            crate::ports::HubDeviceAuth::SelfSigned { primary_thumbprint, .. } => {
+                format!("selfSigned {primary_thumbprint}")
+            }
+            crate::ports::HubDeviceAuth::Generated => "generated".into(),
+        };
+        let call = format!("put {} {auth} edge={}", identity.device_id, identity.iot_edge);
+        self.calls.lock().unwrap().push((hub.host_name.clone(), call));
+        Ok(())
+    }
+    async fn twin(
+        &self,
+        hub: &crate::model::ConnectionString,
+        _device_id: &str,
+    ) -> Result<Option<serde_json::Value>, crate::ports::HubCallError> {
+        self.check(hub)?;
+        Ok(Some(
+            serde_json::json!({"tags": {"from": hub.host_name}, "properties": {"desired": {"$version": 3, "x": 1}}}),
+        ))
+    }
+    async fn replace_twin(
+        &self,
+        hub: &crate::model::ConnectionString,
+        device_id: &str,
+        twin: &serde_json::Value,
+    ) -> Result<(), crate::ports::HubCallError> {
+        self.check(hub)?;
+        self.calls.lock().unwrap().push((hub.host_name.clone(), format!("twin {device_id} {twin}")));
+        Ok(())
+    }
+}

@@ -9,6 +9,7 @@
 //!   deployments), admin auth. The `opendps` CLI speaks only this and the service API.
 //! - `websocket`: `GET /$iothub/websocket` and `GET /` upgrades, handed by sub-protocol to the
 //!   drivers the composition root registers (MQTT, AMQP); dps-http knows none of them.
+//! - `hub_api`: the IoT hub registry REST API of embedded hubs (docs/hub.md), chosen by `Host`.
 //! - `GET /health`.
 //!
 //! Paths are matched case-insensitively (the SDKs disagree on case) and percent-decoded per
@@ -16,6 +17,7 @@
 
 pub mod device_api;
 pub mod error;
+pub mod hub_api;
 pub mod management;
 pub mod openapi;
 pub mod routes;
@@ -152,7 +154,9 @@ fn is_device_path(segments: &[String]) -> bool {
 async fn body_limit(state: &AppState, segments: &[String], headers: &http::HeaderMap) -> usize {
     let small = dps_core::device::MAX_MESSAGE.min(state.max_body);
     let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n <= small as u64) || is_device_path(segments) {
+    // No length and no chunked encoding: no body (a GET, say); no need to know the caller.
+    let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
+    if (!chunked && declared.unwrap_or(0) <= small as u64) || is_device_path(segments) {
         return small;
     }
     let auth = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
@@ -258,6 +262,9 @@ async fn route(
         body,
         conn: conn.map(|Extension(c)| c),
     };
+    if let Some(r) = hub_api::handle(state, &req).await {
+        return (Api::Hub, r);
+    }
     if let Some(r) = management::handle(state, &req).await {
         return (Api::Management, r.unwrap_or_else(|e| management::arm_error(state, e, &method, &path)));
     }

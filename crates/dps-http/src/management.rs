@@ -6,7 +6,7 @@
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use dps_core::model::{AccessRight, CaCertificate, Instance};
+use dps_core::model::{AccessRight, CaCertificate, Hub, HubRight, Instance};
 use dps_core::service::{ResourceChange, DPS_RESOURCE_TYPE};
 use serde_json::{json, Value};
 
@@ -74,6 +74,30 @@ pub fn instance_view(state: &AppState, i: &Instance) -> Value {
         "properties": props,
     })
 }
+
+/// The ARM-like view of an embedded hub (keys only through listkeys).
+pub fn hub_view(state: &AppState, h: &Hub) -> Value {
+    let policies: Vec<Value> =
+        h.policies.iter().map(|p| json!({ "keyName": p.key_name, "rights": HubRight::join(&p.rights) })).collect();
+    json!({
+        "id": format!("/subscriptions/{}/providers/{HUB_RESOURCE_TYPE}/{}", state.subscription_id, h.name),
+        "name": h.name,
+        "type": HUB_RESOURCE_TYPE,
+        "location": h.location,
+        "etag": h.etag,
+        "properties": {
+            "state": "Active",
+            "provisioningState": "Succeeded",
+            "hostName": h.host_name,
+            "embedded": true,
+            "created": h.created,
+            "authorizationPolicies": policies,
+        },
+    })
+}
+
+/// The resource type of embedded hubs.
+pub const HUB_RESOURCE_TYPE: &str = "Microsoft.Devices/IotHubs";
 
 fn certificate_view(state: &AppState, i: &Instance, c: &CaCertificate) -> Value {
     let mut props = json!({
@@ -167,6 +191,34 @@ async fn route(state: &AppState, req: &Request, seg: &[String]) -> ApiResult<Res
         (["providers", "microsoft.devices", "provisioningservices"], &Method::GET) => {
             let all: Vec<Value> = s.instances().await?.iter().map(|i| instance_view(state, i)).collect();
             Ok(ok(json!({ "value": all })))
+        }
+        (["providers", "microsoft.devices", "iothubs"], &Method::GET) => {
+            let all: Vec<Value> = s.hubs().await?.iter().map(|h| hub_view(state, h)).collect();
+            Ok(ok(json!({ "value": all })))
+        }
+        (["providers", "microsoft.devices", "iothubs", _], &Method::GET) => {
+            Ok(ok(hub_view(state, &s.hub(&raw[5]).await?)))
+        }
+        (["providers", "microsoft.devices", "iothubs", _], &Method::PUT) => {
+            let body = body_json(req)?;
+            let props = body.get("properties").unwrap_or(&body);
+            let host = props.get("hostName").and_then(Value::as_str).unwrap_or(&state.public_host);
+            let location = body.get("location").and_then(Value::as_str);
+            let hub = s.create_hub(&raw[5], host, location).await?;
+            Ok((StatusCode::CREATED, Json(hub_view(state, &hub))).into_response())
+        }
+        (["providers", "microsoft.devices", "iothubs", _], &Method::DELETE) => {
+            s.delete_hub(&raw[5]).await?;
+            Ok(StatusCode::OK.into_response())
+        }
+        (["providers", "microsoft.devices", "iothubs", _, "listkeys"], &Method::POST) => {
+            let hub = s.hub(&raw[5]).await?;
+            let keys: Vec<Value> = hub
+                .policies
+                .iter()
+                .map(|p| json!({ "keyName": p.key_name, "primaryKey": p.primary_key, "secondaryKey": p.secondary_key, "rights": HubRight::join(&p.rights) }))
+                .collect();
+            Ok(ok(json!({ "value": keys })))
         }
         (["resourcegroups", _, "providers", "microsoft.devices", "provisioningservices"], &Method::GET) => {
             let rg = &raw[3];

@@ -14,6 +14,9 @@ pub enum Api {
     Service,
     /// ARM-shaped management API: the admin bearer token.
     Management,
+    /// The registry API of an embedded IoT hub (docs/hub.md): SAS token of a hub policy,
+    /// answered for the hub whose host name the request's `Host` names.
+    Hub,
     /// No credential: health, the OpenAPI document.
     Public,
 }
@@ -78,7 +81,26 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/registrations/{id}", Api::Service, "DeviceRegistrationState_Get"),
     r("DELETE", "/registrations/{id}", Api::Service, "DeviceRegistrationState_Delete"),
     r("POST", "/registrations/{id}/query", Api::Service, "DeviceRegistrationState_Query"),
+    // Registry API of embedded IoT hubs.
+    r("GET", "/devices", Api::Hub, "Devices_GetDevices"),
+    r("POST", "/devices/query", Api::Hub, "Query_GetTwins"),
+    r("GET", "/devices/{id}", Api::Hub, "Devices_GetIdentity"),
+    r("PUT", "/devices/{id}", Api::Hub, "Devices_CreateOrUpdateIdentity"),
+    r("DELETE", "/devices/{id}", Api::Hub, "Devices_DeleteIdentity"),
+    r("GET", "/twins/{id}", Api::Hub, "Devices_GetTwin"),
+    r("PATCH", "/twins/{id}", Api::Hub, "Devices_UpdateTwin"),
+    r("PUT", "/twins/{id}", Api::Hub, "Devices_ReplaceTwin"),
     // Management API.
+    r("GET", "/subscriptions/{subscriptionId}/providers/Microsoft.Devices/IotHubs", Api::Management, "EmbeddedHub_List"),
+    r("GET", "/subscriptions/{subscriptionId}/providers/Microsoft.Devices/IotHubs/{hubName}", Api::Management, "EmbeddedHub_Get"),
+    r("PUT", "/subscriptions/{subscriptionId}/providers/Microsoft.Devices/IotHubs/{hubName}", Api::Management, "EmbeddedHub_Create"),
+    r("DELETE", "/subscriptions/{subscriptionId}/providers/Microsoft.Devices/IotHubs/{hubName}", Api::Management, "EmbeddedHub_Delete"),
+    r(
+        "POST",
+        "/subscriptions/{subscriptionId}/providers/Microsoft.Devices/IotHubs/{hubName}/listkeys",
+        Api::Management,
+        "EmbeddedHub_ListKeys",
+    ),
     r("GET", "/subscriptions/{subscriptionId}/providers/Microsoft.Devices/provisioningServices", Api::Management, "IotDpsResource_ListBySubscription"),
     r(
         "GET",

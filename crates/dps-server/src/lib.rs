@@ -6,12 +6,14 @@
 //! own and the binary can report a bind failure with what to do about it.
 
 mod admin;
+mod hub_client;
 mod listener;
 pub mod metrics;
 mod roles;
 mod shared;
 mod webhook;
 
+pub use hub_client::HttpsHubRegistry;
 pub use webhook::HttpsWebhook;
 
 use std::net::SocketAddr;
@@ -446,6 +448,18 @@ impl Server {
         if let Some(q) = quota {
             services = services.with_quota(q);
         }
+        let services = if config.hub_registry.register_devices {
+            // Trusted for hubs: the system roots, this server's own root (its embedded hubs),
+            // and the configured CA.
+            let mut roots = tls.root_pem().unwrap_or_default();
+            if let Some(p) = &config.hub_registry.ca_file {
+                roots.extend(std::fs::read(p).map_err(|source| ServerError::Read { path: p.clone(), source })?);
+            }
+            let roots = (!roots.is_empty()).then_some(roots);
+            services.with_hub_registry(Arc::new(HttpsHubRegistry::new(config.hub_registry.timeout, roots)))
+        } else {
+            services
+        };
         let peer_db = match &config.store.peer_url {
             Some(url) => {
                 Some(dps_store_postgres::PgStore::observer(&url.0, dps_store_postgres::Timeouts::default()).map_err(

@@ -53,9 +53,12 @@ fn instantiate(template: &str) -> String {
         .replace("{resourceGroupName}", "probe-rg")
         .replace("{provisioningServiceName}", "probe-dps")
         .replace("{deploymentName}", "probe-deployment")
-        .replace("{certificateName}", "probe-cert");
+        .replace("{certificateName}", "probe-cert")
+        .replace("{hubName}", "probe-hub");
     let sep = if out.contains('?') { '&' } else { '?' };
-    out.push_str(&format!("{sep}api-version=2021-10-01"));
+    let version =
+        if template.starts_with("/devices") || template.starts_with("/twins") { "2021-04-12" } else { "2021-10-01" };
+    out.push_str(&format!("{sep}api-version={version}"));
     out
 }
 
@@ -130,6 +133,8 @@ async fn the_server_answers_exactly_the_documented_operations() {
         "/registrations/a/b/c",
         "/0ne00000000/registrations/probe/other",
         "/subscriptions/x/other",
+        "/devices/a/b",
+        "/twins/a/b",
         "/subscriptions/x/resourceGroups/rg/providers/Microsoft.Devices/provisioningServices/p/other",
     ] {
         let (status, body) = send(&s, "GET", &instantiate(path), headers(&s, path, false)).await;

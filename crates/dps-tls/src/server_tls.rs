@@ -138,6 +138,11 @@ impl ServerTls {
         self.root.load().as_ref().clone()
     }
 
+    /// [`Self::root`] as PEM (for clients of this server's own endpoints, e.g. its embedded hubs).
+    pub fn root_pem(&self) -> Option<Vec<u8>> {
+        self.root().and_then(|r| r.to_pem().ok())
+    }
+
     /// Loads the credentials again (renewing built-in ones that are due) and installs them if
     /// they changed and pass validation. Blocking (key generation, file reads): call it from a
     /// blocking thread. `Ok(true)` when new credentials were installed.

@@ -151,6 +151,7 @@ pub fn check(r: Reply) -> anyhow::Result<Reply> {
         .body
         .pointer("/error/message")
         .or_else(|| r.body.get("message"))
+        .or_else(|| r.body.get("Message"))
         .and_then(Value::as_str)
         .map_or_else(|| r.body.to_string(), str::to_owned);
     bail!("{msg} (HTTP {})", r.status)

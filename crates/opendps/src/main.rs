@@ -2,6 +2,7 @@
 //! or the server's APIs (every operator command, `ops.rs` over `client.rs`).
 
 mod client;
+mod hub_ops;
 mod ops;
 mod output;
 
@@ -57,6 +58,9 @@ enum Command {
     /// Registration records (`az iot dps registration`).
     #[command(subcommand, after_help = "Example:\n  opendps registration list -o table")]
     Registration(ops::RegistrationCmd),
+    /// Embedded IoT hubs, their device identities and twins (`az iot hub`).
+    #[command(subcommand, after_help = "Example:\n  opendps hub create -n my-hub")]
+    Hub(hub_ops::IotHubCmd),
     /// Print the OpenAPI 3 document of the server's APIs (also served at GET /openapi.yaml).
     #[command(after_help = "Example:\n  opendps openapi > openapi.yaml")]
     Openapi,
@@ -460,6 +464,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::EnrollmentGroup(cmd) => run_client(&g, |t, o| async move { ops::group(&t, cmd, &o).await }),
         Command::Registration(cmd) => run_client(&g, |t, o| async move { ops::registration(&t, cmd, &o).await }),
+        Command::Hub(cmd) => run_client(&g, |t, o| async move { hub_ops::hub(&t, cmd, &o).await }),
         Command::Openapi => print(dps_http::openapi::DOCUMENT),
         Command::Completions { shell } => {
             let mut buf = Vec::new();

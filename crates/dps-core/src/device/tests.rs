@@ -667,6 +667,61 @@ async fn the_session_reports_attestations_registrations_assignments_and_refusals
 }
 
 #[tokio::test]
+async fn an_assigned_device_is_written_into_its_hub_and_a_refusing_hub_fails_it() {
+    use crate::testing::RecordingHub;
+    let mut w = World::new(&["hub-a", "hub-b"]).await;
+    let hub = std::sync::Arc::new(RecordingHub::default());
+    w.s = w.s.clone().with_hub_registry(hub.clone());
+    let mut e = symmetric("dev-1", K1);
+    e["capabilities"] = json!({ "iotEdge": true });
+    e["iotHubs"] = json!(["hub-a"]);
+    e["initialTwin"] = json!({ "tags": { "t": 1 }, "properties": { "desired": { "d": 2 } } });
+    w.enroll(e.clone()).await;
+    let sas = w.sas("dev-1", K1);
+    assert_eq!(assigned(&w.provision("dev-1", Some(&sas), vec![], "").await).0, "hub-a");
+    let calls = std::mem::take(&mut *hub.calls.lock().unwrap());
+    assert_eq!(
+        calls,
+        vec![
+            ("hub-a".into(), format!("put dev-1 sas {K1} c2Vjb25kLTAxMjM0NTY3ODlhYmNkZWYh edge=true")),
+            ("hub-a".into(), r#"twin dev-1 {"properties":{"desired":{"d":2}},"tags":{"t":1}}"#.into()),
+        ]
+    );
+    // Migration to hub-b copies the old hub's twin, without IoT Hub's own `$` members.
+    e["iotHubs"] = json!(["hub-b"]);
+    w.enroll(e.clone()).await;
+    assert_eq!(assigned(&w.provision("dev-1", Some(&sas), vec![], "").await).2, "deviceDataMigrated");
+    let calls = std::mem::take(&mut *hub.calls.lock().unwrap());
+    assert_eq!(
+        calls[1],
+        ("hub-b".into(), r#"twin dev-1 {"properties":{"desired":{"x":1}},"tags":{"from":"hub-a"}}"#.into())
+    );
+    // A refusing hub fails the registration with its answer; a retry once it is fixed succeeds.
+    hub.refuse.store(true, Ordering::Relaxed);
+    w.enroll(symmetric("dev-2", K1)).await;
+    let sas2 = w.sas("dev-2", K1);
+    let r = w.provision("dev-2", Some(&sas2), vec![], "").await;
+    let DeviceReply::Operation(op) = &r else { panic!("{r:?}") };
+    assert_eq!(op.status, RegistrationStatus::Failed);
+    let st = op.registration_state.as_ref().unwrap();
+    assert_eq!(st.error_code, Some(crate::service::HUB_REFUSED));
+    let msg = st.error_message.clone().unwrap();
+    assert!(msg.contains("401") && msg.contains("IotHubUnauthorizedAccess") && !msg.contains("aGVsbG8="), "{msg}");
+    assert!(st.assigned_hub.is_none());
+    hub.refuse.store(false, Ordering::Relaxed);
+    assert_eq!(assigned(&w.provision("dev-2", Some(&sas2), vec![], "").await).2, "initialAssignment");
+    // Never re-provision: the hub is not touched again.
+    let mut n = symmetric("dev-3", K1);
+    n["reprovisionPolicy"] = json!({ "updateHubAssignment": false, "migrateDeviceData": false });
+    w.enroll(n).await;
+    let sas3 = w.sas("dev-3", K1);
+    assigned(&w.provision("dev-3", Some(&sas3), vec![], "").await);
+    hub.calls.lock().unwrap().clear();
+    assigned(&w.provision("dev-3", Some(&sas3), vec![], "").await);
+    assert!(hub.calls.lock().unwrap().is_empty(), "never: the hub is left alone");
+}
+
+#[tokio::test]
 async fn a_node_whose_database_is_not_primary_serves_no_device_and_records_nothing() {
     use crate::service::Role;
     let w = World::new(&["hub-a"]).await;

@@ -5,6 +5,7 @@
 mod certificate;
 mod connection_string;
 mod enrollment;
+mod hub;
 mod ids;
 mod instance;
 mod registration;
@@ -17,6 +18,7 @@ pub use enrollment::{
     IndividualEnrollment, ProvisioningStatus, ReprovisionPolicy, SymmetricKeyAttestation, TpmAttestation,
     X509Attestation, X509CaReferences, X509CertificateInfo, X509CertificateWithInfo, X509Certificates,
 };
+pub use hub::{Hub, HubDevice, HubPolicy, HubRight, HUB_POLICIES};
 pub use ids::{validate_group_id, validate_instance_name, validate_registration_id, IdScope};
 pub use instance::{
     AccessPolicy, AccessRight, Instance, IpFilterAction, IpFilterRule, IpFilterTarget, LinkedHub, NetworkRefusal,

@@ -109,7 +109,7 @@ fn precondition(if_match: Option<&str>) -> Precondition<'_> {
     }
 }
 
-fn validate_key(which: &str, key: &str) -> Result<()> {
+pub(crate) fn validate_key(which: &str, key: &str) -> Result<()> {
     match crate::base64::decode(key) {
         Some(b) if (16..=64).contains(&b.len()) => Ok(()),
         Some(b) => {
@@ -119,7 +119,7 @@ fn validate_key(which: &str, key: &str) -> Result<()> {
     }
 }
 
-fn validate_device_id(id: &str) -> Result<()> {
+pub(crate) fn validate_device_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id.chars().all(|c| c.is_ascii_alphanumeric() || "-.%_*?!(),:=@$'+".contains(c));

@@ -7,6 +7,8 @@ mod callers;
 mod certificates;
 mod deploy;
 mod enrollments;
+mod hub;
+mod hub_sync;
 mod network;
 pub mod query;
 mod readiness;
@@ -18,7 +20,10 @@ mod throttle;
 use std::sync::Arc;
 
 use crate::observe::{NoObserver, Observer};
-use crate::ports::{AllocationWebhook, Clock, DeviceCrypto, Entropy, NoTpm, NoWebhook, TpmActivator, X509Inspector};
+use crate::ports::{
+    AllocationWebhook, Clock, DeviceCrypto, Entropy, HubRegistry, NoHubRegistry, NoTpm, NoWebhook, TpmActivator,
+    X509Inspector,
+};
 use crate::store::Store;
 
 pub use allocation::weighted_choice;
@@ -30,6 +35,8 @@ pub use deploy::{
     OWNER_POLICY,
 };
 pub use enrollments::{BulkError, BulkMode, BulkResult};
+pub use hub::{check_hub_api_version, device_json, twin_json, HubAccess, HubError};
+pub use hub_sync::HUB_REFUSED;
 pub use readiness::{ReadinessReport, Refused};
 pub use regions::{distance_km, is_known as is_known_region, REGIONS};
 pub use registration::OperationStatus;
@@ -50,6 +57,8 @@ pub struct Services {
     pub(crate) webhook: Arc<dyn AllocationWebhook>,
     /// TPM activation (challenges and the final result's key blob).
     pub(crate) tpm: Arc<dyn TpmActivator>,
+    /// The IoT hub registry client (devices written into their hubs).
+    pub(crate) hubs: Arc<dyn HubRegistry>,
     /// This node's region (geoLatency allocation; location of instances that name none).
     pub(crate) region: String,
     /// Whether webhook URLs may be plain `http://` to localhost (tests, local development).
@@ -83,6 +92,7 @@ impl Services {
             throttle: Arc::new(Throttle::new(0)),
             webhook: Arc::new(NoWebhook),
             tpm: Arc::new(NoTpm),
+            hubs: Arc::new(NoHubRegistry),
             region: "local".into(),
             allow_http_localhost_webhooks: false,
             host_names: Vec::new(),
@@ -188,6 +198,13 @@ impl Services {
     #[must_use]
     pub fn with_tpm(mut self, tpm: Arc<dyn TpmActivator>) -> Self {
         self.tpm = tpm;
+        self
+    }
+
+    /// Sets the IoT hub registry client registration writes devices through.
+    #[must_use]
+    pub fn with_hub_registry(mut self, hubs: Arc<dyn HubRegistry>) -> Self {
+        self.hubs = hubs;
         self
     }
 

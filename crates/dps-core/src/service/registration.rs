@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::allocation::{allocate, Allocation};
 use super::attest::{Attested, EnrollmentSource};
+use super::hub_sync::{twin_of, TwinStep, HUB_REFUSED};
 use super::Services;
 use crate::error::{Error, Result};
 use crate::model::ReprovisionPolicy;
@@ -120,6 +121,7 @@ impl Services {
             }
             let mut initial_twin = None;
             let mut twin_action = None;
+            let mut hub_step = None;
             if let (Some(cur), false) = (current, policy.update_hub_assignment) {
                 // Never re-provision: the device stays where it is, with its data.
                 state.assigned_hub.clone_from(&cur.state.assigned_hub);
@@ -143,6 +145,13 @@ impl Services {
                         if matches!(action, "initial" | "reset") {
                             initial_twin = choice.initial_twin.or_else(|| e.initial_twin.clone());
                         }
+                        hub_step = Some(match action {
+                            "initial" | "reset" => TwinStep::Set(twin_of(initial_twin.as_ref())),
+                            "migrated" => current
+                                .and_then(|c| c.state.assigned_hub.clone())
+                                .map_or(TwinStep::Set(twin_of(None)), TwinStep::MigrateFrom),
+                            _ => TwinStep::Keep,
+                        });
                         state.assigned_hub = Some(choice.hub);
                         state.device_id = Some(
                             current.and_then(|c| c.state.device_id.clone()).unwrap_or_else(|| e.device_id.clone()),
@@ -156,6 +165,16 @@ impl Services {
                         state.error_code = Some(code);
                         state.error_message = Some(why);
                     }
+                }
+            }
+            if let (Some(step), Some(hub), Some(device_id)) = (hub_step, &state.assigned_hub, &state.device_id) {
+                if let Err(why) = self.sync_hub(a, hub, device_id, step).await {
+                    tracing::warn!(registration_id = %a.registration_id, error = %why, "registration failed at its IoT hub");
+                    state.status = RegistrationStatus::Failed;
+                    state.error_code = Some(HUB_REFUSED);
+                    state.error_message = Some(why);
+                    (state.assigned_hub, state.device_id, state.substatus, state.payload) = (None, None, None, None);
+                    (initial_twin, twin_action) = (None, None);
                 }
             }
             let record = RegistrationRecord {

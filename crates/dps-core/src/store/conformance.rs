@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 
 use super::{InstanceWrite, Precondition, Store, StoreError};
 use crate::model::{
-    AttestationMechanism, AttestationType, CaCertificate, DeviceRegistrationState, EnrollmentGroup, IdScope,
-    IndividualEnrollment, Instance, IssuedTpmKey, RegistrationRecord, RegistrationStatus, ServiceAllocationPolicy, Sku,
-    SymmetricKeyAttestation, TpmIssuedKeys, X509CertificateInfo,
+    AttestationMechanism, AttestationType, CaCertificate, DeviceRegistrationState, EnrollmentGroup, Hub, HubDevice,
+    IdScope, IndividualEnrollment, Instance, IssuedTpmKey, RegistrationRecord, RegistrationStatus,
+    ServiceAllocationPolicy, Sku, SymmetricKeyAttestation, TpmIssuedKeys, X509CertificateInfo,
 };
 
 fn instance(name: &str, scope: u8) -> Instance {
@@ -114,6 +114,7 @@ pub async fn run<S: Store + ?Sized>(s: &S) {
     certificates(s).await;
     tpm_keys(s).await;
     cascade(s).await;
+    hubs(s).await;
     shared(s).await;
 }
 
@@ -319,4 +320,60 @@ async fn cascade<S: Store + ?Sized>(s: &S) {
     // A new instance of the same name starts empty.
     s.write_instances(&[InstanceWrite::Create(instance("dps-a", 9))]).await.unwrap();
     assert!(s.enrollments("dps-a", None, 100).await.unwrap().items.is_empty());
+}
+
+fn hub_device(id: &str, doc_etag: &str) -> HubDevice {
+    HubDevice {
+        device_id: id.into(),
+        generation_id: "1".into(),
+        etag: "e".into(),
+        status: "enabled".into(),
+        status_reason: None,
+        status_updated_time: "t0".into(),
+        auth_type: "sas".into(),
+        primary_key: Some("a2V5".into()),
+        secondary_key: Some("a2V5".into()),
+        primary_thumbprint: None,
+        secondary_thumbprint: None,
+        iot_edge: true,
+        twin_etag: "AAAAAAAAAAE=".into(),
+        twin_version: 1,
+        tags: serde_json::Map::new(),
+        desired: serde_json::Map::new(),
+        desired_version: 1,
+        reported: serde_json::Map::new(),
+        reported_version: 1,
+        doc_etag: doc_etag.into(),
+    }
+}
+
+/// Embedded hubs live outside every instance; their devices under each hub, case-insensitively.
+async fn hubs<S: Store + ?Sized>(s: &S) {
+    let hub = Hub {
+        name: "Hub-A".into(),
+        host_name: "dps.example.com".into(),
+        location: "local".into(),
+        policies: vec![],
+        created: "t0".into(),
+        etag: "\"h1\"".into(),
+    };
+    s.put_hub(&hub, Precondition::MustNotExist).await.unwrap();
+    assert_eq!(s.hub("hub-a").await.unwrap().as_ref(), Some(&hub), "hub names are case-insensitive");
+    assert!(matches!(s.put_hub(&hub, Precondition::MustNotExist).await, Err(StoreError::AlreadyExists)));
+    assert_eq!(s.hubs().await.unwrap(), vec![hub.clone()]);
+    let d = hub_device("Dev-1", "\"d1\"");
+    s.put_hub_device("hub-a", &d, Precondition::MustNotExist).await.unwrap();
+    s.put_hub_device("hub-a", &hub_device("dev-2", "\"d2\""), Precondition::MustNotExist).await.unwrap();
+    assert_eq!(s.hub_device("HUB-A", "dev-1").await.unwrap().as_ref(), Some(&d), "device ids are case-insensitive");
+    assert!(s.hub_device("other-hub", "dev-1").await.unwrap().is_none(), "devices belong to their hub");
+    let stale = s.put_hub_device("hub-a", &hub_device("dev-1", "\"d3\""), Precondition::IfMatch("\"old\"")).await;
+    assert!(matches!(stale, Err(StoreError::PreconditionFailed)), "a stale etag is refused: {stale:?}");
+    let page = s.hub_devices("hub-a", None, 1).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    let rest = s.hub_devices("hub-a", page.continuation.as_deref(), 10).await.unwrap();
+    assert_eq!(rest.items.len(), 1, "paging reaches every device");
+    s.delete_hub_device("hub-a", "dev-1", Precondition::IfMatch("\"d1\"")).await.unwrap();
+    assert!(s.hub_device("hub-a", "dev-1").await.unwrap().is_none());
+    s.delete_hub("hub-a", Precondition::Any).await.unwrap();
+    assert!(s.hubs().await.unwrap().is_empty());
 }

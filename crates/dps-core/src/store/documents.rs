@@ -6,7 +6,8 @@ use serde::de::DeserializeOwned;
 
 use super::{from_doc, to_doc, InstanceWrite, Page, Precondition, SharedDoc, Store, StoreError, SHARED};
 use crate::model::{
-    CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord, TpmIssuedKeys,
+    CaCertificate, EnrollmentGroup, Hub, HubDevice, IdScope, IndividualEnrollment, Instance, RegistrationRecord,
+    TpmIssuedKeys,
 };
 
 /// The kinds of document, with their stable numbers (stored in the database).
@@ -18,8 +19,20 @@ pub enum Kind {
     Certificate = 4,
     /// The keys issued to a TPM device (secret; docs/tpm.md, "Secrets").
     TpmKeys = 5,
+    /// Embedded hubs, all under the pseudo-instance [`HUBS`].
+    Hub = 6,
+    /// Device identities of an embedded hub, under the pseudo-instance [`hub_space`].
+    HubDevice = 7,
     /// Filed under no instance: what every node of a deployment shares ([`SharedDoc`]).
-    Shared = 6,
+    Shared = 8,
+}
+
+/// The pseudo-instance embedded hubs are filed under (`$` is never in an instance name).
+pub const HUBS: &str = "$hubs";
+
+/// The pseudo-instance the devices of hub `hub` are filed under.
+pub fn hub_space(hub: &str) -> String {
+    format!("$hub:{}", hub.to_ascii_lowercase())
 }
 
 /// A page of raw documents.
@@ -137,6 +150,16 @@ impl Document for TpmIssuedKeys {
     }
 }
 
+impl Document for Hub {
+    const KIND: Kind = Kind::Hub;
+    fn doc_id(&self) -> &str {
+        &self.name
+    }
+    fn doc_etag(&self) -> &str {
+        &self.etag
+    }
+}
+
 impl Document for SharedDoc {
     const KIND: Kind = Kind::Shared;
     fn doc_id(&self) -> &str {
@@ -144,6 +167,16 @@ impl Document for SharedDoc {
     }
     fn doc_etag(&self) -> &str {
         &self.etag
+    }
+}
+
+impl Document for HubDevice {
+    const KIND: Kind = Kind::HubDevice;
+    fn doc_id(&self) -> &str {
+        &self.device_id
+    }
+    fn doc_etag(&self) -> &str {
+        &self.doc_etag
     }
 }
 
@@ -338,6 +371,35 @@ impl<S: DocumentStore> Store for S {
         pre: Precondition<'_>,
     ) -> Result<(), StoreError> {
         self.delete_doc(Kind::TpmKeys, instance, registration_id, pre).await
+    }
+    async fn hub(&self, name: &str) -> Result<Option<Hub>, StoreError> {
+        get(self, Kind::Hub, HUBS, name).await
+    }
+    async fn put_hub(&self, h: &Hub, pre: Precondition<'_>) -> Result<(), StoreError> {
+        put(self, HUBS, h, pre).await
+    }
+    async fn delete_hub(&self, name: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.delete_doc(Kind::Hub, HUBS, name, pre).await
+    }
+    async fn hubs(&self) -> Result<Vec<Hub>, StoreError> {
+        Ok(page(self, Kind::Hub, HUBS, None, None, 10_000).await?.items)
+    }
+    async fn hub_device(&self, hub: &str, device_id: &str) -> Result<Option<HubDevice>, StoreError> {
+        get(self, Kind::HubDevice, &hub_space(hub), device_id).await
+    }
+    async fn put_hub_device(&self, hub: &str, d: &HubDevice, pre: Precondition<'_>) -> Result<(), StoreError> {
+        put(self, &hub_space(hub), d, pre).await
+    }
+    async fn delete_hub_device(&self, hub: &str, device_id: &str, pre: Precondition<'_>) -> Result<(), StoreError> {
+        self.delete_doc(Kind::HubDevice, &hub_space(hub), device_id, pre).await
+    }
+    async fn hub_devices(
+        &self,
+        hub: &str,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<HubDevice>, StoreError> {
+        page(self, Kind::HubDevice, &hub_space(hub), None, continuation, limit).await
     }
     async fn shared(&self, name: &str) -> Result<Option<SharedDoc>, StoreError> {
         get(self, Kind::Shared, SHARED, name).await

@@ -6,7 +6,8 @@
 //! the check and the write happen in one transaction in the backend.
 
 use crate::model::{
-    CaCertificate, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, RegistrationRecord, TpmIssuedKeys,
+    CaCertificate, EnrollmentGroup, Hub, HubDevice, IdScope, IndividualEnrollment, Instance, RegistrationRecord,
+    TpmIssuedKeys,
 };
 
 #[cfg(any(test, feature = "conformance"))]
@@ -178,6 +179,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         registration_id: &str,
         pre: Precondition<'_>,
     ) -> Result<(), StoreError>;
+    /// Embedded hubs (docs/hub.md), outside every DPS instance.
+    async fn hub(&self, name: &str) -> Result<Option<Hub>, StoreError>;
+    async fn put_hub(&self, h: &Hub, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn delete_hub(&self, name: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn hubs(&self) -> Result<Vec<Hub>, StoreError>;
+    async fn hub_device(&self, hub: &str, device_id: &str) -> Result<Option<HubDevice>, StoreError>;
+    async fn put_hub_device(&self, hub: &str, d: &HubDevice, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn delete_hub_device(&self, hub: &str, device_id: &str, pre: Precondition<'_>) -> Result<(), StoreError>;
+    async fn hub_devices(
+        &self,
+        hub: &str,
+        continuation: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<HubDevice>, StoreError>;
 
     /// What the nodes of a deployment share, by name; `None` if no node wrote it yet.
     async fn shared(&self, name: &str) -> Result<Option<SharedDoc>, StoreError>;
@@ -185,8 +200,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn put_shared(&self, doc: &SharedDoc, pre: Precondition<'_>) -> Result<(), StoreError>;
 }
 
-/// The instance name shared documents are filed under (no DPS instance has it).
-pub const SHARED: &str = "";
+/// The pseudo-instance shared documents are filed under (`$` is never in an instance name).
+pub const SHARED: &str = "$shared";
 
 /// A document every node of a deployment shares (the built-in CA, the admin credential),
 /// filed under no instance. The caller seals the secrets in `body` before writing it.
