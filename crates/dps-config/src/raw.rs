@@ -36,6 +36,7 @@ pub struct Raw {
     pub limits: RawLimits,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
     pub hub_registry: RawHubRegistry,
 }
 
