@@ -48,6 +48,7 @@ pub struct Target {
     pub tls: TlsClient,
     pub https: SocketAddr,
     pub mqtt: SocketAddr,
+    pub amqp: SocketAddr,
     pub scope: String,
 }
 
@@ -416,10 +417,119 @@ pub async fn mqtt_register(t: &Target, id: &str, auth: &Auth) -> Result<Timing, 
     Ok(Timing { total: start.elapsed(), handshake, cipher })
 }
 
-/// An idle MQTT-over-TLS connection: connected (and subscribed), then left open.
-#[derive(Debug)]
+/// An idle connection: MQTT connected (and subscribed), or AMQP with both links attached.
+/// Dropping it closes the connection (for AMQP: the connection, its session and both links).
 pub struct IdleConnection {
-    _stream: ClientStream,
+    _held: Box<dyn std::any::Any + Send>,
+}
+
+pub struct AmqpIdle {
+    sender: fe2o3_amqp::Sender,
+    receiver: fe2o3_amqp::Receiver,
+    session: fe2o3_amqp::session::SessionHandle<()>,
+    connection: fe2o3_amqp::connection::ConnectionHandle<()>,
+}
+
+fn amqp_fail(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::new(format!("amqp {what}: {e}"))
+}
+
+/// An AMQP-over-TLS connection as the Node SDK leaves it before its first request: TLS, SASL
+/// PLAIN (username `{scope}/registrations/{id}`, password the SAS token), Open, Begin, the
+/// receiver link then the sender link on the device's address. Symmetric key only.
+async fn amqp_open(t: &Target, id: &str, auth: &Auth) -> Result<(AmqpIdle, Timing), Failure> {
+    use fe2o3_amqp::sasl_profile::SaslProfile;
+    let token = auth.token(&t.scope, id)?.ok_or_else(|| Failure::new("amqp: symmetric key only"))?;
+    let address = format!("{}/registrations/{id}", t.scope);
+    let start = Instant::now();
+    let s = t.tls.connect(t.amqp, auth.cert()).await?;
+    let handshake = start.elapsed();
+    let cipher = s.cipher();
+    let mut connection = fe2o3_amqp::Connection::builder()
+        .container_id(id.to_owned())
+        .hostname("localhost")
+        .sasl_profile(SaslProfile::Plain { username: address.clone(), password: token })
+        .open_with_stream(s)
+        .await
+        .map_err(|e| amqp_fail("open", e))?;
+    let mut session = fe2o3_amqp::Session::begin(&mut connection).await.map_err(|e| amqp_fail("begin", e))?;
+    let receiver = fe2o3_amqp::Receiver::attach(&mut session, "rheaReceiver_1", address.clone())
+        .await
+        .map_err(|e| amqp_fail("receiver attach", e))?;
+    let sender = fe2o3_amqp::Sender::attach(&mut session, "rheaSender_1", address)
+        .await
+        .map_err(|e| amqp_fail("sender attach", e))?;
+    Ok((AmqpIdle { sender, receiver, session, connection }, Timing { total: start.elapsed(), handshake, cipher }))
+}
+
+pub async fn amqp_idle(t: &Target, id: &str, auth: &Auth) -> Result<(IdleConnection, Timing), Failure> {
+    let (conn, timing) = amqp_open(t, id, auth).await?;
+    Ok((IdleConnection { _held: Box::new(conn) }, timing))
+}
+
+impl AmqpIdle {
+    /// One request: accepted, then one response of JSON on the receiver link.
+    async fn ask(
+        &mut self,
+        operation: &str,
+        operation_id: Option<&str>,
+        body: fe2o3_amqp::types::messaging::Body<fe2o3_amqp::types::primitives::Value>,
+        rid: u64,
+    ) -> Result<Value, Failure> {
+        use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Message, MessageId, Outcome, Properties};
+        let mut app = ApplicationProperties::builder().insert("iotdps-operation-type", operation);
+        if let Some(id) = operation_id {
+            app = app.insert("iotdps-operation-id", id);
+        }
+        let p = Properties { correlation_id: Some(MessageId::Ulong(rid)), ..Properties::default() };
+        let msg = Message::builder().properties(p).application_properties(app.build()).body(body).build();
+        match self.sender.send(msg).await.map_err(|e| amqp_fail("send", e))? {
+            Outcome::Accepted(_) => {}
+            Outcome::Rejected(r) => {
+                let e = r.error.map(|e| format!("{:?}", e.condition)).unwrap_or_default();
+                return Err(Failure::new(format!("amqp: request rejected {e}")));
+            }
+            _ => return Err(Failure::new("amqp: request neither accepted nor rejected")),
+        }
+        let delivery = self
+            .receiver
+            .recv::<Body<fe2o3_amqp::types::primitives::Value>>()
+            .await
+            .map_err(|e| amqp_fail("recv", e))?;
+        self.receiver.accept(&delivery).await.map_err(|e| amqp_fail("accept", e))?;
+        let Body::Data(sections) = delivery.into_message().body else {
+            return Err(Failure::new("amqp: response is not a data section"));
+        };
+        let first = sections.first().ok_or_else(|| Failure::new("amqp: empty response"))?;
+        serde_json::from_slice(&first.0).map_err(|_| Failure::new("amqp: response is not JSON"))
+    }
+}
+
+/// One device over AMQP: open (as `amqp_idle`), register, poll at once until assigned, close.
+pub async fn amqp_register(t: &Target, id: &str, auth: &Auth) -> Result<Timing, Failure> {
+    use fe2o3_amqp::types::messaging::{AmqpValue, Body, Data};
+    use fe2o3_amqp::types::primitives::{Binary, Value as AmqpV};
+    let start = Instant::now();
+    let (mut d, timing) = amqp_open(t, id, auth).await?;
+    let body = serde_json::json!({ "registrationId": id }).to_string().into_bytes();
+    let op = d.ask("iotdps-register", None, Body::Data(vec![Data(Binary::from(body))].into()), 1).await?;
+    let mut status = op;
+    for rid in 2..12u64 {
+        if status["status"] == "assigned" {
+            break;
+        }
+        let op_id = status["operationId"].as_str().ok_or_else(|| Failure::new("amqp: no operationId"))?.to_owned();
+        let body = Body::Value(AmqpValue(AmqpV::String(String::new())));
+        status = d.ask("iotdps-get-operationstatus", Some(&op_id), body, rid).await?;
+    }
+    if status["status"] != "assigned" {
+        return Err(Failure::new(format!("amqp: status {}", status["status"])));
+    }
+    let _ = d.sender.close().await;
+    let _ = d.receiver.close().await;
+    let _ = d.session.end().await;
+    d.connection.close().await.map_err(|e| amqp_fail("close", e))?;
+    Ok(Timing { total: start.elapsed(), ..timing })
 }
 
 pub async fn mqtt_idle(
@@ -432,7 +542,7 @@ pub async fn mqtt_idle(
     let start = Instant::now();
     let (m, handshake) = mqtt_connect(t, id, auth, subscribe, keep_alive).await?;
     let cipher = m.s.cipher();
-    Ok((IdleConnection { _stream: m.s }, Timing { total: start.elapsed(), handshake, cipher }))
+    Ok((IdleConnection { _held: Box::new(m.s) }, Timing { total: start.elapsed(), handshake, cipher }))
 }
 
 #[cfg(test)]

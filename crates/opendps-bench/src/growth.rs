@@ -83,6 +83,7 @@ fn server_spec(c: &Common, address: Ipv4Addr, dir: std::path::PathBuf) -> anyhow
         address: IpAddr::V4(address),
         https_port: c.https_port,
         mqtt_port: c.mqtt_port,
+        amqp_port: c.amqp_port,
         config: crate::server_config(c, 20_000)?,
         nofile: 65_536,
     })
@@ -104,6 +105,7 @@ async fn load(
             match proto {
                 Protocol::Https => device::https_register(&t, &ids[i], &auths[i]).await,
                 Protocol::Mqtt => device::mqtt_register(&t, &ids[i], &auths[i]).await,
+                Protocol::Amqp => device::amqp_register(&t, &ids[i], &auths[i]).await,
             }
         }
     })
@@ -157,7 +159,13 @@ pub async fn measure_point(a: &GrowthArgs, address: Ipv4Addr, s: &Seeded, round:
     let server = Server::start(server_spec(c, address, s.dir.clone())?)?;
     eprintln!("store of {n}, round {round}: server up in {:.2} s", server.startup_seconds);
     let tls = TlsClient::new(&server.root_pem(), IpAddr::V4(address), &c.groups)?;
-    let target = Arc::new(Target { tls, https: server.https, mqtt: server.mqtt, scope: server.scope.clone() });
+    let target = Arc::new(Target {
+        tls,
+        https: server.https,
+        mqtt: server.mqtt,
+        amqp: server.amqp,
+        scope: server.scope.clone(),
+    });
     let spec = |label: String, n: usize, progress: bool| Spec {
         label,
         n,

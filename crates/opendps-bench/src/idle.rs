@@ -38,6 +38,9 @@ pub struct IdleArgs {
     /// CONNECT only, no SUBSCRIBE.
     #[arg(long)]
     pub no_subscribe: bool,
+    /// mqtt (CONNECT, SUBSCRIBE) or amqp (SASL PLAIN, Open, Begin, both links attached).
+    #[arg(long, value_enum, default_value = "mqtt")]
+    pub protocol: Protocol,
     /// Registrations before the baseline is read (warm code paths, allocator, store).
     #[arg(long, default_value_t = 200)]
     pub warmup: usize,
@@ -97,7 +100,7 @@ pub async fn measure(setup: &Setup, a: &IdleArgs) -> anyhow::Result<IdleResult> 
     let auths = setup.creds(Attestation::Symmetric, &ids)?;
     let held: Arc<Mutex<Vec<IdleConnection>>> = Arc::new(Mutex::new(Vec::with_capacity(a.connections)));
     let spec = Spec {
-        label: format!("open {} idle MQTT-TLS connections", a.connections),
+        label: format!("open {} idle {}-TLS connections", a.connections, a.protocol.name().to_uppercase()),
         n: a.connections,
         concurrency: a.concurrency,
         max: Duration::from_secs(a.max_seconds.max(1)),
@@ -105,12 +108,15 @@ pub async fn measure(setup: &Setup, a: &IdleArgs) -> anyhow::Result<IdleResult> 
         progress: true,
     };
     let (t, h, subscribe, keep_alive) = (setup.target.clone(), held.clone(), !a.no_subscribe, a.keep_alive);
+    let protocol = a.protocol;
     let open = load::run(&spec, &setup.server.group(), move |i| {
         let (t, ids, auths, h) = (t.clone(), ids.clone(), auths.clone(), h.clone());
         async move {
             let auth: &Auth = &auths[i];
-            let (conn, timing): (IdleConnection, Timing) =
-                device::mqtt_idle(&t, &ids[i], auth, subscribe, keep_alive).await?;
+            let (conn, timing): (IdleConnection, Timing) = match protocol {
+                Protocol::Amqp => device::amqp_idle(&t, &ids[i], auth).await?,
+                _ => device::mqtt_idle(&t, &ids[i], auth, subscribe, keep_alive).await?,
+            };
             h.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(conn);
             Ok(timing)
         }
@@ -132,14 +138,21 @@ pub async fn measure(setup: &Setup, a: &IdleArgs) -> anyhow::Result<IdleResult> 
 /// The report lines of an idle run.
 pub fn report(rep: &mut Report, a: &IdleArgs, r: &IdleResult) {
     let mib = |k: u64| k as f64 / 1024.0;
+    let what = if a.protocol == Protocol::Amqp {
+        "SASL PLAIN, Open, Begin, receiver and sender links attached on the device's address".to_owned()
+    } else {
+        format!(
+            "CONNECT (keep-alive {} s){}",
+            a.keep_alive,
+            if a.no_subscribe { "" } else { ", SUBSCRIBE $dps/registrations/res/#" }
+        )
+    };
     rep.line(format!(
-        "{} connections asked, {} held open ({}); each: new full TLS 1.2 handshake, CONNECT (keep-alive {} s){}, \
+        "{} connections asked, {} held open ({}); each: new full TLS 1.2 handshake, {what}, \
          then nothing. Memory read {} s after the last one opened.\n",
         a.connections,
         r.held(),
         r.open.failures_text(),
-        a.keep_alive,
-        if a.no_subscribe { "" } else { ", SUBSCRIBE $dps/registrations/res/#" },
         a.hold_seconds
     ));
     rep.line("| | server RSS MiB | server open fds |");
@@ -160,7 +173,8 @@ pub fn report(rep: &mut Report, a: &IdleArgs, r: &IdleResult) {
             r.open.rate(),
         ));
         rep.line(format!(
-            "Target (reported, not asserted): idle MQTT-TLS connection ≤ 32 KiB of server memory: {}",
+            "Target (reported, not asserted): idle {}-TLS connection ≤ 32 KiB of server memory: {}",
+            a.protocol.name().to_uppercase(),
             verdict(per <= 32.0)
         ));
     }
@@ -190,7 +204,10 @@ pub async fn idle(a: IdleArgs) -> anyhow::Result<()> {
         x509: false,
     })?;
     let r = measure(&setup, &a).await?;
-    let mut rep = Report::new("OpenDPS server memory per idle MQTT-over-TLS connection");
+    let mut rep = Report::new(&format!(
+        "OpenDPS server memory per idle {}-over-TLS connection",
+        a.protocol.name().to_uppercase()
+    ));
     report(&mut rep, &a, &r);
     rep.finish(c.report.as_deref())?;
     if r.held() == 0 {

@@ -71,6 +71,8 @@ pub struct Common {
     pub https_port: u16,
     #[arg(long, default_value_t = 8884)]
     pub mqtt_port: u16,
+    #[arg(long, default_value_t = 5671)]
+    pub amqp_port: u16,
     #[arg(long, default_value_t = 9443)]
     pub nginx_port: u16,
     /// Write the Markdown report here too.
@@ -112,6 +114,7 @@ impl Common {
 pub enum Protocol {
     Https,
     Mqtt,
+    Amqp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -125,6 +128,7 @@ impl Protocol {
         match self {
             Protocol::Https => "https",
             Protocol::Mqtt => "mqtt",
+            Protocol::Amqp => "amqp",
         }
     }
 }

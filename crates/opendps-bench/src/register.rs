@@ -124,6 +124,7 @@ impl Setup {
             address: IpAddr::V4(address),
             https_port: c.https_port,
             mqtt_port: c.mqtt_port,
+            amqp_port: c.amqp_port,
             config: crate::server_config(c, s.max_connections)?,
             nofile: s.nofile,
         };
@@ -141,7 +142,13 @@ impl Setup {
             None
         };
         let tls = TlsClient::new(&server.root_pem(), IpAddr::V4(address), &c.groups)?;
-        let target = Arc::new(Target { tls, https: server.https, mqtt: server.mqtt, scope: server.scope.clone() });
+        let target = Arc::new(Target {
+            tls,
+            https: server.https,
+            mqtt: server.mqtt,
+            amqp: server.amqp,
+            scope: server.scope.clone(),
+        });
         Ok(Setup { server, target, group_key, ca, address })
     }
 
@@ -173,6 +180,7 @@ impl Setup {
                 match proto {
                     Protocol::Https => device::https_register(&t, &ids[i], &auths[i]).await,
                     Protocol::Mqtt => device::mqtt_register(&t, &ids[i], &auths[i]).await,
+                    Protocol::Amqp => device::amqp_register(&t, &ids[i], &auths[i]).await,
                 }
             }
         })

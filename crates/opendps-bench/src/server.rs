@@ -21,6 +21,7 @@ pub struct ServerSpec {
     pub address: IpAddr,
     pub https_port: u16,
     pub mqtt_port: u16,
+    pub amqp_port: u16,
     /// TOML given with `--config`.
     pub config: String,
     /// Open-files limit of the server process (soft and hard), through `prlimit`.
@@ -35,6 +36,7 @@ pub struct Server {
     pub pid: u32,
     pub https: SocketAddr,
     pub mqtt: SocketAddr,
+    pub amqp: SocketAddr,
     pub scope: String,
     pub log: PathBuf,
     /// Seconds from spawn to the banner.
@@ -99,7 +101,7 @@ impl Server {
             .arg("--admin-port")
             .arg("0")
             .arg("--amqp-port")
-            .arg("0")
+            .arg(spec.amqp_port.to_string())
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
@@ -129,6 +131,7 @@ impl Server {
         Ok(Server {
             https: SocketAddr::new(spec.address, spec.https_port),
             mqtt: SocketAddr::new(spec.address, spec.mqtt_port),
+            amqp: SocketAddr::new(spec.address, spec.amqp_port),
             startup_seconds: t0.elapsed().as_secs_f64(),
             spec,
             child: Some(child),

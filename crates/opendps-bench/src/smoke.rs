@@ -105,6 +105,7 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
         hold_seconds: 1,
         keep_alive: 60,
         no_subscribe: false,
+        protocol: Protocol::Mqtt,
         warmup: 10,
     };
     let idle_result = idle::measure(&setup, &idle_args).await?;
