@@ -434,24 +434,23 @@ fn amqp_fail(what: &str, e: impl std::fmt::Display) -> Failure {
     Failure::new(format!("amqp {what}: {e}"))
 }
 
-/// An AMQP-over-TLS connection as the Node SDK leaves it before its first request: TLS, SASL
-/// PLAIN (username `{scope}/registrations/{id}`, password the SAS token), Open, Begin, the
-/// receiver link then the sender link on the device's address. Symmetric key only.
+/// An AMQP-over-TLS connection as the Node SDK leaves it before its first request: TLS, then
+/// with a key SASL PLAIN (username `{scope}/registrations/{id}`, password the SAS token), with a
+/// certificate no SASL (the TLS chain is the credential); Open, Begin, the receiver link then the
+/// sender link on the device's address.
 async fn amqp_open(t: &Target, id: &str, auth: &Auth) -> Result<(AmqpIdle, Timing), Failure> {
     use fe2o3_amqp::sasl_profile::SaslProfile;
-    let token = auth.token(&t.scope, id)?.ok_or_else(|| Failure::new("amqp: symmetric key only"))?;
+    let token = auth.token(&t.scope, id)?;
     let address = format!("{}/registrations/{id}", t.scope);
     let start = Instant::now();
     let s = t.tls.connect(t.amqp, auth.cert()).await?;
     let handshake = start.elapsed();
     let cipher = s.cipher();
-    let mut connection = fe2o3_amqp::Connection::builder()
-        .container_id(id.to_owned())
-        .hostname("localhost")
-        .sasl_profile(SaslProfile::Plain { username: address.clone(), password: token })
-        .open_with_stream(s)
-        .await
-        .map_err(|e| amqp_fail("open", e))?;
+    let mut builder = fe2o3_amqp::Connection::builder().container_id(id.to_owned()).hostname("localhost");
+    if let Some(password) = token {
+        builder = builder.sasl_profile(SaslProfile::Plain { username: address.clone(), password });
+    }
+    let mut connection = builder.open_with_stream(s).await.map_err(|e| amqp_fail("open", e))?;
     let mut session = fe2o3_amqp::Session::begin(&mut connection).await.map_err(|e| amqp_fail("begin", e))?;
     let receiver = fe2o3_amqp::Receiver::attach(&mut session, "rheaReceiver_1", address.clone())
         .await
