@@ -1,10 +1,10 @@
 //! `opendps-bench`: the load generator and the benchmarks of OpenDPS (bench/README.md).
 //!
 //! - `register`: N devices provision concurrently (a new full TLS handshake each), over HTTPS
-//!   and/or MQTT, with symmetric keys and/or X.509, optionally each load paired with the nginx
+//!   MQTT and/or AMQP, with symmetric keys and/or X.509, optionally each load paired with the nginx
 //!   TLS ceiling measured just before it with the same client and concurrency.
 //! - `ceiling`: the nginx ceiling alone.
-//! - `idle`: K idle MQTT-over-TLS connections, and the server memory each costs.
+//! - `idle`: K idle MQTT- or AMQP-over-TLS connections, and the server memory each costs.
 //! - `growth`: registration latency with 10 k, 1 M, ... seeded enrollments and registrations.
 //! - `smoke`: all of the above, tiny, for CI (no timing is judged).
 //!
@@ -50,7 +50,7 @@ enum Command {
     /// The ceiling alone: nginx with OpenDPS's certificate and TLS profile, one full handshake
     /// per request.
     Ceiling(register::CeilingArgs),
-    /// K idle MQTT-over-TLS connections: server memory per connection.
+    /// K idle MQTT- or AMQP-over-TLS connections: server memory per connection.
     Idle(idle::IdleArgs),
     /// Registration latency as the store grows (seeded individual enrollments + registrations).
     Growth(growth::GrowthArgs),
