@@ -1,6 +1,6 @@
 //! `opendps-bench`: the load generator and the benchmarks of OpenDPS (bench/README.md).
 //!
-//! - `register`: N devices provision concurrently (a new full TLS handshake each), over HTTPS
+//! - `register`: N devices provision concurrently (a new full TLS handshake each), over HTTPS,
 //!   MQTT and/or AMQP, with symmetric keys and/or X.509, optionally each load paired with the nginx
 //!   TLS ceiling measured just before it with the same client and concurrency.
 //! - `ceiling`: the nginx ceiling alone.
