@@ -71,7 +71,7 @@ pub struct Common {
     pub https_port: u16,
     #[arg(long, default_value_t = 8884)]
     pub mqtt_port: u16,
-    #[arg(long, default_value_t = 5671)]
+    #[arg(long, default_value_t = 5673)]
     pub amqp_port: u16,
     #[arg(long, default_value_t = 9443)]
     pub nginx_port: u16,

@@ -67,7 +67,7 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
         symmetric: true,
         x509: true,
     })?;
-    for proto in [Protocol::Https, Protocol::Mqtt] {
+    for proto in [Protocol::Https, Protocol::Mqtt, Protocol::Amqp] {
         for att in [Attestation::Symmetric, Attestation::X509] {
             let tag = format!("smoke-{}-{}", proto.name(), att.name());
             let ids: Arc<Vec<String>> = Arc::new((0..a.devices).map(|i| format!("{tag}-{i:04}")).collect());
