@@ -185,6 +185,11 @@ async fn enrolled_tpm_devices_are_refused_what_is_not_theirs() {
         let (status, _, v) = http(&s, "GET", &path, Some(sas(&inst, "tpm-one", wrong)), "").await;
         assert_eq!(status, 401, "{v}");
     }
+    // An expired SAS under the right key, with the tpm block: challenged again, fresh key.
+    let resource = format!("{}/registrations/tpm-one", inst.id_scope.as_str());
+    let expired = dps_attest::sas::make_token(&resource, &encode(&k1), 1000, Some("registration")).unwrap();
+    let (status, v) = register(&s, &inst, "tpm-one", Some(expired), &body("tpm-one", &ek1, &srk1)).await;
+    assert_ne!(one.activate(&challenge(status, &v)).expect("a fresh challenge"), k1);
     // A key issued to tpm-one signs for tpm-one only.
     let (status, v) = register(&s, &inst, "tpm-two", Some(sas(&inst, "tpm-two", &k1)), "{}").await;
     assert_eq!(status, 401, "{v}");
