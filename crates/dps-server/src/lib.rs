@@ -423,7 +423,7 @@ impl Server {
                 admin_token = shared;
             }
         }
-        let services = dps_core::service::Services::new(
+        let mut services = dps_core::service::Services::new(
             store,
             clock,
             Arc::new(dps_attest::OpensslEntropy),
@@ -445,7 +445,10 @@ impl Server {
             },
             allow_http_localhost: config.allocation.allow_http_localhost,
         }));
-        let mut services = if config.hub_registry.register_devices {
+        if let Some(q) = quota {
+            services = services.with_quota(q);
+        }
+        let services = if config.hub_registry.register_devices {
             // Trusted for hubs: the system roots, this server's own root (its embedded hubs),
             // and the configured CA.
             let mut roots = tls.root_pem().unwrap_or_default();
@@ -457,9 +460,6 @@ impl Server {
         } else {
             services
         };
-        if let Some(q) = quota {
-            services = services.with_quota(q);
-        }
         let peer_db = match &config.store.peer_url {
             Some(url) => {
                 Some(dps_store_postgres::PgStore::observer(&url.0, dps_store_postgres::Timeouts::default()).map_err(

@@ -41,7 +41,7 @@ async fn two_nodes_share_one_postgres_store() {
     dps_tls::client::connect(b.https(), "127.0.0.1", Some(&a.root_pem())).await.expect("B's chain leads to A's root");
     // The CA keys are sealed in the database, not stored in the clear.
     let row: String = admin
-        .query_one(&format!("SELECT doc FROM {schema}.documents WHERE kind = 6 AND id_key = 'builtin-ca'"), &[])
+        .query_one(&format!("SELECT doc FROM {schema}.documents WHERE kind = 8 AND id_key = 'builtin-ca'"), &[])
         .await
         .unwrap()
         .get(0);

@@ -200,8 +200,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn put_shared(&self, doc: &SharedDoc, pre: Precondition<'_>) -> Result<(), StoreError>;
 }
 
-/// The instance name shared documents are filed under (no DPS instance has it).
-pub const SHARED: &str = "";
+/// The pseudo-instance shared documents are filed under (`$` is never in an instance name).
+pub const SHARED: &str = "$shared";
 
 /// A document every node of a deployment shares (the built-in CA, the admin credential),
 /// filed under no instance. The caller seals the secrets in `body` before writing it.
