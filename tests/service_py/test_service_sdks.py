@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+from pathlib import Path
 
 import pytest
 from azure.core.exceptions import HttpResponseError
@@ -136,3 +137,29 @@ def test_x509_from_pem_files_and_round_trip(server, new_sdk, old_sdk, tmp_path):
     assert old_sdk.create_or_update(group).provisioning_status == "disabled"
     q = {"query": "SELECT * FROM enrollments WHERE attestation.type = 'x509'"}
     assert [x["registrationId"] for x in new_sdk.enrollment.query(query_specification=q)] == ["py-x509-a"]
+
+
+def test_tpm_enrollments_through_both_sdks(new_sdk, old_sdk):
+    """TPM individual enrollments as the SDKs write them; the EK is checked on write (an ECC EK is
+    refused with a message that says so, and nothing is stored); a GET-modify-PUT keeps the EK."""
+    data = Path(__file__).resolve().parent.parent.parent / "crates" / "dps-attest" / "testdata" / "tpm"
+    ek = base64.b64encode((data / "swtpm-ek.pub").read_bytes()).decode()
+    ecc = base64.b64encode((data / "swtpm-ek-ecc.pub").read_bytes()).decode()
+    old_sdk.create_or_update(IndividualEnrollment.create("py-tpm-a", AttestationMechanism.create_with_tpm(ek)))
+    body = {"registrationId": "py-tpm-b", "attestation": {"type": "tpm", "tpm": {"endorsementKey": ek}}}
+    created = new_sdk.enrollment.create_or_update(id="py-tpm-b", enrollment=body)
+    assert created["attestation"]["tpm"]["endorsementKey"] == ek
+    got = old_sdk.get_individual_enrollment("py-tpm-a")
+    assert got.attestation.type == "tpm" and got.attestation.tpm.endorsement_key == ek
+    got.provisioning_status = "disabled"
+    updated = old_sdk.create_or_update(got)
+    assert updated.provisioning_status == "disabled" and updated.attestation.tpm.endorsement_key == ek
+    bad = {"registrationId": "py-tpm-ecc", "attestation": {"type": "tpm", "tpm": {"endorsementKey": ecc}}}
+    with pytest.raises(HttpResponseError) as refused:
+        new_sdk.enrollment.create_or_update(id="py-tpm-ecc", enrollment=bad)
+    assert refused.value.status_code == 400 and "ECC" in str(refused.value)
+    with pytest.raises(HttpResponseError) as missing:
+        new_sdk.enrollment.get(id="py-tpm-ecc")
+    assert missing.value.status_code == 404
+    q = {"query": "SELECT * FROM enrollments WHERE attestation.type = 'tpm'"}
+    assert sorted(x["registrationId"] for x in new_sdk.enrollment.query(query_specification=q)) == ["py-tpm-a", "py-tpm-b"]

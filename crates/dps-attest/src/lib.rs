@@ -20,19 +20,15 @@ mod x509;
 pub use device::{check_leaf_usage, leaf_facts, verify_chain, ChainError, OpensslDeviceCrypto, MAX_CHAIN, SAS_SKEW};
 pub use x509::{chain_issued_by, OpensslX509};
 
-use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::sign::Signer;
-
-/// HMAC-SHA256.
+/// HMAC-SHA256, with the RustCrypto `hmac` and `sha2` crates: through OpenSSL's EVP API each
+/// call built a key object and fetched the algorithm again, ~8× the instructions of the MAC
+/// itself (bench/results/2026-12-01-hmac.md).
 pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let run = || -> Result<Vec<u8>, openssl::error::ErrorStack> {
-        let k = PKey::hmac(key)?;
-        let mut s = Signer::new(MessageDigest::sha256(), &k)?;
-        s.update(data)?;
-        s.sign_to_vec()
-    };
-    run().unwrap_or_default()
+    use hmac::{KeyInit, Mac};
+    // HMAC takes a key of any length: this never fails.
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(key) else { return Vec::new() };
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
 }
 
 /// Constant-time equality (lengths compared first, which leaks only the length).
@@ -84,6 +80,21 @@ mod tests {
         .expect("valid key");
         assert_eq!(k, "Jsm0lyGpjaVYVP2g3FnmnmG9dI/9qU24wNoykUmermc=");
         assert!(derive_device_key("not base64!", "x").is_none());
+    }
+
+    #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        let hex = |b: Vec<u8>| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        // Test case 2: a short key.
+        assert_eq!(
+            hex(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a key longer than the block, hashed first.
+        assert_eq!(
+            hex(hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First")),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
     }
 
     #[test]

@@ -522,3 +522,61 @@ async fn ip_filter_rules_refuse_amqp_devices_at_sasl_and_metrics_count_amqp() {
     .unwrap();
     f.provisions("dev-2").await;
 }
+
+/// The SASL `TPM` mechanism byte by byte, as the Node and C# clients run it (docs/tpm.md): the
+/// first challenge is `0x00`, the blob comes in at most four segments numbered `0x80|seq` with
+/// `0xC0|seq` on the last, it opens in the device's TPM, and the SAS signed with the key it
+/// carries ends the exchange with `ok`; a SAS under another key gets an `auth` outcome.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tpm_sasl_exchange_is_what_the_clients_parse() {
+    use dps_attest::tpm::testing::SoftwareTpm;
+    use dps_core::base64::encode;
+    let f = setup("").await;
+    let tpm = SoftwareTpm::default();
+    let (ek, srk) = (tpm.endorsement_key(), tpm.storage_root_key());
+    let e: dps_core::model::IndividualEnrollment =
+        serde_json::from_value(serde_json::json!({ "registrationId": "tpm-amqp",
+        "attestation": { "type": "tpm", "tpm": { "endorsementKey": encode(&ek) } } }))
+        .unwrap();
+    f.s.server.state.services.put_enrollment(&f.instance, "tpm-amqp", e, None).await.unwrap();
+
+    for good in [false, true] {
+        let mut io = sasl_client(f.addr()).await;
+        let (mut buf, mut header) = (Vec::new(), [0u8; 8]);
+        io.read_exact(&mut header).await.expect("header");
+        assert!(matches!(read_sasl_frame(&mut io, &mut buf).await, SaslFrame::Mechanisms(_)));
+        let mut first = format!("\x00{}\x00tpm-amqp\x00", f.scope).into_bytes();
+        first.extend_from_slice(&ek);
+        io.write_all(&init("TPM", &first)).await.expect("init");
+        match read_sasl_frame(&mut io, &mut buf).await {
+            SaslFrame::Challenge(c) => assert_eq!(c.challenge.as_slice(), &[0u8]),
+            other => panic!("expected the first TPM challenge, got {other:?}"),
+        }
+        let mut srk_response = vec![0u8];
+        srk_response.extend_from_slice(&srk);
+        io.write_all(&response(&srk_response)).await.expect("srk");
+        let mut blob = Vec::new();
+        for seq in 0u8.. {
+            assert!(seq < 4, "more than four SASL segments: the clients cannot take them");
+            let SaslFrame::Challenge(c) = read_sasl_frame(&mut io, &mut buf).await else { panic!("segment {seq}") };
+            let (control, part) = c.challenge.as_slice().split_first().expect("control byte");
+            blob.extend_from_slice(part);
+            if *control == 0xC0 | seq {
+                break;
+            }
+            assert_eq!(*control, 0x80 | seq, "segment {seq}");
+            io.write_all(&response(&[0])).await.expect("ack");
+        }
+        let fields = dps_attest::tpm::ActivationBlobFields::parse(&blob).expect("six fields");
+        assert_eq!(fields.uri_data, [0, 0], "field 6 present and empty");
+        let k = tpm.activate(&blob).expect("the TPM opens the blob");
+        let key = if good { encode(&k) } else { encode(b"some other key") };
+        let mut last = vec![0u8];
+        last.extend_from_slice(f.token("tpm-amqp", &key).as_bytes());
+        io.write_all(&response(&last)).await.expect("sas");
+        match read_sasl_frame(&mut io, &mut buf).await {
+            SaslFrame::Outcome(o) => assert_eq!(o.code, if good { SaslCode::Ok } else { SaslCode::Auth }),
+            other => panic!("expected the outcome, got {other:?}"),
+        }
+    }
+}

@@ -78,6 +78,8 @@ fn open_conn(path: &Path, durability: Durability) -> Result<Connection, StoreErr
     };
     c.execute_batch(&format!("PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"))
         .map_err(StoreError::unavailable)?;
+    // Room for every statement of `DocumentStore` (see `row`, `exec`), so none is evicted.
+    c.set_prepared_statement_cache_capacity(32);
     Ok(c)
 }
 
@@ -188,6 +190,22 @@ impl OwnedPre {
     }
 }
 
+/// `query_row` through the connection's statement cache: each statement is parsed once per
+/// connection, not on every call.
+fn row<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(p, f)
+}
+
+/// `execute` through the connection's statement cache.
+fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(p)
+}
+
 #[async_trait]
 impl DocumentStore for SqliteStore {
     async fn instances(&self) -> Result<Vec<Instance>, StoreError> {
@@ -203,10 +221,10 @@ impl DocumentStore for SqliteStore {
     async fn instance(&self, name: &str) -> Result<Option<Instance>, StoreError> {
         let name = key(name);
         self.read(move |c| {
-            let doc: Option<String> = c
-                .query_row("SELECT doc FROM instances WHERE name_key = ?1", params![name], |r| r.get(0))
-                .optional()
-                .map_err(StoreError::unavailable)?;
+            let doc: Option<String> =
+                row(c, "SELECT doc FROM instances WHERE name_key = ?1", params![name], |r| r.get(0))
+                    .optional()
+                    .map_err(StoreError::unavailable)?;
             doc.map(|d| from_doc(&d)).transpose()
         })
         .await
@@ -215,10 +233,10 @@ impl DocumentStore for SqliteStore {
     async fn instance_by_scope(&self, scope: &IdScope) -> Result<Option<Instance>, StoreError> {
         let scope = scope.as_str().to_owned();
         self.read(move |c| {
-            let doc: Option<String> = c
-                .query_row("SELECT doc FROM instances WHERE id_scope = ?1", params![scope], |r| r.get(0))
-                .optional()
-                .map_err(StoreError::unavailable)?;
+            let doc: Option<String> =
+                row(c, "SELECT doc FROM instances WHERE id_scope = ?1", params![scope], |r| r.get(0))
+                    .optional()
+                    .map_err(StoreError::unavailable)?;
             doc.map(|d| from_doc(&d)).transpose()
         })
         .await
@@ -230,43 +248,42 @@ impl DocumentStore for SqliteStore {
             for w in &writes {
                 match w {
                     InstanceWrite::Create(i) => {
-                        let exists: Option<String> = tx
-                            .query_row(
-                                "SELECT name_key FROM instances WHERE name_key = ?1",
-                                params![key(&i.name)],
-                                |r| r.get(0),
-                            )
+                        let exists: Option<String> =
+                            row(tx, "SELECT name_key FROM instances WHERE name_key = ?1", params![key(&i.name)], |r| {
+                                r.get(0)
+                            })
                             .optional()
                             .map_err(StoreError::unavailable)?;
                         if exists.is_some() {
                             return Err(StoreError::AlreadyExists);
                         }
-                        let taken: Option<String> = tx
-                            .query_row(
-                                "SELECT name_key FROM instances WHERE id_scope = ?1",
-                                params![i.id_scope.as_str()],
-                                |r| r.get(0),
-                            )
-                            .optional()
-                            .map_err(StoreError::unavailable)?;
+                        let taken: Option<String> = row(
+                            tx,
+                            "SELECT name_key FROM instances WHERE id_scope = ?1",
+                            params![i.id_scope.as_str()],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(StoreError::unavailable)?;
                         if let Some(other) = taken {
                             return Err(StoreError::Conflict(format!("ID scope {} is used by {other}", i.id_scope)));
                         }
-                        tx.execute(
+                        exec(
+                            tx,
                             "INSERT INTO instances (name_key, id_scope, etag, doc) VALUES (?1, ?2, ?3, ?4)",
                             params![key(&i.name), i.id_scope.as_str(), i.etag, to_doc(i)?],
                         )
                         .map_err(StoreError::unavailable)?;
                     }
                     InstanceWrite::Update { instance: i, expected_etag } => {
-                        let current: Option<(String, String)> = tx
-                            .query_row(
-                                "SELECT etag, id_scope FROM instances WHERE name_key = ?1",
-                                params![key(&i.name)],
-                                |r| Ok((r.get(0)?, r.get(1)?)),
-                            )
-                            .optional()
-                            .map_err(StoreError::unavailable)?;
+                        let current: Option<(String, String)> = row(
+                            tx,
+                            "SELECT etag, id_scope FROM instances WHERE name_key = ?1",
+                            params![key(&i.name)],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .optional()
+                        .map_err(StoreError::unavailable)?;
                         match current {
                             None => return Err(StoreError::NotFound),
                             Some((etag, _)) if !dps_core::store::etag_matches(&etag, expected_etag) => {
@@ -277,7 +294,8 @@ impl DocumentStore for SqliteStore {
                             }
                             Some(_) => {}
                         }
-                        tx.execute(
+                        exec(
+                            tx,
                             "UPDATE instances SET etag = ?2, doc = ?3 WHERE name_key = ?1",
                             params![key(&i.name), i.etag, to_doc(i)?],
                         )
@@ -293,13 +311,12 @@ impl DocumentStore for SqliteStore {
     async fn delete_instance(&self, name: &str) -> Result<(), StoreError> {
         let name = key(name);
         self.write(move |tx| {
-            let n = tx
-                .execute("DELETE FROM instances WHERE name_key = ?1", params![name])
+            let n = exec(tx, "DELETE FROM instances WHERE name_key = ?1", params![name])
                 .map_err(StoreError::unavailable)?;
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
-            tx.execute("DELETE FROM documents WHERE instance = ?1", params![name]).map_err(StoreError::unavailable)?;
+            exec(tx, "DELETE FROM documents WHERE instance = ?1", params![name]).map_err(StoreError::unavailable)?;
             Ok(())
         })
         .await
@@ -308,7 +325,8 @@ impl DocumentStore for SqliteStore {
     async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
         let (instance, id) = (key(instance), key(id));
         self.read(move |c| {
-            c.query_row(
+            row(
+                c,
                 "SELECT doc FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
                 params![kind as i64, instance, id],
                 |r| r.get(0),
@@ -330,8 +348,7 @@ impl DocumentStore for SqliteStore {
             (key(instance), key(d.id), d.parent.map(key), d.etag.to_owned(), d.json.to_owned());
         let pre = OwnedPre::from(pre);
         self.write(move |tx| {
-            let current: Option<String> = tx
-                .query_row(
+            let current: Option<String> = row(tx,
                     "SELECT etag FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
                     params![kind as i64, instance, id],
                     |r| r.get(0),
@@ -339,7 +356,7 @@ impl DocumentStore for SqliteStore {
                 .optional()
                 .map_err(StoreError::unavailable)?;
             pre.check(current.as_deref())?;
-            tx.execute(
+            exec(tx,
                 "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (kind, instance, id_key) DO UPDATE SET parent_key = excluded.parent_key, etag = excluded.etag, doc = excluded.doc",
                 params![kind as i64, instance, id, parent, etag, doc],
@@ -354,19 +371,20 @@ impl DocumentStore for SqliteStore {
         let (instance, id) = (key(instance), key(id));
         let pre = OwnedPre::from(pre);
         self.write(move |tx| {
-            let current: Option<String> = tx
-                .query_row(
-                    "SELECT etag FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
-                    params![kind as i64, instance, id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(StoreError::unavailable)?;
+            let current: Option<String> = row(
+                tx,
+                "SELECT etag FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
+                params![kind as i64, instance, id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(StoreError::unavailable)?;
             if current.is_none() {
                 return Err(StoreError::NotFound);
             }
             pre.check(current.as_deref())?;
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
                 params![kind as i64, instance, id],
             )

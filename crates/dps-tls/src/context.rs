@@ -95,10 +95,13 @@ pub fn build_context(policy: &TlsPolicy, creds: &ServerCredentials) -> Result<Ss
     // them between records. Measured: 44.6 → 30.0 KiB per idle MQTT-TLS connection, no throughput
     // cost (bench/results/2026-11-29-idle.md).
     b.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
-    if policy.session_tickets {
-        b.set_session_cache_mode(SslSessionCacheMode::SERVER);
-    } else {
-        b.set_session_cache_mode(SslSessionCacheMode::OFF);
+    // No server-side session cache, tickets or not: a ticket carries its session itself, and
+    // OpenSSL's internal cache would keep every TLS 1.2 full handshake's session (client
+    // certificate included) up to 20 480 of them, so the server's memory climbed with every
+    // registration (bench/results/2026-12-01-session-cache.md). Session-ID resumption is
+    // therefore not offered; ticket resumption is.
+    b.set_session_cache_mode(SslSessionCacheMode::OFF);
+    if !policy.session_tickets {
         b.set_num_tickets(0).map_err(TlsError::openssl("ticket count"))?;
     }
     // Required by OpenSSL to resume sessions when client certificates may be requested.

@@ -185,6 +185,38 @@ fn az_like_commands_against_a_running_server() {
         "{a}"
     );
 
+    // TPM: the EK is checked when written (an ECC EK is refused and says so); update keeps it.
+    let ek = dps_core::base64::encode(include_bytes!("../../dps-attest/testdata/tpm/swtpm-ek.pub"));
+    let ecc = dps_core::base64::encode(include_bytes!("../../dps-attest/testdata/tpm/swtpm-ek-ecc.pub"));
+    let t =
+        json(&["enrollment", "create", "--eid", "dev-t", "--at", "tpm", "--endorsement-key", &ek, "--data-dir", data]);
+    assert_eq!(
+        (t["attestation"]["type"].as_str(), t["attestation"]["tpm"]["endorsementKey"].as_str()),
+        (Some("tpm"), Some(ek.as_str())),
+        "{t}"
+    );
+    let (refused, _, err) = opendps(&[
+        "enrollment",
+        "create",
+        "--eid",
+        "dev-e",
+        "--at",
+        "tpm",
+        "--endorsement-key",
+        &ecc,
+        "--data-dir",
+        data,
+    ]);
+    assert!(!refused && err.contains("400") && err.contains("ECC"), "{err}");
+    let (refused, _, err) = opendps(&["enrollment", "show", "--eid", "dev-e", "--data-dir", data]);
+    assert!(!refused && err.contains("404"), "not stored: {err}");
+    let t = json(&["enrollment", "update", "--eid", "dev-t", "--ps", "disabled", "--data-dir", data]);
+    assert_eq!(
+        (t["provisioningStatus"].as_str(), t["attestation"]["tpm"]["endorsementKey"].as_str()),
+        (Some("disabled"), Some(ek.as_str())),
+        "{t}"
+    );
+
     // Groups and compute-device-key, both from the server's key and from a key given.
     let g = json(&["enrollment-group", "create", "--gid", "grp", "--at", "symmetricKey", "--data-dir", data]);
     let gk = g["attestation"]["symmetricKey"]["primaryKey"].as_str().unwrap().to_owned();

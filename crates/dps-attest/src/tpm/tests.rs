@@ -361,3 +361,29 @@ fn the_port_issues_keys_that_the_tpm_opens_and_refuses_what_it_cannot_use() {
     }
     assert!(matches!(port.check_storage_root_key("%%%"), Err(TpmKeyError::Unsupported(_))));
 }
+
+#[test]
+fn every_blob_the_server_makes_fits_the_sasl_exchange_the_clients_take() {
+    // The AMQP clients accept at most four challenge segments (0x80|seq … 0xC0|seq); every hub
+    // key size the server may hand over, with AES-128 and AES-256 protectors, must fit, and the
+    // segments must reassemble into a blob the TPM opens.
+    let aes256 = SoftTpm {
+        ek: SoftKey::new(2048, EK_ATTRIBUTES, &EK_POLICY, 256),
+        srk: SoftKey::new(2048, SRK_ATTRIBUTES, &[], 256),
+    };
+    for tpm in [SoftTpm::shared(0), &aes256] {
+        let (ek, srk) = keys(tpm);
+        for len in [16, 32, 64] {
+            let key = IdentityKey::from_bytes(&vec![0xA5; len]).expect("key");
+            let blob = activation_blob(&ek, &srk, &key).expect("blob");
+            let segs = sasl::challenge_segments(&blob).expect("fits the SASL exchange");
+            assert!((1..=sasl::MAX_SEGMENTS).contains(&segs.len()), "{len}-byte key: {} segments", segs.len());
+            for (i, s) in segs.iter().enumerate() {
+                let last = i + 1 == segs.len();
+                assert_eq!(s[0], if last { 0xC0 } else { 0x80 } | u8::try_from(i).expect("seq"), "control byte {i}");
+            }
+            let joined: Vec<u8> = segs.iter().flat_map(|s| s[1..].to_vec()).collect();
+            assert_eq!(tpm.activate(&joined).expect("reassembled blob opens"), key.as_bytes());
+        }
+    }
+}
