@@ -12,7 +12,7 @@ use crate::model::{
     ServiceAllocationPolicy, Sku, SymmetricKeyAttestation, TpmIssuedKeys, X509CertificateInfo,
 };
 
-fn instance(name: &str, scope: u8) -> Instance {
+pub(crate) fn instance(name: &str, scope: u8) -> Instance {
     Instance {
         name: name.into(),
         resource_group: "rg".into(),
@@ -34,7 +34,7 @@ fn instance(name: &str, scope: u8) -> Instance {
     }
 }
 
-fn enrollment(id: &str, etag: &str) -> IndividualEnrollment {
+pub(crate) fn enrollment(id: &str, etag: &str) -> IndividualEnrollment {
     IndividualEnrollment {
         registration_id: id.into(),
         device_id: None,

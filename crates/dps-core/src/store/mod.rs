@@ -14,8 +14,10 @@ use crate::model::{
 pub mod conformance;
 mod documents;
 pub mod memory;
+mod sealed;
 
 pub use documents::{DocWrite, Document, DocumentStore, Kind, OwnedDoc, RawPage};
+pub use sealed::{SealedStore, SEALED_PREFIX};
 
 /// Condition for a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
