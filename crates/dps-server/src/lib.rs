@@ -366,6 +366,18 @@ impl Server {
         let timed = |s| metrics::TimedStore::new(s, metrics.clone());
         let mut quota: Option<Arc<dyn dps_core::service::RegistrationQuota>> = None;
         let mut shared_db: Option<dps_store_postgres::PgStore> = None;
+        // Secrets at rest are sealed with the node key (docs/secrets.md). A shared store requires
+        // the operator's key (every node shares it, and the built-in CA and admin credential);
+        // an embedded store without one gets its own key file beside the database.
+        let key = match &config.store.url {
+            Some(_) => Arc::new(shared::require_node_key(&config)?),
+            None => Arc::new(match shared::node_key(&config)? {
+                Some(k) => k,
+                None => shared::local_node_key(&config.data_dir)?,
+            }),
+        };
+        let sealer: Arc<dyn dps_core::ports::SecretSealer> = key.clone();
+        let node_key = config.store.url.as_ref().map(|_| key.clone());
         let store: Arc<dyn dps_core::store::Store> = match &config.store.url {
             Some(url) => {
                 let pg = dps_store_postgres::PgStore::connect(&url.0, 16)
@@ -373,7 +385,7 @@ impl Server {
                     .map_err(|source| ServerError::Store { path: PathBuf::from("postgres://<redacted>"), source })?;
                 quota = Some(Arc::new(pg.quota(config.service.registrations_per_minute)));
                 shared_db = Some(pg.clone());
-                Arc::new(timed(pg))
+                Arc::new(timed(dps_core::store::SealedStore::new(pg, sealer)))
             }
             None => {
                 let store_path = config.store.path.clone();
@@ -383,18 +395,18 @@ impl Server {
                     dps_store_sqlite::Durability::Normal
                 };
                 Arc::new(metrics::TimedStore::new(
-                    tokio::task::spawn_blocking(move || dps_store_sqlite::SqliteStore::open(&store_path, durability))
+                    dps_core::store::SealedStore::new(
+                        tokio::task::spawn_blocking(move || {
+                            dps_store_sqlite::SqliteStore::open(&store_path, durability)
+                        })
                         .await
                         .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("store task failed: {e}"))))?
                         .map_err(|source| ServerError::Store { path: config.store.path.clone(), source })?,
+                        sealer,
+                    ),
                     metrics.clone(),
                 ))
             }
-        };
-        // A shared store shares the built-in CA and the admin credential (sealed with the node key).
-        let node_key = match &config.store.url {
-            Some(_) => Some(shared::require_node_key(&config)?),
-            None => None,
         };
         let (source, check_interval) = credential_source(&config);
         if let (Some(b), CredentialSource::BuiltIn(settings)) = (&node_key, &source) {

@@ -32,6 +32,38 @@ pub(crate) fn node_key(config: &Config) -> Result<Option<SecretBox>, ServerError
     SecretBox::from_material(&material).map(Some).map_err(|e| ServerError::NodeKey(e.to_string()))
 }
 
+/// The node key of an embedded store the operator gave no key for: `<data_dir>/node.key`,
+/// 32 random bytes (base64), created once, 0600, atomically (a second start reads it). The
+/// database alone (a backup, a copied file) then reveals no secret; keep the key with backups.
+pub(crate) fn local_node_key(data_dir: &std::path::Path) -> Result<SecretBox, ServerError> {
+    use dps_core::ports::Entropy;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("node.key");
+    if !path.exists() {
+        let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+        dps_attest::OpensslEntropy.fill(raw.as_mut());
+        let text = zeroize::Zeroizing::new(dps_core::base64::encode(raw.as_ref()));
+        let tmp = data_dir.join(format!("node.key.{}.tmp", std::process::id()));
+        let werr = |source| ServerError::Write { path: tmp.clone(), source };
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(werr)?;
+        f.write_all(text.as_bytes()).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        // A hard link never replaces: if another start won the race, its key stays.
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(ServerError::Write { path, source }),
+        }
+    }
+    let material = zeroize::Zeroizing::new(
+        std::fs::read(&path).map_err(|source| ServerError::Read { path: path.clone(), source })?,
+    );
+    SecretBox::from_material(&material).map_err(|e| ServerError::NodeKey(format!("{}: {e}", path.display())))
+}
+
 /// The node key a shared store requires, or the error that says how to give it.
 pub(crate) fn require_node_key(config: &Config) -> Result<SecretBox, ServerError> {
     node_key(config)?.ok_or_else(|| {
