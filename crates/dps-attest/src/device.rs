@@ -178,7 +178,7 @@ impl DeviceCrypto for OpensslDeviceCrypto {
         let t = SasToken::parse(token)?;
         t.check_expiry(now, SAS_SKEW)?;
         t.check_resource(resource)?;
-        // `skn` may be absent, empty or "registration" for devices (docs/protocol.md, "SAS tokens").
+        // `skn` may be absent, empty or "registration" for devices (docs/protocol.md, "Device SAS tokens").
         if let Some(skn) = t.skn.as_deref().filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("registration")) {
             let shown: String = skn.chars().take(64).collect();
             return Err(SasError::WrongKeyName(shown));

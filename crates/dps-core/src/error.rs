@@ -131,7 +131,7 @@ impl Error {
     }
 }
 
-/// An error as every DPS wire format carries it (docs/protocol.md, "Error body"): the HTTP-style
+/// An error as every DPS wire format carries it (docs/protocol.md, "Error bodies and codes"): the HTTP-style
 /// status, the six-digit code (`status * 1000 + n`), a message for the caller, a tracking id and
 /// a timestamp. Built once, by [`crate::service::Services::wire_error`], for every transport.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -279,7 +279,7 @@ impl TpmActivator for NoTpm {
     }
 }
 
-/// The credential a device identity carries in its hub (docs/hub.md, "What DPS writes").
+/// The credential a device identity carries in its hub (docs/hub.md, "What DPS writes into the assigned hub").
 #[derive(Clone, PartialEq, Eq)]
 pub enum HubDeviceAuth {
     /// `sas`: the device's own symmetric keys (group-derived for group enrollments).

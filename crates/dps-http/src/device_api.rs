@@ -1,4 +1,4 @@
-//! The device API's HTTPS binding (docs/protocol.md, "HTTPS"): bytes to a `dps_core::device`
+//! The device API's HTTPS binding (docs/protocol.md, "HTTPS device API"): bytes to a `dps_core::device`
 //! request, the typed reply back to status, headers and JSON. Nothing else is decided here.
 //!
 //! | request                                               | core operation                |

@@ -1,5 +1,5 @@
 //! `dps-http`: the HTTPS adapter. It parses HTTP, calls the domain (`dps_core`), and turns
-//! outcomes into status codes and DPS error bodies (docs/protocol.md, "Error body") in one
+//! outcomes into status codes and DPS error bodies (docs/protocol.md, "Error bodies and codes") in one
 //! place, `error.rs`; it never sees OpenSSL.
 //!
 //! - `device_api`: the device API's HTTPS binding: bytes to `dps_core::device` requests and

@@ -1,4 +1,4 @@
-//! WebSockets on the HTTPS port (docs/protocol.md, "WebSockets"): `GET /$iothub/websocket` or
+//! WebSockets on the HTTPS port (docs/protocol.md, "MQTT over WebSockets"): `GET /$iothub/websocket` or
 //! `GET /` (C# uses no path) with `Upgrade: websocket`. The sub-protocol the client offers picks
 //! the driver (`mqtt` → MQTT, `AMQPWSB10` → AMQP); the composition root registers the drivers
 //! as [`WsRoute`]s, so this crate depends on none of them. Binary messages carry the protocol's

@@ -1,4 +1,4 @@
-//! The MQTT connection driver (docs/protocol.md, "MQTT"): socket, buffer, framing with the
+//! The MQTT connection driver (docs/protocol.md, "MQTT connection"): socket, buffer, framing with the
 //! `mqttbytes` codec, keep-alive. CONNECT becomes the device session's connection-level
 //! authentication; each request PUBLISH becomes one `dps_core::device` operation, whose reply
 //! goes back on the response topic.
@@ -150,7 +150,7 @@ where
     }
     // CONNECT is refused only when it cannot be a DPS connection (username, client id). An
     // attestation failure is accepted here and answered on the response topic of each request,
-    // with a DPS error body, as DPS does (docs/protocol.md, "MQTT").
+    // with a DPS error body, as DPS does (docs/protocol.md, "MQTT connection").
     let user = match parse_connect(&connect) {
         Ok(u) => u,
         Err((code, why)) => {

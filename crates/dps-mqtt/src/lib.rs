@@ -1,4 +1,4 @@
-//! `dps-mqtt`: the DPS device API over MQTT 3.1.1 (docs/protocol.md, "MQTT").
+//! `dps-mqtt`: the DPS device API over MQTT 3.1.1 (docs/protocol.md, "MQTT connection").
 //!
 //! - `session`: pure — the username and topic grammar, response topics, and what to answer;
 //!   unit-tested without sockets.

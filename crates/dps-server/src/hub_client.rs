@@ -1,4 +1,4 @@
-//! The IoT hub registry client (docs/hub.md, "What DPS writes"): HTTPS to the linked hub's host
+//! The IoT hub registry client (docs/hub.md, "What DPS writes into the assigned hub"): HTTPS to the linked hub's host
 //! (port 443 unless the host name carries one), trusting the system roots, this server's own root
 //! (its embedded hubs) and an optional configured CA; a SAS token minted from the linked hub's
 //! connection string per request; idle connections kept per host for reuse; every call bounded

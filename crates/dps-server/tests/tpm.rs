@@ -1,4 +1,4 @@
-//! TPM attestation over HTTPS against a real server (docs/tpm.md, "Flow"): the 401 challenge in
+//! TPM attestation over HTTPS against a real server (docs/tpm.md, "In the request path"): the 401 challenge in
 //! the shape the clients read, a software TPM (dps-attest's, with the TPM's checks) that opens it,
 //! the SAS signed with the issued key, 202, and the final result that hands the key over again;
 //! refusals for keys OpenDPS cannot use, EKs it does not know, SAS tokens under other keys (another

@@ -1,4 +1,4 @@
-//! The device API as one use case for every transport (docs/protocol.md, "Device API").
+//! The device API as one use case for every transport (docs/protocol.md, "HTTPS device API").
 //!
 //! A transport adapter (HTTPS, MQTT, AMQP, and their WebSocket forms) opens a [`DeviceSession`]
 //! per connection with the [`ConnectionFacts`] it established (transport, peer, TLS facts, the
@@ -122,6 +122,12 @@ pub enum DeviceReply {
 }
 
 impl DeviceReply {
+    /// The TPM activation challenge: the key sealed to the device's EK, for the key named
+    /// `registration` (docs/tpm.md, "The activation blob").
+    pub fn tpm_challenge(authentication_key: String) -> Self {
+        DeviceReply::Challenge { authentication_key, key_name: "registration".into() }
+    }
+
     /// The HTTP-style status (also the MQTT response topic's status).
     pub fn status(&self) -> u16 {
         match self {

@@ -35,20 +35,20 @@ impl ApiVersion {
     }
 
     /// Before 2019-04-15 a re-provision to the same hub reports `initialAssignment`
-    /// (docs/protocol.md, "Registration result").
+    /// (docs/protocol.md, "Registration operations").
     pub fn reports_legacy_substatus(&self) -> bool {
         self.0.as_str() < "2019-04-15"
     }
 }
 
-/// A TPM device's public keys, as base64 `TPM2B_PUBLIC` (docs/protocol.md, "TPM").
+/// A TPM device's public keys, as base64 `TPM2B_PUBLIC` (docs/protocol.md, "TPM attestation").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TpmKeys {
     pub endorsement_key: String,
     pub storage_root_key: Option<String>,
 }
 
-/// The register body, read leniently (docs/protocol.md, "Register body"): absent, empty, `{}`,
+/// The register body, read leniently (docs/protocol.md, "Register request body"): absent, empty, `{}`,
 /// `payload: null`, no `registrationId` (C# over MQTT and AMQP) are all fine.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RegisterBody {

@@ -278,11 +278,11 @@ impl DeviceSession {
                     }
                     Ok(Attestation::Challenge { authentication_key }) => {
                         tracing::info!("device challenged (TPM activation)");
-                        return DeviceReply::Challenge { authentication_key, key_name: "registration".into() };
+                        return DeviceReply::tpm_challenge(authentication_key);
                     }
                     // A TPM device whose SAS is refused (expired, signed with a key issued
                     // before, by a server that has forgotten it) is challenged again: the C#
-                    // client takes every 401 on register as a challenge (docs/tpm.md, "Flow").
+                    // client takes every 401 on register as a challenge (docs/tpm.md, "In the request path").
                     Err(Error::Unauthorized(why)) if matches!(credential, Credential::Sas(_)) => match tpm {
                         Some(keys) => {
                             tracing::info!(error = %why, "TPM device's SAS refused; challenging it again");
@@ -311,7 +311,7 @@ impl DeviceSession {
         match self.attest(scope, registration_id, Credential::Tpm(keys)).await {
             Ok(Attestation::Challenge { authentication_key }) => {
                 tracing::info!("device challenged (TPM activation)");
-                DeviceReply::Challenge { authentication_key, key_name: "registration".into() }
+                DeviceReply::tpm_challenge(authentication_key)
             }
             Ok(Attestation::Attested(_)) => {
                 self.reply_error(Error::Unauthorized("the device could not be authenticated".into()))

@@ -330,7 +330,7 @@ async fn reprovisioning_follows_the_enrollment_policy() {
     assert_eq!(w.s.registration(&w.inst, "r-1").await.unwrap().twin_action.as_deref(), Some("kept"));
 }
 
-// -- TPM (docs/tpm.md, "Flow") --------------------------------------------------------------------
+// -- TPM (docs/tpm.md, "In the request path") --------------------------------------------------------------------
 
 fn tpm_body(id: &str, ek: &str, srk: &str) -> String {
     json!({ "registrationId": id, "tpm": { "endorsementKey": ek, "storageRootKey": srk } }).to_string()

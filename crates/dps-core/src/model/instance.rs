@@ -183,7 +183,7 @@ pub struct Instance {
     pub enable_data_residency: bool,
     #[serde(default = "enabled")]
     pub public_network_access: String,
-    /// IP filter rules, in the order they are evaluated (docs/operations.md, "IP filter rules").
+    /// IP filter rules, in the order they are evaluated (docs/operations.md, "IP filter rules and public network access").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_filter_rules: Vec<IpFilterRule>,
     pub state: String,

@@ -1,5 +1,5 @@
 //! Device authentication, one function per evidence type behind one entry point
-//! ([`Services::attest`]), (docs/protocol.md, "Authentication").
+//! ([`Services::attest`]), (docs/protocol.md, "Device SAS tokens").
 //!
 //! An unknown device and a wrong credential get the same answer, so enrollments cannot be
 //! enumerated. Only this module makes an [`Attested`].
@@ -93,7 +93,7 @@ fn denied() -> Error {
 impl Services {
     /// The instance with ID scope `scope`, for a device: an unknown scope is the same 401 as
     /// any other authentication failure. The connection's TLS version is checked against the
-    /// instance's `minTlsVersion` as soon as the scope is known (docs/tls.md, "minTlsVersion").
+    /// instance's `minTlsVersion` as soon as the scope is known (docs/tls.md, "minTlsVersion per instance").
     pub(crate) async fn device_instance(&self, scope: &str, negotiated: Option<TlsVersion>) -> Result<Instance> {
         let scope = IdScope::parse(scope).map_err(|_| denied())?;
         let instance = self.store.instance_by_scope(&scope).await?.ok_or_else(denied)?;
@@ -244,7 +244,7 @@ impl Services {
             }
         }
         // Groups: the one whose CA vouches for the certificate closest to the leaf wins (the
-        // first intermediate, then the next one up; docs/protocol.md, "X.509").
+        // first intermediate, then the next one up; docs/protocol.md, "X.509 attestation").
         let mut best: Option<(usize, EnrollmentGroup)> = None;
         for g in self.all_groups(&instance).await? {
             if g.attestation.kind != AttestationType::X509 {
@@ -276,7 +276,7 @@ impl Services {
         Err(denied())
     }
 
-    /// A TPM device asking for its challenge (docs/tpm.md, "Flow"): its EK must be the
+    /// A TPM device asking for its challenge (docs/tpm.md, "In the request path"): its EK must be the
     /// enrollment's; the challenge issues a fresh key, kept in the store (so any node can check
     /// the SAS that follows) and handed to that TPM in the activation blob.
     ///

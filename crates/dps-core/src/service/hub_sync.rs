@@ -1,4 +1,4 @@
-//! Registration's last step before `assigned` (docs/hub.md, "What DPS writes"): the device's
+//! Registration's last step before `assigned` (docs/hub.md, "What DPS writes into the assigned hub"): the device's
 //! identity in its assigned hub, with the credential it attested with, its `iotEdge`
 //! capability, and the twin its reprovisioning policy asks for, through the
 //! [`HubRegistry`](crate::ports::HubRegistry) port.

@@ -141,7 +141,7 @@ impl Services {
         format!("{}-{}-{}-{}-{}", &g[0..8], &g[8..12], &g[12..16], &g[16..20], &g[20..32])
     }
 
-    /// The wire form of a domain error (docs/protocol.md, "Error body"): built once here for
+    /// The wire form of a domain error (docs/protocol.md, "Error bodies and codes"): built once here for
     /// every transport. A server-side failure (5xx) is logged here, once, with its whole chain,
     /// and the caller gets a message without internal detail.
     pub fn wire_error(&self, e: &crate::error::Error) -> crate::error::WireError {

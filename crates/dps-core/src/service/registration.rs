@@ -1,4 +1,4 @@
-//! Device registration (docs/protocol.md, "Device API"): allocate a hub for an attested device,
+//! Device registration (docs/protocol.md, "HTTPS device API"): allocate a hub for an attested device,
 //! record the registration, answer operation polls.
 //!
 //! The same registration id on two connections at once yields one record: writes are
@@ -292,7 +292,7 @@ impl Services {
             Some(r) if r.operation_id.as_deref() == Some(operation_id) => status_of(&r),
             _ => return Err(Error::RegistrationNotFound(format!("{} (operation {operation_id})", a.registration_id))),
         };
-        // A TPM device gets its key handed over again in the final result (docs/tpm.md, "Flow"):
+        // A TPM device gets its key handed over again in the final result (docs/tpm.md, "In the request path"):
         // the C, C# and Node clients require `tpm.authenticationKey` there.
         if let (Some(k), Some(state)) = (&a.tpm, status.registration_state.as_mut()) {
             if state.status == RegistrationStatus::Assigned {
