@@ -11,13 +11,19 @@
 //! `fuzz/fuzz_targets/<name>.rs`, a `[[bin]]` in `fuzz/Cargo.toml`, and a seed corpus in
 //! `fuzz/corpus/<name>/`. The replay test fails if any of these is missing for a target.
 
+mod amqp;
 mod arm;
+mod http;
 mod ids;
+mod mqtt;
 mod sas;
 mod x509;
 
+pub use amqp::{amqp_header, amqp_mapping, amqp_sasl};
 pub use arm::{arm_expression, arm_template};
+pub use http::http_device_route;
 pub use ids::ids;
+pub use mqtt::mqtt_connect;
 pub use sas::sas_token;
 pub use x509::x509_evidence;
 
@@ -37,6 +43,11 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("arm_expression", arm_expression),
     ("arm_template", arm_template),
     ("x509_evidence", x509_evidence),
+    ("mqtt_connect", mqtt_connect),
+    ("http_device_route", http_device_route),
+    ("amqp_header", amqp_header),
+    ("amqp_sasl", amqp_sasl),
+    ("amqp_mapping", amqp_mapping),
 ];
 
 /// The target called `name`.

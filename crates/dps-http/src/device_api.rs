@@ -18,28 +18,36 @@ use dps_core::device::{DeviceReply, Operation};
 use crate::error::ApiError;
 use crate::{AppState, Request};
 
-/// Routes `/{idScope}/registrations/{id}[...]`; `None` if the path is not a device API path.
-pub async fn handle(state: &AppState, req: &Request) -> Option<Response> {
-    let seg = &req.segments;
-    if seg.len() < 3 || !seg[1].eq_ignore_ascii_case("registrations") {
+/// Which device API operation a request is: `None` if the path is not a device API path
+/// (`/{idScope}/registrations/{id}…`), `Some(Err(message))` for a method or path the device API
+/// does not answer (405; the message quotes at most 200 characters of the path). Pure; fuzzed
+/// (`http_device_route`, docs/fuzzing.md).
+pub fn route<'a>(method: &Method, segments: &'a [String], body: &'a [u8]) -> Option<Result<Operation<'a>, String>> {
+    if !crate::is_device_path(segments) {
         return None;
     }
+    let lower = |i: usize| segments.get(i).map(|s| s.to_ascii_lowercase());
+    Some(match (segments.len(), method) {
+        (4, &Method::PUT) if lower(3).as_deref() == Some("register") => Ok(Operation::Register { body }),
+        (5, &Method::GET) if lower(3).as_deref() == Some("operations") => {
+            Ok(Operation::OperationStatus { operation_id: &segments[4] })
+        }
+        (3, &Method::POST) => Ok(Operation::StatusLookup),
+        _ => Err(format!(
+            "{method} {} is not an operation of the device API",
+            dps_core::device::excerpt(&format!("/{}", segments.join("/")), 200)
+        )),
+    })
+}
+
+/// Answers `/{idScope}/registrations/{id}[...]`; `None` if the path is not a device API path.
+pub async fn handle(state: &AppState, req: &Request) -> Option<Response> {
+    let seg = &req.segments;
     let method = req.method.as_str();
     let path = || format!("/{}", seg.join("/"));
-    let lower = |i: usize| seg.get(i).map(|s| s.to_ascii_lowercase());
-    let op = match (seg.len(), &req.method) {
-        (4, &Method::PUT) if lower(3).as_deref() == Some("register") => Operation::Register { body: &req.body },
-        (5, &Method::GET) if lower(3).as_deref() == Some("operations") => {
-            Operation::OperationStatus { operation_id: &seg[4] }
-        }
-        (3, &Method::POST) => Operation::StatusLookup,
-        _ => {
-            let e = ApiError::new(
-                405,
-                format!("{method} {} is not an operation of the device API", dps_core::device::excerpt(&path(), 200)),
-            );
-            return Some(e.into_response(state, method, &path()));
-        }
+    let op = match route(&req.method, seg, &req.body)? {
+        Ok(op) => op,
+        Err(message) => return Some(ApiError::new(405, message).into_response(state, method, &path())),
     };
     let Some(conn) = &req.conn else {
         return Some(ApiError::new(500, "connection information missing").into_response(state, method, &path()));

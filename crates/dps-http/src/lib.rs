@@ -142,8 +142,25 @@ fn decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s).decode_utf8().map_or_else(|_| s.to_owned(), |d| d.into_owned())
 }
 
+/// A request target's path and query, decoded: the path's non-empty segments and the query's
+/// `name=value` pairs, each percent-decoded (kept as sent when that is not UTF-8). Pure;
+/// fuzzed with the device API's routing (`http_device_route`, docs/fuzzing.md).
+pub fn request_target(path: &str, query: Option<&str>) -> (Vec<String>, Vec<(String, String)>) {
+    let segments = path.split('/').filter(|s| !s.is_empty()).map(decode).collect();
+    let query = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect();
+    (segments, query)
+}
+
 /// Whether decoded path `segments` address the device API (`/{scope}/registrations/{id}…`).
-fn is_device_path(segments: &[String]) -> bool {
+pub fn is_device_path(segments: &[String]) -> bool {
     segments.len() >= 3 && segments[1].eq_ignore_ascii_case("registrations")
 }
 
@@ -233,7 +250,7 @@ async fn route(
     let (parts, body) = req.into_parts();
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
-    let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(decode).collect();
+    let (segments, query) = request_target(&path, parts.uri.query());
     let limit = body_limit(state, &segments, &parts.headers).await;
     let body = match read_body(state, &parts.headers, body, limit).await {
         Ok(b) => b,
@@ -247,17 +264,7 @@ async fn route(
     let req = Request {
         method: parts.method,
         segments,
-        query: parts
-            .uri
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (decode(k), decode(v))
-            })
-            .collect(),
+        query,
         headers: parts.headers,
         body,
         conn: conn.map(|Extension(c)| c),

@@ -9,14 +9,14 @@ use bytes::BytesMut;
 use dps_core::device::{AuthOutcome, ConnectionFacts, Credential, DeviceReply, DeviceSession, Operation};
 use dps_core::service::Services;
 use mqttbytes::v4::{
-    self, ConnAck, ConnectReturnCode, Packet, PingResp, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
+    ConnAck, ConnectReturnCode, Packet, PingResp, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
 };
 use mqttbytes::{Protocol, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::session::{self, Request, MAX_PACKET};
+use crate::session::{self, Decoded, Request};
 
 /// What the connection knows from below (TCP and TLS), and the domain.
 #[derive(Clone, Debug)]
@@ -64,16 +64,11 @@ enum Read {
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn read(&mut self) -> Read {
         loop {
-            match v4::read(&mut self.buf, MAX_PACKET) {
-                Ok(p) => return Read::Packet(p),
-                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(mqttbytes::Error::PayloadSizeLimitExceeded(n)) => {
-                    return Read::Bad(format!(
-                        "packet of {n} bytes exceeds the {MAX_PACKET}-byte limit (DPS messages are at most 96 KB)"
-                    ))
-                }
-                Err(mqttbytes::Error::InvalidProtocolLevel(l)) => return Read::BadLevel(l),
-                Err(e) => return Read::Bad(format!("malformed MQTT packet: {e:?}")),
+            match session::decode(&mut self.buf) {
+                Decoded::Packet(p) => return Read::Packet(p),
+                Decoded::Incomplete => {}
+                Decoded::Bad(why) => return Read::Bad(why),
+                Decoded::BadLevel(l) => return Read::BadLevel(l),
             }
             match self.io.read_buf(&mut self.buf).await {
                 Ok(0) | Err(_) => return Read::Closed,
@@ -151,7 +146,7 @@ where
     // CONNECT is refused only when it cannot be a DPS connection (username, client id). An
     // attestation failure is accepted here and answered on the response topic of each request,
     // with a DPS error body, as DPS does (docs/protocol.md, "MQTT connection").
-    let user = match parse_connect(&connect) {
+    let user = match session::check_connect(&connect) {
         Ok(u) => u,
         Err((code, why)) => {
             tracing::info!(
@@ -258,24 +253,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// The CONNECT checks that refuse the connection itself.
-fn parse_connect(connect: &v4::Connect) -> Result<session::Username, (ConnectReturnCode, String)> {
-    let login =
-        connect.login.as_ref().ok_or((ConnectReturnCode::BadUserNamePassword, "CONNECT has no username".to_owned()))?;
-    let user = session::parse_username(&login.username).map_err(|e| (ConnectReturnCode::BadUserNamePassword, e))?;
-    if !user.registration_id.eq_ignore_ascii_case(&connect.client_id) {
-        return Err((
-            ConnectReturnCode::BadClientId,
-            format!(
-                "client id {:?} is not the registration id {:?} of the username",
-                dps_core::device::excerpt(&connect.client_id, 130),
-                dps_core::device::excerpt(&user.registration_id, 130)
-            ),
-        ));
-    }
-    Ok(user)
 }
 
 async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(

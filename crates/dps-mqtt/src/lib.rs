@@ -1,6 +1,7 @@
 //! `dps-mqtt`: the DPS device API over MQTT 3.1.1 (docs/protocol.md, "MQTT connection").
 //!
-//! - `session`: pure — the username and topic grammar, response topics, and what to answer;
+//! - `session`: pure — packet framing with the codec, the CONNECT checks, the username and topic
+//!   grammar, response topics, and what to answer;
 //!   unit-tested without sockets.
 //! - `connection`: the driver — owns the socket and buffer, frames packets with `mqttbytes`
 //!   (the codec: a maintained crate, not ours), enforces the size limit and keep-alive, and

@@ -17,7 +17,7 @@ use fe2o3_amqp::frames::sasl::Frame;
 use fe2o3_amqp::types::primitives::Symbol;
 use fe2o3_amqp::types::sasl::{SaslCode, SaslMechanisms};
 
-use dps_core::device::AuthOutcome;
+use dps_core::device::{excerpt, AuthOutcome};
 
 /// The mechanisms offered, in preference order (a client takes the first it knows).
 pub const MECHANISMS: [&str; 2] = ["PLAIN", "TPM"];
@@ -141,7 +141,7 @@ impl SaslServer {
                 match init.mechanism.as_str() {
                     "PLAIN" => self.plain(&response),
                     "TPM" => self.tpm_init(response),
-                    other => failed(SaslCode::Auth, format!("mechanism {other:?} is not offered")),
+                    other => failed(SaslCode::Auth, format!("mechanism {:?} is not offered", excerpt(other, 64))),
                 }
             }
             (State::TpmAwaitSrk { id, ek }, Frame::Response(r)) => match r.response.split_first() {
@@ -252,7 +252,10 @@ impl SaslServer {
         let Some(id) = parse_username(authcid) else {
             return failed(
                 SaslCode::Auth,
-                format!("PLAIN username {authcid:?} is not {{idScope}}/registrations/{{registrationId}}"),
+                format!(
+                    "PLAIN username {:?} is not {{idScope}}/registrations/{{registrationId}}",
+                    excerpt(authcid, 200)
+                ),
             );
         };
         let step = Step::Authenticate {
@@ -519,5 +522,20 @@ mod tests {
         }
         assert!(segment(&vec![0; 4 * SEGMENT_MAX + 1]).is_err());
         assert!(segment(&[]).is_err());
+    }
+
+    /// Found by the `amqp_sasl` fuzz target: the reason (logged as is by the driver) quoted the
+    /// whole PLAIN username, up to the 8 KB frame cap.
+    #[test]
+    fn failure_reasons_quote_at_most_an_excerpt() {
+        let long = "é".repeat(3000);
+        let mut m = SaslServer::new();
+        let Step::Failed { reason, .. } = m.on_frame(init("PLAIN", format!("\0{long}\0pw").as_bytes())) else {
+            panic!("a PLAIN username without /registrations/ was accepted")
+        };
+        assert!(reason.len() < 1024, "{} bytes", reason.len());
+        let mut m = SaslServer::new();
+        let Step::Failed { reason, .. } = m.on_frame(init(&long, b"")) else { panic!("an unknown mechanism") };
+        assert!(reason.len() < 1024, "{} bytes", reason.len());
     }
 }

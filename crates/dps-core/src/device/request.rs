@@ -92,8 +92,9 @@ impl RegisterBody {
     pub fn check_registration_id(&self, registration_id: &str) -> Result<()> {
         match &self.registration_id {
             Some(id) if !id.eq_ignore_ascii_case(registration_id) => Err(Error::Invalid(format!(
-                "registrationId {:?} in the body is not the request's registration id {registration_id:?}",
-                excerpt(id, 130)
+                "registrationId {:?} in the body is not the request's registration id {:?}",
+                excerpt(id, 130),
+                excerpt(registration_id, 130)
             ))),
             _ => Ok(()),
         }
@@ -132,6 +133,15 @@ mod tests {
         }
         assert!(ApiVersion::parse("2018-09-01-preview").expect("ok").reports_legacy_substatus());
         assert!(!ApiVersion::parse("2019-04-15").expect("ok").reports_legacy_substatus());
+    }
+
+    /// Found by the `http_device_route` fuzz target: the message quoted the whole registration id
+    /// of the request path (tens of KB on HTTPS).
+    #[test]
+    fn a_registration_id_mismatch_quotes_excerpts() {
+        let body = RegisterBody::parse(br#"{"registrationId":"dev"}"#).expect("body");
+        let e = body.check_registration_id(&"d".repeat(60_000)).expect_err("mismatch");
+        assert!(e.to_string().len() < 1024, "{} bytes", e.to_string().len());
     }
 
     #[test]
