@@ -58,6 +58,21 @@ pub struct LimitsConfig {
     pub mqtt_max_keep_alive: Duration,
     /// MQTT: how long a connection whose device was refused at CONNECT may stay.
     pub mqtt_refused_lifetime: Duration,
+    /// Open connections from one source (an IPv4 address, or an IPv6 /64), over every TLS
+    /// listener together; 0: no limit.
+    pub max_connections_per_source: u32,
+    /// New connections (each one a handshake) one source may open per second, over every TLS
+    /// listener together, refused at accept before TLS beyond; 0: no limit.
+    pub handshakes_per_second_per_source: u32,
+    /// How many new connections one source may open at once above its rate.
+    pub handshake_burst_per_source: u32,
+    /// A log line (as written, in bytes) longer than this is cut (`opendps serve`'s writer).
+    pub log_line_max: usize,
+    /// Failed handshakes logged per second per listener; the rest are counted.
+    pub log_failed_handshakes_per_second: u32,
+    /// Refused connections (at a connection cap, per source) are logged once per source per
+    /// this interval, the rest counted.
+    pub log_refusals_interval: Duration,
 }
 
 /// The plain-HTTP admin listener: Prometheus `/metrics`, `/health/live`, `/health/ready`
@@ -633,6 +648,51 @@ impl Validator {
                 "30s",
                 min,
             ),
+            max_connections_per_source: self.count(
+                "limits.max_connections_per_source",
+                r.max_connections_per_source,
+                1000,
+                0,
+            ),
+            handshakes_per_second_per_source: self.count(
+                "limits.handshakes_per_second_per_source",
+                r.handshakes_per_second_per_source,
+                100,
+                0,
+            ),
+            handshake_burst_per_source: self.count(
+                "limits.handshake_burst_per_source",
+                r.handshake_burst_per_source,
+                500,
+                1,
+            ),
+            log_line_max: self.count("limits.log_line_max", r.log_line_max, 8192, 256) as usize,
+            log_failed_handshakes_per_second: self.count(
+                "limits.log_failed_handshakes_per_second",
+                r.log_failed_handshakes_per_second,
+                20,
+                1,
+            ),
+            log_refusals_interval: self.duration(
+                "limits.log_refusals_interval",
+                r.log_refusals_interval.as_deref(),
+                "10s",
+                Duration::from_secs(1),
+            ),
+        }
+    }
+
+    /// A whole number from `min` to `u32::MAX` (`default` when unset).
+    fn count(&mut self, path: &str, value: Option<i64>, default: u32, min: u32) -> u32 {
+        match value {
+            None => default,
+            Some(n) => match u32::try_from(n) {
+                Ok(n) if n >= min => n,
+                _ => {
+                    self.problem(path, format!("must be a whole number from {min} to {}, got {n}", u32::MAX));
+                    default
+                }
+            },
         }
     }
 

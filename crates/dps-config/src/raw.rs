@@ -49,6 +49,12 @@ pub struct RawLimits {
     pub mqtt_connect_timeout: Option<String>,
     pub mqtt_max_keep_alive: Option<String>,
     pub mqtt_refused_lifetime: Option<String>,
+    pub max_connections_per_source: Option<i64>,
+    pub handshakes_per_second_per_source: Option<i64>,
+    pub handshake_burst_per_source: Option<i64>,
+    pub log_line_max: Option<i64>,
+    pub log_failed_handshakes_per_second: Option<i64>,
+    pub log_refusals_interval: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -195,3 +195,55 @@ fn admin_listener_stays_on_loopback_and_needs_its_own_port() {
     let o = Overrides { admin_port: Some(0), ..Overrides::default() };
     assert_eq!(Config::load(None, &o).expect("valid").admin.port, 0);
 }
+
+#[test]
+fn per_source_and_log_limits_are_settings_checked_in_one_pass() {
+    let c = Config::load(None, &Overrides::default()).expect("defaults are valid");
+    assert_eq!(
+        (
+            c.limits.max_connections_per_source,
+            c.limits.handshakes_per_second_per_source,
+            c.limits.handshake_burst_per_source
+        ),
+        (1000, 100, 500)
+    );
+    assert_eq!(c.limits.log_line_max, 8192);
+    assert_eq!(c.limits.log_failed_handshakes_per_second, 20);
+    assert_eq!(c.limits.log_refusals_interval, Duration::from_secs(10));
+    let off = Config::from_raw(
+        raw::Raw::parse("[limits]\nmax_connections_per_source = 0\nhandshakes_per_second_per_source = 0\n")
+            .expect("parses"),
+    )
+    .expect("0 turns the per-source limits off");
+    assert_eq!((off.limits.max_connections_per_source, off.limits.handshakes_per_second_per_source), (0, 0));
+    let p = invalid(
+        r#"
+        [limits]
+        max_connections_per_source = -1
+        handshakes_per_second_per_source = 5000000000
+        handshake_burst_per_source = 0
+        log_line_max = 10
+        log_failed_handshakes_per_second = 0
+        log_refusals_interval = "1ms"
+        "#,
+    );
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "limits.max_connections_per_source",
+            "limits.handshakes_per_second_per_source",
+            "limits.handshake_burst_per_source",
+            "limits.log_line_max",
+            "limits.log_failed_handshakes_per_second",
+            "limits.log_refusals_interval"
+        ]
+    );
+    let env = Config::load_with_env(
+        None,
+        vars(&[("OPENDPS_LIMITS__MAX_CONNECTIONS_PER_SOURCE", "20000"), ("OPENDPS_LIMITS__LOG_LINE_MAX", "4096")]),
+        &Overrides::default(),
+    )
+    .expect("valid");
+    assert_eq!((env.limits.max_connections_per_source, env.limits.log_line_max), (20_000, 4096));
+}

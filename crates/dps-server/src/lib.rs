@@ -11,6 +11,7 @@ mod listener;
 pub mod metrics;
 mod roles;
 mod shared;
+mod sources;
 mod webhook;
 
 pub use hub_client::HttpsHubRegistry;
@@ -419,6 +420,7 @@ impl Server {
                 policy: policy(&config, l),
                 handshake_timeout: config.tls.handshake_timeout,
                 max_handshakes: config.tls.max_handshakes,
+                failures_logged_per_second: config.limits.log_failed_handshakes_per_second,
             });
         }
         let tls_clock = clock.clone();
@@ -523,6 +525,12 @@ impl Server {
 
         let drivers = listener::Drivers::new(state.clone(), mqtt_limits(&config), amqp_settings(&config));
         let mut addrs = (None, None, None);
+        let sources = sources::SourceLimits::new(sources::SourceSettings {
+            max_connections: config.limits.max_connections_per_source,
+            per_second: config.limits.handshakes_per_second_per_source,
+            burst: config.limits.handshake_burst_per_source,
+            log_interval: config.limits.log_refusals_interval,
+        });
         for (name, listener) in listeners.listeners {
             let Some((_, _, _, protocol)) = transports(&config).into_iter().find(|t| t.0 == name) else { continue };
             let addr = listener.local_addr().ok();
@@ -540,6 +548,8 @@ impl Server {
                 max_connections: config.tls.max_connections,
                 hello_timeout: config.limits.hello_timeout,
                 metrics: metrics.clone(),
+                sources: sources.clone(),
+                log_interval: config.limits.log_refusals_interval,
                 tracker: tracker.clone(),
                 shutdown: shutdown.clone(),
             }));

@@ -89,17 +89,32 @@ pub(crate) struct LoopArgs {
     /// slot (half-open and silent connections hold none).
     pub hello_timeout: Duration,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Per-source limits, shared by every listener.
+    pub sources: Arc<crate::sources::SourceLimits>,
+    /// Refusals at the connection cap are logged one line per this interval.
+    pub log_interval: Duration,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
 pub(crate) async fn accept_loop(args: LoopArgs) {
-    let LoopArgs { listener, acceptor, protocol, drivers, max_connections, hello_timeout, metrics, tracker, shutdown } =
-        args;
+    let LoopArgs {
+        listener,
+        acceptor,
+        protocol,
+        drivers,
+        max_connections,
+        hello_timeout,
+        metrics,
+        sources,
+        log_interval,
+        tracker,
+        shutdown,
+    } = args;
     let connections = Arc::new(Semaphore::new(max_connections));
     let mut backoff = Duration::from_millis(5);
-    // A flood of refusals is one line per 10 s, not one per connection.
-    let mut refusals = LogLimit::new(1, Duration::from_secs(10));
+    // A flood of refusals is one line per interval, not one per connection.
+    let mut refusals = LogLimit::new(1, log_interval);
     loop {
         let (tcp, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -118,11 +133,20 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             if let Some(more) = refusals.event(Instant::now()) {
-                tracing::warn!(listener = acceptor.name(), %peer, max_connections, refused_before = more, "connection limit reached; closing the new connection (further refusals are counted, one line per 10 s)");
+                tracing::warn!(listener = acceptor.name(), %peer, max_connections, refused_before = more, "connection limit reached; closing the new connection (further refusals are counted, one line per {log_interval:?})");
             }
             metrics.connection_refused(acceptor.name(), "max_connections");
             drop(tcp);
             continue;
+        };
+        // Per source, before anything else is spent on the connection (logged by `admit`).
+        let admitted = match sources.admit(peer.ip(), acceptor.name()) {
+            Ok(a) => a,
+            Err(refusal) => {
+                metrics.connection_refused(acceptor.name(), refusal.reason());
+                drop(tcp);
+                continue;
+            }
         };
         if let Some(more) = refusals.flush(Instant::now()) {
             tracing::warn!(
@@ -139,6 +163,7 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
         let metrics = metrics.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            let _admitted = admitted;
             let _open = metrics.connection_open(acceptor.name());
             // The first bytes of the ClientHello, waited for without a handshake slot.
             let mut byte = [0u8; 1];

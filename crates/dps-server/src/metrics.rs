@@ -152,7 +152,7 @@ impl Metrics {
         registry.register("connections_open", "Open connections, by listener", m.connections_open.clone());
         registry.register(
             "connections_refused",
-            "Connections closed at once, by listener and reason (max_connections)",
+            "Connections closed at once, by listener and reason (max_connections, max_connections_per_source, handshakes_per_second_per_source)",
             m.connections_refused.clone(),
         );
         registry.register(

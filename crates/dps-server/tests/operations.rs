@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use common::{http, start, Client, TestServer};
+use common::{admin_get, http, scrape, start, value, Client, TestServer};
 use dps_core::model::{AttestationMechanism, AttestationType, EnrollmentGroup, Instance, SymmetricKeyAttestation};
 use mqttbytes::v4::{self, Connect, Login, Packet, Publish};
 use mqttbytes::QoS;
@@ -100,40 +100,6 @@ fn register_mqtt(addr: SocketAddr, scope: &str, id: &str) -> u16 {
     let Packet::Publish(r) = recv(&mut done.stream) else { panic!("no response") };
     let status = r.topic.strip_prefix("$dps/registrations/res/").unwrap().split('/').next().unwrap();
     status.parse().unwrap()
-}
-
-/// A plain-HTTP GET to the admin listener: (status, body).
-fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
-    write!(tcp, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").unwrap();
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_owned())
-}
-
-/// Scrapes `/metrics` and parses it with a Prometheus text-format parser.
-async fn scrape(s: &TestServer) -> prometheus_parse::Scrape {
-    let addr = s.server.admin_addr.expect("admin listener on");
-    let (status, body) = tokio::task::spawn_blocking(move || admin_get(addr, "/metrics")).await.unwrap();
-    assert_eq!(status, 200);
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text format")
-}
-
-/// The value of the sample `name` whose labels include `labels` (0 when there is none).
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread")]

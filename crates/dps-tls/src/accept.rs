@@ -25,7 +25,8 @@ pub struct ListenerAcceptor {
     context: ArcSwap<SslContext>,
     handshake_timeout: Duration,
     handshakes: Semaphore,
-    /// Failed handshakes are logged at most 20 a second; the rest are counted.
+    /// Failed handshakes are logged at most `failures_logged_per_second` (`[limits]
+    /// log_failed_handshakes_per_second`); the rest are counted.
     failures: std::sync::Mutex<LogLimit>,
 }
 
@@ -56,6 +57,7 @@ impl ListenerAcceptor {
         creds: &ServerCredentials,
         handshake_timeout: Duration,
         max_handshakes: usize,
+        failures_logged_per_second: u32,
     ) -> Result<Self, TlsError> {
         let context = build_context(&policy, creds)?;
         Ok(ListenerAcceptor {
@@ -64,7 +66,7 @@ impl ListenerAcceptor {
             context: ArcSwap::from_pointee(context),
             handshake_timeout,
             handshakes: Semaphore::new(max_handshakes.max(1)),
-            failures: std::sync::Mutex::new(LogLimit::new(20, Duration::from_secs(1))),
+            failures: std::sync::Mutex::new(LogLimit::new(failures_logged_per_second, Duration::from_secs(1))),
         })
     }
 

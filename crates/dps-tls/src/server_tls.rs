@@ -51,6 +51,8 @@ pub struct ListenerSpec {
     pub policy: TlsPolicy,
     pub handshake_timeout: Duration,
     pub max_handshakes: usize,
+    /// Failed handshakes logged per second on this listener; the rest are counted.
+    pub failures_logged_per_second: u32,
 }
 
 /// `clock`'s time in Unix seconds (what certificate checks take).
@@ -102,8 +104,15 @@ impl ServerTls {
         let acceptors = listeners
             .iter()
             .map(|l| {
-                ListenerAcceptor::new(&l.name, l.policy.clone(), &creds, l.handshake_timeout, l.max_handshakes)
-                    .map(Arc::new)
+                ListenerAcceptor::new(
+                    &l.name,
+                    l.policy.clone(),
+                    &creds,
+                    l.handshake_timeout,
+                    l.max_handshakes,
+                    l.failures_logged_per_second,
+                )
+                .map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
         tracing::info!(

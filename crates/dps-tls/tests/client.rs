@@ -24,6 +24,7 @@ async fn server(dir: &std::path::Path, tls13: bool) -> (SocketAddr, Vec<u8>) {
         policy: TlsPolicy { tls13, ..TlsPolicy::default() },
         handshake_timeout: Duration::from_secs(10),
         max_handshakes: 8,
+        failures_logged_per_second: 20,
     };
     let tls = ServerTls::start(
         CredentialSource::BuiltIn(ca),

@@ -3,6 +3,7 @@
 
 mod client;
 mod hub_ops;
+mod log_cap;
 mod ops;
 mod output;
 
@@ -244,7 +245,7 @@ impl ServeArgs {
 }
 
 /// Logs go to stderr: ANSI colours only on a terminal (and never with NO_COLOR), timestamps in
-/// RFC 3339 (UTC).
+/// RFC 3339 (UTC), each line at most `[limits] log_line_max` bytes.
 fn init_logging(config: &Config) {
     let filter = std::env::var("OPENDPS_LOG").unwrap_or_else(|_| config.log.filter.clone());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
@@ -254,7 +255,10 @@ fn init_logging(config: &Config) {
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(log_cap::CappedStderr {
+            max: config.limits.log_line_max,
+            json: config.log.format == LogFormat::Json,
+        })
         .with_ansi(ansi)
         .with_timer(tracing_subscriber::fmt::time::SystemTime);
     match config.log.format {

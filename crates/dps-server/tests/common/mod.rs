@@ -92,6 +92,8 @@ pub struct Client {
     pub groups: Option<String>,
     pub sni: Option<String>,
     pub trust_root_pem: Option<Vec<u8>>,
+    /// The client's own address (another loopback source); default: the system's choice.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// The outcome of a client handshake.
@@ -145,7 +147,10 @@ impl Client {
         if self.trust_root_pem.is_some() && self.sni.is_none() {
             ssl.param_mut().set_ip(addr.ip()).map_err(|e| e.to_string())?;
         }
-        let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        let tcp = match self.source {
+            None => TcpStream::connect(addr).map_err(|e| e.to_string())?,
+            Some(ip) => connect_from(ip, addr).map_err(|e| e.to_string())?,
+        };
         tcp.set_read_timeout(Some(Duration::from_secs(20))).ok();
         let stream = ssl.connect(tcp).map_err(|e| format!("{e}"))?;
         let ssl = stream.ssl();
@@ -166,6 +171,14 @@ impl Client {
         let c = self.clone();
         tokio::task::spawn_blocking(move || c.connect(addr)).await.expect("client thread")
     }
+}
+
+/// A TCP connection to `addr` from the local address `ip` (port chosen by the system).
+pub fn connect_from(ip: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(ip, 0).into())?;
+    socket.connect(&addr.into())?;
+    Ok(socket.into())
 }
 
 impl Done {
@@ -386,4 +399,38 @@ pub fn symmetric_group(id: &str, key: &str) -> dps_core::model::EnrollmentGroup 
         custom_allocation_definition: None,
         extra: serde_json::Map::new(),
     }
+}
+
+/// A plain-HTTP GET to the admin listener: (status, body).
+pub fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    write!(tcp, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_owned())
+}
+
+/// Scrapes `/metrics` and parses it with a Prometheus text-format parser.
+pub async fn scrape(s: &TestServer) -> prometheus_parse::Scrape {
+    let addr = s.server.admin_addr.expect("admin listener on");
+    let (status, body) = tokio::task::spawn_blocking(move || admin_get(addr, "/metrics")).await.unwrap();
+    assert_eq!(status, 200);
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text format")
+}
+
+/// The value of the sample `name` whose labels include `labels` (0 when there is none).
+pub fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }
