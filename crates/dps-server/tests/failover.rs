@@ -2,7 +2,10 @@
 //! itself: region A's primary on 127.0.0.161, region B's synchronous hot standby on 127.0.0.162;
 //! node A on the primary, node B on the standby, sharing one CA, admin credential and node key.
 //!
-//! B refuses devices while its database is a standby (503 + Retry-After, readiness 503). A
+//! B refuses devices while its database is a standby (503 + Retry-After, readiness 503); its
+//! service API serves reads marked `x-opendps-stale` and refuses writes (503); a TLS session
+//! a real OpenSSL client made on A resumes on B (session-ticket keys shared through the
+//! database). A
 //! bounded registration loop against A records every acknowledged (202) registration; then
 //! region A disappears (its database killed with `pg_ctl stop -m immediate`, node A stopped) and
 //! the standby is promoted. B sees the promotion by its role poll and serves: every acknowledged
