@@ -5,10 +5,13 @@ synchronous streaming standby on 127.0.0.168, ports 55450-55499, the same recipe
 crates/dps-store-postgres/src/test_cluster.rs), node A on 127.0.0.165 on the primary and node B
 on 127.0.0.166 on the standby, both with one node key. It deploys the DPS TLS document's ARM
 template (minTlsVersion "1.2") on A with the CLI, provisions devices with azure-iot-device through
-A, checks B refuses devices while standby, runs a bounded registration loop against A, SIGKILLs
-node A and its database, promotes B, and checks on B: readiness, TLS 1.1 refused, a device that
-pinned the root provisions, every acknowledged registration is there with the same device id and
-hub (one record each), and minTlsVersion cannot change.
+A, checks B refuses devices while standby (its service API serving reads marked stale) and that a
+TLS session made on A resumes on B (shared ticket keys), runs a bounded registration loop against
+A, SIGKILLs node A and its database, promotes B, and checks on B: readiness, TLS 1.1 refused, the
+outside TLS scan (tests/tls_scan.sh --one: sslyze, nmap, openssl s_client, judged by
+tests/tls_judge.py) passes on B's 443 for B's profile, a device that pinned the root provisions,
+every acknowledged registration is there with the same device id and hub (one record each), and
+minTlsVersion cannot change. It prints promotion-to-ready time, acknowledged, lost and in doubt.
 """
 
 from __future__ import annotations
@@ -30,14 +33,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HERE, HUBS, Server, derive_device_key, hub_connection_string
+from conftest import HERE, HUBS, REPO, Server, derive_device_key, hub_connection_string
 
 NODE_A, NODE_B = "127.0.0.165", "127.0.0.166"
 PG_A, PG_B = "127.0.0.167", "127.0.0.168"
 PG_PORTS = range(55450, 55500)
 ADMIN_PORT = 9464
 NODE_KEY = "geo failover SDK test node key, 32+ characters"
-DEADLINE = 85  # seconds for the whole test
+DEADLINE = 150  # seconds for the whole test (the TLS scan of B takes about 20-40 s of it)
+SCAN_TIMEOUT = 600  # the first scan on a machine installs sslyze (PyPI) and nmap (apt-get)
+PROFILE_B = "dps-legacy-security"  # the loosest profile: everything DPS accepts
 SDK_TIMEOUT = 25  # seconds for one SDK registration process
 LOOP_MAX = 8  # registrations the loop against A attempts at most
 ACKED_BEFORE_KILL = 2
@@ -252,6 +257,35 @@ def s_client(ip: str, version_flag: str) -> subprocess.CompletedProcess:
                            "-cipher", "DEFAULT@SECLEVEL=0"], input="", capture_output=True, text=True, timeout=15)
 
 
+def service_sas(host: str, policy: dict) -> str:
+    """A service-API SAS token for `host` signed with the policy's primary key."""
+    import base64
+    import hashlib
+    import hmac
+    import urllib.parse
+
+    sr = urllib.parse.quote(host, safe="")
+    expiry = int(time.time()) + 3600
+    mac = hmac.new(base64.b64decode(policy["primaryKey"]), f"{sr}\n{expiry}".encode(), hashlib.sha256)
+    sig = urllib.parse.quote(base64.b64encode(mac.digest()).decode(), safe="")
+    return f"SharedAccessSignature sr={sr}&sig={sig}&se={expiry}&skn={policy['keyName']}"
+
+
+def service_get(ip: str, path: str, sas: str) -> tuple[int, dict, dict]:
+    """A service-API GET: (status, lower-cased headers, JSON body)."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(f"https://{ip}{path}", headers={"Authorization": sas})
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, json.loads(e.read() or b"null")
+
+
 def start_node(ip: str, base: Path, url: str, monkeypatch, *extra: str) -> Server:
     monkeypatch.setenv("OPENDPS_STORE__URL", url)
     monkeypatch.setenv("OPENDPS_NODE_KEY", NODE_KEY)
@@ -296,7 +330,7 @@ def test_geo_failover_with_the_python_sdk(tmp_path, monkeypatch):
 
         # Region B: node B on the standby, loosest TLS profile; it refuses devices.
         (tmp_path / "b").mkdir()
-        node_b = start_node(NODE_B, tmp_path / "b", pg_b.url(), monkeypatch)
+        node_b = start_node(NODE_B, tmp_path / "b", pg_b.url(), monkeypatch, "--tls-profile", PROFILE_B)
         monkeypatch.delenv("OPENDPS_STORE__URL")
         assert node_b.root_ca.read_text() == a_root.read_text(), "one CA for both regions"
         status, body = ready(NODE_B)
@@ -304,6 +338,24 @@ def test_geo_failover_with_the_python_sdk(tmp_path, monkeypatch):
         refused = sdk_register(NODE_B, scope, "geo-standby", key("geo-standby"), a_root)
         assert not refused["ok"], f"a standby must not provision: {refused}"
         assert node_b.registration("geo-standby", dps_name=DPS_NAME) is None
+
+        # B's service API serves reads from the standby, marked stale; A's are not marked.
+        owner = node_a.cli("dps", "policy", "show", "--dps-name", DPS_NAME, "--policy-name", "provisioningserviceowner")
+        group_path = "/enrollmentGroups/geo?api-version=2021-10-01"
+        status, headers, body = service_get(NODE_B, group_path, service_sas(NODE_B, owner))
+        assert status == 200 and body["enrollmentGroupId"] == "geo", (status, body)
+        assert headers.get("x-opendps-stale") == "true", headers
+        status, headers, _ = service_get(NODE_A, group_path, service_sas(NODE_A, owner))
+        assert status == 200 and "x-opendps-stale" not in headers, headers
+
+        # A TLS session made on A resumes on B (the nodes share their ticket keys).
+        sess = tmp_path / "a.session"
+        first = subprocess.run(["openssl", "s_client", "-connect", f"{NODE_A}:443", "-tls1_2", "-sess_out", str(sess)],
+                               input="", capture_output=True, text=True, timeout=15)
+        assert first.returncode == 0 and sess.exists(), first.stdout + first.stderr
+        again = subprocess.run(["openssl", "s_client", "-connect", f"{NODE_B}:443", "-tls1_2", "-sess_in", str(sess)],
+                               input="", capture_output=True, text=True, timeout=15)
+        assert "Reused, TLSv1.2" in again.stdout, again.stdout[-3000:]
 
         # The bounded registration loop against A (the SDK, one process per device).
         loop_acked: list[tuple[str, str, str]] = []
@@ -349,9 +401,11 @@ def test_geo_failover_with_the_python_sdk(tmp_path, monkeypatch):
         node_a.stop()
         acked.update({rid: (h, d) for rid, h, d in loop_acked})
         pg_b.promote()
+        promoted = time.monotonic()
         deadline = time.monotonic() + 20
         while ready(NODE_B)[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
+        ready_ms = (time.monotonic() - promoted) * 1000
         status, body = ready(NODE_B)
         assert status == 200, (status, body)
         print(f"B ready after promotion: {body.strip()}")
@@ -362,6 +416,15 @@ def test_geo_failover_with_the_python_sdk(tmp_path, monkeypatch):
         ok12 = s_client(NODE_B, "-tls1_2")
         assert ok12.returncode == 0 and "TLSv1.2" in ok12.stdout, ok12.stdout + ok12.stderr
 
+        # The outside TLS scan on B's 443 (the same tools and judge as tests/tls_scan.sh).
+        scan = subprocess.run(["bash", str(REPO / "tests" / "tls_scan.sh"), "--one", f"{NODE_B}:443", str(a_root),
+                               "--profile", PROFILE_B, "--client-cert", "optional"],
+                              capture_output=True, text=True, timeout=SCAN_TIMEOUT, cwd=REPO, stdin=subprocess.DEVNULL)
+        summary = [ln for ln in scan.stdout.splitlines() if ln.startswith("SUMMARY:")]
+        print("\n".join(summary))
+        assert scan.returncode == 0 and summary and summary[-1].startswith("SUMMARY: PASS"), \
+            scan.stdout[-4000:] + scan.stderr[-2000:]
+
         # A device that pinned the root (copied from node A) provisions through B.
         late = "geo-after-failover"
         assert assigned(sdk_register(NODE_B, scope, late, key(late), a_root), late) == (HUBS[0], late)
@@ -371,9 +434,11 @@ def test_geo_failover_with_the_python_sdk(tmp_path, monkeypatch):
             assert assigned(sdk_register(NODE_B, scope, rid, key(rid), a_root), rid) == (HUBS[0], rid)
 
         # Every acknowledged registration is on B: same device id and hub, one record each.
+        records = {rid: node_b.registration(rid, dps_name=DPS_NAME) for rid in acked}
+        lost = sorted(rid for rid, rec in records.items() if rec is None)
+        assert not lost, f"acknowledged registrations lost: {lost}"
         for rid, (h, d) in acked.items():
-            rec = node_b.registration(rid, dps_name=DPS_NAME)
-            assert rec is not None, f"acknowledged registration {rid} lost"
+            rec = records[rid]
             assert (rec["status"], rec["assignedHub"], rec["deviceId"]) == ("assigned", h, d), rec
             assert rec["tls"]["negotiated"]["version"] == "TLSv1.2", rec["tls"]
         listed = node_b.cli("registration", "list", "--group-id", "geo", "--dps-name", DPS_NAME)
@@ -388,8 +453,8 @@ def test_geo_failover_with_the_python_sdk(tmp_path, monkeypatch):
         assert r.returncode != 0 and "minTlsVersion" in r.stderr, r.stdout + r.stderr
         assert node_b.cli("dps", "show", "--dps-name", DPS_NAME)["properties"]["minTlsVersion"] == "1.2"
 
-        print(f"failover (SDK): acknowledged {len(acked)}, in doubt {len(in_doubt)}, "
-              f"{time.monotonic() - t0:.1f} s")
+        print(f"failover (SDK): promote-to-ready {ready_ms:.0f} ms, acknowledged {len(acked)}, lost {len(lost)}, "
+              f"in doubt {len(in_doubt)}, {time.monotonic() - t0:.1f} s")
         assert time.monotonic() - t0 < DEADLINE, "the test must stay bounded"
     finally:
         stop_loop.set()

@@ -7,7 +7,7 @@ use axum::Json;
 use dps_core::model::{AccessRight, EnrollmentGroup, IndividualEnrollment, Instance, RegistrationRecord};
 use dps_core::observe::Api;
 use dps_core::service::query::Query;
-use dps_core::service::{BulkMode, BulkResult};
+use dps_core::service::{BulkMode, BulkResult, Role};
 use dps_core::store::Page;
 use serde_json::Value;
 
@@ -135,15 +135,38 @@ fn bulk_response(r: BulkResult, id_field: &str) -> Response {
     Json(serde_json::json!({ "isSuccessful": r.is_successful, "errors": errors })).into_response()
 }
 
+/// The header that marks a service-API answer read from a database that is not primary
+/// (docs/failover.md, "The shape"): a standby's copy, at most the replication lag behind.
+pub const STALE_HEADER: &str = "x-opendps-stale";
+
 /// Routes `/enrollments…`, `/enrollmentGroups…`, `/registrations…`; `None` if the path is not
-/// a service API path.
+/// a service API path. On a node whose database is not primary, writes are refused (503 with
+/// Retry-After) before they reach the store, and reads are served marked [`STALE_HEADER`].
 pub async fn handle(state: &AppState, req: &Request) -> Option<ApiResult<Response>> {
     let seg: Vec<String> = req.segments.iter().map(|s| s.to_ascii_lowercase()).collect();
     let first = seg.first()?.as_str();
     if !matches!(first, "enrollments" | "enrollmentgroups" | "registrations") {
         return None;
     }
-    Some(route(state, req, &seg).await)
+    let primary = state.services.role() == Role::Primary;
+    if !primary && !is_read(&req.method, &seg) {
+        if let Err(e) = state.services.serving() {
+            return Some(Err(e.into()));
+        }
+    }
+    let mut answer = route(state, req, &seg).await;
+    if let (false, Ok(r)) = (primary, &mut answer) {
+        r.headers_mut().insert(STALE_HEADER, HeaderValue::from_static("true"));
+    }
+    Some(answer)
+}
+
+/// Whether a service-API operation only reads: GETs, queries and `attestationmechanism`.
+fn is_read(method: &Method, seg: &[String]) -> bool {
+    *method == Method::GET
+        || (*method == Method::POST
+            && seg.len() > 1
+            && seg.last().is_some_and(|s| s == "query" || s == "attestationmechanism"))
 }
 
 /// The instance a service API call addresses, once its SAS token holds `right` and the

@@ -423,11 +423,19 @@ impl Server {
                 failures_logged_per_second: config.limits.log_failed_handshakes_per_second,
             });
         }
+        // Nodes of a shared store share their session-ticket keys, so each resumes the others'
+        // sessions; an embedded store keeps OpenSSL's own per-context keys.
+        let tickets = match (&node_key, config.tls.session_tickets) {
+            (Some(b), true) => Some(shared::share_ticket_keys(store.as_ref(), b, dps_tls::unix(clock.as_ref())).await?),
+            _ => None,
+        };
         let tls_clock = clock.clone();
-        let tls = tokio::task::spawn_blocking(move || ServerTls::start(source, &specs, tls_clock))
-            .await
-            .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("TLS start-up task failed: {e}"))))?
-            .map_err(ServerError::Tls)?;
+        let ring = tickets.clone();
+        let tls =
+            tokio::task::spawn_blocking(move || ServerTls::start_with_ticket_keys(source, &specs, tls_clock, ring))
+                .await
+                .map_err(|e| ServerError::Tls(dps_tls::TlsError::Invalid(format!("TLS start-up task failed: {e}"))))?
+                .map_err(ServerError::Tls)?;
 
         let mut admin_token = admin_token(&config)?;
         if let Some(b) = &node_key {
@@ -437,9 +445,10 @@ impl Server {
                 admin_token = shared;
             }
         }
+        let shared_store = store.clone();
         let mut services = dps_core::service::Services::new(
             store,
-            clock,
+            clock.clone(),
             Arc::new(dps_attest::OpensslEntropy),
             Arc::new(dps_attest::OpensslX509),
             Arc::new(dps_attest::OpensslDeviceCrypto),
@@ -518,6 +527,17 @@ impl Server {
 
         let tracker = TaskTracker::new();
         tracker.spawn(tls.clone().run(check_interval, config.tls.ticket_key_lifetime, shutdown.clone()));
+        if let (Some(ring), Some(b)) = (tickets, &node_key) {
+            tracker.spawn(shared::ticket_key_loop(
+                shared_store,
+                b.clone(),
+                ring,
+                config.tls.ticket_key_lifetime,
+                state.services.clone(),
+                clock,
+                shutdown.clone(),
+            ));
+        }
         if let Some(db) = shared_db {
             let poll = roles::poll(db, peer_db, state.services.clone(), config.store.role_poll, shutdown.clone());
             tracker.spawn(poll);

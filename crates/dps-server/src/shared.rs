@@ -1,19 +1,28 @@
 //! What the nodes of a shared store share through the database instead of their data
 //! directories: the built-in CA's root and intermediate (keys sealed with the operator's node
-//! key) and the admin credential (sealed too). The first node to start writes them (first writer
-//! wins), every other node adopts them, and each node still issues its own leaf, for its own
-//! names, from the shared intermediate. The data directory keeps only a copy.
+//! key), the admin credential (sealed too) and the session-ticket keys (sealed). The first node
+//! to start writes them (first writer wins), every other node adopts them, and each node still
+//! issues its own leaf, for its own names, from the shared intermediate. The data directory
+//! keeps only a copy.
+//!
+//! Ticket keys (docs/tls.md, "Session resumption"): one document holds the current key, the
+//! time it was made and the previous key. Every node reads it every `ticket_key_lifetime` / 8
+//! (between 1 s and 60 s) into its listeners' [`TicketKeyRing`]; a node whose database is
+//! primary replaces a current key older than `ticket_key_lifetime`, keeping the old one as
+//! previous (an etag-conditional write: one node wins, the others adopt its key).
 
 use dps_attest::secret_box::SecretBox;
 use dps_config::Config;
 use dps_core::store::{Precondition, SharedDoc, Store, StoreError};
 use dps_tls::builtin_ca::{AuthorityPem, BuiltInCaSettings};
+use dps_tls::{TicketKey, TicketKeyRing, TicketKeys};
 use serde_json::{json, Value};
 
 use crate::ServerError;
 
 const CA: &str = "builtin-ca";
 const ADMIN: &str = "admin-token";
+const TICKETS: &str = "tls-ticket-keys";
 /// Writers that lose a first-writer race re-read; more than this many losses is a fault.
 const ATTEMPTS: usize = 3;
 
@@ -171,4 +180,196 @@ pub(crate) async fn share_admin_token(store: &dyn Store, b: &SecretBox, local: S
         }
     }
     Err(ServerError::NodeKey("the shared admin credential kept changing while this node read it".into()))
+}
+
+/// The ticket-key document as read: its keys, when the current one was made, its etag.
+struct StoredTickets {
+    keys: TicketKeys,
+    created: i64,
+    etag: String,
+}
+
+fn open_ticket_key(b: &SecretBox, v: &Value) -> Result<TicketKey, ServerError> {
+    let text = v.as_str().ok_or_else(|| ServerError::NodeKey(format!("shared {TICKETS}: a key is missing")))?;
+    let plain = b.open(TICKETS, text).map_err(|e| ServerError::NodeKey(format!("shared {TICKETS}: {e}")))?;
+    TicketKey::from_bytes(&plain).map_err(|e| ServerError::NodeKey(format!("shared {TICKETS}: {e}")))
+}
+
+fn read_tickets(b: &SecretBox, doc: &SharedDoc) -> Result<StoredTickets, ServerError> {
+    let current = open_ticket_key(b, &doc.body["current"])?;
+    let previous = match &doc.body["previous"] {
+        Value::Null => None,
+        v => Some(open_ticket_key(b, v)?),
+    };
+    let created = doc.body["created"].as_i64().unwrap_or(0);
+    Ok(StoredTickets { keys: TicketKeys { current, previous }, created, etag: doc.etag.clone() })
+}
+
+fn tickets_doc(b: &SecretBox, etag: String, keys: &TicketKeys, created: i64) -> Result<SharedDoc, ServerError> {
+    let sealed = |k: &TicketKey| b.seal(TICKETS, k.as_bytes()).map_err(|e| ServerError::NodeKey(e.to_string()));
+    let previous = match &keys.previous {
+        Some(k) => Value::String(sealed(k)?),
+        None => Value::Null,
+    };
+    Ok(SharedDoc {
+        name: TICKETS.into(),
+        etag,
+        body: json!({ "current": sealed(&keys.current)?, "created": created, "previous": previous, "keyId": b.key_id() }),
+    })
+}
+
+fn new_ticket_key() -> Result<TicketKey, ServerError> {
+    TicketKey::generate().map_err(ServerError::Tls)
+}
+
+/// The deployment's session-ticket keys at start-up: the stored ones, or a new key published
+/// when no node has yet. A node that cannot publish (its database is a standby that has none
+/// yet) starts with its own key and adopts the shared one when it appears.
+pub(crate) async fn share_ticket_keys(
+    store: &dyn Store,
+    b: &SecretBox,
+    now: i64,
+) -> Result<std::sync::Arc<TicketKeyRing>, ServerError> {
+    for _ in 0..ATTEMPTS {
+        if let Some(doc) = store.shared(TICKETS).await.map_err(store_err("reading the shared ticket keys"))? {
+            return Ok(TicketKeyRing::new(read_tickets(b, &doc)?.keys));
+        }
+        let keys = TicketKeys { current: new_ticket_key()?, previous: None };
+        match store.put_shared(&tickets_doc(b, "1".into(), &keys, now)?, Precondition::MustNotExist).await {
+            Ok(()) => return Ok(TicketKeyRing::new(keys)),
+            Err(StoreError::AlreadyExists) => continue,
+            Err(e) => {
+                tracing::info!(error = %dps_core::error::DisplayChain(&e), "no shared session-ticket keys yet, and none could be published; using this node's own until they appear");
+                return Ok(TicketKeyRing::new(keys));
+            }
+        }
+    }
+    Err(ServerError::NodeKey("the shared session-ticket keys kept changing while this node read them".into()))
+}
+
+/// One look at the shared ticket keys: adopt them, and, when `may_write` (the database is
+/// primary) and the current key is `lifetime` old, replace it (the old one stays as previous).
+/// `Ok(true)` when the ring changed.
+pub(crate) async fn refresh_ticket_keys(
+    store: &dyn Store,
+    b: &SecretBox,
+    ring: &TicketKeyRing,
+    lifetime: std::time::Duration,
+    now: i64,
+    may_write: bool,
+) -> Result<bool, ServerError> {
+    let Some(doc) = store.shared(TICKETS).await.map_err(store_err("reading the shared ticket keys"))? else {
+        if may_write {
+            // A node that started on a standby with no document, now primary: publish its key.
+            let keys = TicketKeys { current: ring.get().current.clone(), previous: None };
+            match store.put_shared(&tickets_doc(b, "1".into(), &keys, now)?, Precondition::MustNotExist).await {
+                Ok(()) | Err(StoreError::AlreadyExists) => {}
+                Err(e) => return Err(store_err("publishing the session-ticket keys")(e)),
+            }
+        }
+        return Ok(false);
+    };
+    let stored = read_tickets(b, &doc)?;
+    let age = now.saturating_sub(stored.created);
+    if may_write && age >= i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX) {
+        let keys = TicketKeys { current: new_ticket_key()?, previous: Some(stored.keys.current.clone()) };
+        let etag = stored.etag.parse::<u64>().map_or(1, |n| n.wrapping_add(1)).to_string();
+        match store.put_shared(&tickets_doc(b, etag, &keys, now)?, Precondition::IfMatch(&stored.etag)).await {
+            Ok(()) => {
+                tracing::info!(key = %keys.current.name_hex(), "session-ticket key rotated for every node");
+                return Ok(ring.set(keys));
+            }
+            // Another node rotated first: adopt its key on the next look.
+            Err(StoreError::PreconditionFailed) => {}
+            Err(e) => return Err(store_err("rotating the session-ticket keys")(e)),
+        }
+    }
+    Ok(ring.set(stored.keys))
+}
+
+/// How often nodes look at the shared ticket keys: an eighth of their lifetime, 1 s to 60 s.
+pub(crate) fn ticket_key_poll(lifetime: std::time::Duration) -> std::time::Duration {
+    (lifetime / 8).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60))
+}
+
+/// [`refresh_ticket_keys`] every [`ticket_key_poll`] until `shutdown`; a failure is logged
+/// once per run of failures and the keys in use stay.
+pub(crate) async fn ticket_key_loop(
+    store: std::sync::Arc<dyn Store>,
+    b: std::sync::Arc<SecretBox>,
+    ring: std::sync::Arc<TicketKeyRing>,
+    lifetime: std::time::Duration,
+    services: dps_core::service::Services,
+    clock: std::sync::Arc<dyn dps_core::ports::Clock>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(ticket_key_poll(lifetime));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let may_write = services.role() == dps_core::service::Role::Primary;
+        let now = dps_tls::unix(clock.as_ref());
+        match refresh_ticket_keys(store.as_ref(), &b, &ring, lifetime, now, may_write).await {
+            Ok(changed) => {
+                if changed {
+                    tracing::debug!(key = %ring.get().current.name_hex(), "adopted the shared session-ticket keys");
+                }
+                failing = false;
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %dps_core::error::DisplayChain(&e), "could not read or rotate the shared session-ticket keys; keeping the current ones");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use dps_core::store::memory::MemoryStore;
+    use std::time::Duration;
+
+    fn key() -> SecretBox {
+        SecretBox::from_material(b"shared ticket key test node key, 32+ characters").unwrap()
+    }
+
+    #[tokio::test]
+    async fn ticket_keys_are_shared_sealed_and_rotated_once_per_lifetime() {
+        let store = MemoryStore::default();
+        let b = key();
+        let a = share_ticket_keys(&store, &b, 1000).await.unwrap();
+        let other = share_ticket_keys(&store, &b, 1001).await.unwrap();
+        assert_eq!(a.get(), other.get(), "the second node adopts the first node's key");
+        let doc = store.shared(TICKETS).await.unwrap().unwrap();
+        let raw = doc.body.to_string();
+        assert!(doc.body["current"].as_str().is_some_and(|s| s.starts_with("v1:")), "sealed at rest: {raw}");
+        assert!(!raw.contains(&a.get().current.name_hex()), "no key bytes in the clear");
+
+        let life = Duration::from_secs(3600);
+        // Not due: nothing changes, even on a primary.
+        assert!(!refresh_ticket_keys(&store, &b, &a, life, 4000, true).await.unwrap());
+        // Due, but a standby never writes.
+        assert!(!refresh_ticket_keys(&store, &b, &other, life, 5000, false).await.unwrap());
+        let first = a.get().current.clone();
+        // Due on a primary: a new current key, the old one kept as previous.
+        assert!(refresh_ticket_keys(&store, &b, &a, life, 5000, true).await.unwrap());
+        assert_eq!(a.get().previous.as_ref(), Some(&first));
+        assert_ne!(a.get().current, first);
+        // The other node adopts it on its next look, and does not rotate again.
+        assert!(refresh_ticket_keys(&store, &b, &other, life, 5001, true).await.unwrap());
+        assert_eq!(a.get(), other.get());
+        // A node sealing with another key cannot read them.
+        let stranger = SecretBox::from_material(b"another node key, also 32+ characters long").unwrap();
+        assert!(share_ticket_keys(&store, &stranger, 6000).await.is_err());
+        assert_eq!(ticket_key_poll(Duration::from_secs(43_200)), Duration::from_secs(60));
+        assert_eq!(ticket_key_poll(Duration::from_secs(2)), Duration::from_secs(1));
+    }
 }

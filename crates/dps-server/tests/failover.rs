@@ -2,7 +2,10 @@
 //! itself: region A's primary on 127.0.0.161, region B's synchronous hot standby on 127.0.0.162;
 //! node A on the primary, node B on the standby, sharing one CA, admin credential and node key.
 //!
-//! B refuses devices while its database is a standby (503 + Retry-After, readiness 503). A
+//! B refuses devices while its database is a standby (503 + Retry-After, readiness 503); its
+//! service API serves reads marked `x-opendps-stale` and refuses writes (503); a TLS session
+//! a real OpenSSL client made on A resumes on B (session-ticket keys shared through the
+//! database). A
 //! bounded registration loop against A records every acknowledged (202) registration; then
 //! region A disappears (its database killed with `pg_ctl stop -m immediate`, node A stopped) and
 //! the standby is promoted. B sees the promotion by its role poll and serves: every acknowledged
@@ -130,6 +133,44 @@ async fn a_promoted_standby_keeps_every_acknowledged_registration_and_min_tls_ve
     assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
     assert!(v["errorCode"].is_number() && v["message"].as_str().unwrap().contains("standby"), "{v}");
     assert_eq!(mqtt_connack(b.mqtt(), &scope, "to-standby").await, 3, "MQTT: CONNACK server unavailable");
+
+    // The service API on the standby: reads are served, marked stale; writes are 503. On A
+    // (primary) the same read is not marked.
+    let owner = &inst.authorization_policies[0];
+    let expiry = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let sas = dps_attest::sas::make_token("127.0.0.1", &owner.primary_key, expiry, Some(&owner.key_name)).unwrap();
+    let group_path = "/enrollmentGroups/geo?api-version=2021-10-01";
+    let (status, head, v) = http_with(&Client::default(), b.https(), "GET", group_path, Some(sas.clone()), "").await;
+    assert_eq!((status, v["enrollmentGroupId"].as_str()), (200, Some("geo")), "{v}");
+    assert!(head.to_ascii_lowercase().contains("x-opendps-stale: true"), "a standby's read is marked: {head}");
+    let query = "/enrollmentGroups/query?api-version=2021-10-01";
+    let (status, head, v) =
+        http_with(&Client::default(), b.https(), "POST", query, Some(sas.clone()), "{\"query\":\"*\"}").await;
+    assert_eq!(status, 200, "{v}");
+    assert!(head.to_ascii_lowercase().contains("x-opendps-stale: true"), "{head}");
+    let body = serde_json::to_string(&group()).unwrap();
+    let (status, head, v) = http_with(&Client::default(), b.https(), "PUT", group_path, Some(sas.clone()), &body).await;
+    assert_eq!(status, 503, "a standby refuses service-API writes: {v}");
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+    let (status, head, _) = http_with(&Client::default(), a.https(), "GET", group_path, Some(sas.clone()), "").await;
+    assert_eq!(status, 200);
+    assert!(!head.to_ascii_lowercase().contains("x-opendps-stale"), "a primary's read is not marked: {head}");
+
+    // Session tickets are shared through the database: a real OpenSSL client's session made on
+    // A resumes on B (SSL_session_reused), so a device moving between regions skips the full
+    // handshake. (The first connection stays open: OpenSSL's client spends a session whose
+    // connection is dropped without a shutdown.)
+    let resuming = dps_tls::client::Client::new(
+        &a.root_pem(),
+        &dps_tls::client::ClientOptions { resumption: true, ..Default::default() },
+    )
+    .unwrap();
+    let on_a = resuming.connect(a.https(), "127.0.0.1", None, None).await.unwrap();
+    assert!(!on_a.resumed());
+    let session = on_a.session().expect("a session ticket from A");
+    let on_b = resuming.connect(b.https(), "127.0.0.1", None, Some(&session)).await.unwrap();
+    assert!(on_b.resumed(), "B resumes the session A issued");
+    drop((on_a, on_b));
 
     // The registration loop against A: each id acknowledged (202) is recorded.
     let (tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<String>();

@@ -12,9 +12,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 use tokio_openssl::SslStream;
 
-use crate::context::{build_context, offered_index, TlsPolicy};
+use crate::context::{build_context_with, offered_index, TlsPolicy};
 use crate::credentials::ServerCredentials;
 use crate::error::TlsError;
+use crate::ticket_keys::TicketKeyRing;
 
 /// The TLS side of one listener: its policy, its current OpenSSL context (swapped atomically on
 /// a credential roll or ticket-key rotation) and its handshake limits.
@@ -23,6 +24,8 @@ pub struct ListenerAcceptor {
     name: String,
     policy: TlsPolicy,
     context: ArcSwap<SslContext>,
+    /// Shared session-ticket keys, when the server has them (else OpenSSL's own, per context).
+    tickets: Option<Arc<TicketKeyRing>>,
     handshake_timeout: Duration,
     handshakes: Semaphore,
     /// Failed handshakes are logged at most `failures_logged_per_second` (`[limits]
@@ -58,12 +61,14 @@ impl ListenerAcceptor {
         handshake_timeout: Duration,
         max_handshakes: usize,
         failures_logged_per_second: u32,
+        tickets: Option<Arc<TicketKeyRing>>,
     ) -> Result<Self, TlsError> {
-        let context = build_context(&policy, creds)?;
+        let context = build_context_with(&policy, creds, tickets.as_ref())?;
         Ok(ListenerAcceptor {
             name: name.to_owned(),
             policy,
             context: ArcSwap::from_pointee(context),
+            tickets,
             handshake_timeout,
             handshakes: Semaphore::new(max_handshakes.max(1)),
             failures: std::sync::Mutex::new(LogLimit::new(failures_logged_per_second, Duration::from_secs(1))),
@@ -80,7 +85,7 @@ impl ListenerAcceptor {
 
     /// Builds a context for new credentials without installing it.
     pub(crate) fn prepare(&self, creds: &ServerCredentials) -> Result<SslContext, TlsError> {
-        build_context(&self.policy, creds)
+        build_context_with(&self.policy, creds, self.tickets.as_ref())
     }
 
     /// Installs a prepared context. Handshakes already started keep the context they began with.

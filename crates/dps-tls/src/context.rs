@@ -1,4 +1,4 @@
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use dps_core::tls::{Group, Offered, ProfileName, TlsVersion, TLS13_SUITES};
 use openssl::error::ErrorStack;
@@ -11,6 +11,7 @@ use openssl::ssl::{
 use crate::client_hello;
 use crate::credentials::ServerCredentials;
 use crate::error::TlsError;
+use crate::ticket_keys::TicketKeyRing;
 
 /// Everything that decides how one listener does TLS. Pure data: equal policies build
 /// equivalent contexts.
@@ -58,9 +59,30 @@ pub(crate) fn offered_index() -> Index<Ssl, Offered> {
     })
 }
 
+/// Where a context built with shared ticket keys keeps their ring (read by the ticket-key
+/// callback, `ffi::install_ticket_key_callback`).
+pub(crate) fn ticket_ring_index() -> Index<SslContext, Arc<TicketKeyRing>> {
+    static INDEX: OnceLock<Index<SslContext, Arc<TicketKeyRing>>> = OnceLock::new();
+    *INDEX.get_or_init(|| {
+        #[allow(clippy::expect_used)]
+        SslContext::new_ex_index().expect("OpenSSL could not allocate an ex_data index")
+    })
+}
+
 /// Builds the OpenSSL server context for `policy` presenting `creds`. This is the only function
 /// that sets OpenSSL options; a fresh context also means fresh session-ticket keys.
 pub fn build_context(policy: &TlsPolicy, creds: &ServerCredentials) -> Result<SslContext, TlsError> {
+    build_context_with(policy, creds, None)
+}
+
+/// [`build_context`], with the session-ticket keys taken from `tickets` when given (nodes that
+/// share a store share them, so each resumes the others' sessions) instead of OpenSSL's own
+/// per-context random key.
+pub(crate) fn build_context_with(
+    policy: &TlsPolicy,
+    creds: &ServerCredentials,
+    tickets: Option<&Arc<TicketKeyRing>>,
+) -> Result<SslContext, TlsError> {
     let _ = offered_index();
     let mut b = SslContextBuilder::new(SslMethod::tls_server()).map_err(TlsError::openssl("creating a context"))?;
 
@@ -103,6 +125,9 @@ pub fn build_context(policy: &TlsPolicy, creds: &ServerCredentials) -> Result<Ss
     b.set_session_cache_mode(SslSessionCacheMode::OFF);
     if !policy.session_tickets {
         b.set_num_tickets(0).map_err(TlsError::openssl("ticket count"))?;
+    } else if let Some(ring) = tickets {
+        b.set_ex_data(ticket_ring_index(), ring.clone());
+        crate::ffi::install_ticket_key_callback(&mut b).map_err(TlsError::openssl("ticket key callback"))?;
     }
     // Required by OpenSSL to resume sessions when client certificates may be requested.
     b.set_session_id_context(b"opendps").map_err(TlsError::openssl("session id context"))?;

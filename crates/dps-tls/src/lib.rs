@@ -6,7 +6,8 @@
 //!   one function, so no OpenSSL knob is set anywhere else.
 //! - [`CredentialSource`] yields server credentials, from operator files or the built-in CA
 //!   ([`builtin_ca`]); [`ServerTls`] loads, validates and only then swaps them into every
-//!   listener at once, and rolls the session-ticket key.
+//!   listener at once, and rolls the session-ticket key; nodes sharing a store share their
+//!   ticket keys instead ([`ticket_keys`], set through OpenSSL's ticket-key callback).
 //! - [`ListenerAcceptor::accept`] runs one handshake under a timeout and returns the stream with
 //!   its [`HandshakeFacts`](dps_core::tls::HandshakeFacts) (what the client offered, what was
 //!   negotiated) and the client's certificates.
@@ -25,12 +26,14 @@ mod error;
 #[allow(unsafe_code)]
 mod ffi;
 mod server_tls;
+pub mod ticket_keys;
 
 pub use accept::{HandshakeFailure, ListenerAcceptor, TlsConnection};
 pub use context::{build_context, TlsPolicy};
 pub use credentials::{CredentialFiles, ServerCredentials};
 pub use error::TlsError;
 pub use server_tls::{unix, CredentialSource, DisplayChain, ListenerSpec, ServerTls};
+pub use ticket_keys::{TicketKey, TicketKeyRing, TicketKeys};
 
 /// Re-exported so adapters can name the stream type without depending on tokio-openssl.
 pub type TlsStream<S> = tokio_openssl::SslStream<S>;

@@ -12,6 +12,7 @@ use crate::builtin_ca::{BuiltInCaSettings, Renewal};
 use crate::context::TlsPolicy;
 use crate::credentials::{read, CredentialFiles, ServerCredentials};
 use crate::error::TlsError;
+use crate::ticket_keys::TicketKeyRing;
 
 /// Where server credentials come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +38,9 @@ pub struct ServerTls {
     roll: Mutex<RollState>,
     /// Decides renewal and validity (injected, so tests need not wait).
     clock: Arc<dyn Clock>,
+    /// Session-ticket keys shared with other nodes, rotated by their owner; `None`: each
+    /// context has OpenSSL's own key, replaced by rebuilding the contexts.
+    tickets: Option<Arc<TicketKeyRing>>,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +102,17 @@ impl ServerTls {
         listeners: &[ListenerSpec],
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<ServerTls>, TlsError> {
+        Self::start_with_ticket_keys(source, listeners, clock, None)
+    }
+
+    /// [`Self::start`] with session-ticket keys from `tickets` on every listener: whoever holds
+    /// the ring rotates them ([`TicketKeyRing::set`]), and [`Self::run`] no longer does.
+    pub fn start_with_ticket_keys(
+        source: CredentialSource,
+        listeners: &[ListenerSpec],
+        clock: Arc<dyn Clock>,
+        tickets: Option<Arc<TicketKeyRing>>,
+    ) -> Result<Arc<ServerTls>, TlsError> {
         let now = unix(clock.as_ref());
         let (creds, root, _) = source.load(now)?;
         creds.validate(root.as_ref(), now)?;
@@ -111,6 +126,7 @@ impl ServerTls {
                     l.handshake_timeout,
                     l.max_handshakes,
                     l.failures_logged_per_second,
+                    tickets.clone(),
                 )
                 .map(Arc::new)
             })
@@ -129,6 +145,7 @@ impl ServerTls {
             listeners: acceptors,
             roll: Mutex::new(RollState { seen }),
             clock,
+            tickets,
         }))
     }
 
@@ -174,9 +191,18 @@ impl ServerTls {
         Ok(true)
     }
 
-    /// Rebuilds every listener's context with the same credentials: new session-ticket keys.
-    /// Tickets issued under the old key fall back to a full handshake, never to a failure.
+    /// The shared session-ticket keys, if the server was started with them.
+    pub fn ticket_keys(&self) -> Option<Arc<TicketKeyRing>> {
+        self.tickets.clone()
+    }
+
+    /// Rebuilds every listener's context with the same credentials: new session-ticket keys
+    /// (unless they are shared: then only their ring's owner replaces them). Tickets issued
+    /// under the old key fall back to a full handshake, never to a failure.
     pub fn rotate_ticket_keys(&self) -> Result<(), TlsError> {
+        if self.tickets.is_some() {
+            return Ok(());
+        }
         let _guard = self.roll.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let creds = self.current();
         let contexts = self.listeners.iter().map(|l| l.prepare(&creds)).collect::<Result<Vec<_>, _>>()?;

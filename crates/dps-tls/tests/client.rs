@@ -7,12 +7,17 @@ use std::time::Duration;
 
 use dps_tls::builtin_ca::{root_path, BuiltInCaSettings};
 use dps_tls::client::{Client, ClientOptions, ClientStream, ConnectError};
-use dps_tls::{CredentialSource, ListenerSpec, ServerTls, TlsPolicy};
+use dps_tls::{CredentialSource, ListenerSpec, ServerTls, TicketKey, TicketKeyRing, TicketKeys, TlsPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// A listener on 127.0.0.1 that answers every connection with "ok" and then waits for EOF.
 async fn server(dir: &std::path::Path, tls13: bool) -> (SocketAddr, Vec<u8>) {
+    server_with(dir, tls13, None).await
+}
+
+/// [`server`] with session-ticket keys from `tickets`.
+async fn server_with(dir: &std::path::Path, tls13: bool, tickets: Option<Arc<TicketKeyRing>>) -> (SocketAddr, Vec<u8>) {
     let ca = BuiltInCaSettings {
         dir: dir.to_owned(),
         dns_names: Vec::new(),
@@ -26,10 +31,11 @@ async fn server(dir: &std::path::Path, tls13: bool) -> (SocketAddr, Vec<u8>) {
         max_handshakes: 8,
         failures_logged_per_second: 20,
     };
-    let tls = ServerTls::start(
+    let tls = ServerTls::start_with_ticket_keys(
         CredentialSource::BuiltIn(ca),
         &[spec],
         std::sync::Arc::new(dps_core::testing::ManualClock::new(std::time::SystemTime::now())),
+        tickets,
     )
     .expect("server TLS");
     let acceptor: Arc<_> = tls.acceptor("test").expect("acceptor");
@@ -118,4 +124,56 @@ async fn the_server_is_verified() {
     let e = stranger.connect(addr, "127.0.0.1", None, None).await.expect_err("untrusted");
     assert!(e.to_string().starts_with("tls handshake: "), "{e}");
     assert!(Client::new(b"not a certificate", &options(false, false)).is_err());
+}
+
+/// Two servers given the same ticket keys (as the nodes of a shared store are) resume each
+/// other's sessions; after one rotation a ticket under the previous key still resumes, after a
+/// second it is a full handshake (never a failure); a server with its own keys resumes nothing.
+#[tokio::test]
+async fn shared_ticket_keys_resume_across_servers_and_survive_one_rotation() {
+    for tls13 in [false, true] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let k1 = TicketKey::generate().expect("key");
+        let keys = TicketKeys { current: k1.clone(), previous: None };
+        let ring_b = TicketKeyRing::new(keys.clone());
+        let (a, root) = server_with(dir.path(), tls13, Some(TicketKeyRing::new(keys))).await;
+        let (b, _) = server_with(dir.path(), tls13, Some(ring_b.clone())).await;
+        let (own, _) = server(dir.path(), tls13).await;
+        let client = Client::new(&root, &options(tls13, true)).expect("client");
+        // Tickets from A under k1, one per check below. Every connection stays open to the end:
+        // OpenSSL's client spends a session whose connection is freed without a shutdown.
+        let mut open = Vec::new();
+        let mut tickets = Vec::new();
+        for _ in 0..4 {
+            let mut s = client.connect(a, "127.0.0.1", None, None).await.expect("to A");
+            read_ok(&mut s).await;
+            assert!(!s.resumed());
+            tickets.push(s.session().expect("a ticket from A"));
+            open.push(s);
+        }
+        let resumes = |addr, session: dps_tls::client::ClientSession| {
+            let client = client.clone();
+            async move {
+                let mut s = client.connect(addr, "127.0.0.1", None, Some(&session)).await.expect("connection");
+                read_ok(&mut s).await;
+                (s.resumed(), s)
+            }
+        };
+        let (resumed, s) = resumes(b, tickets.remove(0)).await;
+        open.push(s);
+        assert!(resumed, "B resumes A's session (TLS 1.3: {tls13})");
+        let (resumed, s) = resumes(own, tickets.remove(0)).await;
+        open.push(s);
+        assert!(!resumed, "a server with its own ticket key does not");
+
+        let k2 = TicketKey::generate().expect("key");
+        assert!(ring_b.set(TicketKeys { current: k2.clone(), previous: Some(k1) }));
+        let (resumed, s) = resumes(b, tickets.remove(0)).await;
+        open.push(s);
+        assert!(resumed, "the previous key still decrypts (TLS 1.3: {tls13})");
+        assert!(ring_b.set(TicketKeys { current: TicketKey::generate().expect("key"), previous: Some(k2) }));
+        let (resumed, s) = resumes(b, tickets.remove(0)).await;
+        open.push(s);
+        assert!(!resumed, "two rotations later: a full handshake (TLS 1.3: {tls13})");
+    }
 }

@@ -76,8 +76,9 @@ impl Services {
         self.role.set(role)
     }
 
-    /// `Ok` while device traffic may be served (the database is primary).
-    pub(crate) fn serving(&self) -> Result<()> {
+    /// `Ok` while device traffic and writes may be served (the database is primary); else
+    /// `Error::NotServing` (503 with Retry-After).
+    pub fn serving(&self) -> Result<()> {
         match self.role() {
             Role::Primary => Ok(()),
             role => Err(Error::NotServing { role: role.as_str(), retry_after: ROLE_RETRY_AFTER }),
