@@ -5,7 +5,7 @@
 //! issues its own leaf, for its own names, from the shared intermediate. The data directory
 //! keeps only a copy.
 //!
-//! Ticket keys (docs/tls.md, "Session resumption"): one document holds the current key, the
+//! Ticket keys (docs/tls.md, "Handshake behaviour"): one document holds the current key, the
 //! time it was made and the previous key. Every node reads it every `ticket_key_lifetime` / 8
 //! (between 1 s and 60 s) into its listeners' [`TicketKeyRing`]; a node whose database is
 //! primary replaces a current key older than `ticket_key_lifetime`, keeping the old one as

@@ -1,6 +1,6 @@
 //! Session-ticket keys held by the application instead of OpenSSL, so that every node of a
 //! shared store encrypts tickets under the same key and one node resumes another's sessions
-//! (docs/tls.md, "Session resumption").
+//! (docs/tls.md, "Handshake behaviour").
 //!
 //! A [`TicketKeyRing`] holds the current key (encrypts new tickets, decrypts) and the previous
 //! one (decrypts only; a ticket under it is accepted and replaced by a fresh one). Listeners
