@@ -21,6 +21,7 @@
 //! under the connection's ID scope; every failure gets an answer in AMQP's terms and one log line.
 
 pub mod address;
+pub mod codec;
 mod connection;
 #[doc(hidden)]
 pub mod fuzz;
