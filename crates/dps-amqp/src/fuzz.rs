@@ -79,7 +79,8 @@ pub fn message_mapping(data: &[u8]) {
     let _ = crate::address::parse_link_address(&String::from_utf8_lossy(data));
 }
 
-/// The AMQP frame guard, fed in two pieces split where the first byte says.
+/// The AMQP frame guard, fed in two pieces split where the first byte says; and the engine's
+/// frame reader (`codec::next_frame`, which decodes the performatives) on the same two pieces.
 pub fn frame_guard(data: &[u8]) {
     let Some((&split, rest)) = data.split_first() else { return };
     let split = usize::from(split).min(rest.len());
@@ -87,4 +88,11 @@ pub fn frame_guard(data: &[u8]) {
     if g.check(&rest[..split]).is_ok() {
         let _ = g.check(&rest[split..]);
     }
+    let mut buf = bytes::BytesMut::from(&rest[..split]);
+    for more in [&rest[split..], &[][..]] {
+        while let Ok(Some(_)) = crate::codec::next_frame(&mut buf, 32 * 1024) {}
+        let _ = crate::codec::missing(&buf, 32 * 1024);
+        buf.extend_from_slice(more);
+    }
+    while let Ok(Some(_)) = crate::codec::next_frame(&mut buf, 32 * 1024) {}
 }
