@@ -155,20 +155,29 @@ async fn sasl_client(addr: SocketAddr) -> Tls {
 }
 
 async fn read_sasl_frame(io: &mut Tls, buf: &mut Vec<u8>) -> SaslFrame {
+    read_next(io, buf, |buf| {
+        let (f, n) = frame::decode(buf, 1 << 16).ok().flatten()?;
+        buf.drain(..n);
+        Some(f)
+    })
+    .await
+}
+
+/// Reads until `take` finds what it wants at the front of `buf` (within WAIT).
+async fn read_next<T>(io: &mut Tls, buf: &mut Vec<u8>, mut take: impl FnMut(&mut Vec<u8>) -> Option<T>) -> T {
     tokio::time::timeout(WAIT, async {
         loop {
-            if let Ok(Some((f, n))) = frame::decode(buf, 1 << 16) {
-                buf.drain(..n);
-                return f;
+            if let Some(t) = take(buf) {
+                return t;
             }
             let mut b = [0u8; 4096];
             let n = io.read(&mut b).await.expect("read");
-            assert!(n > 0, "closed while a SASL frame was expected");
+            assert!(n > 0, "closed while a frame was expected");
             buf.extend_from_slice(&b[..n]);
         }
     })
     .await
-    .expect("no SASL frame")
+    .expect("no frame")
 }
 
 fn init(mechanism: &str, response: &[u8]) -> Vec<u8> {
@@ -583,22 +592,20 @@ async fn the_tpm_sasl_exchange_is_what_the_clients_parse() {
 
 /// Reads the next AMQP frame the server sends (every one must fit the 512-byte max-frame-size
 /// the raw client announced: `next_frame` refuses a larger one).
-async fn read_frame(io: &mut Tls, buf: &mut bytes::BytesMut) -> fe2o3_amqp::frames::amqp::FrameBody {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match dps_amqp::codec::next_frame(buf, 512) {
-                Ok(Some(f)) => return f.body,
-                Ok(None) => {}
-                Err(e) => panic!("the server sent a frame the client refuses: {e}"),
+async fn read_frame(io: &mut Tls, buf: &mut Vec<u8>) -> fe2o3_amqp::frames::amqp::FrameBody {
+    read_next(io, buf, |buf| {
+        let mut b = bytes::BytesMut::from(&buf[..]);
+        match dps_amqp::codec::next_frame(&mut b, 512) {
+            Ok(Some(f)) => {
+                let used = buf.len() - b.len();
+                buf.drain(..used);
+                Some(f.body)
             }
-            let mut b = [0u8; 4096];
-            let n = io.read(&mut b).await.expect("read");
-            assert!(n > 0, "closed while a frame was expected");
-            buf.extend_from_slice(&b[..n]);
+            Ok(None) => None,
+            Err(e) => panic!("the server sent a frame the client refuses: {e}"),
         }
     })
     .await
-    .expect("no frame")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -714,7 +721,7 @@ async fn the_engine_answers_pipelined_frames_sends_heartbeats_and_answers_detach
     let mut got = [0u8; 8];
     io.read_exact(&mut got).await.expect("amqp header");
     assert_eq!(&got, b"AMQP\x00\x01\x00\x00");
-    let mut buf = bytes::BytesMut::new();
+    let mut buf = Vec::new();
     let FrameBody::Open(theirs) = read_frame(&mut io, &mut buf).await else { panic!("not an open") };
     assert!(theirs.idle_time_out.is_some_and(|ms| ms > 0), "our idle-time-out is announced");
     assert!(matches!(read_frame(&mut io, &mut buf).await, FrameBody::Begin(b) if b.remote_channel == Some(0)));
