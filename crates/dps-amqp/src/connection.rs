@@ -1,7 +1,9 @@
-//! The connection driver: header sniff → SASL (ours) or no SASL → fe2o3's no-SASL acceptor on a
-//! stream that replays what we read → one session at a time → the two links → requests to the
-//! device API. Every step before authentication is bounded in time; every bad input is answered
-//! in AMQP's own terms (header, sasl-outcome, detach, rejected disposition, close), logged once.
+//! The connection driver: header sniff → SASL (ours) or no SASL → our AMQP engine: one task,
+//! one read buffer, the connection, one session at a time and the device's two links as plain
+//! state, the frames decoded and encoded with `fe2o3-amqp`'s types ([`crate::codec`]) →
+//! requests to the device API. Every step before authentication is bounded in time; every bad
+//! input is answered in AMQP's own terms (header, sasl-outcome, detach, rejected disposition,
+//! close), logged once.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -12,24 +14,22 @@ use bytes::BytesMut;
 use dps_core::device::{AuthOutcome, ConnectionFacts, Credential, DeviceReply, DeviceSession};
 use dps_core::error::{Error, WireError};
 use dps_core::service::Services;
-use fe2o3_amqp::acceptor::{
-    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle, SessionAcceptor,
+use fe2o3_amqp::frames::amqp::{Frame, FrameBody};
+use fe2o3_amqp::types::definitions::{
+    self, AmqpError, ConnectionError, ErrorCondition, LinkError, ReceiverSettleMode, Role, SenderSettleMode,
 };
-use fe2o3_amqp::link::delivery::DeliveryInfo;
-use fe2o3_amqp::link::RecvError;
-use fe2o3_amqp::types::definitions::{self, AmqpError, ConnectionError, ErrorCondition, Role};
-use fe2o3_amqp::types::messaging::{Body, Data, Message, TargetArchetype};
-use fe2o3_amqp::types::performatives::Attach;
-use fe2o3_amqp::types::primitives::{Symbol, Value};
-use fe2o3_amqp::{Delivery, Receiver, Sendable, Sender};
+use fe2o3_amqp::types::messaging::{Accepted, Data, DeliveryState, Message, Rejected, TargetArchetype};
+use fe2o3_amqp::types::performatives::{Attach, Begin, Close, Detach, Disposition, End, Flow, Open, Transfer};
+use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::address::{parse_link_address, same_device};
+use crate::codec::{self, FrameError};
 use crate::header::{self, Sniff};
 use crate::mapping::{self, Answer, Operation};
-use crate::replay::Replay;
 use crate::sasl::driver::{self, SaslEnd};
 use crate::sasl::{Identity, SaslLimits};
 
@@ -52,7 +52,8 @@ pub struct AmqpSettings {
     pub max_message_size: u64,
     /// How long the device API may take for one call.
     pub call_timeout: Duration,
-    /// How long a response may wait for the device's credit and disposition.
+    /// Unused since the engine is ours: a response waits in a bounded queue for the device's
+    /// link credit instead. Kept so configurations that set it still build.
     pub response_timeout: Duration,
     /// How long our Close may wait for the device's.
     pub close_timeout: Duration,
@@ -124,14 +125,15 @@ where
     };
     let _ = buf.split_to(8);
     let mut session = ctx.services.device_session(ctx.facts.clone());
-    let (auth, prefix) = if sasl {
-        let run = driver::run(&mut io, &mut buf, &mut session, None, settings.sasl, peer);
+    let auth = if sasl {
+        // Boxed: the SASL future is large and lives only during the exchange.
+        let run = Box::pin(driver::run(&mut io, &mut buf, &mut session, None, settings.sasl, peer));
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
             r = run => r,
         };
         match result {
-            Ok(identity) => (Auth::Named(identity), buf.freeze()),
+            Ok(identity) => Auth::Named(identity),
             Err(SaslEnd::Closed) => return,
             Err(SaslEnd::Failed { code, reason }) => {
                 tracing::info!(%peer, code = ?code, reason = %reason, "amqp: SASL authentication failed");
@@ -145,45 +147,24 @@ where
             }
         }
     } else {
-        let mut prefix = BytesMut::with_capacity(8 + buf.len());
-        prefix.extend_from_slice(&header::AMQP_HEADER);
-        prefix.extend_from_slice(&buf);
-        (Auth::Pending, prefix.freeze())
+        Auth::Pending
     };
-    // The connection's lifetime ends here at the latest: a peer that never answers our Close
-    // does not keep fe2o3's engine (and the socket) alive.
-    let kill = CancellationToken::new();
-    let reported = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stream = Replay::new(prefix, io, settings.max_frame_size, peer, kill.clone(), reported.clone());
-    let acceptor = ConnectionAcceptor::builder()
-        .container_id(settings.container_id.clone())
-        .max_frame_size(settings.max_frame_size)
-        .channel_max(0u16)
-        .idle_time_out(u32::try_from(settings.idle_timeout.as_millis()).unwrap_or(u32::MAX))
-        .build();
-    let auth_deadline = started + settings.authenticate_timeout;
-    let opened = tokio::select! {
-        () = shutdown.cancelled() => { kill.cancel(); return; }
-        r = tokio::time::timeout_at(auth_deadline, acceptor.accept(stream)) => r,
+    let mut conn = Conn {
+        io,
+        buf,
+        ctx: &ctx,
+        session: &mut session,
+        auth,
+        api_version: None,
+        auth_deadline: started + settings.authenticate_timeout,
+        peer_max_frame: 512,
+        heartbeat: None,
+        last_sent: Instant::now(),
+        last_received: Instant::now(),
+        open_sent: false,
+        sess: None,
     };
-    let connection = match opened {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            if !reported.load(std::sync::atomic::Ordering::Relaxed) {
-                tracing::info!(%peer, error = %e, "amqp: connection not opened");
-            }
-            kill.cancel();
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "amqp: connection not opened within {:?}; closing", settings.authenticate_timeout);
-            kill.cancel();
-            return;
-        }
-    };
-    let mut conn = Conn { ctx: &ctx, session: &mut session, auth, api_version: None, auth_deadline };
-    conn.run(connection, &shutdown).await;
-    kill.cancel();
+    conn.serve(sasl, &shutdown).await;
 }
 
 /// Reads until the first 8 bytes are known (or are known not to be a header we serve).
@@ -231,61 +212,119 @@ enum Auth {
     Pending,
 }
 
-struct Conn<'a> {
+/// Link credit we grant the device's request link (given back after each request).
+const CREDIT: u32 = 8;
+/// Our session's incoming window (transfer frames); renewed whenever it falls to half.
+const INCOMING_WINDOW: u32 = 2048;
+/// Our session's outgoing window as we announce it.
+const OUTGOING_WINDOW: u32 = 2048;
+/// Highest link handle: a session has at most a few links, each handle is a bit of a `u8`.
+const HANDLE_MAX: u32 = 7;
+/// Responses held for a sender link (or credit) that is not there yet.
+const MAX_WAITING: usize = 4;
+/// A read buffer larger than this is given back once it is empty (idle connections stay small).
+const IDLE_BUFFER: usize = 2 * 1024;
+/// The read buffer an idle connection waits with.
+const READ_CHUNK: usize = 256;
+
+/// The connection is over (the peer is gone, or we closed it); nothing more is sent.
+struct Stop;
+
+type Step = Result<(), Stop>;
+
+/// Our sender link: the device's receiver, where responses go.
+struct Out {
+    handle: u32,
+    delivery_count: u32,
+    credit: u32,
+    /// The device asked for settled deliveries (`snd-settle-mode` settled).
+    presettled: bool,
+}
+
+/// Our receiver link: the device's sender, where requests come from.
+struct In {
+    handle: u32,
+    delivery_count: u32,
+    /// The delivery being gathered from transfers with `more`.
+    partial: Option<Partial>,
+}
+
+struct Partial {
+    delivery_id: u32,
+    settled: bool,
+    payload: Vec<u8>,
+}
+
+/// The one session (state of AMQP 1.0 §2.5.6 and the two links).
+struct Sess {
+    /// The device's channel for it (ours is 0).
+    channel: u16,
+    next_outgoing_id: u32,
+    next_incoming_id: u32,
+    incoming_window: u32,
+    remote_incoming_window: u32,
+    sender: Option<Out>,
+    receiver: Option<In>,
+    /// Responses waiting for the sender link or its credit.
+    waiting: VecDeque<Message<Data>>,
+    /// Handles we detached (refused) whose detach from the device is still to come: not answered.
+    detaching: u8,
+    next_tag: u32,
+}
+
+impl Sess {
+    fn handle_in_use(&self, handle: u32) -> bool {
+        self.sender.as_ref().is_some_and(|o| o.handle == handle)
+            || self.receiver.as_ref().is_some_and(|i| i.handle == handle)
+            || self.detaching & bit(handle) != 0
+    }
+}
+
+fn bit(handle: u32) -> u8 {
+    if handle <= HANDLE_MAX {
+        1 << handle
+    } else {
+        0
+    }
+}
+
+struct Conn<'a, S> {
+    io: S,
+    /// The one read buffer: grown to the frame being read, given back when idle.
+    buf: BytesMut,
     ctx: &'a ConnectionContext,
     session: &'a mut DeviceSession,
     auth: Auth,
     api_version: Option<String>,
     auth_deadline: Instant,
+    /// Our frames stay within the device's `max-frame-size`.
+    peer_max_frame: usize,
+    /// Half the device's `idle-time-out`: we send an empty frame when silent this long.
+    heartbeat: Option<Duration>,
+    last_sent: Instant,
+    last_received: Instant,
+    open_sent: bool,
+    sess: Option<Sess>,
 }
 
-enum SessionEnd {
-    /// The peer ended the session; the connection goes on.
-    Ended,
-    /// Stop serving this connection.
-    Stop,
-}
-
-enum Event {
+enum Wake {
     Shutdown,
     AuthTimeout,
-    Attach(Option<Box<Attach>>),
-    Delivery(Box<Result<Delivery<Body<Value>>, RecvError>>),
-    SenderDetached,
-}
-
-/// Links of one session: at most one of each direction.
-#[derive(Default)]
-struct Links {
-    /// Ours, the device's receiver: responses go here.
-    sender: Option<Sender>,
-    /// Ours, the device's sender: requests come from here.
-    receiver: Option<Receiver>,
-    /// Responses waiting for a sender link (a client may attach its receiver second).
-    waiting: VecDeque<Message<Data>>,
-}
-
-/// Responses held for a sender link that is not there yet.
-const MAX_WAITING: usize = 4;
-
-async fn next_delivery(receiver: &mut Option<Receiver>) -> Result<Delivery<Body<Value>>, RecvError> {
-    match receiver {
-        Some(r) => r.recv::<Body<Value>>().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sender_detached(sender: &mut Option<Sender>) {
-    match sender {
-        Some(s) => {
-            let _ = s.on_detach().await;
-        }
-        None => std::future::pending().await,
-    }
+    Idle,
+    Heartbeat,
+    Read(std::io::Result<usize>),
 }
 
 fn condition_error(condition: ErrorCondition, e: &WireError) -> definitions::Error {
     definitions::Error { condition, description: Some(e.body().to_string()), info: None }
+}
+
+fn error(condition: ErrorCondition, message: &str) -> definitions::Error {
+    definitions::Error { condition, description: Some(message.to_owned()), info: None }
+}
+
+fn limit_error(message: &str) -> definitions::Error {
+    error(ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded), message)
 }
 
 fn attach_address(attach: &Attach) -> Option<String> {
@@ -310,9 +349,13 @@ fn attach_api_version(attach: &Attach) -> Option<String> {
     }
 }
 
-impl Conn<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     fn peer(&self) -> SocketAddr {
         self.ctx.facts.peer
+    }
+
+    fn settings(&self) -> &AmqpSettings {
+        &self.ctx.settings
     }
 
     /// The DPS error body of an error this adapter decides (not logged: the caller logs once).
@@ -320,116 +363,298 @@ impl Conn<'_> {
         self.ctx.services.wire_error(e)
     }
 
-    async fn run(&mut self, mut connection: ListenerConnectionHandle, shutdown: &CancellationToken) {
-        let settings = self.ctx.settings.clone();
-        loop {
-            let pending = matches!(self.auth, Auth::Pending);
-            let incoming = tokio::select! {
-                () = shutdown.cancelled() => {
-                    let e = definitions::Error::new(ConnectionError::ConnectionForced, Some("the server is shutting down".to_owned()), None);
-                    let _ = tokio::time::timeout(settings.close_timeout, connection.close_with_error(e)).await;
-                    return;
-                }
-                () = tokio::time::sleep_until(self.auth_deadline), if pending => {
-                    self.refuse_unauthenticated(&mut connection).await;
-                    return;
-                }
-                s = connection.next_incoming_session() => s,
-            };
-            let Some(incoming) = incoming else {
-                // The peer closed; fe2o3 has answered.
-                let _ = tokio::time::timeout(settings.close_timeout, connection.on_close()).await;
+    async fn serve(&mut self, sasl: bool, shutdown: &CancellationToken) {
+        let deadline = self.auth_deadline;
+        let opened = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = tokio::time::timeout_at(deadline, self.open(sasl)) => r,
+        };
+        match opened {
+            Ok(Ok(())) => {}
+            Ok(Err(Stop)) => return,
+            Err(_) => {
+                tracing::info!(peer = %self.peer(), "amqp: connection not opened within {:?}; closing", self.settings().authenticate_timeout);
+                let _ = self.io.shutdown().await;
                 return;
-            };
-            let acceptor = SessionAcceptor::builder().handle_max(7u32).build();
-            let mut session = match acceptor.accept_incoming_session(incoming, &mut connection).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::info!(peer = %self.peer(), error = %e, "amqp: session not begun");
-                    let _ = tokio::time::timeout(settings.close_timeout, connection.close()).await;
-                    return;
+            }
+        }
+        let _ = self.run(shutdown).await;
+    }
+
+    /// The AMQP header (after SASL the client sends it again), then the device's Open and ours.
+    async fn open(&mut self, sasl: bool) -> Step {
+        if sasl {
+            while self.buf.len() < 8 {
+                self.fill(8).await?;
+            }
+            let got = self.buf.split_to(8);
+            if got[..] != header::AMQP_HEADER {
+                tracing::info!(peer = %self.peer(), "amqp: after SASL, not the AMQP 1.0 protocol header; answered with ours and closed");
+                let _ = self.io.write_all(&header::AMQP_HEADER).await;
+                let _ = self.io.shutdown().await;
+                return Err(Stop);
+            }
+        }
+        self.write(&header::AMQP_HEADER).await?;
+        let max = self.settings().max_frame_size;
+        let frame = loop {
+            match codec::next_frame(&mut self.buf, max) {
+                Ok(Some(f)) => break f,
+                Ok(None) => {
+                    let need = codec::missing(&self.buf, max);
+                    self.fill(need).await?;
                 }
-            };
-            match self.run_session(&mut session, shutdown).await {
-                SessionEnd::Ended => {
-                    let _ = tokio::time::timeout(settings.close_timeout, session.end()).await;
+                Err(e) => return self.malformed(&e).await,
+            }
+        };
+        let FrameBody::Open(open) = frame.body else {
+            return self.violation("the first frame is not an open").await;
+        };
+        self.last_received = Instant::now();
+        let theirs = usize::try_from(open.max_frame_size.0).unwrap_or(usize::MAX);
+        self.peer_max_frame = theirs.clamp(512, self.settings().max_frame_size as usize);
+        self.heartbeat = open
+            .idle_time_out
+            .filter(|ms| *ms > 0)
+            .map(|ms| Duration::from_millis(u64::from(ms) / 2).max(Duration::from_millis(500)));
+        self.send_open().await
+    }
+
+    async fn send_open(&mut self) -> Step {
+        let s = self.settings();
+        let ours = Open {
+            container_id: s.container_id.clone(),
+            hostname: None,
+            max_frame_size: s.max_frame_size.into(),
+            channel_max: 0u16.into(),
+            idle_time_out: Some(u32::try_from(s.idle_timeout.as_millis()).unwrap_or(u32::MAX)),
+            outgoing_locales: None,
+            incoming_locales: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        self.open_sent = true;
+        self.send(0, &ours, &[]).await
+    }
+
+    /// Reads at least once more, with room for `need` more bytes (0: a small chunk).
+    async fn fill(&mut self, need: usize) -> Step {
+        self.buf.reserve(need.max(READ_CHUNK.saturating_sub(self.buf.len())));
+        match self.io.read_buf(&mut self.buf).await {
+            Ok(0) | Err(_) => Err(Stop),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Step {
+        let written = async {
+            self.io.write_all(bytes).await?;
+            self.io.flush().await
+        };
+        match written.await {
+            Ok(()) => {
+                self.last_sent = Instant::now();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.ctx.facts.peer, error = %e, "amqp: write failed");
+                Err(Stop)
+            }
+        }
+    }
+
+    async fn send<P: Serialize>(&mut self, channel: u16, performative: &P, payload: &[u8]) -> Step {
+        let mut out = Vec::with_capacity(64 + payload.len());
+        if let Err(e) = codec::encode(&mut out, channel, performative, payload) {
+            tracing::warn!(peer = %self.peer(), error = %e, "amqp: a frame of ours does not encode");
+            return Err(Stop);
+        }
+        self.write(&out).await
+    }
+
+    /// The frame loop: one frame at a time from the buffer, else wait for bytes, a deadline or
+    /// shutdown.
+    async fn run(&mut self, shutdown: &CancellationToken) -> Step {
+        let max = self.settings().max_frame_size;
+        loop {
+            match codec::next_frame(&mut self.buf, max) {
+                Ok(Some(frame)) => {
+                    self.last_received = Instant::now();
+                    self.on_frame(frame).await?;
+                    continue;
                 }
-                SessionEnd::Stop => {
-                    drop(session);
-                    if matches!(self.auth, Auth::Pending) {
-                        self.refuse_unauthenticated(&mut connection).await;
-                    } else if shutdown.is_cancelled() {
-                        let e = definitions::Error::new(
-                            ConnectionError::ConnectionForced,
-                            Some("the server is shutting down".to_owned()),
-                            None,
-                        );
-                        let _ = tokio::time::timeout(settings.close_timeout, connection.close_with_error(e)).await;
-                    } else {
-                        let _ = tokio::time::timeout(settings.close_timeout, connection.close()).await;
-                    }
-                    return;
+                Ok(None) => {}
+                Err(e) => return self.malformed(&e).await,
+            }
+            if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER {
+                self.buf = BytesMut::new();
+            }
+            let need = codec::missing(&self.buf, max);
+            self.buf.reserve(need.max(READ_CHUNK.saturating_sub(self.buf.len())));
+            let pending = matches!(self.auth, Auth::Pending);
+            let idle_at = self.last_received + self.settings().idle_timeout;
+            let beat_at = self.heartbeat.map(|h| self.last_sent + h);
+            let wake = tokio::select! {
+                () = shutdown.cancelled() => Wake::Shutdown,
+                () = tokio::time::sleep_until(self.auth_deadline), if pending => Wake::AuthTimeout,
+                () = tokio::time::sleep_until(idle_at) => Wake::Idle,
+                () = tokio::time::sleep_until(beat_at.unwrap_or(idle_at)), if beat_at.is_some() => Wake::Heartbeat,
+                r = self.io.read_buf(&mut self.buf) => Wake::Read(r),
+            };
+            match wake {
+                Wake::Read(Ok(0)) => return Err(Stop),
+                Wake::Read(Err(e)) => {
+                    tracing::debug!(peer = %self.peer(), error = %e, "amqp: read failed");
+                    return Err(Stop);
+                }
+                Wake::Read(Ok(_)) => {}
+                Wake::Heartbeat => self.write(&codec::EMPTY_FRAME).await?,
+                Wake::Shutdown => {
+                    let e = error(
+                        ErrorCondition::ConnectionError(ConnectionError::ConnectionForced),
+                        "the server is shutting down",
+                    );
+                    return self.close(Some(e)).await;
+                }
+                Wake::AuthTimeout => return self.refuse_unauthenticated().await,
+                Wake::Idle => {
+                    tracing::info!(peer = %self.peer(), "amqp: nothing received within our idle-time-out of {:?}; closing", self.settings().idle_timeout);
+                    let e = limit_error("idle-time-out exceeded");
+                    return self.close(Some(e)).await;
                 }
             }
         }
     }
 
-    async fn refuse_unauthenticated(&mut self, connection: &mut ListenerConnectionHandle) {
-        let settings = &self.ctx.settings;
-        tracing::info!(peer = %self.peer(), "amqp: no link named the device within {:?}; closing", settings.authenticate_timeout);
+    /// Sends our Close (after our Open, if it was not sent), waits a while for the device's,
+    /// then ends the stream.
+    async fn close(&mut self, e: Option<definitions::Error>) -> Step {
+        if !self.open_sent {
+            self.send_open().await?;
+        }
+        self.send(0, &Close { error: e }, &[]).await?;
+        let max = self.settings().max_frame_size;
+        let close_timeout = self.settings().close_timeout;
+        let wait = async {
+            loop {
+                match codec::next_frame(&mut self.buf, max) {
+                    Ok(Some(Frame { body: FrameBody::Close(_), .. })) | Err(_) => return,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                }
+                let need = codec::missing(&self.buf, max);
+                if self.fill(need).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(close_timeout, wait).await;
+        let _ = self.io.shutdown().await;
+        Err(Stop)
+    }
+
+    /// A frame that is not AMQP: logged once, the connection closed with a framing error.
+    async fn malformed(&mut self, e: &FrameError) -> Step {
+        tracing::info!(peer = %self.peer(), reason = %e, "amqp: malformed frame; closing the connection");
+        self.buf.clear();
+        if !self.open_sent {
+            self.send_open().await?;
+        }
+        let err = error(ErrorCondition::ConnectionError(ConnectionError::FramingError), &e.to_string());
+        self.send(0, &Close { error: Some(err) }, &[]).await?;
+        close_after_refusal(&mut self.io).await;
+        Err(Stop)
+    }
+
+    /// A frame out of place (AMQP's rules, not DPS's): logged once, the connection closed.
+    async fn violation(&mut self, reason: &str) -> Step {
+        tracing::info!(peer = %self.peer(), reason = %reason, "amqp: protocol violation; closing the connection");
+        self.close(Some(error(ErrorCondition::AmqpError(AmqpError::NotAllowed), reason))).await
+    }
+
+    async fn refuse_unauthenticated(&mut self) -> Step {
+        tracing::info!(peer = %self.peer(), "amqp: no link named the device within {:?}; closing", self.settings().authenticate_timeout);
         let e =
             self.wire(&Error::Unauthorized("no link named {idScope}/registrations/{registrationId} in time".into()));
         let err = condition_error(ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess), &e);
-        let _ = tokio::time::timeout(settings.close_timeout, connection.close_with_error(err)).await;
+        self.close(Some(err)).await
     }
 
-    async fn run_session(&mut self, session: &mut ListenerSessionHandle, shutdown: &CancellationToken) -> SessionEnd {
-        let mut links = Links::default();
-        loop {
-            let pending = matches!(self.auth, Auth::Pending);
-            let event = tokio::select! {
-                () = shutdown.cancelled() => Event::Shutdown,
-                () = tokio::time::sleep_until(self.auth_deadline), if pending => Event::AuthTimeout,
-                a = session.next_incoming_attach() => Event::Attach(a.map(Box::new)),
-                d = next_delivery(&mut links.receiver) => Event::Delivery(Box::new(d)),
-                () = sender_detached(&mut links.sender) => Event::SenderDetached,
-            };
-            match event {
-                Event::Delivery(d) => self.on_delivery_result(*d, &mut links).await,
-                Event::Shutdown | Event::AuthTimeout => return SessionEnd::Stop,
-                Event::Attach(None) => return SessionEnd::Ended,
-                Event::Attach(Some(attach)) => self.on_attach(*attach, session, &mut links).await,
-                Event::SenderDetached => links.sender = None,
+    async fn on_frame(&mut self, frame: Frame) -> Step {
+        let channel = frame.channel;
+        match frame.body {
+            FrameBody::Empty => Ok(()),
+            FrameBody::Close(_) => {
+                // Answered, then the connection is over.
+                let _ = self.send(0, &Close { error: None }, &[]).await;
+                let _ = self.io.shutdown().await;
+                Err(Stop)
             }
-        }
-    }
-
-    async fn on_delivery_result(&mut self, d: Result<Delivery<Body<Value>>, RecvError>, links: &mut Links) {
-        match d {
-            Ok(delivery) => self.on_delivery(delivery, links).await,
-            Err(RecvError::MessageDecode(e)) => {
-                tracing::info!(peer = %self.peer(), error = %e.source, "amqp: request message does not decode");
-                let err = mapping::rejection(
-                    &self.wire(&Error::Invalid(format!("the message does not decode: {}", e.source))),
-                );
-                if let Some(r) = &links.receiver {
-                    let _ = r.reject(e.info, err).await;
+            FrameBody::Open(_) => self.violation("a second open").await,
+            FrameBody::Begin(b) => self.on_begin(channel, b).await,
+            body => {
+                if self.sess.as_ref().map(|s| s.channel) != Some(channel) {
+                    return self.violation("a frame on a channel without a session").await;
+                }
+                match body {
+                    FrameBody::End(_) => {
+                        self.sess = None;
+                        self.send(0, &End { error: None }, &[]).await
+                    }
+                    FrameBody::Attach(a) => self.on_attach(a).await,
+                    FrameBody::Flow(f) => self.on_flow(f).await,
+                    FrameBody::Transfer { performative, payload } => self.on_transfer(performative, &payload).await,
+                    FrameBody::Disposition(d) => self.on_disposition(d).await,
+                    FrameBody::Detach(d) => self.on_detach(d).await,
+                    _ => Ok(()),
                 }
             }
-            Err(RecvError::MessageSizeExceeded(e)) => {
-                tracing::info!(peer = %self.peer(), error = %e, "amqp: request larger than the link's max-message-size; link detached");
-                links.receiver = None;
-            }
-            Err(e) => {
-                tracing::debug!(peer = %self.peer(), error = %e, "amqp: request link ended");
-                links.receiver = None;
-            }
         }
+    }
+
+    async fn on_begin(&mut self, channel: u16, begin: Begin) -> Step {
+        if self.sess.is_some() {
+            return self.violation("a second session (one at a time)").await;
+        }
+        if begin.remote_channel.is_some() {
+            return self.violation("a begin answering a session we did not begin").await;
+        }
+        self.sess = Some(Sess {
+            channel,
+            next_outgoing_id: 0,
+            next_incoming_id: begin.next_outgoing_id,
+            incoming_window: INCOMING_WINDOW,
+            remote_incoming_window: begin.incoming_window,
+            sender: None,
+            receiver: None,
+            waiting: VecDeque::new(),
+            detaching: 0,
+            next_tag: 0,
+        });
+        let ours = Begin {
+            remote_channel: Some(channel),
+            next_outgoing_id: 0,
+            incoming_window: INCOMING_WINDOW,
+            outgoing_window: OUTGOING_WINDOW,
+            handle_max: HANDLE_MAX.into(),
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        self.send(0, &ours, &[]).await
     }
 
     /// Checks an attach against the connection's identity (authenticating it first when there
-    /// was no SASL), then accepts it, or accepts and at once closes it with the reason.
-    async fn on_attach(&mut self, attach: Attach, session: &mut ListenerSessionHandle, links: &mut Links) {
+    /// was no SASL), then attaches it, or attaches and at once closes it with the reason.
+    async fn on_attach(&mut self, attach: Attach) -> Step {
+        let handle = u32::from(attach.handle.clone());
+        if handle > HANDLE_MAX {
+            return self.violation("link handle above handle-max").await;
+        }
+        if self.sess.as_ref().is_some_and(|s| s.handle_in_use(handle)) {
+            return self.violation("link handle already in use").await;
+        }
         let address = attach_address(&attach);
         let api_version = attach_api_version(&attach);
         let fresh_api_version = api_version.is_some() && api_version != self.api_version;
@@ -466,25 +691,39 @@ impl Conn<'_> {
                 }
             }
         };
-        let link_name = attach.name.clone();
-        let acceptor = LinkAcceptor::builder().max_message_size(self.ctx.settings.max_message_size).build();
-        let endpoint = match acceptor.accept_incoming_attach(attach, session).await {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::info!(peer = %self.peer(), link = %link_name, error = %e, "amqp: link not attached");
-                return;
-            }
-        };
-        let refusal = match (&verdict, &endpoint) {
-            (Err(e), _) => Some(e.clone()),
-            (Ok(()), LinkEndpoint::Sender(_)) if links.sender.is_some() => {
+        let Some(sess) = self.sess.as_ref() else { return Ok(()) };
+        // The device's role: its sender is our receiver (requests), its receiver our sender.
+        let device_sends = matches!(attach.role, Role::Sender);
+        let refusal = match &verdict {
+            Err(e) => Some(e.clone()),
+            Ok(()) if !device_sends && sess.sender.is_some() => {
                 Some(limit_error("a response link is already attached"))
             }
-            (Ok(()), LinkEndpoint::Receiver(_)) if links.receiver.is_some() => {
+            Ok(()) if device_sends && sess.receiver.is_some() => {
                 Some(limit_error("a request link is already attached"))
             }
-            _ => None,
+            Ok(()) => None,
         };
+        let link_name = attach.name.clone();
+        let presettled = matches!(attach.snd_settle_mode, SenderSettleMode::Settled);
+        let initial_delivery_count = attach.initial_delivery_count.unwrap_or(0);
+        let ours = Attach {
+            name: attach.name,
+            handle: handle.into(),
+            role: if device_sends { Role::Receiver } else { Role::Sender },
+            snd_settle_mode: attach.snd_settle_mode,
+            rcv_settle_mode: ReceiverSettleMode::First,
+            source: attach.source,
+            target: attach.target,
+            unsettled: None,
+            incomplete_unsettled: false,
+            initial_delivery_count: if device_sends { None } else { Some(0) },
+            max_message_size: Some(self.settings().max_message_size),
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        self.send(0, &ours, &[]).await?;
         if let Some(err) = refusal {
             tracing::info!(
                 peer = %self.peer(),
@@ -492,52 +731,164 @@ impl Conn<'_> {
                 reason = %err.description.as_deref().unwrap_or(""),
                 "amqp: link refused"
             );
-            let closed = match endpoint {
-                LinkEndpoint::Sender(s) => s.close_with_error(err).await.map_err(|e| e.to_string()),
-                LinkEndpoint::Receiver(r) => r.close_with_error(err).await.map_err(|e| e.to_string()),
+            return self.detach(handle, err).await;
+        }
+        let Some(sess) = self.sess.as_mut() else { return Ok(()) };
+        if device_sends {
+            sess.receiver = Some(In { handle, delivery_count: initial_delivery_count, partial: None });
+            self.send_flow(Some(handle)).await
+        } else {
+            sess.sender = Some(Out { handle, delivery_count: 0, credit: 0, presettled });
+            Ok(())
+        }
+    }
+
+    /// Closes one of our links with an error; the device's detach that follows is not answered.
+    async fn detach(&mut self, handle: u32, err: definitions::Error) -> Step {
+        if let Some(sess) = self.sess.as_mut() {
+            sess.detaching |= bit(handle);
+            if sess.sender.as_ref().is_some_and(|o| o.handle == handle) {
+                sess.sender = None;
+            }
+            if sess.receiver.as_ref().is_some_and(|i| i.handle == handle) {
+                sess.receiver = None;
+            }
+        }
+        self.send(0, &Detach { handle: handle.into(), closed: true, error: Some(err) }, &[]).await
+    }
+
+    /// Our flow: the session's state, and a link's when `handle` names one (the request link
+    /// gets its credit back to [`CREDIT`]).
+    async fn send_flow(&mut self, handle: Option<u32>) -> Step {
+        let Some(sess) = self.sess.as_mut() else { return Ok(()) };
+        sess.incoming_window = INCOMING_WINDOW;
+        let mut flow = Flow {
+            next_incoming_id: Some(sess.next_incoming_id),
+            incoming_window: INCOMING_WINDOW,
+            next_outgoing_id: sess.next_outgoing_id,
+            outgoing_window: OUTGOING_WINDOW,
+            handle: None,
+            delivery_count: None,
+            link_credit: None,
+            available: None,
+            drain: false,
+            echo: false,
+            properties: None,
+        };
+        if let Some(h) = handle {
+            if let Some(i) = sess.receiver.as_ref().filter(|i| i.handle == h) {
+                flow.handle = Some(h.into());
+                flow.delivery_count = Some(i.delivery_count);
+                flow.link_credit = Some(CREDIT);
+            } else if let Some(o) = sess.sender.as_ref().filter(|o| o.handle == h) {
+                flow.handle = Some(h.into());
+                flow.delivery_count = Some(o.delivery_count);
+                flow.link_credit = Some(o.credit);
+                flow.available = Some(u32::try_from(sess.waiting.len()).unwrap_or(0));
+            }
+        }
+        self.send(0, &flow, &[]).await
+    }
+
+    async fn on_flow(&mut self, flow: Flow) -> Step {
+        let Some(sess) = self.sess.as_mut() else { return Ok(()) };
+        sess.remote_incoming_window = match flow.next_incoming_id {
+            Some(next) => next.wrapping_add(flow.incoming_window).wrapping_sub(sess.next_outgoing_id),
+            None => flow.incoming_window,
+        };
+        let handle = flow.handle.map(u32::from);
+        let mut drain = false;
+        if let (Some(h), Some(out)) = (handle, sess.sender.as_mut()) {
+            if out.handle == h {
+                let count = flow.delivery_count.unwrap_or(out.delivery_count);
+                out.credit =
+                    count.wrapping_add(flow.link_credit.unwrap_or(0)).wrapping_sub(out.delivery_count).min(1 << 20);
+                drain = flow.drain;
+            }
+        }
+        self.send_waiting().await?;
+        if drain {
+            if let Some(out) = self.sess.as_mut().and_then(|s| s.sender.as_mut()) {
+                out.delivery_count = out.delivery_count.wrapping_add(out.credit);
+                out.credit = 0;
+            }
+        }
+        if flow.echo || drain {
+            let h = handle.filter(|h| self.sess.as_ref().is_some_and(|s| s.handle_in_use(*h)));
+            self.send_flow(h).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_transfer(&mut self, t: Transfer, payload: &[u8]) -> Step {
+        let max = self.settings().max_message_size;
+        let Some(sess) = self.sess.as_mut() else { return Ok(()) };
+        sess.next_incoming_id = sess.next_incoming_id.wrapping_add(1);
+        sess.incoming_window = sess.incoming_window.saturating_sub(1);
+        let renew = sess.incoming_window < INCOMING_WINDOW / 2;
+        let handle = u32::from(t.handle);
+        let Some(link) = sess.receiver.as_mut().filter(|i| i.handle == handle) else {
+            if sess.detaching & bit(handle) != 0 {
+                return Ok(());
+            }
+            return self.violation("a transfer on a handle that is not an attached request link").await;
+        };
+        if t.aborted {
+            link.partial = None;
+            return if renew { self.send_flow(None).await } else { Ok(()) };
+        }
+        let partial = match link.partial.take() {
+            Some(p) => p,
+            None => match t.delivery_id {
+                Some(delivery_id) => Partial { delivery_id, settled: false, payload: Vec::new() },
+                None => return self.violation("the first transfer of a delivery has no delivery-id").await,
+            },
+        };
+        let mut partial = partial;
+        partial.settled |= t.settled.unwrap_or(false);
+        if (partial.payload.len() + payload.len()) as u64 > max {
+            tracing::info!(peer = %self.peer(), "amqp: request larger than the link's max-message-size; link detached");
+            let err = error(
+                ErrorCondition::LinkError(LinkError::MessageSizeExceeded),
+                "the message exceeds the link's max-message-size",
+            );
+            return self.detach(handle, err).await;
+        }
+        partial.payload.extend_from_slice(payload);
+        if t.more {
+            link.partial = Some(partial);
+            return if renew { self.send_flow(None).await } else { Ok(()) };
+        }
+        link.delivery_count = link.delivery_count.wrapping_add(1);
+        let Partial { delivery_id, settled, payload } = partial;
+        let answer = self.answer(&payload).await;
+        drop(payload);
+        let (state, response) = match answer {
+            Answer::Reject(err) => (DeliveryState::Rejected(Rejected { error: Some(err) }), None),
+            Answer::Respond(msg) => (DeliveryState::Accepted(Accepted {}), Some(msg)),
+        };
+        // Settle the request first (the device's send completes on it), then answer.
+        if !settled {
+            let d = Disposition {
+                role: Role::Receiver,
+                first: delivery_id,
+                last: None,
+                settled: true,
+                state: Some(state),
+                batchable: false,
             };
-            if let Err(e) = closed {
-                tracing::debug!(peer = %self.peer(), error = %e, "amqp: refused link did not close cleanly");
-            }
-            return;
+            self.send(0, &d, &[]).await?;
         }
-        match endpoint {
-            LinkEndpoint::Sender(s) => {
-                links.sender = Some(s);
-                while let Some(msg) = links.waiting.pop_front() {
-                    send_response(&self.ctx.settings, self.ctx.facts.peer, links, msg).await;
-                }
-            }
-            LinkEndpoint::Receiver(r) => links.receiver = Some(r),
+        self.send_flow(Some(handle)).await?;
+        if let Some(msg) = response {
+            self.respond(*msg).await?;
         }
+        Ok(())
     }
 
-    /// No SASL: the device is the one the link names, proved by its TLS client chain.
-    async fn authenticate_x509(&mut self, identity: Identity) {
-        let asked = self.session.authenticate(
-            &identity.id_scope,
-            &identity.registration_id,
-            self.api_version.as_deref(),
-            Credential::ClientCertificate,
-        );
-        match tokio::time::timeout(self.ctx.settings.call_timeout, asked).await {
-            // A refusal is logged by the session, which answers every request with it.
-            Ok(AuthOutcome::Attested | AuthOutcome::Refused(_)) => {}
-            Ok(AuthOutcome::Challenge { .. }) => {
-                tracing::info!(peer = %self.peer(), registration_id = %identity.registration_id, "amqp: a TPM challenge without SASL; requests will be refused");
-            }
-            Err(_) => {
-                tracing::warn!(peer = %self.peer(), registration_id = %identity.registration_id, "amqp: authentication by the TLS client certificate timed out; requests will be refused");
-            }
-        }
-        self.auth = Auth::Named(identity);
-    }
-
-    async fn on_delivery(&mut self, delivery: Delivery<Body<Value>>, links: &mut Links) {
-        let info = DeliveryInfo::from(&delivery);
-        let parsed = mapping::parse_request(delivery.message());
-        drop(delivery);
-        let answer = match (parsed, &self.auth) {
+    /// The answer to one request message.
+    async fn answer(&mut self, payload: &[u8]) -> Answer {
+        match (mapping::decode_request(payload), &self.auth) {
             (Err(e), _) => {
                 tracing::info!(peer = %self.peer(), reason = %e, "amqp: request refused");
                 Answer::Reject(mapping::rejection(&self.wire(&e.error())))
@@ -555,7 +906,9 @@ impl Conn<'_> {
                         dps_core::device::Operation::OperationStatus { operation_id }
                     }
                 };
-                let reply = match tokio::time::timeout(self.ctx.settings.call_timeout, self.session.handle(op)).await {
+                // Boxed: the device API's future is large and lives only during the call.
+                let call = Box::pin(self.session.handle(op));
+                let reply = match tokio::time::timeout(self.ctx.settings.call_timeout, call).await {
                     Ok(r) => r,
                     Err(_) => {
                         tracing::warn!(peer = %self.peer(), "amqp: device API call timed out");
@@ -568,47 +921,127 @@ impl Conn<'_> {
                 };
                 mapping::answer(&reply, request.correlation_id)
             }
-        };
-        let Some(receiver) = &links.receiver else { return };
-        match answer {
-            Answer::Reject(err) => {
-                let _ = receiver.reject(info, err).await;
+        }
+    }
+
+    /// Queues a response and sends what the sender link's credit allows.
+    async fn respond(&mut self, msg: Message<Data>) -> Step {
+        let Some(sess) = self.sess.as_mut() else { return Ok(()) };
+        if sess.waiting.len() >= MAX_WAITING {
+            tracing::info!(peer = %self.peer(), "amqp: responses pile up without a response link or credit; dropping one");
+            return Ok(());
+        }
+        sess.waiting.push_back(msg);
+        self.send_waiting().await
+    }
+
+    /// Sends waiting responses while the sender link has credit and the session a window.
+    async fn send_waiting(&mut self) -> Step {
+        loop {
+            let Some(sess) = self.sess.as_mut() else { return Ok(()) };
+            let Some(out) = sess.sender.as_mut() else { return Ok(()) };
+            if out.credit == 0 || sess.remote_incoming_window == 0 {
+                return Ok(());
             }
-            Answer::Respond(msg) => {
-                // Settle the request first (the device's send completes on it), then answer.
-                let _ = receiver.accept(info).await;
-                if links.sender.is_some() {
-                    send_response(&self.ctx.settings, self.ctx.facts.peer, links, *msg).await;
-                } else if links.waiting.len() < MAX_WAITING {
-                    links.waiting.push_back(*msg);
-                } else {
-                    tracing::info!(peer = %self.peer(), "amqp: responses pile up without a response link; dropping one");
+            let Some(msg) = sess.waiting.pop_front() else { return Ok(()) };
+            let bytes = match codec::encode_message(msg) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(peer = %self.ctx.facts.peer, error = %e, "amqp: a response does not encode");
+                    continue;
+                }
+            };
+            out.credit -= 1;
+            out.delivery_count = out.delivery_count.wrapping_add(1);
+            let presettled = out.presettled;
+            let handle = out.handle;
+            let tag = sess.next_tag;
+            sess.next_tag = sess.next_tag.wrapping_add(1);
+            let delivery_id = sess.next_outgoing_id;
+            let mut transfer = Transfer {
+                handle: handle.into(),
+                delivery_id: Some(delivery_id),
+                delivery_tag: Some(Binary::from(tag.to_be_bytes().to_vec())),
+                message_format: Some(0),
+                settled: Some(presettled),
+                more: false,
+                rcv_settle_mode: None,
+                state: None,
+                resume: false,
+                aborted: false,
+                batchable: false,
+            };
+            // Within the device's max-frame-size: the transfer performative is under 64 bytes.
+            let room = self.peer_max_frame.saturating_sub(codec::HEADER + 64).max(64);
+            let mut rest = &bytes[..];
+            loop {
+                let (chunk, tail) = rest.split_at(rest.len().min(room));
+                rest = tail;
+                transfer.more = !rest.is_empty();
+                if let Some(s) = self.sess.as_mut() {
+                    s.next_outgoing_id = s.next_outgoing_id.wrapping_add(1);
+                    s.remote_incoming_window = s.remote_incoming_window.saturating_sub(1);
+                }
+                self.send(0, &transfer, chunk).await?;
+                if rest.is_empty() {
+                    break;
                 }
             }
         }
     }
-}
 
-/// Sends a response on the sender link, waiting (bounded) for the device's credit and settlement.
-async fn send_response(settings: &AmqpSettings, peer: SocketAddr, links: &mut Links, msg: Message<Data>) {
-    let Some(sender) = links.sender.as_mut() else { return };
-    let sendable = Sendable::builder().message(msg).settled(false).build();
-    match tokio::time::timeout(settings.response_timeout, sender.send(sendable)).await {
-        Ok(Ok(_outcome)) => {}
-        Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "amqp: response not delivered");
-            links.sender = None;
+    async fn on_disposition(&mut self, d: Disposition) -> Step {
+        // The device settles our responses; if it only decided (receiver settle mode second),
+        // we settle them.
+        if matches!(d.role, Role::Receiver) && !d.settled {
+            let ours = Disposition {
+                role: Role::Sender,
+                first: d.first,
+                last: d.last,
+                settled: true,
+                state: d.state,
+                batchable: false,
+            };
+            return self.send(0, &ours, &[]).await;
         }
-        Err(_) => {
-            tracing::info!(%peer, "amqp: response not settled within {:?}", settings.response_timeout);
-        }
+        Ok(())
     }
-}
 
-fn limit_error(message: &str) -> definitions::Error {
-    definitions::Error {
-        condition: ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded),
-        description: Some(message.to_owned()),
-        info: None,
+    async fn on_detach(&mut self, d: Detach) -> Step {
+        let handle = u32::from(d.handle);
+        let Some(sess) = self.sess.as_mut() else { return Ok(()) };
+        if sess.detaching & bit(handle) != 0 {
+            // The answer to our own detach.
+            sess.detaching &= !bit(handle);
+            return Ok(());
+        }
+        if sess.sender.as_ref().is_some_and(|o| o.handle == handle) {
+            sess.sender = None;
+        }
+        if sess.receiver.as_ref().is_some_and(|i| i.handle == handle) {
+            sess.receiver = None;
+        }
+        self.send(0, &Detach { handle: handle.into(), closed: d.closed, error: None }, &[]).await
+    }
+
+    /// No SASL: the device is the one the link names, proved by its TLS client chain.
+    async fn authenticate_x509(&mut self, identity: Identity) {
+        let asked = Box::pin(self.session.authenticate(
+            &identity.id_scope,
+            &identity.registration_id,
+            self.api_version.as_deref(),
+            Credential::ClientCertificate,
+        ));
+        match tokio::time::timeout(self.ctx.settings.call_timeout, asked).await {
+            // A refusal is logged by the session, which answers every request with it.
+            Ok(AuthOutcome::Attested | AuthOutcome::Refused(_)) => {}
+            Ok(AuthOutcome::Challenge { .. }) => {
+                tracing::info!(peer = %self.peer(), registration_id = %identity.registration_id, "amqp: a TPM challenge without SASL; requests will be refused");
+            }
+            Err(_) => {
+                tracing::warn!(peer = %self.peer(), registration_id = %identity.registration_id, "amqp: authentication by the TLS client certificate timed out; requests will be refused");
+            }
+        }
+        self.auth = Auth::Named(identity);
     }
 }

@@ -177,7 +177,7 @@ pub fn message_mapping(data: &[u8]) {
 
 /// The AMQP frame guard: the first byte says where to split the rest, which is fed in two
 /// pieces and byte by byte; every feeding stops at the same violation as a plain walk over the
-/// frames.
+/// frames. The engine's frame reader then reads the same two pieces.
 pub fn frame_guard(data: &[u8]) {
     const MAX: u32 = 32 * 1024;
     let Some((&split, rest)) = data.split_first() else { return };
@@ -192,6 +192,20 @@ pub fn frame_guard(data: &[u8]) {
     if let Err(v) = want {
         bounded("frame violation", &v.to_string());
     }
+    engine_frames(rest, split);
+}
+
+/// The engine's frame reader (`codec::next_frame`, which decodes the performatives) on the same
+/// two pieces: whatever the bytes, it returns (a frame, "need more", or an error), never panics.
+fn engine_frames(rest: &[u8], split: usize) {
+    const MAX: u32 = 32 * 1024;
+    let mut buf = bytes::BytesMut::from(&rest[..split]);
+    for more in [&rest[split..], &[][..]] {
+        while let Ok(Some(_)) = crate::codec::next_frame(&mut buf, MAX) {}
+        let _ = crate::codec::missing(&buf, MAX);
+        buf.extend_from_slice(more);
+    }
+    while let Ok(Some(_)) = crate::codec::next_frame(&mut buf, MAX) {}
 }
 
 /// The frames of a stream that starts with an 8-byte protocol header, walked plainly.

@@ -4,11 +4,13 @@
 //! Layers, each testable on its own:
 //! - pure, fuzzed: [`header`] (which protocol header opened the stream), [`sasl::frame`] and
 //!   [`sasl::machine`] (SASL PLAIN and TPM as a state machine), [`address`] (link addresses),
-//!   [`mapping`] (DPS requests and answers as AMQP messages), [`replay::FrameGuard`] (AMQP frame
-//!   boundaries before fe2o3 sees them);
+//!   [`mapping`] (DPS requests and answers as AMQP messages), [`codec`] (AMQP frames over bytes,
+//!   with `fe2o3-amqp`'s types and decoder as the only use of that crate), [`replay::FrameGuard`]
+//!   (the same frame-boundary checks byte by byte);
 //! - the driver, [`serve_connection`]: sniff → our async SASL around the machine, or no SASL
-//!   (X.509: the TLS client chain) → `fe2o3-amqp`'s no-SASL acceptor for connection, session and
-//!   links → the connection's `dps_core::device::DeviceSession`: authenticated once (SASL PLAIN:
+//!   (X.509: the TLS client chain) → our engine: one task, one read buffer, no channels, the
+//!   connection, one session and the device's two links as plain state → the connection's
+//!   `dps_core::device::DeviceSession`: authenticated once (SASL PLAIN:
 //!   `Credential::Sas`; no SASL: `Credential::ClientCertificate` when the first link names the
 //!   device), then one `Operation` per request message.
 //!
@@ -21,6 +23,7 @@
 //! under the connection's ID scope; every failure gets an answer in AMQP's terms and one log line.
 
 pub mod address;
+pub mod codec;
 mod connection;
 #[doc(hidden)]
 pub mod fuzz;

@@ -1,20 +1,6 @@
-//! The stream handed to fe2o3 after the header (and SASL): it first replays the bytes we
-//! already read (the client's AMQP header, and whatever came with it), and it checks AMQP frame
-//! boundaries as they pass, so a malformed frame ends the connection here instead of reaching a
-//! decoder that would index past its end.
-
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use std::future::Future;
-
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+//! AMQP frame boundaries followed over a byte stream, holding no frame data: the same checks as
+//! [`crate::codec`] makes on each frame header (size, data offset, type), as a pure state machine
+//! the fuzz targets drive byte by byte.
 
 /// Why the byte stream is not a sequence of AMQP frames.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -127,111 +113,6 @@ impl FrameGuard {
     fn broken(&mut self, v: FrameViolation) -> Result<(), FrameViolation> {
         self.state = GuardState::Broken;
         Err(v)
-    }
-}
-
-/// Replays `prefix`, then reads `inner`; every byte read passes the [`FrameGuard`]. When
-/// `kill` is cancelled the stream ends (reads see EOF, writes fail), whoever holds it.
-pub(crate) struct Replay<S> {
-    prefix: Bytes,
-    inner: S,
-    guard: FrameGuard,
-    peer: SocketAddr,
-    failed: bool,
-    /// Set once a violation was logged, so the driver does not log the same failure again.
-    reported: Arc<AtomicBool>,
-    kill: Pin<Box<WaitForCancellationFutureOwned>>,
-}
-
-impl<S> Replay<S> {
-    pub(crate) fn new(
-        prefix: Bytes,
-        inner: S,
-        max_frame: u32,
-        peer: SocketAddr,
-        kill: CancellationToken,
-        reported: Arc<AtomicBool>,
-    ) -> Replay<S> {
-        Replay {
-            reported,
-            prefix,
-            inner,
-            guard: FrameGuard::new(max_frame),
-            peer,
-            failed: false,
-            kill: Box::pin(kill.cancelled_owned()),
-        }
-    }
-
-    fn killed(&mut self, cx: &mut Context<'_>) -> bool {
-        self.kill.as_mut().poll(cx).is_ready()
-    }
-
-    fn violation(&mut self, v: FrameViolation) -> io::Error {
-        if !self.failed {
-            self.failed = true;
-            self.reported.store(true, Ordering::Relaxed);
-            tracing::info!(peer = %self.peer, reason = %v, "amqp: malformed frame; closing the connection");
-        }
-        io::Error::new(io::ErrorKind::InvalidData, v)
-    }
-}
-
-impl<S> std::fmt::Debug for Replay<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replay").field("prefix", &self.prefix.len()).field("peer", &self.peer).finish_non_exhaustive()
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let me = &mut *self;
-        if me.killed(cx) {
-            return Poll::Ready(Ok(()));
-        }
-        if me.failed {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "malformed AMQP frame")));
-        }
-        if !me.prefix.is_empty() {
-            let n = me.prefix.len().min(buf.remaining());
-            let chunk = me.prefix.split_to(n);
-            if let Err(v) = me.guard.check(&chunk) {
-                return Poll::Ready(Err(me.violation(v)));
-            }
-            buf.put_slice(&chunk);
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        match Pin::new(&mut me.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                let new = &buf.filled()[before..];
-                match me.guard.check(new) {
-                    Ok(()) => Poll::Ready(Ok(())),
-                    Err(v) => {
-                        buf.set_filled(before);
-                        Poll::Ready(Err(me.violation(v)))
-                    }
-                }
-            }
-            other => other,
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if self.killed(cx) {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

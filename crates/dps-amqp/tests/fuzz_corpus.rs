@@ -3,11 +3,13 @@
 //! every test run checks that hostile bytes never panic the header sniff, the SASL machine, the
 //! DPS message mapping or the frame guard.
 
+use dps_amqp::codec;
 use dps_amqp::fuzz;
 use dps_amqp::sasl::frame;
 use fe2o3_amqp::frames::sasl::Frame;
 use fe2o3_amqp::types::messaging::message::__private::Serializable;
 use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Data, Message, MessageId, Properties};
+use fe2o3_amqp::types::performatives::{Begin, Detach, Flow};
 use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
 use fe2o3_amqp::types::sasl::{SaslInit, SaslResponse};
 
@@ -161,6 +163,35 @@ fn frame_guard_survives_hostile_streams() {
     stream.extend_from_slice(b"AMQP\x00\x01\x00\x00");
     stream.extend_from_slice(&[0, 0, 0, 8, 2, 0, 0, 0]);
     stream.extend_from_slice(&[0, 0, 0, 12, 2, 0, 0, 0, 0, 0x53, 0x10, 0x45]);
-    let seeds = vec![stream, vec![0], vec![3, b'A', b'M']];
+    // The engine's frames, as the codec reads them after the header: what a device sends.
+    let mut frames = vec![40u8];
+    let begin = Begin {
+        remote_channel: None,
+        next_outgoing_id: 1,
+        incoming_window: 10,
+        outgoing_window: 10,
+        handle_max: 3.into(),
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    };
+    codec::encode(&mut frames, 0, &begin, &[]).expect("begin");
+    let flow = Flow {
+        next_incoming_id: Some(0),
+        incoming_window: 10,
+        next_outgoing_id: 1,
+        outgoing_window: 10,
+        handle: Some(1.into()),
+        delivery_count: Some(0),
+        link_credit: Some(5),
+        available: None,
+        drain: true,
+        echo: true,
+        properties: None,
+    };
+    codec::encode(&mut frames, 0, &flow, &[]).expect("flow");
+    codec::encode(&mut frames, 0, &Detach { handle: 1.into(), closed: true, error: None }, &[]).expect("detach");
+    frames.extend_from_slice(&codec::EMPTY_FRAME);
+    let seeds = vec![stream, frames, vec![0], vec![3, b'A', b'M']];
     run(&seeds, fuzz::frame_guard, 4);
 }

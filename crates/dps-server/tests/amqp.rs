@@ -155,20 +155,29 @@ async fn sasl_client(addr: SocketAddr) -> Tls {
 }
 
 async fn read_sasl_frame(io: &mut Tls, buf: &mut Vec<u8>) -> SaslFrame {
+    read_next(io, buf, |buf| {
+        let (f, n) = frame::decode(buf, 1 << 16).ok().flatten()?;
+        buf.drain(..n);
+        Some(f)
+    })
+    .await
+}
+
+/// Reads until `take` finds what it wants at the front of `buf` (within WAIT).
+async fn read_next<T>(io: &mut Tls, buf: &mut Vec<u8>, mut take: impl FnMut(&mut Vec<u8>) -> Option<T>) -> T {
     tokio::time::timeout(WAIT, async {
         loop {
-            if let Ok(Some((f, n))) = frame::decode(buf, 1 << 16) {
-                buf.drain(..n);
-                return f;
+            if let Some(t) = take(buf) {
+                return t;
             }
             let mut b = [0u8; 4096];
             let n = io.read(&mut b).await.expect("read");
-            assert!(n > 0, "closed while a SASL frame was expected");
+            assert!(n > 0, "closed while a frame was expected");
             buf.extend_from_slice(&b[..n]);
         }
     })
     .await
-    .expect("no SASL frame")
+    .expect("no frame")
 }
 
 fn init(mechanism: &str, response: &[u8]) -> Vec<u8> {
@@ -579,4 +588,208 @@ async fn the_tpm_sasl_exchange_is_what_the_clients_parse() {
             other => panic!("expected the outcome, got {other:?}"),
         }
     }
+}
+
+/// Reads the next AMQP frame the server sends (every one must fit the 512-byte max-frame-size
+/// the raw client announced: `next_frame` refuses a larger one).
+async fn read_frame(io: &mut Tls, buf: &mut Vec<u8>) -> fe2o3_amqp::frames::amqp::FrameBody {
+    read_next(io, buf, |buf| {
+        let mut b = bytes::BytesMut::from(&buf[..]);
+        match dps_amqp::codec::next_frame(&mut b, 512) {
+            Ok(Some(f)) => {
+                let used = buf.len() - b.len();
+                buf.drain(..used);
+                Some(f.body)
+            }
+            Ok(None) => None,
+            Err(e) => panic!("the server sent a frame the client refuses: {e}"),
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_answers_pipelined_frames_sends_heartbeats_and_answers_detach_and_close() {
+    use fe2o3_amqp::frames::amqp::FrameBody;
+    use fe2o3_amqp::types::definitions::{ReceiverSettleMode, Role, SenderSettleMode};
+    use fe2o3_amqp::types::messaging::{DeliveryState, Source, Target, TargetArchetype};
+    use fe2o3_amqp::types::performatives::{Attach, Begin, Close, Detach, Flow, Open, Transfer};
+
+    let f = setup("").await;
+    let mut io = sasl_client(f.addr()).await;
+    let mut header = [0u8; 8];
+    io.read_exact(&mut header).await.expect("sasl header");
+    io.write_all(&init("PLAIN", &f.plain("dev-1", &device_key("dev-1")))).await.expect("init");
+    let mut sasl = Vec::new();
+    loop {
+        match read_sasl_frame(&mut io, &mut sasl).await {
+            SaslFrame::Outcome(o) => {
+                assert_eq!(o.code, SaslCode::Ok);
+                break;
+            }
+            _ => continue,
+        }
+    }
+    assert!(sasl.is_empty(), "nothing after the outcome before our AMQP header");
+    // Everything up to the request in one write, as a pipelining client sends it: a 512-byte
+    // max-frame-size and a 1 s idle-time-out for the server to honour.
+    let address = f.address("dev-1");
+    let mut out = b"AMQP\x00\x01\x00\x00".to_vec();
+    let open = Open {
+        container_id: "raw".into(),
+        hostname: Some("localhost".into()),
+        max_frame_size: 512u32.into(),
+        channel_max: 0u16.into(),
+        idle_time_out: Some(1000),
+        outgoing_locales: None,
+        incoming_locales: None,
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    };
+    dps_amqp::codec::encode(&mut out, 0, &open, &[]).unwrap();
+    let begin = Begin {
+        remote_channel: None,
+        next_outgoing_id: 0,
+        incoming_window: 100,
+        outgoing_window: 100,
+        handle_max: 7u32.into(),
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    };
+    dps_amqp::codec::encode(&mut out, 0, &begin, &[]).unwrap();
+    let attach = |name: &str, handle: u32, role: Role| Attach {
+        initial_delivery_count: matches!(&role, Role::Sender).then_some(0),
+        name: name.into(),
+        handle: handle.into(),
+        role,
+        snd_settle_mode: SenderSettleMode::Unsettled,
+        rcv_settle_mode: ReceiverSettleMode::First,
+        source: Some(Box::new(Source { address: Some(address.clone()), ..Source::default() })),
+        target: Some(Box::new(TargetArchetype::Target(Target { address: Some(address.clone()), ..Target::default() }))),
+        unsettled: None,
+        incomplete_unsettled: false,
+        max_message_size: None,
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    };
+    dps_amqp::codec::encode(&mut out, 0, &attach("rx", 0, Role::Receiver), &[]).unwrap();
+    dps_amqp::codec::encode(&mut out, 0, &attach("tx", 1, Role::Sender), &[]).unwrap();
+    let flow = Flow {
+        next_incoming_id: Some(0),
+        incoming_window: 100,
+        next_outgoing_id: 0,
+        outgoing_window: 100,
+        handle: Some(0u32.into()),
+        delivery_count: Some(0),
+        link_credit: Some(5),
+        available: None,
+        drain: false,
+        echo: false,
+        properties: None,
+    };
+    dps_amqp::codec::encode(&mut out, 0, &flow, &[]).unwrap();
+    let properties = Properties { correlation_id: Some(MessageId::Ulong(9)), ..Properties::default() };
+    let app = ApplicationProperties::builder().insert("iotdps-operation-type", "iotdps-register").build();
+    let msg = Message::builder()
+        .properties(properties)
+        .application_properties(app)
+        .data(Binary::from(br#"{"registrationId":"dev-1"}"#.to_vec()))
+        .build();
+    let payload = dps_amqp::codec::encode_message(msg).unwrap();
+    // The request in two transfer frames.
+    let (first, second) = payload.split_at(payload.len() / 2);
+    let transfer = |more: bool| Transfer {
+        handle: 1u32.into(),
+        delivery_id: Some(0),
+        delivery_tag: Some(Binary::from(vec![1])),
+        message_format: Some(0),
+        settled: Some(false),
+        more,
+        rcv_settle_mode: None,
+        state: None,
+        resume: false,
+        aborted: false,
+        batchable: false,
+    };
+    dps_amqp::codec::encode(&mut out, 0, &transfer(true), first).unwrap();
+    dps_amqp::codec::encode(&mut out, 0, &transfer(false), second).unwrap();
+    io.write_all(&out).await.expect("pipelined frames");
+
+    let mut got = [0u8; 8];
+    io.read_exact(&mut got).await.expect("amqp header");
+    assert_eq!(&got, b"AMQP\x00\x01\x00\x00");
+    let mut buf = Vec::new();
+    let FrameBody::Open(theirs) = read_frame(&mut io, &mut buf).await else { panic!("not an open") };
+    assert!(theirs.idle_time_out.is_some_and(|ms| ms > 0), "our idle-time-out is announced");
+    assert!(matches!(read_frame(&mut io, &mut buf).await, FrameBody::Begin(b) if b.remote_channel == Some(0)));
+    let mut accepted = false;
+    let mut response = Vec::new();
+    let mut attaches = 0;
+    while !accepted || response.is_empty() {
+        match read_frame(&mut io, &mut buf).await {
+            FrameBody::Attach(a) => {
+                attaches += 1;
+                if matches!(a.role, Role::Receiver) {
+                    assert!(a.max_message_size.is_some(), "the request link announces its limit");
+                }
+            }
+            FrameBody::Flow(_) | FrameBody::Empty => {}
+            FrameBody::Disposition(d) => {
+                assert!(d.settled && d.first == 0);
+                assert!(matches!(d.state, Some(DeliveryState::Accepted(_))), "{d:?}");
+                accepted = true;
+            }
+            FrameBody::Transfer { performative, payload } => {
+                assert_eq!(u32::from(performative.handle), 0, "the response goes on the device's receiver");
+                response.extend_from_slice(&payload);
+                assert!(!performative.more, "a response this small fits one frame");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(attaches, 2);
+    let response = dps_amqp::mapping::decode_request(&response);
+    // The response is not a request (no operation type), but it decodes as an AMQP message.
+    assert!(matches!(response, Err(dps_amqp::mapping::RequestError::MissingOperationType)), "{response:?}");
+    // Silent now: the server keeps the connection alive with empty frames within the 1 s asked.
+    let mut heartbeat = false;
+    for _ in 0..20 {
+        if matches!(read_frame(&mut io, &mut buf).await, FrameBody::Empty) {
+            heartbeat = true;
+            break;
+        }
+    }
+    assert!(heartbeat, "no empty frame while the client asked for a 1 s idle-time-out");
+    // Detach and close are answered.
+    let mut out = Vec::new();
+    dps_amqp::codec::encode(&mut out, 0, &Detach { handle: 1u32.into(), closed: true, error: None }, &[]).unwrap();
+    io.write_all(&out).await.unwrap();
+    loop {
+        match read_frame(&mut io, &mut buf).await {
+            FrameBody::Detach(d) => {
+                assert_eq!(u32::from(d.handle), 1);
+                assert!(d.closed);
+                break;
+            }
+            FrameBody::Empty | FrameBody::Transfer { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let mut out = Vec::new();
+    dps_amqp::codec::encode(&mut out, 0, &Close { error: None }, &[]).unwrap();
+    io.write_all(&out).await.unwrap();
+    loop {
+        match read_frame(&mut io, &mut buf).await {
+            FrameBody::Close(c) => {
+                assert!(c.error.is_none());
+                break;
+            }
+            FrameBody::Empty => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    f.provisions("dev-2").await;
 }
