@@ -48,10 +48,17 @@ impl Default for Limits {
     }
 }
 
+/// Read buffer reserved while no packet is in progress: what an idle connection holds.
+const IDLE_READ: usize = 512;
+/// Read buffer growth while a packet is incomplete.
+const READ_CHUNK: usize = 4096;
+
+/// One connection. Idle, it holds no buffer beyond [`IDLE_READ`]: the read buffer is let go
+/// once every byte read was a whole packet, and each reply is encoded into a buffer of its own
+/// (idle memory per connection, bench/README.md "How to read `idle`").
 struct Conn<S> {
     io: S,
     buf: BytesMut,
-    out: BytesMut,
 }
 
 enum Read {
@@ -65,11 +72,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn read(&mut self) -> Read {
         loop {
             match session::decode(&mut self.buf) {
-                Decoded::Packet(p) => return Read::Packet(p),
+                Decoded::Packet(p) => {
+                    if self.buf.is_empty() {
+                        self.buf = BytesMut::new();
+                    }
+                    return Read::Packet(p);
+                }
                 Decoded::Incomplete => {}
                 Decoded::Bad(why) => return Read::Bad(why),
                 Decoded::BadLevel(l) => return Read::BadLevel(l),
             }
+            self.buf.reserve(if self.buf.is_empty() { IDLE_READ } else { READ_CHUNK });
             match self.io.read_buf(&mut self.buf).await {
                 Ok(0) | Err(_) => return Read::Closed,
                 Ok(_) => {}
@@ -78,11 +91,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     async fn send(&mut self, write: impl FnOnce(&mut BytesMut) -> Result<usize, mqttbytes::Error>) -> bool {
-        self.out.clear();
-        if write(&mut self.out).is_err() {
+        let mut out = BytesMut::new();
+        if write(&mut out).is_err() {
             return false;
         }
-        self.io.write_all(&self.out).await.is_ok() && self.io.flush().await.is_ok()
+        self.io.write_all(&out).await.is_ok() && self.io.flush().await.is_ok()
     }
 
     async fn refuse_connect(&mut self, code: ConnectReturnCode) {
@@ -112,7 +125,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = ctx.limits;
-    let mut c = Conn { io, buf: BytesMut::with_capacity(4096), out: BytesMut::with_capacity(1024) };
+    let mut c = Conn { io, buf: BytesMut::new() };
     let first = tokio::select! {
         () = shutdown.cancelled() => return,
         r = tokio::time::timeout(limits.connect_timeout, c.read()) => r,

@@ -20,6 +20,7 @@ use dps_core::store::{
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 mod bulk;
+mod checkpoint;
 
 /// Fsync policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,6 +64,8 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
+    /// Checkpoints the WAL off the commit path (`checkpoint.rs`).
+    checkpointer: checkpoint::Checkpointer,
 }
 
 fn key(s: &str) -> String {
@@ -76,8 +79,11 @@ fn open_conn(path: &Path, durability: Durability) -> Result<Connection, StoreErr
         Durability::Normal => "NORMAL",
         Durability::Full => "FULL",
     };
-    c.execute_batch(&format!("PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"))
-        .map_err(StoreError::unavailable)?;
+    // No automatic checkpoint inside a commit: the checkpointer thread does it (`checkpoint.rs`).
+    c.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint=0;"
+    ))
+    .map_err(StoreError::unavailable)?;
     // Room for every statement of `DocumentStore` (see `row`, `exec`), so none is evicted.
     c.set_prepared_statement_cache_capacity(32);
     Ok(c)
@@ -113,7 +119,10 @@ impl SqliteStore {
         let mut writer = open_conn(path, durability)?;
         migrate(&mut writer)?;
         let readers = (0..4).map(|_| open_conn(path, durability).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
-        Ok(SqliteStore { inner: Arc::new(Inner { path: path.to_owned(), writer: Mutex::new(writer), readers }) })
+        let checkpointer =
+            checkpoint::Checkpointer::start(open_conn(path, durability)?).map_err(StoreError::unavailable)?;
+        let inner = Inner { path: path.to_owned(), writer: Mutex::new(writer), readers, checkpointer };
+        Ok(SqliteStore { inner: Arc::new(inner) })
     }
 
     /// The database file.
@@ -132,6 +141,7 @@ impl SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::unavailable)?;
             let out = f(&tx)?;
             tx.commit().map_err(StoreError::unavailable)?;
+            inner.checkpointer.committed();
             Ok(out)
         })
         .await
@@ -468,6 +478,56 @@ fn private_files(path: &Path) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    use dps_core::store::{DocWrite, DocumentStore, Kind, Precondition};
+
+    use super::{checkpoint, Durability, SqliteStore};
+
+    fn pragma(store: &SqliteStore, name: &str) -> i64 {
+        let c = store.inner.writer.lock().expect("writer");
+        c.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)).expect("pragma")
+    }
+
+    /// The writer never checkpoints inside a commit, and `full` still syncs every commit.
+    #[test]
+    fn the_writer_does_not_checkpoint_and_keeps_its_sync_policy() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let normal = SqliteStore::open(&dir.path().join("n.db"), Durability::Normal).expect("open");
+        assert_eq!(pragma(&normal, "wal_autocheckpoint"), 0);
+        assert_eq!(pragma(&normal, "synchronous"), 1, "NORMAL");
+        let full = SqliteStore::open(&dir.path().join("f.db"), Durability::Full).expect("open");
+        assert_eq!(pragma(&full, "wal_autocheckpoint"), 0);
+        assert_eq!(pragma(&full, "synchronous"), 2, "FULL: the WAL is synced at every commit");
+    }
+
+    /// Commits reach the database file without any checkpoint in the commit path: the
+    /// checkpointer copies them from the WAL, and what it copied reads back after a reopen.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_checkpointer_copies_commits_into_the_database_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path, Durability::Normal).expect("open");
+        let before = std::fs::metadata(&path).expect("db").len();
+        let json = format!(r#"{{"pad":"{}"}}"#, "x".repeat(2000));
+        let n = checkpoint::COMMITS as usize + 10;
+        for i in 0..n {
+            let doc = DocWrite { id: &format!("d-{i}"), parent: None, etag: "1", json: &json };
+            store.put_doc(Kind::Registration, "dps", doc, Precondition::Any).await.expect("put");
+        }
+        // Bounded wait for the event (not a timing assertion): the file grows once checkpointed.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::metadata(&path).expect("db").len() < before + (n as u64) * 2000 {
+            assert!(Instant::now() < deadline, "no checkpoint copied the commits into the database file");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(store);
+        let again = SqliteStore::open(&path, Durability::Normal).expect("reopen");
+        for i in [0, n - 1] {
+            assert!(again.get_doc(Kind::Registration, "dps", &format!("d-{i}")).await.expect("get").is_some());
+        }
+    }
+
     /// The bundled SQLite must carry the security fixes of 3.50.2; a
     /// downgrade of rusqlite would silently bring back an older library.
     #[test]

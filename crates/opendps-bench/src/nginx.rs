@@ -1,8 +1,9 @@
 //! The ceiling: nginx from Debian's packages on loopback, with OpenDPS's own certificate chain
 //! and key, its default TLS profile (the twelve DPS suites at @SECLEVEL=1, TLS 1.2 only, server
 //! preference, groups P-256:P-384), asking for (not requiring) a client certificate as OpenDPS
-//! does, no session cache and no tickets, answering every request with a tiny static 202 and
-//! closing the connection (`keepalive_timeout 0`): one full handshake per request.
+//! does, no session cache and no tickets (tickets on for `register --resume`), answering every
+//! request with a tiny static 202 and closing the connection (`keepalive_timeout 0`): one
+//! handshake per request.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,9 @@ pub struct NginxSpec {
     pub workers: usize,
     pub groups: String,
     pub request_client_cert: bool,
+    /// Issue and accept session tickets (`register --resume`); otherwise every connection is a
+    /// full handshake.
+    pub tickets: bool,
     pub nofile: u64,
 }
 
@@ -86,7 +90,7 @@ pub fn config(spec: &NginxSpec) -> String {
          \x20   ssl_prefer_server_ciphers on;\n\
          \x20   ssl_ecdh_curve {groups};\n\
          \x20   ssl_session_cache off;\n\
-         \x20   ssl_session_tickets off;\n\
+         \x20   ssl_session_tickets {tickets};\n\
          {verify}\
          \x20   location / {{\n\
          \x20       default_type application/json;\n\
@@ -101,6 +105,7 @@ pub fn config(spec: &NginxSpec) -> String {
         key = spec.key.display(),
         profile = DEFAULT_PROFILE,
         groups = spec.groups,
+        tickets = if spec.tickets { "on" } else { "off" },
     )
 }
 
@@ -215,6 +220,7 @@ mod tests {
             workers: 2,
             groups: "P-256:P-384".into(),
             request_client_cert: true,
+            tickets: false,
             nofile: 65536,
         };
         let c = config(&spec);
@@ -235,5 +241,7 @@ mod tests {
             assert!(c.contains(want), "{want} missing from\n{c}");
         }
         assert_eq!(DEFAULT_PROFILE.split(':').count(), 12);
+        let resuming = config(&NginxSpec { tickets: true, ..spec });
+        assert!(resuming.contains("ssl_session_tickets on;") && resuming.contains("ssl_session_cache off;"));
     }
 }

@@ -49,7 +49,9 @@ pub struct RegisterArgs {
     /// attestation.
     #[arg(long, default_value_t = 50)]
     pub warmup: usize,
-    /// Resume TLS sessions instead of full handshakes (not available yet, see bench/README.md).
+    /// Resumed TLS handshakes instead of full ones: before each measured load every device
+    /// makes one TLS connection (a full handshake, not measured) and keeps its session; the
+    /// load then offers it. nginx issues tickets too in this mode.
     #[arg(long)]
     pub resume: bool,
     #[command(flatten)]
@@ -171,9 +173,27 @@ impl Setup {
         Ok(Arc::new(v))
     }
 
+    /// The same server through a client that keeps each device's session and resumes it.
+    pub fn resuming_target(&self, c: &Common) -> anyhow::Result<Arc<Target>> {
+        let tls = TlsClient::resuming(&self.server.root_pem(), IpAddr::V4(self.address), &c.groups)?;
+        Ok(Arc::new(Target { tls, ..(*self.target).clone() }))
+    }
+
     /// N registrations over `proto` of `ids` with `auths`.
     pub async fn load(&self, spec: &Spec, proto: Protocol, ids: Arc<Vec<String>>, auths: Arc<Vec<Auth>>) -> LoadResult {
-        let t = self.target.clone();
+        self.load_on(&self.target, spec, proto, ids, auths).await
+    }
+
+    /// As [`Setup::load`], through `target`'s client.
+    pub async fn load_on(
+        &self,
+        target: &Arc<Target>,
+        spec: &Spec,
+        proto: Protocol,
+        ids: Arc<Vec<String>>,
+        auths: Arc<Vec<Auth>>,
+    ) -> LoadResult {
+        let t = target.clone();
         load::run(spec, &self.server.group(), move |i| {
             let (t, ids, auths) = (t.clone(), ids.clone(), auths.clone());
             async move {
@@ -187,18 +207,45 @@ impl Setup {
         .await
     }
 
-    /// N ceiling requests to nginx with the same client and `auths`.
-    pub async fn ceiling_load(&self, spec: &Spec, nginx: &Nginx, auths: Arc<Vec<Auth>>) -> LoadResult {
-        let (t, addr) = (self.target.clone(), nginx.addr);
+    /// N ceiling requests to nginx with `target`'s client, `ids` and `auths`.
+    pub async fn ceiling_load(
+        &self,
+        target: &Arc<Target>,
+        spec: &Spec,
+        nginx: &Nginx,
+        ids: Arc<Vec<String>>,
+        auths: Arc<Vec<Auth>>,
+    ) -> LoadResult {
+        let (t, addr) = (target.clone(), nginx.addr);
         load::run(spec, &nginx.group(), move |i| {
-            let (t, auths) = (t.clone(), auths.clone());
-            async move { device::https_static(&t, addr, &auths[i]).await }
+            let (t, ids, auths) = (t.clone(), ids.clone(), auths.clone());
+            async move { device::https_static(&t, addr, &ids[i], &auths[i]).await }
         })
         .await
     }
 
-    /// nginx with this server's certificate chain and key, in `prefix`.
-    pub fn start_nginx(&self, c: &Common, n: &NginxArgs, prefix: &Path) -> anyhow::Result<Nginx> {
+    /// A TLS handshake per device to `addr` and nothing else (`server` is measured): a resuming
+    /// `target` keeps the sessions for the load that follows.
+    pub async fn prime(
+        &self,
+        target: &Arc<Target>,
+        spec: &Spec,
+        addr: SocketAddr,
+        server: &crate::procstat::Group,
+        ids: Arc<Vec<String>>,
+        auths: Arc<Vec<Auth>>,
+    ) -> LoadResult {
+        let t = target.clone();
+        load::run(spec, server, move |i| {
+            let (t, ids, auths) = (t.clone(), ids.clone(), auths.clone());
+            async move { device::tls_only(&t, addr, &ids[i], &auths[i]).await }
+        })
+        .await
+    }
+
+    /// nginx with this server's certificate chain and key, in `prefix`; issuing session tickets
+    /// when `tickets`.
+    pub fn start_nginx(&self, c: &Common, n: &NginxArgs, prefix: &Path, tickets: bool) -> anyhow::Result<Nginx> {
         let bin = crate::nginx::find_bin(n.nginx_bin.as_deref())
             .ok_or_else(|| anyhow!("nginx is not installed: apt-get install -y nginx (or pass --nginx-bin)"))?;
         std::fs::create_dir_all(prefix)?;
@@ -218,6 +265,7 @@ impl Setup {
             workers: n.nginx_workers.max(1),
             groups: "P-256:P-384".into(),
             request_client_cert: true,
+            tickets,
             nofile: 65536,
         };
         let nginx = Nginx::start(&spec)?;
@@ -287,15 +335,11 @@ struct Pair {
     proto: Protocol,
     ceiling: Option<LoadResult>,
     opendps: LoadResult,
+    /// With `--resume`: handshakes that resumed a session, (nginx, OpenDPS).
+    resumed: (u64, u64),
 }
 
 pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
-    if a.resume {
-        bail!(
-            "--resume is not implemented yet: the TLS side exists (dps_tls::client::Client with resumption \
-             keeps a session and offers it again), the load loop does not use it (see bench/README.md)."
-        );
-    }
     let c = &a.common;
     let work = WorkDir::new(c)?;
     let sym = a.attestation.contains(&Attestation::Symmetric);
@@ -310,7 +354,9 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
         x509,
     })?;
     crate::procstat::raise_own_nofile(65_536);
-    let nginx = if a.with_ceiling { Some(setup.start_nginx(c, &a.nginx, &work.path.join("nginx"))?) } else { None };
+    let target = if a.resume { setup.resuming_target(c)? } else { setup.target.clone() };
+    let nginx =
+        if a.with_ceiling { Some(setup.start_nginx(c, &a.nginx, &work.path.join("nginx"), a.resume)?) } else { None };
     let speed = if a.with_ceiling && !a.nginx.no_openssl_speed {
         eprintln!("openssl speed rsa2048 ecdhp256 (about 10 s)...");
         openssl_speed()
@@ -341,35 +387,76 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
                 let tag = format!("r{round}-{}-{}", proto.name(), att.name());
                 let ids = ids(&tag, a.devices);
                 let auths = setup.creds(att, &ids)?;
+                let prime = |label: String| {
+                    let mut s = spec(label, a.devices, a.concurrency, a.max_seconds, c);
+                    s.progress = false;
+                    s
+                };
+                let mut resumed = (0, 0);
                 let ceiling = match &nginx {
                     Some(n) => {
-                        let label = format!("nginx ceiling r{round} ({})", att.name());
+                        if a.resume {
+                            let label = format!("nginx sessions r{round} ({})", att.name());
+                            let (s, g) = (prime(label), n.group());
+                            let p = setup.prime(&target, &s, n.addr, &g, ids.clone(), auths.clone()).await;
+                            eprintln!("{}", p.line());
+                        }
+                        let before = target.tls.resumed();
+                        let label = format!("nginx ceiling r{round} ({}){}", att.name(), resumed_tag(a.resume));
                         let r = setup
-                            .ceiling_load(&spec(label, a.devices, a.concurrency, a.max_seconds, c), n, auths.clone())
+                            .ceiling_load(
+                                &target,
+                                &spec(label, a.devices, a.concurrency, a.max_seconds, c),
+                                n,
+                                ids.clone(),
+                                auths.clone(),
+                            )
                             .await;
+                        resumed.0 = target.tls.resumed() - before;
                         eprintln!("{}", r.line());
                         Some(r)
                     }
                     None => None,
                 };
-                let label = format!("OpenDPS r{round} {} {}", proto.name(), att.name());
-                let r = setup.load(&spec(label, a.devices, a.concurrency, a.max_seconds, c), proto, ids, auths).await;
+                if a.resume {
+                    let addr = match proto {
+                        Protocol::Https => target.https,
+                        Protocol::Mqtt => target.mqtt,
+                        Protocol::Amqp => target.amqp,
+                    };
+                    let label = format!("OpenDPS sessions r{round} {} {}", proto.name(), att.name());
+                    let (s, g) = (prime(label), setup.server.group());
+                    let p = setup.prime(&target, &s, addr, &g, ids.clone(), auths.clone()).await;
+                    eprintln!("{}", p.line());
+                }
+                let before = target.tls.resumed();
+                let label = format!("OpenDPS r{round} {} {}{}", proto.name(), att.name(), resumed_tag(a.resume));
+                let r = setup
+                    .load_on(&target, &spec(label, a.devices, a.concurrency, a.max_seconds, c), proto, ids, auths)
+                    .await;
+                resumed.1 = target.tls.resumed() - before;
                 eprintln!("{}", r.line());
                 if r.ok == 0 {
                     eprintln!("no registration succeeded; the server log ends with:\n{}", setup.server.log_tail(20));
                 }
-                pairs.push(Pair { round, att, proto, ceiling, opendps: r });
+                pairs.push(Pair { round, att, proto, ceiling, opendps: r, resumed });
             }
         }
     }
 
     let mut rep = Report::new("OpenDPS registrations per second against the nginx TLS ceiling");
+    let handshakes = if a.resume {
+        "a resumed handshake per device (before each load every device made one TLS connection to the same \
+         address, a full handshake not measured, and kept the session from its ticket; the load offers it)"
+    } else {
+        "full handshake per device (no session cache, no ticket)"
+    };
     rep.line(format!(
         "Setup: {} devices per load, {} in flight, at most {} s per load, {} round(s), {} warm-up registrations per \
-         protocol and attestation. Client: TLS 1.2, groups {}, full handshake per device (no session cache, no \
-         ticket), server verified against the OpenDPS root; polls at once without waiting Retry-After. Server: `{}` \
-         on {}, store durability {}, log filter {}. Latency is per device, from TCP connect to the connection \
-         closed; the rate is successes over the wall time of the load.",
+         protocol and attestation. Client: TLS 1.2, groups {}, {handshakes}, server verified against the OpenDPS \
+         root; polls at once without waiting Retry-After. Server: `{}` on {}, store durability {}, log filter {}. \
+         Latency is per device, from TCP connect to the connection closed; the rate is successes over the wall time \
+         of the load.",
         a.devices,
         a.concurrency,
         a.max_seconds,
@@ -385,10 +472,14 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
         rep.line(format!(
             "\nCeiling: {} with {} worker processes on {}, the same certificate chain and key, TLS 1.2, the default \
              profile's twelve suites at @SECLEVEL=1, server preference, groups P-256:P-384, client certificate \
-             requested (optional_no_ca, as OpenDPS asks for one), session cache and tickets off, keepalive_timeout \
-             0, `return 202` of a 22-byte body: one full handshake per request, the same client, concurrency and \
+             requested (optional_no_ca, as OpenDPS asks for one), session cache off, tickets {}, keepalive_timeout \
+             0, `return 202` of a 22-byte body: one {} handshake per request, the same client, concurrency and \
              credentials as the OpenDPS load measured right after it.",
-            n.version, a.nginx.nginx_workers, n.addr
+            n.version,
+            a.nginx.nginx_workers,
+            n.addr,
+            if a.resume { "on" } else { "off" },
+            if a.resume { "resumed" } else { "full" },
         ));
     }
     if let Some(cipher) = pairs.iter().find_map(|p| p.opendps.cipher.clone()) {
@@ -401,6 +492,21 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
         all.push(&p.opendps);
     }
     rep.loads(&all);
+    if a.resume {
+        rep.line("Resumed handshakes (the client's `session_reused`) per load:\n");
+        for p in &pairs {
+            let ce = p.ceiling.as_ref().map(|ce| format!("; nginx {} of {}", p.resumed.0, ce.ok)).unwrap_or_default();
+            rep.line(format!(
+                "- r{} {} {}: OpenDPS {} of {}{ce}",
+                p.round,
+                p.proto.name(),
+                p.att.name(),
+                p.resumed.1,
+                p.opendps.ok
+            ));
+        }
+        rep.line("");
+    }
     if nginx.is_some() {
         rep.line("| round | protocol | attestation | OpenDPS /s | nginx /s | ratio | OpenDPS server CPU ms/reg | nginx CPU ms/handshake |");
         rep.line("|---|---|---|---|---|---|---|---|");
@@ -442,9 +548,10 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
                     .filter_map(|p| ratio(&p.opendps, p.ceiling.as_ref()?))
                     .collect();
                 if let Some(m) = median(ratios) {
+                    let kind = if a.resume { "resumed" } else { "full" };
                     rep.line(format!(
-                        "- {} {} full-handshake registrations/s ≥ 0.8 × nginx handshakes/s (groups {}): median ratio \
-                         {m:.2}: {}",
+                        "- {} {} {kind}-handshake registrations/s ≥ 0.8 × nginx {kind} handshakes/s (groups {}): \
+                         median ratio {m:.2}: {}",
                         proto.name().to_uppercase(),
                         att.name(),
                         c.groups,
@@ -463,6 +570,14 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
         bail!("a load had no successful registration");
     }
     Ok(())
+}
+
+fn resumed_tag(resume: bool) -> &'static str {
+    if resume {
+        " resumed"
+    } else {
+        ""
+    }
 }
 
 fn ratio(opendps: &LoadResult, ceiling: &LoadResult) -> Option<f64> {
@@ -485,15 +600,16 @@ pub async fn ceiling(a: CeilingArgs) -> anyhow::Result<()> {
         x509,
     })?;
     crate::procstat::raise_own_nofile(65_536);
-    let nginx = setup.start_nginx(c, &a.nginx, &work.path.join("nginx"))?;
+    let nginx = setup.start_nginx(c, &a.nginx, &work.path.join("nginx"), false)?;
     let speed = if a.nginx.no_openssl_speed { Vec::new() } else { openssl_speed() };
     let mut results = Vec::new();
     for round in 1..=a.rounds.max(1) {
         for &att in &a.attestation {
-            let auths = setup.creds(att, &ids(&format!("c{round}-{}", att.name()), a.handshakes))?;
+            let ids = ids(&format!("c{round}-{}", att.name()), a.handshakes);
+            let auths = setup.creds(att, &ids)?;
             let label = format!("nginx ceiling r{round} ({})", att.name());
-            let r =
-                setup.ceiling_load(&spec(label, a.handshakes, a.concurrency, a.max_seconds, c), &nginx, auths).await;
+            let spec = spec(label, a.handshakes, a.concurrency, a.max_seconds, c);
+            let r = setup.ceiling_load(&setup.target, &spec, &nginx, ids, auths).await;
             eprintln!("{}", r.line());
             results.push(r);
         }

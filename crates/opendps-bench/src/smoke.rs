@@ -78,20 +78,60 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
         }
     }
 
+    // Resumed registrations (`register --resume`): each device's second connection offers the
+    // session of its first, and every one of them must resume.
+    let resuming = setup.resuming_target(&common)?;
+    let mut not_resumed = Vec::new();
+    for (proto, att, addr) in
+        [(Protocol::Https, Attestation::X509, resuming.https), (Protocol::Mqtt, Attestation::Symmetric, resuming.mqtt)]
+    {
+        let tag = format!("smoke-resume-{}-{}", proto.name(), att.name());
+        let ids: Arc<Vec<String>> = Arc::new((0..a.devices).map(|i| format!("{tag}-{i:04}")).collect());
+        let auths = setup.creds(att, &ids)?;
+        let label = format!("{} {} sessions", proto.name(), att.name());
+        let (s, g) = (spec(label, a.devices), setup.server.group());
+        let p = setup.prime(&resuming, &s, addr, &g, ids.clone(), auths.clone()).await;
+        eprintln!("{}", p.line());
+        let before = resuming.tls.resumed();
+        let label = format!("{} {} resumed", proto.name(), att.name());
+        let r = setup.load_on(&resuming, &spec(label, a.devices), proto, ids, auths).await;
+        eprintln!("{}", r.line());
+        let resumed = resuming.tls.resumed() - before;
+        if resumed != r.ok {
+            not_resumed.push(format!("{} {}: {resumed} of {} resumed", proto.name(), att.name(), r.ok));
+        }
+        parts.push((format!("{}-{}-sessions", proto.name(), att.name()), p));
+        parts.push((format!("{}-{}-resumed", proto.name(), att.name()), r));
+    }
+
     let nginx_bin = crate::nginx::find_bin(a.nginx_bin.as_deref());
     let ceiling_note = match (&nginx_bin, a.no_ceiling) {
         (_, true) => "skipped (--no-ceiling)".to_owned(),
         (None, false) => "skipped (nginx not installed: apt-get install -y nginx)".to_owned(),
         (Some(bin), false) => {
             let n = NginxArgs { nginx_bin: Some(bin.clone()), nginx_workers: 2, no_openssl_speed: true };
-            let nginx = setup.start_nginx(&common, &n, &work.path.join("nginx"))?;
+            let nginx = setup.start_nginx(&common, &n, &work.path.join("nginx"), true)?;
             for att in [Attestation::Symmetric, Attestation::X509] {
-                let ids: Vec<String> = (0..a.devices).map(|i| format!("smoke-ceiling-{i:04}")).collect();
+                let ids: Arc<Vec<String>> = Arc::new((0..a.devices).map(|i| format!("smoke-ceiling-{i:04}")).collect());
                 let auths = setup.creds(att, &ids)?;
-                let r =
-                    setup.ceiling_load(&spec(format!("nginx ceiling {}", att.name()), a.devices), &nginx, auths).await;
+                let spec = spec(format!("nginx ceiling {}", att.name()), a.devices);
+                let r = setup.ceiling_load(&setup.target, &spec, &nginx, ids.clone(), auths.clone()).await;
                 eprintln!("{}", r.line());
                 parts.push((format!("ceiling-{}", att.name()), r));
+                if att == Attestation::Symmetric {
+                    // nginx issues tickets here: the resumed ceiling of `register --resume`.
+                    let g = nginx.group();
+                    let p = setup.prime(&resuming, &spec, nginx.addr, &g, ids.clone(), auths.clone()).await;
+                    parts.push(("ceiling-sessions".into(), p));
+                    let before = resuming.tls.resumed();
+                    let r = setup.ceiling_load(&resuming, &spec, &nginx, ids, auths).await;
+                    let resumed = resuming.tls.resumed() - before;
+                    if resumed != r.ok {
+                        not_resumed.push(format!("nginx: {resumed} of {} resumed", r.ok));
+                    }
+                    eprintln!("resumed {}", r.line());
+                    parts.push(("ceiling-resumed".into(), r));
+                }
             }
             format!("ran ({})", nginx.version)
         }
@@ -136,9 +176,21 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
     idle::report(&mut rep, &idle_args, &idle_result);
     rep.line("");
     growth::report(&mut rep, &growth_args, std::slice::from_ref(&point));
+    rep.line(format!(
+        "\nResumed handshakes: {}.",
+        if not_resumed.is_empty() {
+            "every connection that offered a session resumed it".to_owned()
+        } else {
+            not_resumed.join("; ")
+        }
+    ));
     rep.finish(c.report.as_deref())?;
 
-    let bad: Vec<&str> = parts.iter().filter(|(_, r)| r.ok == 0 || r.failed() > 0).map(|(n, _)| n.as_str()).collect();
+    let mut bad: Vec<&str> =
+        parts.iter().filter(|(_, r)| r.ok == 0 || r.failed() > 0).map(|(n, _)| n.as_str()).collect();
+    if !not_resumed.is_empty() {
+        bad.push("resumption");
+    }
     let summary: Vec<String> = parts.iter().map(|(n, r)| format!("{n} {}/{}", r.ok, r.attempted)).collect();
     let line = format!("{}, ceiling {ceiling_note}; in {:.1} s", summary.join(", "), t0.elapsed().as_secs_f64());
     if bad.is_empty() {

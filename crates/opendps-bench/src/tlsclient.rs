@@ -1,39 +1,94 @@
 //! The one TLS client every load uses, against OpenDPS and against nginx alike: TLS 1.2, the
-//! server verified against the OpenDPS root for its IP address, the ECDHE groups asked for, and
-//! no session resumption (no session cache, no ticket extension), so every connection is a full
-//! handshake. The TLS itself is `dps_tls::client` (only dps-tls uses `openssl::ssl`).
+//! server verified against the OpenDPS root for its IP address, the ECDHE groups asked for. By
+//! default no session resumption (no session cache, no ticket extension), so every connection
+//! is a full handshake; [`TlsClient::resuming`] makes a client that keeps each device's session
+//! (per server address) and offers it on the device's next connection (`register --resume`).
+//! The TLS itself is `dps_tls::client` (only dps-tls uses `openssl::ssl`).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use dps_tls::client::{Client, ClientOptions, ClientStream};
+use dps_tls::client::{Client, ClientOptions, ClientSession, ClientStream};
 
 use crate::device::Failure;
 
 /// A device's X.509 credential: its leaf (subject CN = registration id) and key.
 pub type DeviceCert = dps_tls::client::ClientIdentity;
 
-/// A full-handshake TLS 1.2 client.
+/// Sessions kept per (server address, device), and how many handshakes resumed one.
+#[derive(Debug, Default)]
+struct Sessions {
+    kept: Mutex<HashMap<(SocketAddr, String), ClientSession>>,
+    resumed: AtomicU64,
+}
+
+/// A TLS 1.2 client: full handshakes, or with [`TlsClient::resuming`] resumed ones.
 #[derive(Clone, Debug)]
 pub struct TlsClient {
     client: Client,
     server_name: String,
+    sessions: Option<Arc<Sessions>>,
 }
 
 impl TlsClient {
     /// Trusts only `root_pem` and expects a certificate for `server_ip`; offers the ECDHE
-    /// `groups` (OpenSSL list syntax, e.g. "P-256").
+    /// `groups` (OpenSSL list syntax, e.g. "P-256"). Every connection is a full handshake.
     pub fn new(root_pem: &Path, server_ip: IpAddr, groups: &str) -> anyhow::Result<TlsClient> {
-        let pem = std::fs::read(root_pem).with_context(|| format!("reading {}", root_pem.display()))?;
-        let options = ClientOptions { tls13: false, groups: Some(groups.to_owned()), resumption: false };
-        let client =
-            Client::new(&pem, &options).with_context(|| format!("a TLS client offering the groups {groups:?}"))?;
-        Ok(TlsClient { client, server_name: server_ip.to_string() })
+        Self::build(root_pem, server_ip, groups, false)
     }
 
-    /// TCP connect and a full TLS handshake, presenting `cert` when given.
-    pub async fn connect(&self, addr: SocketAddr, cert: Option<&DeviceCert>) -> Result<ClientStream, Failure> {
-        self.client.connect(addr, &self.server_name, cert, None).await.map_err(|e| Failure::new(e.to_string()))
+    /// As [`TlsClient::new`], but asking for tickets and keeping each device's session: a
+    /// device's second connection to the same address offers the session of its first.
+    pub fn resuming(root_pem: &Path, server_ip: IpAddr, groups: &str) -> anyhow::Result<TlsClient> {
+        Self::build(root_pem, server_ip, groups, true)
+    }
+
+    fn build(root_pem: &Path, server_ip: IpAddr, groups: &str, resumption: bool) -> anyhow::Result<TlsClient> {
+        let pem = std::fs::read(root_pem).with_context(|| format!("reading {}", root_pem.display()))?;
+        let options = ClientOptions { tls13: false, groups: Some(groups.to_owned()), resumption };
+        let client =
+            Client::new(&pem, &options).with_context(|| format!("a TLS client offering the groups {groups:?}"))?;
+        let sessions = resumption.then(|| Arc::new(Sessions::default()));
+        Ok(TlsClient { client, server_name: server_ip.to_string(), sessions })
+    }
+
+    /// TCP connect and a TLS handshake for `device`, presenting `cert` when given; resumed when
+    /// this client keeps sessions and has one of `device` for `addr`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        device: &str,
+        cert: Option<&DeviceCert>,
+    ) -> Result<ClientStream, Failure> {
+        let Some(sessions) = &self.sessions else {
+            return self
+                .client
+                .connect(addr, &self.server_name, cert, None)
+                .await
+                .map_err(|e| Failure::new(e.to_string()));
+        };
+        let key = (addr, device.to_owned());
+        let kept = sessions.kept.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let s = self
+            .client
+            .connect(addr, &self.server_name, cert, kept.as_ref())
+            .await
+            .map_err(|e| Failure::new(e.to_string()))?;
+        if s.resumed() {
+            sessions.resumed.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(session) = s.session() {
+            sessions.kept.lock().unwrap_or_else(|p| p.into_inner()).insert(key, session);
+        }
+        Ok(s)
+    }
+
+    /// Handshakes that resumed a kept session so far (0 for a full-handshake client).
+    pub fn resumed(&self) -> u64 {
+        self.sessions.as_ref().map_or(0, |s| s.resumed.load(Ordering::Relaxed))
     }
 }
