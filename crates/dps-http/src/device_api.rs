@@ -34,7 +34,8 @@ pub fn route<'a>(method: &Method, segments: &'a [String], body: &'a [u8]) -> Opt
         }
         (3, &Method::POST) => Ok(Operation::StatusLookup),
         _ => Err(format!(
-            "{method} {} is not an operation of the device API",
+            "{} {} is not an operation of the device API",
+            dps_core::device::excerpt(method.as_str(), 20),
             dps_core::device::excerpt(&format!("/{}", segments.join("/")), 200)
         )),
     })
@@ -72,4 +73,19 @@ fn response(reply: &DeviceReply) -> Response {
         r.headers_mut().insert("retry-after", v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `http_device_route` fuzz target: the 405 message quoted an extension method
+    /// of any length.
+    #[test]
+    fn a_405_quotes_an_excerpt_of_the_method() {
+        let method = Method::from_bytes("POST".repeat(1000).as_bytes()).expect("a token");
+        let segments: Vec<String> = ["s", "registrations", "d"].map(String::from).to_vec();
+        let Some(Err(message)) = route(&method, &segments, b"") else { panic!("not a 405") };
+        assert!(message.len() < 300, "{message}");
+    }
 }

@@ -281,7 +281,14 @@ async fn route(
     if let Some(r) = service_api::handle(state, &req).await {
         return (Api::Service, r.unwrap_or_else(|e| e.into_response(state, &method, &path)));
     }
-    let e = ApiError::new(404, format!("{method} {} is not a DPS operation", dps_core::device::excerpt(&path, 200)));
+    let e = ApiError::new(
+        404,
+        format!(
+            "{} {} is not a DPS operation",
+            dps_core::device::excerpt(&method, 20),
+            dps_core::device::excerpt(&path, 200)
+        ),
+    );
     (Api::Other, e.into_response(state, &method, &path))
 }
 
