@@ -105,6 +105,10 @@ pub fn parse_topic(topic: &str) -> Result<Request, (Option<String>, String)> {
     if rid.as_ref().is_some_and(|r| r.len() > MAX_RID) {
         return Err((None, format!("the $rid of topic {:?} is longer than {MAX_RID} bytes", excerpt(topic, 200))));
     }
+    // The rid is echoed into the response topic, where MQTT allows no wildcard and no NUL.
+    if rid.as_ref().is_some_and(|r| r.contains(['#', '+', '\0'])) {
+        return Err((None, format!("the $rid of topic {:?} has '#', '+' or NUL in it", excerpt(topic, 200))));
+    }
     let path = path.trim_end_matches('/').to_ascii_lowercase();
     let quoted = || excerpt(topic, 200);
     let rid_or = |rid: Option<String>| rid.ok_or_else(|| (None, format!("topic {:?} has no $rid", quoted())));
@@ -187,5 +191,15 @@ mod tests {
         assert!(why.len() < 1024, "{} bytes", why.len());
         let Err(why) = parse_username(&"é".repeat(40_000)) else { panic!("garbage accepted") };
         assert!(why.len() < 1024, "{} bytes", why.len());
+    }
+
+    /// A rid is echoed into the response topic: a wildcard or NUL there would make our PUBLISH
+    /// invalid MQTT, so such a request gets no answer on a topic (noticed by the fuzzing work).
+    #[test]
+    fn a_rid_that_cannot_be_a_topic_is_refused() {
+        for rid in ["a#", "+", "x\0y"] {
+            let topic = format!("$dps/registrations/PUT/iotdps-register/?$rid={rid}");
+            assert!(matches!(parse_topic(&topic), Err((None, _))), "{rid:?} accepted");
+        }
     }
 }
