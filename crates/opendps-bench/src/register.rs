@@ -144,13 +144,7 @@ impl Setup {
             None
         };
         let tls = TlsClient::new(&server.root_pem(), IpAddr::V4(address), &c.groups)?;
-        let target = Arc::new(Target {
-            tls,
-            https: server.https,
-            mqtt: server.mqtt,
-            amqp: server.amqp,
-            scope: server.scope.clone(),
-        });
+        let target = Arc::new(server.target(tls));
         Ok(Setup { server, target, group_key, ca, address })
     }
 

@@ -76,6 +76,11 @@ pub fn base_config(max_connections: u64, durability: &str, log_filter: &str) -> 
 }
 
 impl Server {
+    /// Where devices reach this server, through `tls` (a client trusting its root).
+    pub fn target(&self, tls: crate::tlsclient::TlsClient) -> crate::device::Target {
+        crate::device::Target { tls, https: self.https, mqtt: self.mqtt, amqp: self.amqp, scope: self.scope.clone() }
+    }
+
     pub fn start(spec: ServerSpec) -> anyhow::Result<Server> {
         std::fs::create_dir_all(&spec.data_dir)?;
         let config = spec.data_dir.with_extension("toml");
