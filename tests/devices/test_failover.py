@@ -47,27 +47,9 @@ SDK_TIMEOUT = 25  # seconds for one SDK registration process
 LOOP_MAX = 8  # registrations the loop against A attempts at most
 ACKED_BEFORE_KILL = 2
 
-# The template of Microsoft's "DPS TLS support" document, verbatim (trailing comma included);
-# its two placeholders are filled below.
-DPS_TLS_TEMPLATE = """{
-    "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
-    "contentVersion": "1.0.0.0",
-    "resources": [
-        {
-            "type": "Microsoft.Devices/ProvisioningServices",
-            "apiVersion": "2020-01-01",
-            "name": "<provide-a-valid-DPS-resource-name>",
-            "location": "<any-region>",
-            "properties": {
-                "minTlsVersion": "1.2"
-            },
-            "sku": {
-                "name": "S1",
-                "capacity": 1
-            },
-        }
-    ]
-}"""
+# The template of Microsoft's "DPS TLS support" document, verbatim (trailing comma included),
+# kept once for every test that deploys it; its two placeholders are filled below.
+DPS_TLS_TEMPLATE = (REPO / "crates" / "opendps" / "tests" / "data" / "dps-tls-document.json").read_text()
 DPS_NAME = "geo-dps"
 
 

@@ -5,26 +5,9 @@ use serde_json::json;
 
 const RG: ResourceGroup<'static> = ResourceGroup { name: "my-rg", location: "eastus", subscription_id: "0000-sub" };
 
-/// The template from Microsoft's "DPS TLS support" document, verbatim (trailing comma included).
-const DPS_TLS_TEMPLATE: &str = r#"{
-    "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
-    "contentVersion": "1.0.0.0",
-    "resources": [
-        {
-            "type": "Microsoft.Devices/ProvisioningServices",
-            "apiVersion": "2020-01-01",
-            "name": "<provide-a-valid-DPS-resource-name>",
-            "location": "<any-region>",
-            "properties": {
-                "minTlsVersion": "1.2"
-            },
-            "sku": {
-                "name": "S1",
-                "capacity": 1
-            },
-        }
-    ]
-}"#;
+/// The template from Microsoft's "DPS TLS support" document, verbatim (trailing comma included),
+/// kept once for every test that deploys it.
+const DPS_TLS_TEMPLATE: &str = include_str!("../../opendps/tests/data/dps-tls-document.json");
 
 fn run(template: &str, parameters: &[(&str, &str)]) -> Result<Deployment, ArmError> {
     run_with_file(template, parameters, None)
