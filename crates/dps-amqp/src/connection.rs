@@ -52,9 +52,6 @@ pub struct AmqpSettings {
     pub max_message_size: u64,
     /// How long the device API may take for one call.
     pub call_timeout: Duration,
-    /// Unused since the engine is ours: a response waits in a bounded queue for the device's
-    /// link credit instead. Kept so configurations that set it still build.
-    pub response_timeout: Duration,
     /// How long our Close may wait for the device's.
     pub close_timeout: Duration,
     /// `container-id` in Open.
@@ -75,7 +72,6 @@ impl Default for AmqpSettings {
             max_frame_size: 32 * 1024,
             max_message_size: (mapping::MAX_BODY + 8 * 1024) as u64,
             call_timeout: Duration::from_secs(60),
-            response_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(5),
             container_id: "opendps".to_owned(),
         }
