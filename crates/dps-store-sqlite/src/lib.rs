@@ -148,6 +148,23 @@ impl SqliteStore {
         .map_err(StoreError::unavailable)?
     }
 
+    /// A point read (one row by its key): done on the calling thread when a reader connection is
+    /// free. SQLite answers it from its page cache in microseconds, less than the two thread
+    /// hand-offs of `spawn_blocking` cost; when every reader is busy it goes the blocking way.
+    /// docs/performance.md, "Store reads".
+    async fn read_point<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        for r in &self.inner.readers {
+            if let Ok(c) = r.try_lock() {
+                return f(&c);
+            }
+        }
+        self.read(f).await
+    }
+
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -230,7 +247,7 @@ impl DocumentStore for SqliteStore {
 
     async fn instance(&self, name: &str) -> Result<Option<Instance>, StoreError> {
         let name = key(name);
-        self.read(move |c| {
+        self.read_point(move |c| {
             let doc: Option<String> =
                 row(c, "SELECT doc FROM instances WHERE name_key = ?1", params![name], |r| r.get(0))
                     .optional()
@@ -242,7 +259,7 @@ impl DocumentStore for SqliteStore {
 
     async fn instance_by_scope(&self, scope: &IdScope) -> Result<Option<Instance>, StoreError> {
         let scope = scope.as_str().to_owned();
-        self.read(move |c| {
+        self.read_point(move |c| {
             let doc: Option<String> =
                 row(c, "SELECT doc FROM instances WHERE id_scope = ?1", params![scope], |r| r.get(0))
                     .optional()
@@ -334,7 +351,7 @@ impl DocumentStore for SqliteStore {
 
     async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
         let (instance, id) = (key(instance), key(id));
-        self.read(move |c| {
+        self.read_point(move |c| {
             row(
                 c,
                 "SELECT doc FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key = ?3",
