@@ -5,7 +5,8 @@
 //! - pure, fuzzed: [`header`] (which protocol header opened the stream), [`sasl::frame`] and
 //!   [`sasl::machine`] (SASL PLAIN and TPM as a state machine), [`address`] (link addresses),
 //!   [`mapping`] (DPS requests and answers as AMQP messages), [`codec`] (AMQP frames over bytes,
-//!   with `fe2o3-amqp`'s types and decoder as the only use of that crate), [`replay::FrameGuard`]
+//!   with `fe2o3-amqp`'s types and decoder as the only use of that crate), [`encoding`] (the
+//!   walk every peer's AMQP value passes before that decoder sees it), [`replay::FrameGuard`]
 //!   (the same frame-boundary checks byte by byte);
 //! - the driver, [`serve_connection`]: sniff → our async SASL around the machine, or no SASL
 //!   (X.509: the TLS client chain) → our engine: one task, one read buffer, no channels, the
@@ -25,6 +26,7 @@
 pub mod address;
 pub mod codec;
 mod connection;
+pub mod encoding;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod header;

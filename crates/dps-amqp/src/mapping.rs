@@ -129,6 +129,7 @@ fn register_body(body: &Body<Value>) -> Result<Bytes, RequestError> {
 
 /// Decodes a message payload (the bytes of one delivery) and reads the request from it.
 pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
+    crate::encoding::check_values(payload).map_err(|e| RequestError::Decode(e.to_string()))?;
     let reader = serde_amqp::read::SliceReader::new(payload);
     let msg = Body::<Value>::decode_message_from_reader(reader).map_err(|e| RequestError::Decode(e.to_string()))?;
     parse_request(&msg)

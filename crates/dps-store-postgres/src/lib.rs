@@ -49,6 +49,18 @@ const MIGRATIONS: &[&str] = &[
         tokens DOUBLE PRECISION NOT NULL,
         at DOUBLE PRECISION NOT NULL
     );",
+    // 3: a version of the instances table, bumped by every statement that writes it (on any
+    // node), so a node's cache of every instance can tell in one read whether it is current.
+    "CREATE TABLE IF NOT EXISTS instances_version (
+        one SMALLINT PRIMARY KEY CHECK (one = 1),
+        version BIGINT NOT NULL
+    );
+    INSERT INTO instances_version (one, version) VALUES (1, 0) ON CONFLICT DO NOTHING;
+    CREATE OR REPLACE FUNCTION instances_version_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN UPDATE instances_version SET version = version + 1; RETURN NULL; END $$;
+    DROP TRIGGER IF EXISTS instances_version_bump ON instances;
+    CREATE TRIGGER instances_version_bump AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON instances
+        FOR EACH STATEMENT EXECUTE FUNCTION instances_version_bump();",
 ];
 
 /// The PostgreSQL store.
@@ -354,6 +366,15 @@ impl DocumentStore for PgStore {
             }
             tx.execute("DELETE FROM documents WHERE instance = $1", &[&key(name)]).await.map_err(driver)?;
             tx.commit().await.map_err(driver)
+        })
+        .await
+    }
+
+    async fn instances_version(&self) -> Result<u64, StoreError> {
+        self.read(|| async {
+            let c = self.client().await?;
+            let row = c.query_one("SELECT version FROM instances_version", &[]).await.map_err(driver)?;
+            Ok(row.get::<_, i64>(0) as u64)
         })
         .await
     }

@@ -24,6 +24,15 @@ async fn postgres_store_passes_the_conformance_suite() {
     let other = PgStore::connect(&url, 2).await.expect("second node");
     use dps_core::store::Store;
     assert_eq!(other.instances().await.unwrap().len(), 2);
+    // An instance written through one node moves the instances version the other reads (the
+    // trigger, whoever writes).
+    let before = other.instances_version().await.unwrap();
+    assert_eq!(store.instances_version().await.unwrap(), before);
+    let mut a = other.instance("dps-a").await.unwrap().expect("dps-a");
+    let expected_etag = std::mem::replace(&mut a.etag, "\"dps-a-3\"".into());
+    a.sku.capacity = 3;
+    store.write_instances(&[dps_core::store::InstanceWrite::Update { instance: a, expected_etag }]).await.unwrap();
+    assert_ne!(other.instances_version().await.unwrap(), before, "the other node sees the change");
 
     // The registration quota is one bucket per instance for every node: 3 per minute, taken
     // twice through this node and once through the other, is spent for both.

@@ -51,6 +51,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, instance, id_key)
     ) WITHOUT ROWID;
     CREATE INDEX documents_by_parent ON documents (kind, instance, parent_key, id_key);",
+    // 2: a version of the instances table, bumped by every write to it (whoever writes), so a
+    // cache of every instance can tell in one read whether it is still current.
+    "CREATE TABLE instances_version (one INTEGER PRIMARY KEY CHECK (one = 1), version INTEGER NOT NULL);
+    INSERT INTO instances_version (one, version) VALUES (1, 0);
+    CREATE TRIGGER instances_version_insert AFTER INSERT ON instances
+        BEGIN UPDATE instances_version SET version = version + 1; END;
+    CREATE TRIGGER instances_version_update AFTER UPDATE ON instances
+        BEGIN UPDATE instances_version SET version = version + 1; END;
+    CREATE TRIGGER instances_version_delete AFTER DELETE ON instances
+        BEGIN UPDATE instances_version SET version = version + 1; END;",
 ];
 
 /// The SQLite store.
@@ -345,6 +355,15 @@ impl DocumentStore for SqliteStore {
             }
             exec(tx, "DELETE FROM documents WHERE instance = ?1", params![name]).map_err(StoreError::unavailable)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn instances_version(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            let v: i64 =
+                row(c, "SELECT version FROM instances_version", [], |r| r.get(0)).map_err(StoreError::unavailable)?;
+            Ok(v as u64)
         })
         .await
     }

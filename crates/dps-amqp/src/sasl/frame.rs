@@ -56,6 +56,7 @@ pub fn decode(buf: &[u8], cap: usize) -> Result<Option<(Frame, usize)>, FrameErr
     if body.is_empty() {
         return Err(FrameError::Empty);
     }
+    crate::encoding::check_value(body).map_err(|e| FrameError::Decode(e.to_string()))?;
     let decoded: Frame = serde_amqp::from_slice(body).map_err(|e| FrameError::Decode(e.to_string()))?;
     Ok(Some((decoded, size)))
 }

@@ -73,6 +73,9 @@ pub struct Services {
     pub(crate) observer: Arc<dyn Observer>,
     /// Sources whose network refusal was logged (each is logged once).
     pub(crate) refusals_logged: Arc<network::LoggedOnce>,
+    /// Every instance's shared access policies by name, for service tokens that name no
+    /// instance (kept current by the store's instances version).
+    pub(crate) policy_index: Arc<callers::PolicyIndexCell>,
 }
 
 impl Services {
@@ -100,6 +103,7 @@ impl Services {
             role: Arc::default(),
             observer: Arc::new(NoObserver),
             refusals_logged: Arc::default(),
+            policy_index: Arc::default(),
         }
     }
 

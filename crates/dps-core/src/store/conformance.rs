@@ -137,8 +137,11 @@ async fn shared<S: Store + ?Sized>(s: &S) {
 
 async fn instances<S: Store + ?Sized>(s: &S) {
     assert!(s.instances().await.unwrap().is_empty(), "a new store is empty");
+    let v0 = s.instances_version().await.unwrap();
     let a = instance("dps-a", 1);
     s.write_instances(&[InstanceWrite::Create(a.clone())]).await.unwrap();
+    let v1 = s.instances_version().await.unwrap();
+    assert_ne!(v0, v1, "creating an instance changes the instances version");
     assert_eq!(s.instance("dps-a").await.unwrap().as_ref(), Some(&a), "an instance reads back as written");
     assert_eq!(s.instance("DPS-A").await.unwrap().as_ref(), Some(&a), "instance names are case-insensitive");
     assert_eq!(s.instance_by_scope(&a.id_scope).await.unwrap().as_ref(), Some(&a), "lookup by ID scope");
@@ -149,6 +152,7 @@ async fn instances<S: Store + ?Sized>(s: &S) {
     let r = s.write_instances(&[InstanceWrite::Create(b.clone()), InstanceWrite::Create(clash)]).await;
     assert!(matches!(r, Err(StoreError::Conflict(_)) | Err(StoreError::AlreadyExists)), "ID scopes are unique: {r:?}");
     assert!(s.instance("dps-b").await.unwrap().is_none(), "a failed deployment writes nothing");
+    assert_eq!(s.instances_version().await.unwrap(), v1, "nor changes the instances version");
     // Updates are conditional on the etag.
     let mut a2 = a.clone();
     a2.sku.capacity = 2;
@@ -158,8 +162,22 @@ async fn instances<S: Store + ?Sized>(s: &S) {
     assert!(matches!(stale, Err(StoreError::PreconditionFailed)), "stale etag refused: {stale:?}");
     s.write_instances(&[InstanceWrite::Update { instance: a2.clone(), expected_etag: a.etag.clone() }]).await.unwrap();
     assert_eq!(s.instance("dps-a").await.unwrap().unwrap().sku.capacity, 2);
+    let v2 = s.instances_version().await.unwrap();
+    assert!(![v0, v1].contains(&v2), "updating an instance changes the instances version");
     s.write_instances(&[InstanceWrite::Create(b)]).await.unwrap();
     assert_eq!(s.instances().await.unwrap().len(), 2);
+    // Deleting changes it too; documents do not.
+    let v3 = s.instances_version().await.unwrap();
+    s.write_instances(&[InstanceWrite::Create(instance("dps-z", 9))]).await.unwrap();
+    s.put_enrollment("dps-z", &enrollment("dev-z", "\"z\""), Precondition::Any).await.unwrap();
+    let v4 = s.instances_version().await.unwrap();
+    assert!(![v0, v1, v2, v3].contains(&v4), "another instance created");
+    s.delete_instance("dps-z").await.unwrap();
+    let v5 = s.instances_version().await.unwrap();
+    assert!(![v0, v1, v2, v3, v4].contains(&v5), "deleting an instance changes the instances version");
+    s.put_enrollment("dps-a", &enrollment("dev-v", "\"v\""), Precondition::Any).await.unwrap();
+    s.delete_enrollment("dps-a", "dev-v", Precondition::Any).await.unwrap();
+    assert_eq!(s.instances_version().await.unwrap(), v5, "documents leave the instances version alone");
 }
 
 async fn enrollments<S: Store + ?Sized>(s: &S) {

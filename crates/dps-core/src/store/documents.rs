@@ -51,6 +51,8 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug {
     async fn instance_by_scope(&self, scope: &IdScope) -> Result<Option<Instance>, StoreError>;
     async fn write_instances(&self, writes: &[InstanceWrite]) -> Result<(), StoreError>;
     async fn delete_instance(&self, name: &str) -> Result<(), StoreError>;
+    /// See [`Store::instances_version`].
+    async fn instances_version(&self) -> Result<u64, StoreError>;
 
     async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError>;
     /// Writes a document under `pre`: `MustNotExist` fails with `AlreadyExists`, `IfMatch`
@@ -255,6 +257,9 @@ impl<S: DocumentStore> Store for S {
     }
     async fn delete_instance(&self, name: &str) -> Result<(), StoreError> {
         DocumentStore::delete_instance(self, name).await
+    }
+    async fn instances_version(&self) -> Result<u64, StoreError> {
+        DocumentStore::instances_version(self).await
     }
 
     async fn enrollment(

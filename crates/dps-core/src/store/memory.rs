@@ -17,6 +17,8 @@ struct State {
     instances: BTreeMap<String, (String, String, String)>,
     /// (kind, lower-cased instance, lower-cased id) → (lower-cased parent, etag, JSON).
     docs: BTreeMap<(u8, String, String), Doc>,
+    /// Bumped by every instance write and delete.
+    instances_version: u64,
 }
 
 /// The in-memory store.
@@ -94,6 +96,7 @@ impl DocumentStore for MemoryStore {
                 }
             }
             s.instances = next;
+            s.instances_version += 1;
             Ok(())
         })
     }
@@ -102,9 +105,14 @@ impl DocumentStore for MemoryStore {
         let name = key(name);
         self.with(|s| {
             s.instances.remove(&name).ok_or(StoreError::NotFound)?;
+            s.instances_version += 1;
             s.docs.retain(|(_, inst, _), _| *inst != name);
             Ok(())
         })
+    }
+
+    async fn instances_version(&self) -> Result<u64, StoreError> {
+        self.with(|s| Ok(s.instances_version))
     }
 
     async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {

@@ -105,6 +105,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn write_instances(&self, writes: &[InstanceWrite]) -> Result<(), StoreError>;
     /// Deletes the instance and everything it holds.
     async fn delete_instance(&self, name: &str) -> Result<(), StoreError>;
+    /// A number that changes whenever an instance is created, updated or deleted, by this node
+    /// or any other sharing the database: one cheap read that tells whether what was built from
+    /// [`Store::instances`] is still current (docs/protocol.md, "Service API authentication").
+    async fn instances_version(&self) -> Result<u64, StoreError>;
 
     async fn enrollment(
         &self,
