@@ -37,7 +37,7 @@ pub fn next_frame(buf: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, F
     let mut frame = buf.split_to(size);
     // The performative is checked before the decoder trusts its sizes (crate::encoding).
     if let Some(body) = frame.get(HEADER..).filter(|b| !b.is_empty()) {
-        crate::encoding::check_value(body).map_err(|e| FrameError::Decode(e.to_string()))?;
+        crate::encoding::check_described(body).map_err(|e| FrameError::Decode(e.to_string()))?;
     }
     frame.advance(4);
     FrameDecoder {}.decode(&mut frame).map_err(|e| FrameError::Decode(e.to_string()))

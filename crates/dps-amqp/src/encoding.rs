@@ -27,10 +27,21 @@ pub enum EncodingError {
     TooManyElements { count: usize, size: usize },
     #[error("format code {0:#04x} is not an AMQP type")]
     BadCode(u8),
+    #[error("a frame body must be a described value")]
+    NotDescribed,
 }
 
-/// Checks the one value at the front of `bytes` (a frame body: the performative, which a
-/// payload may follow); returns its length.
+/// Checks the described value at the front of `bytes` (a frame body: the performative, which a
+/// payload may follow); returns its length. It must be described (start with `0x00`): the
+/// decoder also reads a descriptor without it, and would then read on past the value walked.
+pub fn check_described(bytes: &[u8]) -> Result<usize, EncodingError> {
+    if bytes.first() != Some(&0x00) {
+        return Err(EncodingError::NotDescribed);
+    }
+    check_value(bytes)
+}
+
+/// Checks the one value at the front of `bytes`; returns its length.
 pub fn check_value(bytes: &[u8]) -> Result<usize, EncodingError> {
     let mut w = Walk { bytes, pos: 0 };
     w.value(0)?;
@@ -242,6 +253,23 @@ mod tests {
         sasl.extend_from_slice(&init);
         let r = crate::sasl::frame::decode(&sasl, 512);
         assert!(matches!(&r, Err(crate::sasl::frame::FrameError::Decode(m)) if m.contains("nest")), "{r:?}");
+        // Found by the amqp_sasl fuzzer: a body that starts with the descriptor's code but not
+        // `0x00` is still read as described by the decoder, which then takes a sym32's length
+        // of 822 MB and allocates it before looking for the bytes.
+        let oom = b"\x00\x00\x00\x36\x0a\x01\x00\x00\x00\x53\xc0\x41\x1f\x01\xa3\x05\x00\x00\x01\x94\x3e\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x84\x00\x00\x00\x00\x03\xa3\x00\x00\x53\x41\x00\xb3\x31\x00\x00\x00\x00\x00\x00\x00\x00\x09\x00\x00\x00\x74\xfe\x01\xfe\x67";
+        let r = crate::sasl::frame::decode(oom, 512);
+        assert!(matches!(&r, Err(crate::sasl::frame::FrameError::Decode(m)) if m.contains("described")), "{r:?}");
+        // The same behind a well-formed first value, in an AMQP frame and a SASL frame.
+        let mut body = vec![0x00, 0x53, 0x10, 0x45, 0x00, 0xb3];
+        body.extend_from_slice(&0x3100_0000u32.to_be_bytes());
+        let mut frame = BytesMut::new();
+        frame.extend_from_slice(&u32::try_from(body.len() + 8).expect("small").to_be_bytes());
+        frame.extend_from_slice(&[2, 1, 0, 0]);
+        frame.extend_from_slice(&body);
+        let r = crate::sasl::frame::decode(&frame, 512);
+        assert!(matches!(&r, Err(crate::sasl::frame::FrameError::Decode(_))), "{r:?}");
+        frame[5] = 0;
+        assert!(crate::codec::next_frame(&mut frame, 32 * 1024).is_err());
     }
 
     #[test]

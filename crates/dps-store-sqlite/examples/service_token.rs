@@ -3,7 +3,9 @@
 //! 10001 and 200) writes INSTANCES instances, each with the default policy
 //! `provisioningserviceowner` and keys of its own, into a fresh SQLite database in a temporary
 //! directory, then times CALLS calls of `Services::service_caller` (the real OpenSSL-backed
-//! crypto) for each kind of token and prints the median and 90th percentile of each:
+//! crypto) for each kind of token and prints the median and 90th percentile of each, and the CPU
+//! time the whole process spent per call (every thread's, from `/proc/self/task/*/schedstat`:
+//! on a shared machine the CPU time is the figure that does not depend on the load):
 //! - `bad, shared host`: a wrong key, `sr` and `Host` the server's shared host name (no instance
 //!   named, so every instance's policy of that name is tried);
 //! - `good, shared host`: the key of the last instance, through the shared host name;
@@ -19,6 +21,15 @@ use dps_core::store::{DocumentStore, InstanceWrite};
 use dps_store_sqlite::{Durability, SqliteStore};
 
 const HOST: &str = "dps.bench.example";
+
+/// Nanoseconds on CPU of every thread of this process (Linux).
+fn cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
 
 fn instance(n: u32) -> Instance {
     let key = |which: u8| {
@@ -92,18 +103,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (what, token, host, ok) in cases {
             let token = token.ok_or("token")?;
             let mut times = Vec::with_capacity(calls);
+            let mut cpu = 0;
             for i in 0..=calls {
+                let cpu_before = cpu_ns();
                 let started = Instant::now();
                 let r = s.service_caller(Some(&token), host, AccessRight::EnrollmentRead).await;
                 let took = started.elapsed();
                 assert_eq!(r.is_ok(), ok, "{what}: {r:?}");
                 if i > 0 {
                     times.push(took);
+                    cpu += cpu_ns() - cpu_before;
                 }
             }
             times.sort();
             let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
-            println!("{what:<18} median {:8.3} ms  p90 {:8.3} ms", at(0.5), at(0.9));
+            let cpu_ms = cpu as f64 / 1e6 / times.len() as f64;
+            println!("{what:<18} median {:8.3} ms  p90 {:8.3} ms  cpu {cpu_ms:8.3} ms/call", at(0.5), at(0.9));
         }
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;

@@ -56,7 +56,10 @@ pub fn decode(buf: &[u8], cap: usize) -> Result<Option<(Frame, usize)>, FrameErr
     if body.is_empty() {
         return Err(FrameError::Empty);
     }
-    crate::encoding::check_value(body).map_err(|e| FrameError::Decode(e.to_string()))?;
+    // A SASL frame's body is the one described value (docs/amqp.md, "Encoded values").
+    crate::encoding::check_described(body)
+        .and_then(|n| if n == body.len() { Ok(()) } else { Err(crate::encoding::EncodingError::SizeMismatch) })
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
     let decoded: Frame = serde_amqp::from_slice(body).map_err(|e| FrameError::Decode(e.to_string()))?;
     Ok(Some((decoded, size)))
 }
