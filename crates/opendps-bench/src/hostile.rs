@@ -508,6 +508,33 @@ impl Condition {
         (u.rate() > 0.0 && up99 > 0.0).then(|| (l.rate() / u.rate(), lp99 / up99))
     }
 
+    /// CPU cores used (CPU seconds over wall seconds) over the good loads, unloaded and loaded:
+    /// (server, bench). The bench's figure includes its hostile client.
+    pub fn cores(&self) -> ((f64, f64), (f64, f64)) {
+        let sum = |v: &[(Protocol, LoadResult)]| {
+            let wall: f64 = v.iter().map(|(_, r)| r.wall.as_secs_f64()).sum::<f64>().max(1e-3);
+            let server: f64 = v.iter().map(|(_, r)| r.server.cpu_seconds).sum();
+            let client: f64 = v.iter().map(|(_, r)| r.client_cpu_seconds).sum();
+            (server / wall, client / wall)
+        };
+        let (u, l) = (sum(&self.unloaded), sum(&self.loaded));
+        ((u.0, l.0), (u.1, l.1))
+    }
+
+    /// Server CPU the hostile load cost while the good devices ran, in cores: the server's CPU
+    /// under load less what the good registrations cost it unloaded (per registration), over
+    /// the wall time.
+    pub fn hostile_server_cores(&self) -> Option<f64> {
+        let mut extra = 0.0;
+        let mut wall = 0.0;
+        for (p, l) in &self.loaded {
+            let u = &self.unloaded.iter().find(|(q, _)| q == p)?.1;
+            extra += l.server.cpu_seconds - l.ok as f64 * u.server_cpu_ms_per_op()? / 1000.0;
+            wall += l.wall.as_secs_f64();
+        }
+        (wall > 0.0).then(|| extra / wall)
+    }
+
     /// Rate ≥ 0.8× and p99 ≤ 2× unloaded, for every protocol, with no failed good device.
     pub fn met(&self) -> bool {
         self.loaded.iter().all(|(p, l)| l.failed() == 0 && self.ratios(*p).is_some_and(|(r, q)| r >= 0.8 && q <= 2.0))
@@ -693,6 +720,25 @@ pub fn report(rep: &mut Report, a: &HostileArgs, results: &[Condition]) {
             c.fds.0,
             c.fds.1,
             verdict(c.met()),
+        ));
+    }
+    rep.line("");
+    rep.line(
+        "CPU while the good devices ran (cores = CPU seconds over wall seconds; the machine has 2 and other \
+         work on it): the server's, unloaded → loaded; the part of the server's that went to the hostile load (its \
+         CPU under load less the good registrations at their unloaded cost); the bench process's (good devices, and \
+         the hostile client when loaded).\n",
+    );
+    rep.line("| hostile load | placement | server cores unloaded → loaded | server cores on the hostile load | bench cores unloaded → loaded |");
+    rep.line("|---|---|---|---|---|");
+    for c in results {
+        let ((su, sl), (bu, bl)) = c.cores();
+        rep.line(format!(
+            "| {} ({}) | {} | {su:.2} → {sl:.2} | {} | {bu:.2} → {bl:.2} |",
+            c.kind.name(),
+            c.bound,
+            placement_name(c.placement),
+            c.hostile_server_cores().map_or_else(|| "-".into(), |v| format!("{v:.2}")),
         ));
     }
     rep.line("");
