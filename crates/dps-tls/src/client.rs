@@ -238,6 +238,19 @@ impl Client {
         identity: Option<&ClientIdentity>,
         resume: Option<&ClientSession>,
     ) -> Result<ClientStream, ConnectError> {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| ConnectError::Tcp(e.kind()))?;
+        self.handshake(tcp, server_name, identity, resume).await
+    }
+
+    /// As [`Client::connect`], over a TCP connection the caller made (e.g. from a chosen source
+    /// address).
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        server_name: &str,
+        identity: Option<&ClientIdentity>,
+        resume: Option<&ClientSession>,
+    ) -> Result<ClientStream, ConnectError> {
         let mut ssl = Ssl::new(&self.ctx).map_err(ConnectError::Setup)?;
         match server_name.parse::<IpAddr>() {
             Ok(ip) => ssl.param_mut().set_ip(ip).map_err(ConnectError::Setup)?,
@@ -260,7 +273,6 @@ impl Client {
             }
             crate::ffi::resume_session(&mut ssl, &s.session).map_err(ConnectError::Setup)?;
         }
-        let tcp = TcpStream::connect(addr).await.map_err(|e| ConnectError::Tcp(e.kind()))?;
         let _ = tcp.set_nodelay(true);
         let mut inner = SslStream::new(ssl, tcp).map_err(ConnectError::Setup)?;
         Pin::new(&mut inner).connect().await.map_err(|e| ConnectError::Handshake(handshake_cause(&e)))?;

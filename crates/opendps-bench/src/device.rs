@@ -198,7 +198,7 @@ async fn fill<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result<usiz
 }
 
 /// Reads one response: Content-Length, chunked, or until close.
-async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Result<(u16, Vec<u8>), Failure> {
+pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Result<(u16, Vec<u8>), Failure> {
     let mut buf = Vec::with_capacity(2048);
     let head_end = loop {
         if let Some(i) = find(&buf, b"\r\n\r\n") {

@@ -6,6 +6,9 @@
 //! - `ceiling`: the nginx ceiling alone.
 //! - `idle`: K idle MQTT- or AMQP-over-TLS connections, and the server memory each costs.
 //! - `growth`: registration latency with 10 k, 1 M, ... seeded enrollments and registrations.
+//! - `hostile`: good devices registering unloaded and under each hostile load (idle TLS,
+//!   half-open TCP, slowloris, stalled uploads, MQTT without CONNECT or with a wrong password,
+//!   oversized fields) from one source and from many.
 //! - `smoke`: all of the above, tiny, for CI (no timing is judged).
 //!
 //! Every subcommand starts and stops its own server (and nginx) on its own loopback address,
@@ -13,6 +16,7 @@
 
 mod device;
 mod growth;
+mod hostile;
 mod idle;
 mod load;
 mod nginx;
@@ -54,6 +58,9 @@ enum Command {
     Idle(idle::IdleArgs),
     /// Registration latency as the store grows (seeded individual enrollments + registrations).
     Growth(growth::GrowthArgs),
+    /// Good devices registering unloaded, then under each hostile load at its bound, from one
+    /// source address and from many: rate and p99 as fractions of unloaded.
+    Hostile(hostile::HostileArgs),
     /// A quick run of every benchmark (CI): checks the tool works end to end, judges no timing.
     Smoke(smoke::SmokeArgs),
 }
@@ -149,6 +156,7 @@ fn main() -> std::process::ExitCode {
         Command::Ceiling(a) => a.common.client_threads,
         Command::Idle(a) => a.common.client_threads,
         Command::Growth(a) => a.common.client_threads,
+        Command::Hostile(a) => a.common.client_threads,
         Command::Smoke(a) => a.common.client_threads,
     };
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
@@ -165,6 +173,7 @@ fn main() -> std::process::ExitCode {
             Command::Ceiling(a) => register::ceiling(a).await,
             Command::Idle(a) => idle::idle(a).await,
             Command::Growth(a) => growth::growth(a).await,
+            Command::Hostile(a) => hostile::hostile(a).await,
             Command::Smoke(a) => smoke::smoke(a).await,
         }
     });

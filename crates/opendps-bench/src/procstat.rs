@@ -150,6 +150,14 @@ pub fn own_nofile() -> (u64, u64) {
     std::fs::read_to_string("/proc/self/limits").ok().and_then(parse).unwrap_or((1024, 1024))
 }
 
+/// "soft / hard" open-files limits of `pid`, from /proc/PID/limits.
+pub fn nofile_of(pid: u32) -> Option<String> {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = t.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut w = line["Max open files".len()..].split_whitespace();
+    Some(format!("soft {}, hard {}", w.next()?, w.next()?))
+}
+
 /// The open-files limit to give a child: `n`, at most this process's hard limit (which a
 /// child may take without privileges).
 pub fn child_nofile(n: u64) -> u64 {

@@ -229,6 +229,13 @@ impl Server {
         }
     }
 
+    /// The admin listener (/metrics), from the banner's "admin (metrics, health):" line.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        let text = std::fs::read_to_string(&self.log).ok()?;
+        let line = text.lines().find(|l| l.trim_start().starts_with("admin (metrics, health):"))?;
+        line.split("http://").nth(1)?.split('/').next()?.parse().ok()
+    }
+
     /// The last lines of the server's log.
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), lines)

@@ -1,5 +1,5 @@
-//! `smoke`: every benchmark, tiny, for CI. It checks that the tool works end to end (every
-//! part has successes and no failure) and judges no timing.
+//! `smoke`: every benchmark, tiny, for CI (`hostile` included). It checks that the tool works end
+//! to end (every part has successes and no failure) and judges no timing.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::growth::{self, GrowthArgs, SeedVia};
+use crate::hostile::{self, HostileArgs, Kind, Placement};
 use crate::idle::{self, IdleArgs};
 use crate::load::Spec;
 use crate::register::{NginxArgs, Setup, SetupSpec};
@@ -150,6 +151,43 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
     };
     let idle_result = idle::measure(&setup, &idle_args).await?;
     parts.push(("idle".into(), idle_result.open.clone()));
+
+    // Every hostile load, small, from a few sources (the smoke server's per-source limits are
+    // off): good devices must all register under each.
+    let hostile_args = HostileArgs {
+        common: common.clone(),
+        loads: vec![
+            Kind::IdleTls,
+            Kind::HalfOpen,
+            Kind::Slowloris,
+            Kind::StalledUpload,
+            Kind::MqttNoConnect,
+            Kind::MqttWrongPassword,
+            Kind::Oversized,
+        ],
+        placement: vec![Placement::Many],
+        devices: a.devices.min(10),
+        concurrency: 4,
+        max_seconds: a.max_seconds,
+        ramp_seconds: 10,
+        settle_seconds: 1,
+        warmup: 0,
+        hostile_concurrency: 8,
+        sources: 4,
+        idle_tls: 20,
+        half_open_per_second: 50,
+        slowloris: 20,
+        stalled_uploads: 10,
+        mqtt_no_connect: 20,
+        mqtt_wrong_password: 20,
+        oversized_per_second: 20,
+    };
+    let hostile_results = hostile::measure(&setup, &hostile_args, &setup.target).await?;
+    for c in &hostile_results {
+        for (p, r) in &c.loaded {
+            parts.push((format!("hostile-{:?}-{}", c.kind, p.name()), r.clone()));
+        }
+    }
     drop(setup);
 
     let growth_args = GrowthArgs {
@@ -174,6 +212,8 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
     rep.line(format!("Ceiling: {ceiling_note}.\n"));
     rep.loads(&parts.iter().map(|(_, r)| r).collect::<Vec<_>>());
     idle::report(&mut rep, &idle_args, &idle_result);
+    rep.line("");
+    hostile::report(&mut rep, &hostile_args, &hostile_results);
     rep.line("");
     growth::report(&mut rep, &growth_args, std::slice::from_ref(&point));
     rep.line(format!(

@@ -3,16 +3,20 @@
 //! default no session resumption (no session cache, no ticket extension), so every connection
 //! is a full handshake; [`TlsClient::resuming`] makes a client that keeps each device's session
 //! (per server address) and offers it on the device's next connection (`register --resume`).
-//! The TLS itself is `dps_tls::client` (only dps-tls uses `openssl::ssl`).
+//! [`TlsClient::spread_over`] spreads a client's connections over several loopback source
+//! addresses, as many devices would come from many addresses (`hostile`: the server's per-source
+//! limits then see each device as its own source). The TLS itself is `dps_tls::client` (only
+//! dps-tls uses `openssl::ssl`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use dps_tls::client::{Client, ClientOptions, ClientSession, ClientStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::device::Failure;
 
@@ -32,6 +36,47 @@ pub struct TlsClient {
     client: Client,
     server_name: String,
     sessions: Option<Arc<Sessions>>,
+    sources: Option<Arc<Sources>>,
+}
+
+/// Source addresses taken in turn, one per connection.
+#[derive(Debug)]
+pub struct Sources {
+    addrs: Vec<IpAddr>,
+    next: AtomicUsize,
+}
+
+impl Sources {
+    pub fn new(addrs: Vec<IpAddr>) -> Sources {
+        Sources { addrs, next: AtomicUsize::new(0) }
+    }
+
+    /// The next address in turn (None when there are none: the kernel chooses).
+    pub fn next(&self) -> Option<IpAddr> {
+        if self.is_empty() {
+            return None;
+        }
+        Some(self.addrs[self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len()])
+    }
+
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+}
+
+/// A TCP connection to `addr` from `source` (any port), or from the address the kernel
+/// chooses.
+pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, Failure> {
+    let fail = |e: std::io::Error| Failure::new(format!("tcp connect: {}", e.kind()));
+    let Some(src) = source else { return TcpStream::connect(addr).await.map_err(fail) };
+    let socket = if src.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(fail)?;
+    socket.set_reuseaddr(true).map_err(fail)?;
+    socket.bind(SocketAddr::new(src, 0)).map_err(fail)?;
+    socket.connect(addr).await.map_err(fail)
 }
 
 impl TlsClient {
@@ -53,7 +98,19 @@ impl TlsClient {
         let client =
             Client::new(&pem, &options).with_context(|| format!("a TLS client offering the groups {groups:?}"))?;
         let sessions = resumption.then(|| Arc::new(Sessions::default()));
-        Ok(TlsClient { client, server_name: server_ip.to_string(), sessions })
+        Ok(TlsClient { client, server_name: server_ip.to_string(), sessions, sources: None })
+    }
+
+    /// The same client, its connections spread over `sources` in turn.
+    pub fn spread_over(&self, sources: Arc<Sources>) -> TlsClient {
+        TlsClient { sources: Some(sources), ..self.clone() }
+    }
+
+    /// A TLS handshake over a TCP connection from `source`, without a client certificate or a
+    /// kept session (a hostile client's connection).
+    pub async fn connect_from(&self, addr: SocketAddr, source: Option<IpAddr>) -> Result<ClientStream, Failure> {
+        let tcp = tcp_connect(addr, source).await?;
+        self.client.handshake(tcp, &self.server_name, None, None).await.map_err(|e| Failure::new(e.to_string()))
     }
 
     /// TCP connect and a TLS handshake for `device`, presenting `cert` when given; resumed when
@@ -64,10 +121,11 @@ impl TlsClient {
         device: &str,
         cert: Option<&DeviceCert>,
     ) -> Result<ClientStream, Failure> {
+        let tcp = tcp_connect(addr, self.sources.as_ref().and_then(|s| s.next())).await?;
         let Some(sessions) = &self.sessions else {
             return self
                 .client
-                .connect(addr, &self.server_name, cert, None)
+                .handshake(tcp, &self.server_name, cert, None)
                 .await
                 .map_err(|e| Failure::new(e.to_string()));
         };
@@ -75,7 +133,7 @@ impl TlsClient {
         let kept = sessions.kept.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
         let s = self
             .client
-            .connect(addr, &self.server_name, cert, kept.as_ref())
+            .handshake(tcp, &self.server_name, cert, kept.as_ref())
             .await
             .map_err(|e| Failure::new(e.to_string()))?;
         if s.resumed() {
