@@ -9,6 +9,8 @@ use bytes::{Buf, BytesMut};
 use fe2o3_amqp::frames::amqp::{Frame, FrameDecoder};
 use fe2o3_amqp::types::messaging::message::__private::Serializable;
 use fe2o3_amqp::types::messaging::{Data, Message};
+use fe2o3_amqp::types::performatives::Transfer;
+use fe2o3_amqp::types::primitives::Binary;
 use serde::Serialize;
 use tokio_util::codec::Decoder;
 
@@ -86,6 +88,23 @@ pub fn encode<P: Serialize>(
     out.extend_from_slice(&body);
     out.extend_from_slice(payload);
     Ok(())
+}
+
+/// The first (or only) transfer frame of a delivery: format 0, its delivery-id as the tag.
+pub fn transfer(handle: u32, delivery_id: u32, settled: bool) -> Transfer {
+    Transfer {
+        handle: handle.into(),
+        delivery_id: Some(delivery_id),
+        delivery_tag: Some(Binary::from(delivery_id.to_be_bytes().to_vec())),
+        message_format: Some(0),
+        settled: Some(settled),
+        more: false,
+        rcv_settle_mode: None,
+        state: None,
+        resume: false,
+        aborted: false,
+        batchable: false,
+    }
 }
 
 /// The bytes of a message, as a transfer carries them.

@@ -6,12 +6,14 @@
 //! close), logged once.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use dps_core::device::{AuthOutcome, ConnectionFacts, Credential, DeviceReply, DeviceSession};
+use dps_core::device::{ApiVersion, AuthOutcome, ConnectionFacts, Credential, DeviceReply, DeviceSession};
 use dps_core::error::{Error, WireError};
 use dps_core::service::Services;
 use fe2o3_amqp::frames::amqp::{Frame, FrameBody};
@@ -20,7 +22,7 @@ use fe2o3_amqp::types::definitions::{
 };
 use fe2o3_amqp::types::messaging::{Accepted, Data, DeliveryState, Message, Rejected, TargetArchetype};
 use fe2o3_amqp::types::performatives::{Attach, Begin, Close, Detach, Disposition, End, Flow, Open, Transfer};
-use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
+use fe2o3_amqp::types::primitives::{Symbol, Value};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -120,7 +122,9 @@ where
         }
     };
     let _ = buf.split_to(8);
-    let mut session = ctx.services.device_session(ctx.facts.clone());
+    // Boxed: it moves into each device-API call and back (a pointer, not the session, moves),
+    // and it is not held twice in this future.
+    let mut session = Box::new(ctx.services.device_session(ctx.facts.clone()));
     let auth = if sasl {
         // Boxed: the SASL future is large and lives only during the exchange.
         let run = Box::pin(driver::run(&mut io, &mut buf, &mut session, None, settings.sasl, peer));
@@ -149,7 +153,11 @@ where
         io,
         buf,
         ctx: &ctx,
-        session: &mut session,
+        session: Some(session),
+        api_version_stale: false,
+        running: None,
+        queued: VecDeque::new(),
+        request_links: 0,
         auth,
         api_version: None,
         auth_deadline: started + settings.authenticate_timeout,
@@ -218,6 +226,9 @@ const OUTGOING_WINDOW: u32 = 2048;
 const HANDLE_MAX: u32 = 7;
 /// Responses held for a sender link (or credit) that is not there yet.
 const MAX_WAITING: usize = 4;
+/// Requests a connection may have at the device API at once: one running, the rest queued in
+/// order. A request over this is rejected as throttled.
+const MAX_CALLS: usize = 4;
 /// A read buffer larger than this is given back once it is empty (idle connections stay small).
 const IDLE_BUFFER: usize = 2 * 1024;
 /// The read buffer an idle connection waits with.
@@ -240,6 +251,9 @@ struct Out {
 /// Our receiver link: the device's sender, where requests come from.
 struct In {
     handle: u32,
+    /// Which attach of a request link this is (on this connection): a call's answer goes out
+    /// only on the link its request came from.
+    generation: u32,
     delivery_count: u32,
     /// The delivery being gathered from transfers with `more`.
     partial: Option<Partial>,
@@ -249,6 +263,26 @@ struct Partial {
     delivery_id: u32,
     settled: bool,
     payload: Vec<u8>,
+}
+
+/// A request admitted to the device API, queued or running.
+struct Call {
+    delivery_id: u32,
+    settled: bool,
+    handle: u32,
+    /// The request link's `In::generation`.
+    link: u32,
+    request: mapping::Request,
+}
+
+/// A call running: it owns the device session while it runs and hands it back.
+type Running = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+struct Done {
+    session: Box<DeviceSession>,
+    call: Call,
+    /// `None`: the call exceeded `call_timeout`.
+    reply: Option<DeviceReply>,
 }
 
 /// The one session (state of AMQP 1.0 §2.5.6 and the two links).
@@ -265,7 +299,6 @@ struct Sess {
     waiting: VecDeque<Message<Data>>,
     /// Handles we detached (refused) whose detach from the device is still to come: not answered.
     detaching: u8,
-    next_tag: u32,
 }
 
 impl Sess {
@@ -289,7 +322,16 @@ struct Conn<'a, S> {
     /// The one read buffer: grown to the frame being read, given back when idle.
     buf: BytesMut,
     ctx: &'a ConnectionContext,
-    session: &'a mut DeviceSession,
+    /// The device session; away (`None`) while a call runs, which owns it.
+    session: Option<Box<DeviceSession>>,
+    /// A link brought a new api-version while the session was away: applied when it is back.
+    api_version_stale: bool,
+    /// The device-API call running, polled by the frame loop beside the socket.
+    running: Option<Running>,
+    /// Admitted requests waiting for the running call to end (at most `MAX_CALLS` - 1).
+    queued: VecDeque<Call>,
+    /// Request links attached so far (the next one's generation).
+    request_links: u32,
     auth: Auth,
     api_version: Option<String>,
     auth_deadline: Instant,
@@ -309,6 +351,15 @@ enum Wake {
     Idle,
     Heartbeat,
     Read(std::io::Result<usize>),
+    Done(Box<Done>),
+}
+
+/// The running call's end (never, when none runs).
+async fn finished(running: &mut Option<Running>) -> Done {
+    match running {
+        Some(call) => call.await,
+        None => std::future::pending().await,
+    }
 }
 
 fn condition_error(condition: ErrorCondition, e: &WireError) -> definitions::Error {
@@ -491,8 +542,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             let pending = matches!(self.auth, Auth::Pending);
             let idle_at = self.last_received + self.settings().idle_timeout;
             let beat_at = self.heartbeat.map(|h| self.last_sent + h);
+            let calling = self.running.is_some();
             let wake = tokio::select! {
                 () = shutdown.cancelled() => Wake::Shutdown,
+                done = finished(&mut self.running), if calling => Wake::Done(Box::new(done)),
                 () = tokio::time::sleep_until(self.auth_deadline), if pending => Wake::AuthTimeout,
                 () = tokio::time::sleep_until(idle_at) => Wake::Idle,
                 () = tokio::time::sleep_until(beat_at.unwrap_or(idle_at)), if beat_at.is_some() => Wake::Heartbeat,
@@ -505,6 +558,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                     return Err(Stop);
                 }
                 Wake::Read(Ok(_)) => {}
+                Wake::Done(done) => {
+                    self.running = None;
+                    self.on_done(*done).await?;
+                }
                 Wake::Heartbeat => self.write(&codec::EMPTY_FRAME).await?,
                 Wake::Shutdown => {
                     let e = error(
@@ -626,7 +683,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             receiver: None,
             waiting: VecDeque::new(),
             detaching: 0,
-            next_tag: 0,
         });
         let ours = Begin {
             remote_channel: Some(channel),
@@ -681,7 +737,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                     ))))
                 } else if let (true, Some(v)) = (fresh_api_version, api_version.as_deref()) {
                     // After SASL the links are the first place the api-version appears.
-                    self.session.set_api_version(v).map_err(|e| mapping::rejection(&e))
+                    match self.session.as_mut() {
+                        Some(session) => session.set_api_version(v).map_err(|e| mapping::rejection(&e)),
+                        // A call has the session: checked now, applied when it is back.
+                        None => ApiVersion::parse(v)
+                            .map(|_| self.api_version_stale = true)
+                            .map_err(|e| mapping::rejection(&self.wire(&e))),
+                    }
                 } else {
                     Ok(())
                 }
@@ -731,7 +793,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         }
         let Some(sess) = self.sess.as_mut() else { return Ok(()) };
         if device_sends {
-            sess.receiver = Some(In { handle, delivery_count: initial_delivery_count, partial: None });
+            self.request_links = self.request_links.wrapping_add(1);
+            let generation = self.request_links;
+            sess.receiver = Some(In { handle, generation, delivery_count: initial_delivery_count, partial: None });
             self.send_flow(Some(handle)).await
         } else {
             sess.sender = Some(Out { handle, delivery_count: 0, credit: 0, presettled });
@@ -856,14 +920,112 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             return if renew { self.send_flow(None).await } else { Ok(()) };
         }
         link.delivery_count = link.delivery_count.wrapping_add(1);
+        let generation = link.generation;
         let Partial { delivery_id, settled, payload } = partial;
-        let answer = self.answer(&payload).await;
+        let admitted = self.admit(&payload);
         drop(payload);
+        match admitted {
+            Ok(request) => {
+                self.queued.push_back(Call { delivery_id, settled, handle, link: generation, request });
+                self.start_next();
+                Ok(())
+            }
+            Err(err) => self.settle(delivery_id, settled, handle, Answer::Reject(err)).await,
+        }
+    }
+
+    /// A request for the device API, or the rejection it gets at once (it does not decode, the
+    /// connection names no device yet, or `MAX_CALLS` are there already).
+    fn admit(&self, payload: &[u8]) -> Result<mapping::Request, definitions::Error> {
+        let request = match (mapping::decode_request(payload), &self.auth) {
+            (Err(e), _) => {
+                tracing::info!(peer = %self.peer(), reason = %e, "amqp: request refused");
+                return Err(mapping::rejection(&self.wire(&e.error())));
+            }
+            (Ok(_), Auth::Pending) => {
+                tracing::info!(peer = %self.peer(), "amqp: request before any link named the device; refused");
+                return Err(mapping::rejection(
+                    &self.wire(&Error::Unauthorized("the connection is not authenticated".into())),
+                ));
+            }
+            (Ok(request), Auth::Named(_)) => request,
+        };
+        if self.queued.len() + usize::from(self.running.is_some()) >= MAX_CALLS {
+            tracing::info!(peer = %self.peer(), "amqp: more than {MAX_CALLS} requests at once; refused as throttled");
+            return Err(mapping::rejection(&self.wire(&Error::Throttled { retry_after: Duration::from_secs(1) })));
+        }
+        Ok(request)
+    }
+
+    /// Starts the next queued call whose request link is still attached, if none runs. The
+    /// call owns the device session until it ends; the frame loop polls it beside the socket,
+    /// so frames, heartbeats, detach and close are served while it runs.
+    fn start_next(&mut self) {
+        if self.running.is_some() {
+            return;
+        }
+        let live = self.sess.as_ref().and_then(|s| s.receiver.as_ref()).map(|i| i.generation);
+        while let Some(call) = self.queued.pop_front() {
+            if Some(call.link) != live {
+                continue;
+            }
+            let Some(mut session) = self.session.take() else {
+                self.queued.push_front(call);
+                return;
+            };
+            let timeout = self.ctx.settings.call_timeout;
+            self.running = Some(Box::pin(async move {
+                let op = match &call.request.operation {
+                    Operation::Register { body } => dps_core::device::Operation::Register { body },
+                    Operation::OperationStatus { operation_id } => {
+                        dps_core::device::Operation::OperationStatus { operation_id }
+                    }
+                };
+                let reply = tokio::time::timeout(timeout, session.handle(op)).await.ok();
+                Done { session, call, reply }
+            }));
+            return;
+        }
+    }
+
+    /// A call ended: the session is back; its request is settled and answered if its link is
+    /// still there, and the next queued call starts.
+    async fn on_done(&mut self, done: Done) -> Step {
+        let Done { mut session, call, reply } = done;
+        if std::mem::take(&mut self.api_version_stale) {
+            if let Some(v) = self.api_version.as_deref() {
+                // Checked when the link attached.
+                let _ = session.set_api_version(v);
+            }
+        }
+        self.session = Some(session);
+        let reply = reply.unwrap_or_else(|| {
+            tracing::warn!(peer = %self.peer(), "amqp: device API call timed out");
+            DeviceReply::Error(self.ctx.services.wire(
+                500,
+                500_000,
+                "the service failed to complete the request; try again".into(),
+            ))
+        });
+        let live = self.sess.as_ref().and_then(|s| s.receiver.as_ref()).is_some_and(|i| i.generation == call.link);
+        let step = if live {
+            let answer = mapping::answer(&reply, call.request.correlation_id);
+            self.settle(call.delivery_id, call.settled, call.handle, answer).await
+        } else {
+            tracing::debug!(peer = %self.peer(), "amqp: the request link is gone; the answer is dropped");
+            Ok(())
+        };
+        self.start_next();
+        step
+    }
+
+    /// Settles a request (the device's send completes on it), gives the link its credit back,
+    /// then answers.
+    async fn settle(&mut self, delivery_id: u32, settled: bool, handle: u32, answer: Answer) -> Step {
         let (state, response) = match answer {
             Answer::Reject(err) => (DeliveryState::Rejected(Rejected { error: Some(err) }), None),
             Answer::Respond(msg) => (DeliveryState::Accepted(Accepted {}), Some(msg)),
         };
-        // Settle the request first (the device's send completes on it), then answer.
         if !settled {
             let d = Disposition {
                 role: Role::Receiver,
@@ -880,44 +1042,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             self.respond(*msg).await?;
         }
         Ok(())
-    }
-
-    /// The answer to one request message.
-    async fn answer(&mut self, payload: &[u8]) -> Answer {
-        match (mapping::decode_request(payload), &self.auth) {
-            (Err(e), _) => {
-                tracing::info!(peer = %self.peer(), reason = %e, "amqp: request refused");
-                Answer::Reject(mapping::rejection(&self.wire(&e.error())))
-            }
-            (Ok(_), Auth::Pending) => {
-                tracing::info!(peer = %self.peer(), "amqp: request before any link named the device; refused");
-                Answer::Reject(mapping::rejection(
-                    &self.wire(&Error::Unauthorized("the connection is not authenticated".into())),
-                ))
-            }
-            (Ok(request), Auth::Named(_)) => {
-                let op = match &request.operation {
-                    Operation::Register { body } => dps_core::device::Operation::Register { body },
-                    Operation::OperationStatus { operation_id } => {
-                        dps_core::device::Operation::OperationStatus { operation_id }
-                    }
-                };
-                // Boxed: the device API's future is large and lives only during the call.
-                let call = Box::pin(self.session.handle(op));
-                let reply = match tokio::time::timeout(self.ctx.settings.call_timeout, call).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::warn!(peer = %self.peer(), "amqp: device API call timed out");
-                        DeviceReply::Error(self.ctx.services.wire(
-                            500,
-                            500_000,
-                            "the service failed to complete the request; try again".into(),
-                        ))
-                    }
-                };
-                mapping::answer(&reply, request.correlation_id)
-            }
-        }
     }
 
     /// Queues a response and sends what the sender link's credit allows.
@@ -951,22 +1075,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             out.delivery_count = out.delivery_count.wrapping_add(1);
             let presettled = out.presettled;
             let handle = out.handle;
-            let tag = sess.next_tag;
-            sess.next_tag = sess.next_tag.wrapping_add(1);
-            let delivery_id = sess.next_outgoing_id;
-            let mut transfer = Transfer {
-                handle: handle.into(),
-                delivery_id: Some(delivery_id),
-                delivery_tag: Some(Binary::from(tag.to_be_bytes().to_vec())),
-                message_format: Some(0),
-                settled: Some(presettled),
-                more: false,
-                rcv_settle_mode: None,
-                state: None,
-                resume: false,
-                aborted: false,
-                batchable: false,
-            };
+            let mut transfer = codec::transfer(handle, sess.next_outgoing_id, presettled);
             // Within the device's max-frame-size: the transfer performative is under 64 bytes.
             let room = self.peer_max_frame.saturating_sub(codec::HEADER + 64).max(64);
             let mut rest = &bytes[..];
@@ -1022,7 +1131,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
 
     /// No SASL: the device is the one the link names, proved by its TLS client chain.
     async fn authenticate_x509(&mut self, identity: Identity) {
-        let asked = Box::pin(self.session.authenticate(
+        // No call runs before the connection names its device, so the session is here.
+        let Some(session) = self.session.as_mut() else {
+            self.auth = Auth::Named(identity);
+            return;
+        };
+        let asked = Box::pin(session.authenticate(
             &identity.id_scope,
             &identity.registration_id,
             self.api_version.as_deref(),

@@ -608,18 +608,25 @@ async fn read_frame(io: &mut Tls, buf: &mut Vec<u8>) -> fe2o3_amqp::frames::amqp
     .await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_engine_answers_pipelined_frames_sends_heartbeats_and_answers_detach_and_close() {
+/// Appends one frame on channel 0.
+fn put<P: serde::Serialize>(out: &mut Vec<u8>, performative: &P, payload: &[u8]) {
+    dps_amqp::codec::encode(out, 0, performative, payload).unwrap();
+}
+
+/// A raw device through SASL PLAIN, then (in one write, as a pipelining client sends it) the
+/// AMQP header, an Open with a 512-byte max-frame-size and a 1 s idle-time-out for the server to
+/// honour, a Begin, the receiver link (handle 0, 5 credits) and the sender link (handle 1) on the
+/// device's address, and `then`. Returns after the server's header, Open and Begin.
+async fn raw_device(f: &Fixture, id: &str, key: &str, then: &[u8], buf: &mut Vec<u8>) -> Tls {
     use fe2o3_amqp::frames::amqp::FrameBody;
     use fe2o3_amqp::types::definitions::{ReceiverSettleMode, Role, SenderSettleMode};
-    use fe2o3_amqp::types::messaging::{DeliveryState, Source, Target, TargetArchetype};
-    use fe2o3_amqp::types::performatives::{Attach, Begin, Close, Detach, Flow, Open, Transfer};
+    use fe2o3_amqp::types::messaging::{Source, Target, TargetArchetype};
+    use fe2o3_amqp::types::performatives::{Attach, Begin, Flow, Open};
 
-    let f = setup("").await;
     let mut io = sasl_client(f.addr()).await;
     let mut header = [0u8; 8];
     io.read_exact(&mut header).await.expect("sasl header");
-    io.write_all(&init("PLAIN", &f.plain("dev-1", &device_key("dev-1")))).await.expect("init");
+    io.write_all(&init("PLAIN", &f.plain(id, key))).await.expect("init");
     let mut sasl = Vec::new();
     loop {
         match read_sasl_frame(&mut io, &mut sasl).await {
@@ -631,9 +638,7 @@ async fn the_engine_answers_pipelined_frames_sends_heartbeats_and_answers_detach
         }
     }
     assert!(sasl.is_empty(), "nothing after the outcome before our AMQP header");
-    // Everything up to the request in one write, as a pipelining client sends it: a 512-byte
-    // max-frame-size and a 1 s idle-time-out for the server to honour.
-    let address = f.address("dev-1");
+    let address = f.address(id);
     let mut out = b"AMQP\x00\x01\x00\x00".to_vec();
     let open = Open {
         container_id: "raw".into(),
@@ -647,7 +652,7 @@ async fn the_engine_answers_pipelined_frames_sends_heartbeats_and_answers_detach
         desired_capabilities: None,
         properties: None,
     };
-    dps_amqp::codec::encode(&mut out, 0, &open, &[]).unwrap();
+    put(&mut out, &open, &[]);
     let begin = Begin {
         remote_channel: None,
         next_outgoing_id: 0,
@@ -658,7 +663,7 @@ async fn the_engine_answers_pipelined_frames_sends_heartbeats_and_answers_detach
         desired_capabilities: None,
         properties: None,
     };
-    dps_amqp::codec::encode(&mut out, 0, &begin, &[]).unwrap();
+    put(&mut out, &begin, &[]);
     let attach = |name: &str, handle: u32, role: Role| Attach {
         initial_delivery_count: matches!(&role, Role::Sender).then_some(0),
         name: name.into(),
@@ -675,8 +680,8 @@ async fn the_engine_answers_pipelined_frames_sends_heartbeats_and_answers_detach
         desired_capabilities: None,
         properties: None,
     };
-    dps_amqp::codec::encode(&mut out, 0, &attach("rx", 0, Role::Receiver), &[]).unwrap();
-    dps_amqp::codec::encode(&mut out, 0, &attach("tx", 1, Role::Sender), &[]).unwrap();
+    put(&mut out, &attach("rx", 0, Role::Receiver), &[]);
+    put(&mut out, &attach("tx", 1, Role::Sender), &[]);
     let flow = Flow {
         next_incoming_id: Some(0),
         incoming_window: 100,
@@ -690,41 +695,91 @@ async fn the_engine_answers_pipelined_frames_sends_heartbeats_and_answers_detach
         echo: false,
         properties: None,
     };
-    dps_amqp::codec::encode(&mut out, 0, &flow, &[]).unwrap();
-    let properties = Properties { correlation_id: Some(MessageId::Ulong(9)), ..Properties::default() };
-    let app = ApplicationProperties::builder().insert("iotdps-operation-type", "iotdps-register").build();
-    let msg = Message::builder()
-        .properties(properties)
-        .application_properties(app)
-        .data(Binary::from(br#"{"registrationId":"dev-1"}"#.to_vec()))
-        .build();
-    let payload = dps_amqp::codec::encode_message(msg).unwrap();
-    // The request in two transfer frames.
-    let (first, second) = payload.split_at(payload.len() / 2);
-    let transfer = |more: bool| Transfer {
-        handle: 1u32.into(),
-        delivery_id: Some(0),
-        delivery_tag: Some(Binary::from(vec![1])),
-        message_format: Some(0),
-        settled: Some(false),
-        more,
-        rcv_settle_mode: None,
-        state: None,
-        resume: false,
-        aborted: false,
-        batchable: false,
-    };
-    dps_amqp::codec::encode(&mut out, 0, &transfer(true), first).unwrap();
-    dps_amqp::codec::encode(&mut out, 0, &transfer(false), second).unwrap();
+    put(&mut out, &flow, &[]);
+    out.extend_from_slice(then);
     io.write_all(&out).await.expect("pipelined frames");
 
     let mut got = [0u8; 8];
     io.read_exact(&mut got).await.expect("amqp header");
     assert_eq!(&got, b"AMQP\x00\x01\x00\x00");
-    let mut buf = Vec::new();
-    let FrameBody::Open(theirs) = read_frame(&mut io, &mut buf).await else { panic!("not an open") };
+    let FrameBody::Open(theirs) = read_frame(&mut io, buf).await else { panic!("not an open") };
     assert!(theirs.idle_time_out.is_some_and(|ms| ms > 0), "our idle-time-out is announced");
-    assert!(matches!(read_frame(&mut io, &mut buf).await, FrameBody::Begin(b) if b.remote_channel == Some(0)));
+    assert!(matches!(read_frame(&mut io, buf).await, FrameBody::Begin(b) if b.remote_channel == Some(0)));
+    io
+}
+
+/// A register request of `id` as a transfer on the raw device's sender link (handle 1), whole
+/// or split in two frames.
+fn register_transfer(out: &mut Vec<u8>, id: &str, delivery_id: u32, split: bool) {
+    use fe2o3_amqp::types::performatives::Transfer;
+    let properties = Properties { correlation_id: Some(MessageId::Ulong(9)), ..Properties::default() };
+    let app = ApplicationProperties::builder().insert("iotdps-operation-type", "iotdps-register").build();
+    let msg = Message::builder()
+        .properties(properties)
+        .application_properties(app)
+        .data(Binary::from(format!(r#"{{"registrationId":"{id}"}}"#).into_bytes()))
+        .build();
+    let payload = dps_amqp::codec::encode_message(msg).unwrap();
+    let transfer = |more: bool| Transfer { more, ..dps_amqp::codec::transfer(1, delivery_id, false) };
+    if split {
+        let (first, second) = payload.split_at(payload.len() / 2);
+        put(out, &transfer(true), first);
+        put(out, &transfer(false), second);
+    } else {
+        put(out, &transfer(false), &payload);
+    }
+}
+
+/// Sends a detach of the raw device's sender link (handle 1) and then a close; both must be
+/// answered. `skip` says which other frames may come in between.
+async fn raw_detach_and_close(
+    io: &mut Tls,
+    buf: &mut Vec<u8>,
+    skip: impl Fn(&fe2o3_amqp::frames::amqp::FrameBody) -> bool,
+) {
+    use fe2o3_amqp::frames::amqp::FrameBody;
+    use fe2o3_amqp::types::performatives::{Close, Detach};
+    let mut out = Vec::new();
+    put(&mut out, &Detach { handle: 1u32.into(), closed: true, error: None }, &[]);
+    io.write_all(&out).await.unwrap();
+    loop {
+        match read_frame(io, buf).await {
+            FrameBody::Detach(d) => {
+                assert_eq!(u32::from(d.handle), 1);
+                assert!(d.closed);
+                break;
+            }
+            other if skip(&other) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let mut out = Vec::new();
+    put(&mut out, &Close { error: None }, &[]);
+    io.write_all(&out).await.unwrap();
+    loop {
+        match read_frame(io, buf).await {
+            FrameBody::Close(c) => {
+                assert!(c.error.is_none());
+                break;
+            }
+            other if skip(&other) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_answers_pipelined_frames_sends_heartbeats_and_answers_detach_and_close() {
+    use fe2o3_amqp::frames::amqp::FrameBody;
+    use fe2o3_amqp::types::definitions::Role;
+    use fe2o3_amqp::types::messaging::DeliveryState;
+
+    let f = setup("").await;
+    // Everything up to the request in one write; the request in two transfer frames.
+    let mut request = Vec::new();
+    register_transfer(&mut request, "dev-1", 0, true);
+    let mut buf = Vec::new();
+    let mut io = raw_device(&f, "dev-1", &device_key("dev-1"), &request, &mut buf).await;
     let mut accepted = false;
     let mut response = Vec::new();
     let mut attaches = 0;
@@ -764,32 +819,68 @@ async fn the_engine_answers_pipelined_frames_sends_heartbeats_and_answers_detach
     }
     assert!(heartbeat, "no empty frame while the client asked for a 1 s idle-time-out");
     // Detach and close are answered.
-    let mut out = Vec::new();
-    dps_amqp::codec::encode(&mut out, 0, &Detach { handle: 1u32.into(), closed: true, error: None }, &[]).unwrap();
-    io.write_all(&out).await.unwrap();
-    loop {
+    raw_detach_and_close(&mut io, &mut buf, |b| matches!(b, FrameBody::Empty | FrameBody::Transfer { .. })).await;
+    f.provisions("dev-2").await;
+}
+
+/// A device-API call runs beside the frame loop: while a custom-allocation webhook holds a
+/// register, the connection sends heartbeats, refuses requests over its limit at once, and
+/// answers detach and close (docs/amqp.md, "The engine").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_call_leaves_heartbeats_detach_and_close_served_and_calls_are_bounded() {
+    use fe2o3_amqp::frames::amqp::FrameBody;
+    use fe2o3_amqp::types::messaging::DeliveryState;
+
+    // The webhook takes the connection and never answers: the register is held for as long as
+    // the webhook timeout (20 s), far longer than this test.
+    let hook = tokio::net::TcpListener::bind("127.0.0.100:0").await.expect("webhook listener");
+    let hook_addr = hook.local_addr().unwrap();
+    let (reached, mut held) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = hook.accept().await {
+            let _ = reached.send(tcp).await;
+        }
+    });
+    let f = setup("[allocation]\nwebhook_timeout = \"20s\"\nallow_http_localhost = true\n").await;
+    let enrollment = serde_json::json!({
+        "registrationId": "held-1",
+        "attestation": { "type": "symmetricKey", "symmetricKey": { "primaryKey": GROUP_KEY, "secondaryKey": GROUP_KEY } },
+        "allocationPolicy": "custom",
+        "customAllocationDefinition": { "webhookUrl": format!("http://{hook_addr}/hook"), "apiVersion": "2021-10-01" },
+    });
+    let enrollment = serde_json::from_value(enrollment).unwrap();
+    f.s.server.state.services.put_enrollment(&f.instance, "held-1", enrollment, None).await.unwrap();
+
+    // Five requests at once: the first is held by the webhook, three wait behind it, the fifth
+    // is over the connection's limit.
+    let mut requests = Vec::new();
+    for delivery_id in 0..5 {
+        register_transfer(&mut requests, "held-1", delivery_id, false);
+    }
+    let mut buf = Vec::new();
+    let mut io = raw_device(&f, "held-1", GROUP_KEY, &requests, &mut buf).await;
+    let mut heartbeats = 0;
+    let mut throttled = false;
+    while heartbeats < 3 || !throttled {
         match read_frame(&mut io, &mut buf).await {
-            FrameBody::Detach(d) => {
-                assert_eq!(u32::from(d.handle), 1);
-                assert!(d.closed);
-                break;
+            FrameBody::Empty => heartbeats += 1,
+            FrameBody::Attach(_) | FrameBody::Flow(_) => {}
+            FrameBody::Disposition(d) => {
+                assert_eq!(d.first, 4, "only the request over the limit is settled while the call is held");
+                let Some(DeliveryState::Rejected(r)) = d.state else { panic!("{d:?}") };
+                let e = r.error.expect("error");
+                assert_condition(
+                    &e,
+                    ErrorCondition::Custom(Symbol::from("com.microsoft:device-container-throttled")),
+                    429_001,
+                );
+                throttled = true;
             }
-            FrameBody::Empty | FrameBody::Transfer { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
     }
-    let mut out = Vec::new();
-    dps_amqp::codec::encode(&mut out, 0, &Close { error: None }, &[]).unwrap();
-    io.write_all(&out).await.unwrap();
-    loop {
-        match read_frame(&mut io, &mut buf).await {
-            FrameBody::Close(c) => {
-                assert!(c.error.is_none());
-                break;
-            }
-            FrameBody::Empty => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    let _webhook_call = tokio::time::timeout(WAIT, held.recv()).await.expect("the webhook was called").expect("call");
+    // The call is still held: detach and close are answered at once, with heartbeats between.
+    raw_detach_and_close(&mut io, &mut buf, |b| matches!(b, FrameBody::Empty | FrameBody::Flow(_))).await;
     f.provisions("dev-2").await;
 }

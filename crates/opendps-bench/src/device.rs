@@ -28,7 +28,7 @@ impl Failure {
     }
 }
 
-fn io_fail(what: &str, e: &std::io::Error) -> Failure {
+pub(crate) fn io_fail(what: &str, e: &std::io::Error) -> Failure {
     Failure::new(format!("{what}: {}", e.kind()))
 }
 
@@ -49,6 +49,7 @@ pub struct Target {
     pub https: SocketAddr,
     pub mqtt: SocketAddr,
     pub amqp: SocketAddr,
+    pub amqp_client: crate::AmqpClient,
     pub scope: String,
 }
 
@@ -85,7 +86,7 @@ impl Auth {
 
 const API: &str = "api-version=2021-06-01";
 /// Polls after which a device that is still "assigning" counts as failed.
-const MAX_POLLS: usize = 20;
+pub(crate) const MAX_POLLS: usize = 20;
 
 /// HTTPS: PUT register, GET operation status until assigned, on one new connection.
 pub async fn https_register(t: &Target, id: &str, auth: &Auth) -> Result<Timing, Failure> {
@@ -441,8 +442,30 @@ pub struct AmqpIdle {
     connection: fe2o3_amqp::connection::ConnectionHandle<()>,
 }
 
-fn amqp_fail(what: &str, e: impl std::fmt::Display) -> Failure {
+pub(crate) fn amqp_fail(what: &str, e: impl std::fmt::Display) -> Failure {
     Failure::new(format!("amqp {what}: {e}"))
+}
+
+/// A device's TLS connection to the AMQP port, before any AMQP: what SASL PLAIN needs (no
+/// token for a certificate) and the timing so far.
+pub(crate) struct AmqpTls {
+    pub s: ClientStream,
+    pub token: Option<String>,
+    /// `{scope}/registrations/{id}`: the SASL username and both links' address.
+    pub address: String,
+    pub start: Instant,
+    pub handshake: Duration,
+    pub cipher: Option<&'static str>,
+}
+
+pub(crate) async fn amqp_tls(t: &Target, id: &str, auth: &Auth) -> Result<AmqpTls, Failure> {
+    let token = auth.token(&t.scope, id)?;
+    let address = format!("{}/registrations/{id}", t.scope);
+    let start = Instant::now();
+    let s = t.tls.connect(t.amqp, id, auth.cert()).await?;
+    let handshake = start.elapsed();
+    let cipher = s.cipher();
+    Ok(AmqpTls { s, token, address, start, handshake, cipher })
 }
 
 /// An AMQP-over-TLS connection as the Node SDK leaves it before its first request: TLS, then
@@ -451,12 +474,7 @@ fn amqp_fail(what: &str, e: impl std::fmt::Display) -> Failure {
 /// sender link on the device's address.
 async fn amqp_open(t: &Target, id: &str, auth: &Auth) -> Result<(AmqpIdle, Timing), Failure> {
     use fe2o3_amqp::sasl_profile::SaslProfile;
-    let token = auth.token(&t.scope, id)?;
-    let address = format!("{}/registrations/{id}", t.scope);
-    let start = Instant::now();
-    let s = t.tls.connect(t.amqp, id, auth.cert()).await?;
-    let handshake = start.elapsed();
-    let cipher = s.cipher();
+    let AmqpTls { s, token, address, start, handshake, cipher } = amqp_tls(t, id, auth).await?;
     let mut builder = fe2o3_amqp::Connection::builder().container_id(id.to_owned()).hostname("localhost");
     if let Some(password) = token {
         builder = builder.sasl_profile(SaslProfile::Plain { username: address.clone(), password });
@@ -472,9 +490,20 @@ async fn amqp_open(t: &Target, id: &str, auth: &Auth) -> Result<(AmqpIdle, Timin
     Ok((AmqpIdle { sender, receiver, session, connection }, Timing { total: start.elapsed(), handshake, cipher }))
 }
 
+/// An idle AMQP connection with both links attached, by the client `t` names. The lean client
+/// announces no idle-time-out, so the server sends no heartbeats; it closes a connection silent
+/// for its own idle-time-out (240 s), longer than an idle run holds.
 pub async fn amqp_idle(t: &Target, id: &str, auth: &Auth) -> Result<(IdleConnection, Timing), Failure> {
-    let (conn, timing) = amqp_open(t, id, auth).await?;
-    Ok((IdleConnection { _held: Box::new(conn) }, timing))
+    match t.amqp_client {
+        crate::AmqpClient::Lean => {
+            let (conn, timing) = crate::amqp::open(t, id, auth).await?;
+            Ok((IdleConnection { _held: Box::new(conn) }, timing))
+        }
+        crate::AmqpClient::Fe2o3 => {
+            let (conn, timing) = amqp_open(t, id, auth).await?;
+            Ok((IdleConnection { _held: Box::new(conn) }, timing))
+        }
+    }
 }
 
 impl AmqpIdle {
@@ -515,8 +544,17 @@ impl AmqpIdle {
     }
 }
 
-/// One device over AMQP: open (as `amqp_idle`), register, poll at once until assigned, close.
+/// One device over AMQP by the client `t` names: open, register, poll at once until assigned,
+/// close.
 pub async fn amqp_register(t: &Target, id: &str, auth: &Auth) -> Result<Timing, Failure> {
+    match t.amqp_client {
+        crate::AmqpClient::Lean => crate::amqp::register(t, id, auth).await,
+        crate::AmqpClient::Fe2o3 => fe2o3_register(t, id, auth).await,
+    }
+}
+
+/// As [`amqp_register`], with fe2o3-amqp's client.
+async fn fe2o3_register(t: &Target, id: &str, auth: &Auth) -> Result<Timing, Failure> {
     use fe2o3_amqp::types::messaging::{AmqpValue, Body, Data};
     use fe2o3_amqp::types::primitives::{Binary, Value as AmqpV};
     let start = Instant::now();

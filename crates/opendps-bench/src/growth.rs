@@ -159,7 +159,7 @@ pub async fn measure_point(a: &GrowthArgs, address: Ipv4Addr, s: &Seeded, round:
     let server = Server::start(server_spec(c, address, s.dir.clone())?)?;
     eprintln!("store of {n}, round {round}: server up in {:.2} s", server.startup_seconds);
     let tls = TlsClient::new(&server.root_pem(), IpAddr::V4(address), &c.groups)?;
-    let target = Arc::new(server.target(tls));
+    let target = Arc::new(server.target(tls, c.amqp_client));
     let spec = |label: String, n: usize, progress: bool| Spec {
         label,
         n,

@@ -14,6 +14,7 @@
 //! Every subcommand starts and stops its own server (and nginx) on its own loopback address,
 //! and every load is bounded in count and in time.
 
+mod amqp;
 mod device;
 mod growth;
 mod hostile;
@@ -109,6 +110,9 @@ pub struct Common {
     /// One device slower than this fails (seconds).
     #[arg(long, default_value_t = 30)]
     pub device_timeout: u64,
+    /// The AMQP device client: the bench's own (lean) or fe2o3-amqp's (for comparison).
+    #[arg(long, value_enum, default_value = "lean")]
+    pub amqp_client: AmqpClient,
 }
 
 impl Common {
@@ -122,6 +126,15 @@ pub enum Protocol {
     Https,
     Mqtt,
     Amqp,
+}
+
+/// Which AMQP client the simulated devices use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AmqpClient {
+    /// `amqp.rs`: the Node SDK's frames on one task.
+    Lean,
+    /// fe2o3-amqp's client (a task per connection, session and link).
+    Fe2o3,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

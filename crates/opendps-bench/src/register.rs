@@ -144,7 +144,7 @@ impl Setup {
             None
         };
         let tls = TlsClient::new(&server.root_pem(), IpAddr::V4(address), &c.groups)?;
-        let target = Arc::new(server.target(tls));
+        let target = Arc::new(server.target(tls, c.amqp_client));
         Ok(Setup { server, target, group_key, ca, address })
     }
 

@@ -77,8 +77,15 @@ pub fn base_config(max_connections: u64, durability: &str, log_filter: &str) -> 
 
 impl Server {
     /// Where devices reach this server, through `tls` (a client trusting its root).
-    pub fn target(&self, tls: crate::tlsclient::TlsClient) -> crate::device::Target {
-        crate::device::Target { tls, https: self.https, mqtt: self.mqtt, amqp: self.amqp, scope: self.scope.clone() }
+    pub fn target(&self, tls: crate::tlsclient::TlsClient, amqp_client: crate::AmqpClient) -> crate::device::Target {
+        crate::device::Target {
+            tls,
+            https: self.https,
+            mqtt: self.mqtt,
+            amqp: self.amqp,
+            amqp_client,
+            scope: self.scope.clone(),
+        }
     }
 
     pub fn start(spec: ServerSpec) -> anyhow::Result<Server> {
