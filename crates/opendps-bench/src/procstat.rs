@@ -138,6 +138,11 @@ pub fn raise_own_nofile(n: u64) -> u64 {
 
 /// The (soft, hard) open-files limits of this process, from /proc/self/limits.
 pub fn own_nofile() -> (u64, u64) {
+    nofile_of("self").unwrap_or((1024, 1024))
+}
+
+/// The (soft, hard) open-files limits of process `pid` ("self" for this one).
+pub fn nofile_of(pid: &str) -> Option<(u64, u64)> {
     let parse = |t: String| -> Option<(u64, u64)> {
         let line = t.lines().find(|l| l.starts_with("Max open files"))?.to_owned();
         let mut w = line["Max open files".len()..].split_whitespace();
@@ -147,7 +152,12 @@ pub fn own_nofile() -> (u64, u64) {
         };
         Some((num(w.next())?, num(w.next())?))
     };
-    std::fs::read_to_string("/proc/self/limits").ok().and_then(parse).unwrap_or((1024, 1024))
+    std::fs::read_to_string(format!("/proc/{pid}/limits")).ok().and_then(parse)
+}
+
+/// One line of a file under /proc/sys (a kernel setting), trimmed; "?" when unreadable.
+pub fn sysctl(path: &str) -> String {
+    std::fs::read_to_string(format!("/proc/sys/{path}")).map_or_else(|_| "?".to_owned(), |t| t.trim().to_owned())
 }
 
 /// The open-files limit to give a child: `n`, at most this process's hard limit (which a

@@ -147,6 +147,10 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
         no_subscribe: false,
         protocol: Protocol::Mqtt,
         warmup: 10,
+        sources: 2,
+        register: 10,
+        register_concurrency: 2,
+        register_seconds: a.max_seconds,
     };
     let idle_result = idle::measure(&setup, &idle_args).await?;
     parts.push(("idle".into(), idle_result.open.clone()));

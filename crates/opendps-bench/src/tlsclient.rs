@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -32,28 +32,64 @@ pub struct TlsClient {
     client: Client,
     server_name: String,
     sessions: Option<Arc<Sessions>>,
+    /// Local addresses the connections come from, in turn (empty: the kernel's choice).
+    sources: Arc<[IpAddr]>,
+    next_source: Arc<AtomicUsize>,
 }
 
 impl TlsClient {
     /// Trusts only `root_pem` and expects a certificate for `server_ip`; offers the ECDHE
     /// `groups` (OpenSSL list syntax, e.g. "P-256"). Every connection is a full handshake.
     pub fn new(root_pem: &Path, server_ip: IpAddr, groups: &str) -> anyhow::Result<TlsClient> {
-        Self::build(root_pem, server_ip, groups, false)
+        Self::build(root_pem, server_ip, groups, ClientOptions::default(), Vec::new())
     }
 
     /// As [`TlsClient::new`], but asking for tickets and keeping each device's session: a
     /// device's second connection to the same address offers the session of its first.
     pub fn resuming(root_pem: &Path, server_ip: IpAddr, groups: &str) -> anyhow::Result<TlsClient> {
-        Self::build(root_pem, server_ip, groups, true)
+        Self::build(root_pem, server_ip, groups, ClientOptions { resumption: true, ..Default::default() }, Vec::new())
     }
 
-    fn build(root_pem: &Path, server_ip: IpAddr, groups: &str, resumption: bool) -> anyhow::Result<TlsClient> {
+    /// A client for holding many idle connections: full handshakes as [`TlsClient::new`],
+    /// OpenSSL's record buffers released while a connection is quiet, and each connection
+    /// made from the next of `sources` in turn (none: the kernel's choice).
+    pub fn holding(
+        root_pem: &Path,
+        server_ip: IpAddr,
+        groups: &str,
+        sources: Vec<IpAddr>,
+    ) -> anyhow::Result<TlsClient> {
+        Self::build(root_pem, server_ip, groups, ClientOptions { release_buffers: true, ..Default::default() }, sources)
+    }
+
+    fn build(
+        root_pem: &Path,
+        server_ip: IpAddr,
+        groups: &str,
+        options: ClientOptions,
+        sources: Vec<IpAddr>,
+    ) -> anyhow::Result<TlsClient> {
         let pem = std::fs::read(root_pem).with_context(|| format!("reading {}", root_pem.display()))?;
-        let options = ClientOptions { tls13: false, groups: Some(groups.to_owned()), resumption };
+        let options = ClientOptions { tls13: false, groups: Some(groups.to_owned()), ..options };
         let client =
             Client::new(&pem, &options).with_context(|| format!("a TLS client offering the groups {groups:?}"))?;
-        let sessions = resumption.then(|| Arc::new(Sessions::default()));
-        Ok(TlsClient { client, server_name: server_ip.to_string(), sessions })
+        let sessions = options.resumption.then(|| Arc::new(Sessions::default()));
+        Ok(TlsClient {
+            client,
+            server_name: server_ip.to_string(),
+            sessions,
+            sources: Arc::from(sources),
+            next_source: Arc::default(),
+        })
+    }
+
+    /// The local address of the next connection, round-robin over the sources.
+    fn source(&self) -> Option<IpAddr> {
+        if self.sources.is_empty() {
+            return None;
+        }
+        let i = self.next_source.fetch_add(1, Ordering::Relaxed);
+        Some(self.sources[i % self.sources.len()])
     }
 
     /// TCP connect and a TLS handshake for `device`, presenting `cert` when given; resumed when
@@ -67,7 +103,7 @@ impl TlsClient {
         let Some(sessions) = &self.sessions else {
             return self
                 .client
-                .connect(addr, &self.server_name, cert, None)
+                .connect_from(self.source(), addr, &self.server_name, cert, None)
                 .await
                 .map_err(|e| Failure::new(e.to_string()));
         };
@@ -75,7 +111,7 @@ impl TlsClient {
         let kept = sessions.kept.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
         let s = self
             .client
-            .connect(addr, &self.server_name, cert, kept.as_ref())
+            .connect_from(self.source(), addr, &self.server_name, cert, kept.as_ref())
             .await
             .map_err(|e| Failure::new(e.to_string()))?;
         if s.resumed() {
