@@ -154,6 +154,9 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
     };
     let idle_result = idle::measure(&setup, &idle_args).await?;
     parts.push(("idle".into(), idle_result.open.clone()));
+    if let Some(r) = &idle_result.register {
+        parts.push(("idle-register".into(), r.clone()));
+    }
     drop(setup);
 
     let growth_args = GrowthArgs {
