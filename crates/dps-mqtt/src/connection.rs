@@ -171,11 +171,15 @@ where
             return;
         }
     };
-    let mut device = ctx.services.device_session(ctx.facts.clone());
+    let ConnectionContext { facts, services, .. } = ctx;
+    let mut device = services.device_session(facts);
     let password = connect.login.as_ref().map_or("", |l| l.password.as_str());
     let credential = if password.is_empty() { Credential::ClientCertificate } else { Credential::Sas(password) };
+    // Authentication (a store read, maybe a key derivation) runs in its own allocation: its
+    // state would otherwise stay in the connection's future for as long as the device is idle.
     let outcome =
-        device.authenticate(&user.id_scope, &user.registration_id, user.api_version.as_deref(), credential).await;
+        Box::pin(device.authenticate(&user.id_scope, &user.registration_id, user.api_version.as_deref(), credential))
+            .await;
     // A node whose database is not primary (a standby during a failover) serves no device:
     // MQTT's own "server unavailable", so the client retries (possibly at another node).
     if matches!(&outcome, AuthOutcome::Refused(w) if w.status == 503) {
@@ -183,13 +187,16 @@ where
         return;
     }
     let refused = matches!(outcome, AuthOutcome::Refused(_));
+    // What CONNECT carried is not kept while the connection idles.
+    let keep_alive = connect.keep_alive;
+    drop((outcome, user, connect));
     let ack = ConnAck::new(ConnectReturnCode::Success, false);
     if !c.send(|b| ack.write(b)).await {
         return;
     }
     // Keep-alive: the client must send something within 1.5 × its keep-alive, bounded.
-    let asked = Duration::from_millis(u64::from(connect.keep_alive) * 1500);
-    let mut idle = if connect.keep_alive == 0 { limits.max_keep_alive } else { asked.min(limits.max_keep_alive) };
+    let asked = Duration::from_millis(u64::from(keep_alive) * 1500);
+    let mut idle = if keep_alive == 0 { limits.max_keep_alive } else { asked.min(limits.max_keep_alive) };
     let deadline = refused.then(|| tokio::time::Instant::now() + limits.refused_lifetime);
     if refused {
         idle = idle.min(limits.refused_lifetime);
@@ -242,7 +249,8 @@ where
                 c.send(|b| ack.write(b)).await
             }
             Packet::PingReq => c.send(|b| PingResp.write(b)).await,
-            Packet::Publish(p) => handle_publish(&mut c, &mut device, p).await,
+            // A request (the registration path) in its own allocation, freed when it is answered.
+            Packet::Publish(p) => Box::pin(handle_publish(&mut c, &mut device, p)).await,
             Packet::Disconnect => break,
             Packet::PubAck(_) => true,
             Packet::Connect(_) => {

@@ -176,9 +176,13 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
                 metrics.handshake_failure(acceptor.name(), "no ClientHello in time");
                 return;
             }
+            // The handshake's state lives in its own allocation, freed when it ends, and so does
+            // each protocol's: the task that stays for an idle connection's life is only this
+            // block's few captures (idle memory per connection, bench/README.md "How to read
+            // `idle`").
             let conn = tokio::select! {
                 () = shutdown.cancelled() => return,
-                r = acceptor.accept(tcp, peer) => match r {
+                r = Box::pin(acceptor.accept(tcp, peer)) => match r {
                     Ok(c) => c,
                     Err(e) => {
                         // Logged by accept.
@@ -195,15 +199,15 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
                 peer_certificates: Arc::new(conn.peer_certificates),
             };
             match protocol {
-                Protocol::Https => drivers.https.serve_connection(conn.stream, facts, shutdown).await,
+                Protocol::Https => Box::pin(drivers.https.serve_connection(conn.stream, facts, shutdown)).await,
                 Protocol::Mqtt => {
                     let ctx =
                         dps_mqtt::ConnectionContext { facts, services: drivers.services, limits: drivers.mqtt_limits };
-                    dps_mqtt::serve_connection(conn.stream, ctx, shutdown).await;
+                    Box::pin(dps_mqtt::serve_connection(conn.stream, ctx, shutdown)).await;
                 }
                 Protocol::Amqp => {
                     let ctx = dps_amqp::ConnectionContext { facts, services: drivers.services, settings: drivers.amqp };
-                    dps_amqp::serve_connection(conn.stream, ctx, shutdown).await;
+                    Box::pin(dps_amqp::serve_connection(conn.stream, ctx, shutdown)).await;
                 }
             }
         });

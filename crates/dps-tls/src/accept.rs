@@ -109,7 +109,10 @@ impl ListenerAcceptor {
             Err(_) => None,
             Ok(_slot) => tokio::time::timeout(self.handshake_timeout, Pin::new(&mut stream).accept()).await.ok(),
         };
-        let offered = stream.ssl().ex_data(offered_index()).cloned();
+        let offered = stream
+            .ssl()
+            .ex_data(offered_index())
+            .and_then(|slot| slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
         let result = match outcome {
             None => Err(HandshakeFailure::Timeout(self.handshake_timeout)),
             Some(Err(e)) => Err(HandshakeFailure::Tls(reason(&e))),

@@ -22,13 +22,13 @@ use std::task::{Context, Poll};
 use openssl::error::ErrorStack;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
-    ConnectConfiguration, Ssl, SslConnector, SslContext, SslMethod, SslOptions, SslSession, SslSessionCacheMode,
-    SslVerifyMode, SslVersion,
+    ConnectConfiguration, Ssl, SslConnector, SslContext, SslMethod, SslMode, SslOptions, SslSession,
+    SslSessionCacheMode, SslVerifyMode, SslVersion,
 };
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::X509;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_openssl::SslStream;
 
 use crate::error::TlsError;
@@ -125,6 +125,9 @@ pub struct ClientOptions {
     /// is a full handshake and the server neither issues a ticket nor resumes. On: the client
     /// asks for tickets, and [`ClientStream::session`] can be offered again later.
     pub resumption: bool,
+    /// Let OpenSSL free a connection's record buffers (about 33 KiB) whenever nothing is in
+    /// flight (`SSL_MODE_RELEASE_BUFFERS`): for a client that holds many idle connections.
+    pub release_buffers: bool,
 }
 
 /// A client certificate and its key, presented when the server asks for one.
@@ -223,6 +226,9 @@ impl Client {
         for cert in roots {
             b.cert_store_mut().add_cert(cert).map_err(TlsError::openssl("trusting the root certificate"))?;
         }
+        if options.release_buffers {
+            b.set_mode(SslMode::RELEASE_BUFFERS);
+        }
         b.set_verify(SslVerifyMode::PEER);
         Ok(Client { ctx: Arc::new(b.build()), id: next_client_id(), resumption: options.resumption })
     }
@@ -238,7 +244,25 @@ impl Client {
         identity: Option<&ClientIdentity>,
         resume: Option<&ClientSession>,
     ) -> Result<ClientStream, ConnectError> {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| ConnectError::Tcp(e.kind()))?;
+        self.connect_from(None, addr, server_name, identity, resume).await
+    }
+
+    /// As [`Client::connect`], from the local address `source` when given (port chosen by the
+    /// kernel): a load generator spreads its connections over several source addresses so that
+    /// no one address runs out of ephemeral ports.
+    pub async fn connect_from(
+        &self,
+        source: Option<IpAddr>,
+        addr: SocketAddr,
+        server_name: &str,
+        identity: Option<&ClientIdentity>,
+        resume: Option<&ClientSession>,
+    ) -> Result<ClientStream, ConnectError> {
+        let tcp = match source {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => bound_connect(ip, addr).await,
+        }
+        .map_err(|e| ConnectError::Tcp(e.kind()))?;
         self.handshake(tcp, server_name, identity, resume).await
     }
 
@@ -280,6 +304,13 @@ impl Client {
     }
 }
 
+/// A TCP connection to `addr` from `source` (any free port of it).
+async fn bound_connect(source: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
 /// A short cause for a failed handshake: the first OpenSSL reason, or the I/O error kind.
 fn handshake_cause(e: &openssl::ssl::Error) -> String {
     if let Some(first) = e.ssl_error().and_then(|stack| stack.errors().first()) {
@@ -308,6 +339,11 @@ impl ClientStream {
     /// The negotiated version (`TLSv1.2`, `TLSv1.3`).
     pub fn version(&self) -> &'static str {
         self.inner.ssl().version_str()
+    }
+
+    /// The local address of the connection (the source the server sees).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get_ref().local_addr()
     }
 
     /// Whether this connection resumed a session instead of a full handshake.

@@ -50,9 +50,13 @@ impl TlsPolicy {
     }
 }
 
-/// Where the ClientHello callback leaves the client's offer on each `Ssl`.
-pub(crate) fn offered_index() -> Index<Ssl, Offered> {
-    static INDEX: OnceLock<Index<Ssl, Offered>> = OnceLock::new();
+/// Where the ClientHello callback leaves the client's offer on each `Ssl`, for the accept path
+/// to take out once the handshake is done (so that an idle connection does not keep a second
+/// copy of it in OpenSSL for its whole life).
+pub(crate) type OfferSlot = std::sync::Mutex<Option<Offered>>;
+
+pub(crate) fn offered_index() -> Index<Ssl, OfferSlot> {
+    static INDEX: OnceLock<Index<Ssl, OfferSlot>> = OnceLock::new();
     *INDEX.get_or_init(|| {
         #[allow(clippy::expect_used)]
         Ssl::new_ex_index().expect("OpenSSL could not allocate an ex_data index")
@@ -144,7 +148,7 @@ pub(crate) fn build_context_with(
         // protocol_version alert the policy names; left alone, OpenSSL answers an SSLv3 hello
         // with handshake_failure.
         let modern = offered.offers_version(TlsVersion::Tls12) || offered.offers_version(TlsVersion::Tls13);
-        ssl.set_ex_data(offered_index(), offered);
+        ssl.set_ex_data(offered_index(), std::sync::Mutex::new(Some(offered)));
         if modern {
             Ok(ClientHelloResponse::SUCCESS)
         } else {

@@ -108,6 +108,22 @@ async fn without_resumption_every_connection_is_a_full_handshake() {
 }
 
 #[tokio::test]
+async fn connections_come_from_the_source_asked_for() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (addr, root) = server(dir.path(), false).await;
+    let holding = ClientOptions { release_buffers: true, ..options(false, false) };
+    let client = Client::new(&root, &holding).expect("client");
+    for last in [1u8, 2] {
+        let source = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 2, last));
+        let mut s = client.connect_from(Some(source), addr, "127.0.0.1", None, None).await.expect("connection");
+        read_ok(&mut s).await;
+        assert_eq!(s.local_addr().expect("local address").ip(), source);
+        // With the record buffers released between records, the connection still works.
+        s.write_all(b"more").await.expect("write after a quiet spell");
+    }
+}
+
+#[tokio::test]
 async fn the_server_is_verified() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (addr, root) = server(dir.path(), false).await;

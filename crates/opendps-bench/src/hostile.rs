@@ -817,7 +817,8 @@ pub async fn hostile(mut a: HostileArgs) -> anyhow::Result<()> {
         setup.address,
         a.common.durability,
         a.common.server_log,
-        procstat::nofile_of(setup.server.pid).unwrap_or_else(|| "unknown".into()),
+        procstat::nofile_of(&setup.server.pid.to_string())
+            .map_or_else(|| "unknown".to_owned(), |(soft, hard)| format!("soft {soft}, hard {hard}")),
     ));
     rep.line(format!(
         "Good devices: {} per protocol per measurement, HTTPS then MQTT, symmetric key (group enrollment), {} in \

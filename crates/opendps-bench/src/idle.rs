@@ -1,7 +1,11 @@
 //! `idle`: K MQTT-over-TLS connections opened (TLS, CONNECT, SUBSCRIBE) and left idle; the
 //! server's resident memory before, with them open, and after they close, per connection.
+//! Optionally, while they are held, new devices register (bounded in count and time) to show
+//! the server still serves. For K beyond one source address's ephemeral ports the client
+//! sockets are spread over several loopback source addresses (`--sources`); the client keeps
+//! no task per idle connection, only its TLS stream with OpenSSL's buffers released.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +48,25 @@ pub struct IdleArgs {
     /// Registrations before the baseline is read (warm code paths, allocator, store).
     #[arg(long, default_value_t = 200)]
     pub warmup: usize,
+    /// Spread the client sockets over this many source addresses, 127.0.2.1 to 127.0.2.N in
+    /// turn (0: the kernel's choice, one address). Each address has the kernel's ephemeral
+    /// port range (net.ipv4.ip_local_port_range) to itself.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=254))]
+    pub sources: u8,
+    /// New devices registering over MQTT while all connections are held (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub register: usize,
+    /// Registrations at once during the hold.
+    #[arg(long, default_value_t = 8)]
+    pub register_concurrency: usize,
+    /// Bound on the registrations during the hold.
+    #[arg(long, default_value_t = 60)]
+    pub register_seconds: u64,
+}
+
+/// The loopback source addresses of `--sources n`: 127.0.2.1 to 127.0.2.n.
+pub fn source_addresses(n: u8) -> Vec<IpAddr> {
+    (1..=n).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 2, i))).collect()
 }
 
 /// The figures of an idle run.
@@ -56,6 +79,12 @@ pub struct IdleResult {
     pub base_fds: usize,
     pub open_fds: usize,
     pub client_rss_delta_kib: u64,
+    /// Registrations of new devices while the connections were held, when asked.
+    pub register: Option<LoadResult>,
+    /// Server RSS and descriptors after those registrations, the connections still held.
+    pub after_register_rss_kib: u64,
+    pub after_register_fds: usize,
+    pub server_pid: Option<u32>,
 }
 
 impl IdleResult {
@@ -96,6 +125,7 @@ pub async fn measure(setup: &Setup, a: &IdleArgs) -> anyhow::Result<IdleResult> 
     let me = std::process::id();
     let client_base = procstat::rss_kib(me).unwrap_or(0);
 
+    let holding = setup.holding_target(c, source_addresses(a.sources))?;
     let ids: Arc<Vec<String>> = Arc::new((0..a.connections).map(|i| format!("idle-{i:07}")).collect());
     let auths = setup.creds(Attestation::Symmetric, &ids)?;
     let held: Arc<Mutex<Vec<IdleConnection>>> = Arc::new(Mutex::new(Vec::with_capacity(a.connections)));
@@ -107,7 +137,7 @@ pub async fn measure(setup: &Setup, a: &IdleArgs) -> anyhow::Result<IdleResult> 
         device_timeout: c.device_timeout(),
         progress: true,
     };
-    let (t, h, subscribe, keep_alive) = (setup.target.clone(), held.clone(), !a.no_subscribe, a.keep_alive);
+    let (t, h, subscribe, keep_alive) = (holding.clone(), held.clone(), !a.no_subscribe, a.keep_alive);
     let protocol = a.protocol;
     let open = load::run(&spec, &setup.server.group(), move |i| {
         let (t, ids, auths, h) = (t.clone(), ids.clone(), auths.clone(), h.clone());
@@ -127,12 +157,39 @@ pub async fn measure(setup: &Setup, a: &IdleArgs) -> anyhow::Result<IdleResult> 
     let open_rss_kib = procstat::rss_kib(pid).unwrap_or(0);
     let open_fds = procstat::fd_count(pid).unwrap_or(0);
     let client_rss_delta_kib = procstat::rss_kib(me).unwrap_or(0).saturating_sub(client_base);
-    // Close them all, give the server a moment, read again.
+    let mut r = IdleResult {
+        open,
+        base_rss_kib,
+        open_rss_kib,
+        base_fds,
+        open_fds,
+        client_rss_delta_kib,
+        server_pid: Some(pid),
+        ..Default::default()
+    };
+    if a.register > 0 {
+        let ids: Arc<Vec<String>> = Arc::new((0..a.register).map(|i| format!("idle-new-{i:07}")).collect());
+        let auths = setup.creds(Attestation::Symmetric, &ids)?;
+        let spec = Spec {
+            label: format!("register new devices (MQTT) while {} are held", r.held()),
+            n: a.register,
+            concurrency: a.register_concurrency.max(1),
+            max: Duration::from_secs(a.register_seconds.max(1)),
+            device_timeout: c.device_timeout(),
+            progress: true,
+        };
+        let reg = setup.load_on(&holding, &spec, Protocol::Mqtt, ids, auths).await;
+        eprintln!("{}", reg.line());
+        r.register = Some(reg);
+        r.after_register_rss_kib = procstat::rss_kib(pid).unwrap_or(0);
+        r.after_register_fds = procstat::fd_count(pid).unwrap_or(0);
+    }
     let conns = std::mem::take(&mut *held.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    // Close them all, give the server a moment, read again.
     drop(conns);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let closed_rss_kib = procstat::rss_kib(pid).unwrap_or(0);
-    Ok(IdleResult { open, base_rss_kib, open_rss_kib, closed_rss_kib, base_fds, open_fds, client_rss_delta_kib })
+    r.closed_rss_kib = procstat::rss_kib(pid).unwrap_or(0);
+    Ok(r)
 }
 
 /// The report lines of an idle run.
@@ -147,19 +204,31 @@ pub fn report(rep: &mut Report, a: &IdleArgs, r: &IdleResult) {
             if a.no_subscribe { "" } else { ", SUBSCRIBE $dps/registrations/res/#" }
         )
     };
+    let from = match a.sources {
+        0 => "one source address (the kernel's choice)".to_owned(),
+        n => format!("{n} source addresses 127.0.2.1-127.0.2.{n} in turn"),
+    };
     rep.line(format!(
-        "{} connections asked, {} held open ({}); each: new full TLS 1.2 handshake, {what}, \
+        "{} connections asked, {} held open ({}); each: new full TLS 1.2 handshake from {from}, {what}, \
          then nothing. Memory read {} s after the last one opened.\n",
         a.connections,
         r.held(),
         r.open.failures_text(),
         a.hold_seconds
     ));
+    rep.line(limits_line(r));
     rep.line("| | server RSS MiB | server open fds |");
     rep.line("|---|---|---|");
     rep.line(format!("| before (after warm-up) | {:.1} | {} |", mib(r.base_rss_kib), r.base_fds));
     rep.line(format!("| peak while opening | {:.1} | |", mib(r.open.server.peak_rss_kib.max(r.open_rss_kib))));
     rep.line(format!("| all open, idle | {:.1} | {} |", mib(r.open_rss_kib), r.open_fds));
+    if r.register.is_some() {
+        rep.line(format!(
+            "| all open, after the registrations below | {:.1} | {} |",
+            mib(r.after_register_rss_kib),
+            r.after_register_fds
+        ));
+    }
     rep.line(format!("| 3 s after all closed | {:.1} | |", mib(r.closed_rss_kib)));
     rep.line("");
     if let Some(per) = r.per_connection_kib() {
@@ -172,25 +241,61 @@ pub fn report(rep: &mut Report, a: &IdleArgs, r: &IdleResult) {
             r.client_rss_delta_kib as f64 / r.held() as f64,
             r.open.rate(),
         ));
+    }
+    if let Some(reg) = &r.register {
         rep.line(format!(
-            "Target (reported, not asserted): idle {}-TLS connection ≤ 32 KiB of server memory: {}",
+            "New devices registering over MQTT (symmetric key, a new TLS connection each, {} at once, at \
+             most {} s) while the {} connections stayed open:\n",
+            a.register_concurrency,
+            a.register_seconds,
+            r.held()
+        ));
+        rep.loads(&[reg]);
+    }
+    if let Some(per) = r.per_connection_kib() {
+        // Issue 13 asks ≤ 16 KiB of an MQTT connection; issue 10 ≤ 32 KiB of an AMQP one.
+        let target = if a.protocol == Protocol::Amqp { 32.0 } else { 16.0 };
+        rep.line(format!(
+            "Target (reported, not asserted): idle {}-TLS connection ≤ {target:.0} KiB of server memory: {}",
             a.protocol.name().to_uppercase(),
-            verdict(per <= 32.0)
+            verdict(per <= target)
         ));
     }
+}
+
+/// The limits the run had: open files of both processes, the ephemeral ports, the accept
+/// queue.
+fn limits_line(r: &IdleResult) -> String {
+    let lim = |pid: &str| {
+        procstat::nofile_of(pid).map_or_else(|| "?".to_owned(), |(soft, hard)| format!("{soft} (hard {hard})"))
+    };
+    format!(
+        "Limits: open files of the load generator {}, of the server {}; net.ipv4.ip_local_port_range {}; \
+         net.core.somaxconn {}; net.ipv4.tcp_max_syn_backlog {}.\n",
+        lim("self"),
+        r.server_pid.map_or_else(|| "?".to_owned(), |p| lim(&p.to_string())),
+        procstat::sysctl("net/ipv4/ip_local_port_range").replace('\t', "-"),
+        procstat::sysctl("net/core/somaxconn"),
+        procstat::sysctl("net/ipv4/tcp_max_syn_backlog"),
+    )
 }
 
 pub async fn idle(a: IdleArgs) -> anyhow::Result<()> {
     let c = &a.common;
     let work = WorkDir::new(c)?;
-    let need = a.connections as u64 + 4096;
+    // Descriptors: one per held connection and per registration in flight, plus a margin for
+    // the process's own files (the store, logs, listeners).
+    let need = (a.connections + a.register_concurrency) as u64 + 512;
     let have = procstat::raise_own_nofile(need.max(65_536));
     if have < need {
-        bail!("this process may open {have} files, {need} needed: raise `ulimit -n` (the hard limit) first");
-    }
-    if procstat::child_nofile(need + 4096) < a.connections as u64 + 1024 {
         bail!(
-            "the server could not be given enough open files for {} connections: raise the hard `ulimit -n`",
+            "this process may open {have} files, {need} needed: raise the hard `ulimit -n` first \
+             (raising it from inside needs CAP_SYS_RESOURCE)"
+        );
+    }
+    if procstat::child_nofile(need + 4096) < need {
+        bail!(
+            "the server could not be given {need} open files for {} connections: raise the hard `ulimit -n`",
             a.connections
         );
     }
@@ -198,7 +303,7 @@ pub async fn idle(a: IdleArgs) -> anyhow::Result<()> {
         common: c,
         default_address: Ipv4Addr::new(127, 0, 0, 92),
         data_dir: work.path.join("opendps"),
-        max_connections: a.connections as u64 + 1000,
+        max_connections: (a.connections + a.register_concurrency) as u64 + 1000,
         nofile: (a.connections as u64 + 16_384).max(65_536),
         symmetric: true,
         x509: false,

@@ -138,24 +138,26 @@ pub fn raise_own_nofile(n: u64) -> u64 {
 
 /// The (soft, hard) open-files limits of this process, from /proc/self/limits.
 pub fn own_nofile() -> (u64, u64) {
+    nofile_of("self").unwrap_or((1024, 1024))
+}
+
+/// The (soft, hard) open-files limits of process `pid` ("self" for this one).
+pub fn nofile_of(pid: &str) -> Option<(u64, u64)> {
     let parse = |t: String| -> Option<(u64, u64)> {
-        let line = t.lines().find(|l| l.starts_with("Max open files"))?.to_owned();
-        let mut w = line["Max open files".len()..].split_whitespace();
+        let rest = t.lines().find_map(|l| l.strip_prefix("Max open files"))?.to_owned();
+        let mut w = rest.split_whitespace();
         let num = |s: Option<&str>| match s? {
             "unlimited" => Some(u64::MAX),
             v => v.parse().ok(),
         };
         Some((num(w.next())?, num(w.next())?))
     };
-    std::fs::read_to_string("/proc/self/limits").ok().and_then(parse).unwrap_or((1024, 1024))
+    std::fs::read_to_string(format!("/proc/{pid}/limits")).ok().and_then(parse)
 }
 
-/// "soft / hard" open-files limits of `pid`, from /proc/PID/limits.
-pub fn nofile_of(pid: u32) -> Option<String> {
-    let t = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
-    let line = t.lines().find(|l| l.starts_with("Max open files"))?;
-    let mut w = line["Max open files".len()..].split_whitespace();
-    Some(format!("soft {}, hard {}", w.next()?, w.next()?))
+/// One line of a file under /proc/sys (a kernel setting), trimmed; "?" when unreadable.
+pub fn sysctl(path: &str) -> String {
+    std::fs::read_to_string(format!("/proc/sys/{path}")).map_or_else(|_| "?".to_owned(), |t| t.trim().to_owned())
 }
 
 /// The open-files limit to give a child: `n`, at most this process's hard limit (which a

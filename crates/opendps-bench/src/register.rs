@@ -173,6 +173,13 @@ impl Setup {
         Ok(Arc::new(Target { tls, ..(*self.target).clone() }))
     }
 
+    /// The same server through a client made for holding many idle connections
+    /// ([`TlsClient::holding`]), its connections made from `sources` in turn.
+    pub fn holding_target(&self, c: &Common, sources: Vec<IpAddr>) -> anyhow::Result<Arc<Target>> {
+        let tls = TlsClient::holding(&self.server.root_pem(), IpAddr::V4(self.address), &c.groups, sources)?;
+        Ok(Arc::new(Target { tls, ..(*self.target).clone() }))
+    }
+
     /// N registrations over `proto` of `ids` with `auths`.
     pub async fn load(&self, spec: &Spec, proto: Protocol, ids: Arc<Vec<String>>, auths: Arc<Vec<Auth>>) -> LoadResult {
         self.load_on(&self.target, spec, proto, ids, auths).await

@@ -148,9 +148,16 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
         no_subscribe: false,
         protocol: Protocol::Mqtt,
         warmup: 10,
+        sources: 2,
+        register: 10,
+        register_concurrency: 2,
+        register_seconds: a.max_seconds,
     };
     let idle_result = idle::measure(&setup, &idle_args).await?;
     parts.push(("idle".into(), idle_result.open.clone()));
+    if let Some(r) = &idle_result.register {
+        parts.push(("idle-register".into(), r.clone()));
+    }
 
     // Every hostile load, small, from a few sources (the smoke server's per-source limits are
     // off): good devices must all register under each.

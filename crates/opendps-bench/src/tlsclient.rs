@@ -83,22 +83,41 @@ impl TlsClient {
     /// Trusts only `root_pem` and expects a certificate for `server_ip`; offers the ECDHE
     /// `groups` (OpenSSL list syntax, e.g. "P-256"). Every connection is a full handshake.
     pub fn new(root_pem: &Path, server_ip: IpAddr, groups: &str) -> anyhow::Result<TlsClient> {
-        Self::build(root_pem, server_ip, groups, false)
+        Self::build(root_pem, server_ip, groups, ClientOptions::default(), Vec::new())
     }
 
     /// As [`TlsClient::new`], but asking for tickets and keeping each device's session: a
     /// device's second connection to the same address offers the session of its first.
     pub fn resuming(root_pem: &Path, server_ip: IpAddr, groups: &str) -> anyhow::Result<TlsClient> {
-        Self::build(root_pem, server_ip, groups, true)
+        Self::build(root_pem, server_ip, groups, ClientOptions { resumption: true, ..Default::default() }, Vec::new())
     }
 
-    fn build(root_pem: &Path, server_ip: IpAddr, groups: &str, resumption: bool) -> anyhow::Result<TlsClient> {
+    /// A client for holding many idle connections: full handshakes as [`TlsClient::new`],
+    /// OpenSSL's record buffers released while a connection is quiet, and each connection
+    /// made from the next of `sources` in turn (none: the kernel's choice).
+    pub fn holding(
+        root_pem: &Path,
+        server_ip: IpAddr,
+        groups: &str,
+        sources: Vec<IpAddr>,
+    ) -> anyhow::Result<TlsClient> {
+        Self::build(root_pem, server_ip, groups, ClientOptions { release_buffers: true, ..Default::default() }, sources)
+    }
+
+    fn build(
+        root_pem: &Path,
+        server_ip: IpAddr,
+        groups: &str,
+        options: ClientOptions,
+        sources: Vec<IpAddr>,
+    ) -> anyhow::Result<TlsClient> {
         let pem = std::fs::read(root_pem).with_context(|| format!("reading {}", root_pem.display()))?;
-        let options = ClientOptions { tls13: false, groups: Some(groups.to_owned()), resumption };
+        let options = ClientOptions { tls13: false, groups: Some(groups.to_owned()), ..options };
         let client =
             Client::new(&pem, &options).with_context(|| format!("a TLS client offering the groups {groups:?}"))?;
-        let sessions = resumption.then(|| Arc::new(Sessions::default()));
-        Ok(TlsClient { client, server_name: server_ip.to_string(), sessions, sources: None })
+        let sessions = options.resumption.then(|| Arc::new(Sessions::default()));
+        let sources = (!sources.is_empty()).then(|| Arc::new(Sources::new(sources)));
+        Ok(TlsClient { client, server_name: server_ip.to_string(), sessions, sources })
     }
 
     /// The same client, its connections spread over `sources` in turn.
