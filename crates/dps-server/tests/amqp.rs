@@ -417,6 +417,20 @@ async fn oversized_and_malformed_amqp_frames_close_the_connection() {
     f.provisions("dev-1").await;
 }
 
+/// Without SASL the Open is decoded before anyone is authenticated: one whose properties nest
+/// 3,000 lists deep (27 KB, within max-frame-size) overflowed the decoder's stack and aborted the
+/// whole server before docs/amqp.md, "Encoded values". Now it is a framing error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deeply_nested_open_before_authentication_is_a_framing_error() {
+    let f = setup("").await;
+    let stream = include_bytes!("../../../fuzz/corpus/amqp_header/plain-open-with-deeply-nested-properties");
+    let mut io = tls(f.addr()).await;
+    io.write_all(stream).await.expect("header and open");
+    let got = read_until_closed(&mut io).await;
+    assert!(got.starts_with(b"AMQP\x00\x01\x00\x00"), "{:?}", &got[..got.len().min(16)]);
+    f.provisions("dev-1").await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn links_must_name_the_authenticated_device() {
     let f = setup("").await;
