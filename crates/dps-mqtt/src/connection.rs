@@ -112,12 +112,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 }
 
 /// Serves the DPS device API on one MQTT connection (already through TLS, or a WebSocket).
-pub async fn serve_connection<S>(io: S, ctx: ConnectionContext, shutdown: CancellationToken)
+/// A plain function returning the instrumented future, not an `async fn`: a wrapper future would
+/// keep its own copy of the arguments beside `serve`'s for the connection's whole life.
+pub fn serve_connection<S>(
+    io: S,
+    ctx: ConnectionContext,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let span = tracing::info_span!("mqtt_connection", transport = ctx.facts.transport.as_str(), peer = %ctx.facts.peer);
-    serve(io, ctx, shutdown).instrument(span).await;
+    serve(io, ctx, shutdown).instrument(span)
 }
 
 async fn serve<S>(io: S, ctx: ConnectionContext, shutdown: CancellationToken)
