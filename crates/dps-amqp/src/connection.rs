@@ -122,12 +122,13 @@ where
         }
     };
     let _ = buf.split_to(8);
-    // Boxed: it moves into each device-API call and back (a pointer, not the session, moves),
-    // and it is not held twice in this future.
-    let mut session = Box::new(ctx.services.device_session(ctx.facts.clone()));
+    // Held here for the whole connection; `Conn` borrows the slot, and a device-API call takes
+    // the session out of it and puts it back (so it is neither boxed nor held twice).
+    let mut session = Some(ctx.services.device_session(ctx.facts.clone()));
     let auth = if sasl {
         // Boxed: the SASL future is large and lives only during the exchange.
-        let run = Box::pin(driver::run(&mut io, &mut buf, &mut session, None, settings.sasl, peer));
+        let Some(device) = session.as_mut() else { return };
+        let run = Box::pin(driver::run(&mut io, &mut buf, device, None, settings.sasl, peer));
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
             r = run => r,
@@ -153,7 +154,7 @@ where
         io,
         buf,
         ctx: &ctx,
-        session: Some(session),
+        session: &mut session,
         api_version_stale: false,
         running: None,
         queued: VecDeque::new(),
@@ -275,14 +276,18 @@ struct Call {
     request: mapping::Request,
 }
 
-/// A call running: it owns the device session while it runs and hands it back.
-type Running = Pin<Box<dyn Future<Output = Done> + Send>>;
+/// A call running: it owns the device session while it runs and hands it back with the
+/// answer already made (the device API's reply is large: it stays in the call's own
+/// allocation, not in the connection's future).
+type Running = Pin<Box<dyn Future<Output = Box<Done>> + Send>>;
 
 struct Done {
-    session: Box<DeviceSession>,
-    call: Call,
-    /// `None`: the call exceeded `call_timeout`.
-    reply: Option<DeviceReply>,
+    session: DeviceSession,
+    delivery_id: u32,
+    settled: bool,
+    handle: u32,
+    link: u32,
+    answer: Answer,
 }
 
 /// The one session (state of AMQP 1.0 §2.5.6 and the two links).
@@ -323,7 +328,7 @@ struct Conn<'a, S> {
     buf: BytesMut,
     ctx: &'a ConnectionContext,
     /// The device session; away (`None`) while a call runs, which owns it.
-    session: Option<Box<DeviceSession>>,
+    session: &'a mut Option<DeviceSession>,
     /// A link brought a new api-version while the session was away: applied when it is back.
     api_version_stale: bool,
     /// The device-API call running, polled by the frame loop beside the socket.
@@ -355,7 +360,7 @@ enum Wake {
 }
 
 /// The running call's end (never, when none runs).
-async fn finished(running: &mut Option<Running>) -> Done {
+async fn finished(running: &mut Option<Running>) -> Box<Done> {
     match running {
         Some(call) => call.await,
         None => std::future::pending().await,
@@ -545,7 +550,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             let calling = self.running.is_some();
             let wake = tokio::select! {
                 () = shutdown.cancelled() => Wake::Shutdown,
-                done = finished(&mut self.running), if calling => Wake::Done(Box::new(done)),
+                done = finished(&mut self.running), if calling => Wake::Done(done),
                 () = tokio::time::sleep_until(self.auth_deadline), if pending => Wake::AuthTimeout,
                 () = tokio::time::sleep_until(idle_at) => Wake::Idle,
                 () = tokio::time::sleep_until(beat_at.unwrap_or(idle_at)), if beat_at.is_some() => Wake::Heartbeat,
@@ -560,7 +565,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 Wake::Read(Ok(_)) => {}
                 Wake::Done(done) => {
                     self.running = None;
-                    self.on_done(*done).await?;
+                    self.on_done(done).await?;
                 }
                 Wake::Heartbeat => self.write(&codec::EMPTY_FRAME).await?,
                 Wake::Shutdown => {
@@ -974,15 +979,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 return;
             };
             let timeout = self.ctx.settings.call_timeout;
+            let (services, peer) = (self.ctx.services.clone(), self.peer());
             self.running = Some(Box::pin(async move {
-                let op = match &call.request.operation {
+                let Call { delivery_id, settled, handle, link, request } = call;
+                let op = match &request.operation {
                     Operation::Register { body } => dps_core::device::Operation::Register { body },
                     Operation::OperationStatus { operation_id } => {
                         dps_core::device::Operation::OperationStatus { operation_id }
                     }
                 };
-                let reply = tokio::time::timeout(timeout, session.handle(op)).await.ok();
-                Done { session, call, reply }
+                let reply = match tokio::time::timeout(timeout, session.handle(op)).await {
+                    Ok(reply) => reply,
+                    Err(_) => {
+                        tracing::warn!(%peer, "amqp: device API call timed out");
+                        DeviceReply::Error(services.wire(
+                            500,
+                            500_000,
+                            "the service failed to complete the request; try again".into(),
+                        ))
+                    }
+                };
+                let answer = mapping::answer(&reply, request.correlation_id);
+                Box::new(Done { session, delivery_id, settled, handle, link, answer })
             }));
             return;
         }
@@ -990,27 +1008,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
 
     /// A call ended: the session is back; its request is settled and answered if its link is
     /// still there, and the next queued call starts.
-    async fn on_done(&mut self, done: Done) -> Step {
-        let Done { mut session, call, reply } = done;
+    async fn on_done(&mut self, done: Box<Done>) -> Step {
+        let Done { mut session, delivery_id, settled, handle, link, answer } = *done;
         if std::mem::take(&mut self.api_version_stale) {
             if let Some(v) = self.api_version.as_deref() {
                 // Checked when the link attached.
                 let _ = session.set_api_version(v);
             }
         }
-        self.session = Some(session);
-        let reply = reply.unwrap_or_else(|| {
-            tracing::warn!(peer = %self.peer(), "amqp: device API call timed out");
-            DeviceReply::Error(self.ctx.services.wire(
-                500,
-                500_000,
-                "the service failed to complete the request; try again".into(),
-            ))
-        });
-        let live = self.sess.as_ref().and_then(|s| s.receiver.as_ref()).is_some_and(|i| i.generation == call.link);
+        *self.session = Some(session);
+        let live = self.sess.as_ref().and_then(|s| s.receiver.as_ref()).is_some_and(|i| i.generation == link);
         let step = if live {
-            let answer = mapping::answer(&reply, call.request.correlation_id);
-            self.settle(call.delivery_id, call.settled, call.handle, answer).await
+            self.settle(delivery_id, settled, handle, answer).await
         } else {
             tracing::debug!(peer = %self.peer(), "amqp: the request link is gone; the answer is dropped");
             Ok(())
