@@ -5,7 +5,8 @@
 //! registrations one of them waits for the WAL to be copied into the database file. The store
 //! turns it off (`wal_autocheckpoint=0` on every connection) and runs PASSIVE checkpoints on a
 //! connection of their own, on a thread of their own: at the latest [`EVERY`] after a commit,
-//! sooner once [`COMMITS`] commits are waiting. PASSIVE never blocks readers or the writer.
+//! sooner once [`COMMITS`] commits are waiting. PASSIVE never blocks readers or the writer;
+//! a WAL past [`RESET_FRAMES`] is emptied by a TRUNCATE checkpoint, which does.
 //!
 //! Durability is unchanged: a commit is durable once it is in the WAL (`synchronous=NORMAL`
 //! against a crash or `kill -9`; `FULL` fsyncs the WAL at every commit), whether or not it has
@@ -97,9 +98,63 @@ fn run(conn: &Connection, shared: &Shared) {
     }
 }
 
-/// One PASSIVE checkpoint: as many WAL frames as no reader still needs.
+/// WAL frames (pages of 4 KiB) past which a checkpoint also resets the WAL: 64 MiB.
+pub(crate) const RESET_FRAMES: i64 = 16_384;
+
+/// One PASSIVE checkpoint: as many WAL frames as no reader still needs. If the WAL has grown
+/// past [`RESET_FRAMES`], a TRUNCATE checkpoint follows.
 pub(crate) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    checkpoint_with(conn, RESET_FRAMES)
+}
+
+fn checkpoint_with(conn: &Connection, reset_frames: i64) -> rusqlite::Result<()> {
     // (busy, frames in the WAL, frames checkpointed): a busy or partial checkpoint is finished
     // by a later one.
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)).map(|_| ())
+    let frames: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
+    if frames > reset_frames {
+        // SQLite starts the WAL over only when a write begins after a checkpoint has copied
+        // every frame. Under writes that never pause (a bulk load, a sustained registration
+        // load), a PASSIVE checkpoint never catches up with the writer, and the WAL grows
+        // without bound: 45 GB for a 4 GB database while seeding 2.5 M devices. TRUNCATE
+        // waits for the writer and the readers (the connection's busy timeout), copies the
+        // rest, and empties the file. Writers wait meanwhile, once per 64 MiB of WAL.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal_len(db: &std::path::Path) -> u64 {
+        std::fs::metadata(db.with_extension("db-wal")).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[test]
+    fn a_wal_past_the_reset_size_is_emptied() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("t.db");
+        let writer = Connection::open(&db).expect("open");
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+                 CREATE TABLE t (v BLOB);",
+            )
+            .expect("setup");
+        let checkpointer = Connection::open(&db).expect("open");
+        checkpointer.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+        for _ in 0..50 {
+            writer.execute("INSERT INTO t VALUES (zeroblob(8000))", []).expect("insert");
+        }
+        // Under the reset size: PASSIVE copies the frames, the file keeps its length.
+        checkpoint_with(&checkpointer, 1_000).expect("checkpoint");
+        let before = wal_len(&db);
+        assert!(before > 0, "the WAL holds the inserts");
+        // Past it: the WAL file is emptied, and every row is in the database.
+        checkpoint_with(&checkpointer, 10).expect("checkpoint");
+        assert_eq!(wal_len(&db), 0, "a TRUNCATE checkpoint empties the WAL (was {before} bytes)");
+        let n: i64 = writer.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count");
+        assert_eq!(n, 50);
+    }
 }
