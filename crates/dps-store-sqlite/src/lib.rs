@@ -360,7 +360,7 @@ impl DocumentStore for SqliteStore {
     }
 
     async fn instances_version(&self) -> Result<u64, StoreError> {
-        self.read(|c| {
+        self.read_point(|c| {
             let v: i64 =
                 row(c, "SELECT version FROM instances_version", [], |r| r.get(0)).map_err(StoreError::unavailable)?;
             Ok(v as u64)

@@ -28,7 +28,7 @@ use openssl::ssl::{
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::X509;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
 
 use crate::error::TlsError;
@@ -244,25 +244,7 @@ impl Client {
         identity: Option<&ClientIdentity>,
         resume: Option<&ClientSession>,
     ) -> Result<ClientStream, ConnectError> {
-        self.connect_from(None, addr, server_name, identity, resume).await
-    }
-
-    /// As [`Client::connect`], from the local address `source` when given (port chosen by the
-    /// kernel): a load generator spreads its connections over several source addresses so that
-    /// no one address runs out of ephemeral ports.
-    pub async fn connect_from(
-        &self,
-        source: Option<IpAddr>,
-        addr: SocketAddr,
-        server_name: &str,
-        identity: Option<&ClientIdentity>,
-        resume: Option<&ClientSession>,
-    ) -> Result<ClientStream, ConnectError> {
-        let tcp = match source {
-            None => TcpStream::connect(addr).await,
-            Some(ip) => bound_connect(ip, addr).await,
-        }
-        .map_err(|e| ConnectError::Tcp(e.kind()))?;
+        let tcp = TcpStream::connect(addr).await.map_err(|e| ConnectError::Tcp(e.kind()))?;
         self.handshake(tcp, server_name, identity, resume).await
     }
 
@@ -302,13 +284,6 @@ impl Client {
         Pin::new(&mut inner).connect().await.map_err(|e| ConnectError::Handshake(handshake_cause(&e)))?;
         Ok(ClientStream { inner, client: self.id, resumption: self.resumption })
     }
-}
-
-/// A TCP connection to `addr` from `source` (any free port of it).
-async fn bound_connect(source: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
-    let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    socket.bind(SocketAddr::new(source, 0))?;
-    socket.connect(addr).await
 }
 
 /// A short cause for a failed handshake: the first OpenSSL reason, or the I/O error kind.

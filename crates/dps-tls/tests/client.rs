@@ -115,7 +115,10 @@ async fn connections_come_from_the_source_asked_for() {
     let client = Client::new(&root, &holding).expect("client");
     for last in [1u8, 2] {
         let source = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 2, last));
-        let mut s = client.connect_from(Some(source), addr, "127.0.0.1", None, None).await.expect("connection");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(std::net::SocketAddr::new(source, 0)).expect("bind the source");
+        let tcp = socket.connect(addr).await.expect("tcp");
+        let mut s = client.handshake(tcp, "127.0.0.1", None, None).await.expect("connection");
         read_ok(&mut s).await;
         assert_eq!(s.local_addr().expect("local address").ip(), source);
         // With the record buffers released between records, the connection still works.
