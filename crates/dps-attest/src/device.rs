@@ -7,9 +7,12 @@
 //! client authentication, path lengths and name constraints hold, and no certificate below the
 //! anchor is signed with MD5 or SHA-1.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dps_core::ports::{CertificateError, DeviceCrypto, LeafFacts, SasClaims, SasError};
+use dps_core::tls::PeerCertificates;
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
@@ -17,7 +20,7 @@ use openssl::x509::{X509PurposeId, X509StoreContext, X509};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::sas::SasToken;
-use crate::x509::{chain_issued_by, info, load};
+use crate::x509::{chain_issued_by, info_of, load};
 
 /// Device tokens may come from clocks this far ahead or behind.
 pub const SAS_SKEW: Duration = Duration::from_secs(300);
@@ -89,11 +92,14 @@ pub fn check_leaf_usage(leaf: &X509Certificate<'_>) -> Result<(), CertificateErr
 
 /// Facts about a device certificate (DER): its subject CN, validity at `now`, and info. A
 /// certificate that is not usable for TLS client authentication ([`check_leaf_usage`]) is refused.
+///
+/// Read with `x509-parser` alone: a device's leaf has already been decoded by OpenSSL in the
+/// TLS handshake, and decoding it again with OpenSSL 3.0 costs about as much as a signature check
+/// (docs/performance.md, "X.509 registrations").
 pub fn leaf_facts(der: &[u8], now: SystemTime) -> Result<LeafFacts, CertificateError> {
-    let cert = X509::from_der(der).map_err(|_| CertificateError::BadDer)?;
     let (_, parsed) = X509Certificate::from_der(der).map_err(|e| CertificateError::Unreadable(e.to_string()))?;
     check_leaf_usage(&parsed)?;
-    let (info, _) = info(&cert)?;
+    let info = info_of(der, &parsed);
     let common_name =
         parsed.subject().iter_common_name().next().and_then(|n| n.as_str().ok()).map(str::to_owned).unwrap_or_default();
     let now = unix(now);
@@ -105,6 +111,36 @@ pub fn leaf_facts(der: &[u8], now: SystemTime) -> Result<LeafFacts, CertificateE
         time_valid: validity.not_before.timestamp() <= now && now <= validity.not_after.timestamp(),
         info,
     })
+}
+
+/// Trust anchors (group CAs, keyed by their text as the store keeps it), decoded by OpenSSL once
+/// rather than on every registration. The key is the SHA-256 digest of that text, so an entry can
+/// never stand for other content. Bounded: at most [`ANCHORS_MAX`] entries of at most
+/// [`ANCHOR_MAX_BYTES`] each; when full, it starts again empty.
+static ANCHORS: OnceLock<Mutex<HashMap<[u8; 32], X509>>> = OnceLock::new();
+const ANCHORS_MAX: usize = 512;
+const ANCHOR_MAX_BYTES: usize = 16 * 1024;
+
+fn anchors() -> std::sync::MutexGuard<'static, HashMap<[u8; 32], X509>> {
+    ANCHORS.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The anchor `text` decoded, or the certificate decoded from the same text before.
+fn anchor(text: &str) -> Result<X509, CertificateError> {
+    if text.len() > ANCHOR_MAX_BYTES {
+        return load(text);
+    }
+    let key = openssl::sha::sha256(text.as_bytes());
+    if let Some(c) = anchors().get(&key) {
+        return Ok(c.clone());
+    }
+    let cert = load(text)?;
+    let mut m = anchors();
+    if m.len() >= ANCHORS_MAX {
+        m.clear();
+    }
+    m.insert(key, cert.clone());
+    Ok(cert)
 }
 
 /// Verifies a presented chain (DER, leaf first) against one trust anchor (PEM or base64 DER) at
@@ -130,9 +166,19 @@ pub fn verify_chain(chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Res
         .enumerate()
         .map(|(i, der)| X509::from_der(der).map_err(|_| ChainError::NotDer(i)))
         .collect::<Result<_, _>>()?;
-    let (_, parsed) = X509Certificate::from_der(&chain[0]).map_err(|e| CertificateError::Unreadable(e.to_string()))?;
+    verify_decoded(&certs, &chain[0], anchor_pem, now)
+}
+
+/// [`verify_chain`] of a chain already decoded (`certs`, leaf first; `leaf_der` is `certs[0]`'s
+/// DER), as the TLS handshake leaves it.
+fn verify_decoded(certs: &[X509], leaf_der: &[u8], anchor_pem: &str, now: SystemTime) -> Result<usize, ChainError> {
+    let (leaf, rest) = certs.split_first().ok_or(ChainError::NoCertificate)?;
+    if certs.len() > MAX_CHAIN {
+        return Err(ChainError::TooLong(certs.len()));
+    }
+    let (_, parsed) = X509Certificate::from_der(leaf_der).map_err(|e| CertificateError::Unreadable(e.to_string()))?;
     check_leaf_usage(&parsed)?;
-    let anchor = load(anchor_pem).map_err(|_| ChainError::Anchor)?;
+    let anchor = anchor(anchor_pem).map_err(|_| ChainError::Anchor)?;
 
     let mut param = X509VerifyParam::new()?;
     param.set_flags(X509VerifyFlags::PARTIAL_CHAIN)?;
@@ -146,11 +192,11 @@ pub fn verify_chain(chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Res
     let store = store.build();
 
     let mut untrusted = Stack::new()?;
-    for cert in &certs[1..] {
+    for cert in rest {
         untrusted.push(cert.clone())?;
     }
     let mut context = X509StoreContext::new()?;
-    let (verified, error, depth, built) = context.init(&store, &certs[0], &untrusted, |c| {
+    let (verified, error, depth, built) = context.init(&store, leaf, &untrusted, |c| {
         let verified = c.verify_cert()?;
         let built = c.chain().map_or(0, |s| s.len());
         Ok((verified, c.error(), c.error_depth(), built))
@@ -161,7 +207,7 @@ pub fn verify_chain(chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Res
     // The verified chain is leaf .. anchor; the certificate the anchor issued is just below it.
     // A chain of one is the leaf trusted as the anchor itself: only a self-signed leaf counts
     // (it issued itself).
-    if built < 2 && !chain_issued_by(&certs[0], &certs[0]) {
+    if built < 2 && !chain_issued_by(leaf, leaf) {
         return Err(ChainError::Verify { depth: 0, reason: "the device certificate is the CA itself" });
     }
     Ok(built.saturating_sub(2))
@@ -215,5 +261,17 @@ impl DeviceCrypto for OpensslDeviceCrypto {
 
     fn chain_depth(&self, chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Option<usize> {
         verify_chain(chain, anchor_pem, now).ok()
+    }
+
+    /// Uses the certificates the handshake decoded (`dps-tls` leaves a `Vec<X509>` there) when
+    /// they are the same chain, one for one; otherwise decodes the DER.
+    fn peer_chain_depth(&self, chain: &PeerCertificates, anchor_pem: &str, now: SystemTime) -> Option<usize> {
+        let decoded = chain.1 .0.as_ref().and_then(|d| d.downcast_ref::<Vec<X509>>());
+        match (decoded, chain.0.first()) {
+            (Some(certs), Some(leaf)) if certs.len() == chain.0.len() => {
+                verify_decoded(certs, leaf, anchor_pem, now).ok()
+            }
+            _ => verify_chain(&chain.0, anchor_pem, now).ok(),
+        }
     }
 }

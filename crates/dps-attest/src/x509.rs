@@ -1,6 +1,5 @@
 use dps_core::model::X509CertificateInfo;
 use dps_core::ports::{CertificateError, ParsedCertificate, X509Inspector};
-use openssl::hash::MessageDigest;
 use openssl::x509::X509;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -30,25 +29,27 @@ pub fn load(text: &str) -> Result<X509, CertificateError> {
 pub(crate) fn info(cert: &X509) -> Result<(X509CertificateInfo, bool), CertificateError> {
     let der = cert.to_der().map_err(|_| CertificateError::BadDer)?;
     let (_, parsed) = X509Certificate::from_der(&der).map_err(|e| CertificateError::Unreadable(e.to_string()))?;
-    let digest = |md| cert.digest(md).map(|d| hex_upper(&d)).unwrap_or_default();
+    let is_ca = parsed.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
+    Ok((info_of(&der, &parsed), is_ca))
+}
+
+/// The info of a certificate from its DER and its parse. The thumbprints are digests of the DER
+/// (what `X509_digest` hashes: the certificate's encoding).
+pub(crate) fn info_of(der: &[u8], parsed: &X509Certificate<'_>) -> X509CertificateInfo {
     let time = |t: x509_parser::time::ASN1Time| {
         let secs = u64::try_from(t.timestamp()).unwrap_or(0);
         dps_core::time::format_utc(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
     };
-    let is_ca = parsed.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
-    Ok((
-        X509CertificateInfo {
-            subject_name: parsed.subject().to_string(),
-            sha1_thumbprint: digest(MessageDigest::sha1()),
-            sha256_thumbprint: digest(MessageDigest::sha256()),
-            issuer_name: parsed.issuer().to_string(),
-            not_before_utc: time(parsed.validity().not_before),
-            not_after_utc: time(parsed.validity().not_after),
-            serial_number: hex_upper(parsed.raw_serial()),
-            version: i64::from(parsed.version().0) + 1,
-        },
-        is_ca,
-    ))
+    X509CertificateInfo {
+        subject_name: parsed.subject().to_string(),
+        sha1_thumbprint: hex_upper(&openssl::sha::sha1(der)),
+        sha256_thumbprint: hex_upper(&openssl::sha::sha256(der)),
+        issuer_name: parsed.issuer().to_string(),
+        not_before_utc: time(parsed.validity().not_before),
+        not_after_utc: time(parsed.validity().not_after),
+        serial_number: hex_upper(parsed.raw_serial()),
+        version: i64::from(parsed.version().0) + 1,
+    }
 }
 
 impl X509Inspector for OpensslX509 {

@@ -2,10 +2,12 @@
 //! rule of `docs/x509.md` ("Device certificates") refuses what it should, and ordinary chains pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dps_attest::{leaf_facts, verify_chain, ChainError, OpensslDeviceCrypto};
 use dps_core::ports::DeviceCrypto;
+use dps_core::tls::{Decoded, PeerCertificates};
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::ec::{EcGroup, EcKey};
@@ -158,8 +160,14 @@ fn ders(chain: &[&Cert]) -> Vec<Vec<u8>> {
 }
 
 /// The reason OpenSSL (or the usage check) gives, or the depth found.
+/// The chain as the TLS layer hands it over (DER, and OpenSSL's decoded certificates beside it)
+/// gets the same answer as its DER alone.
 fn verify(chain: &[&Cert], anchor: &Cert) -> Result<usize, ChainError> {
-    verify_chain(&ders(chain), &anchor.pem(), SystemTime::now())
+    let result = verify_chain(&ders(chain), &anchor.pem(), SystemTime::now());
+    let decoded: Vec<X509> = chain.iter().map(|c| c.x509.clone()).collect();
+    let peer = PeerCertificates(ders(chain), Decoded(Some(Arc::new(decoded))));
+    assert_eq!(OpensslDeviceCrypto.peer_chain_depth(&peer, &anchor.pem(), SystemTime::now()), result.clone().ok());
+    result
 }
 
 fn refused_because(chain: &[&Cert], anchor: &Cert, words: &str) {

@@ -301,7 +301,7 @@ pub fn connection(transport: Transport, version: TlsVersion, chain: Vec<Vec<u8>>
                 client_certificate: !chain.is_empty(),
             },
         }),
-        peer_certificates: Arc::new(PeerCertificates(chain)),
+        peer_certificates: Arc::new(PeerCertificates::from(chain)),
     }
 }
 

@@ -42,6 +42,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+/// The largest request head (request line and headers) read before a request is refused with
+/// 431. A DPS request's head is well under 2 KiB (its SAS token is the longest part).
+const MAX_HEAD: usize = 16 * 1024;
+
 pub use websocket::{ByteStream, WsHandler, WsRoute};
 
 /// What the connection knows about its client, attached to every request as an extension.
@@ -332,6 +336,9 @@ impl HttpService {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(self.state.header_timeout)
+            // A request head larger than this is refused with 431 once this much has arrived,
+            // not read to its end (docs/limits.md, "HTTPS").
+            .max_buf_size(MAX_HEAD)
             .keep_alive(true)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();

@@ -304,6 +304,35 @@ async fn an_anonymous_caller_cannot_send_more_than_96_kb_to_the_service_or_manag
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_request_head_over_16_kib_gets_431_before_it_is_read_to_the_end() {
+    let s = start("").await;
+    let addr = s.https();
+    // 58 KB of head (as the hostile benchmark sends): the answer comes once 16 KiB has arrived.
+    let head = format!(
+        "PUT /{}/registrations/{}/register?api-version=2021-06-01 HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(30_000),
+        "b".repeat(20_000),
+        "c".repeat(8_000)
+    );
+    let mut d = tls(addr).await;
+    let (status, closed) = tokio::task::spawn_blocking(move || {
+        // The server may close before the whole head is written: a failed write is expected.
+        let _ = d.stream.write_all(&head.as_bytes()[..17 * 1024]);
+        let (status, _) = common::read_http_response(&mut d.stream);
+        (status, closed_by_server(&mut d.stream))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 431);
+    assert!(closed, "the connection is closed after a 431");
+    // A head just under the bound is read and judged as usual.
+    let head = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "p".repeat(15 * 1024));
+    let (status, body, _) = exchange(addr, head, Vec::new()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(health_ok(addr).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_chunked_body_is_a_400() {
     let s = start("").await;
     let head = "PUT /0ne00000001/registrations/dev/register?api-version=2021-06-01 HTTP/1.1\r\nHost: x\r\n\

@@ -152,6 +152,7 @@ impl SqliteStore {
             let out = f(&tx)?;
             tx.commit().map_err(StoreError::unavailable)?;
             inner.checkpointer.committed();
+            inner.checkpointer.reset_if_overgrown(&c);
             Ok(out)
         })
         .await

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dps_core::log_limit::LogLimit;
-use dps_core::tls::{HandshakeFacts, Negotiated, Offered, PeerCertificates, TlsVersion};
+use dps_core::tls::{Decoded, HandshakeFacts, Negotiated, Offered, PeerCertificates, TlsVersion};
 use openssl::nid::Nid;
 use openssl::ssl::{Ssl, SslContext, SslRef, SslVersion};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -181,20 +181,27 @@ fn negotiated(ssl: &SslRef) -> Negotiated {
     }
 }
 
+/// The client's chain, DER, with the decoded certificates beside it (`Vec<X509>`, the same order),
+/// so that attestation need not decode them again (docs/performance.md, "X.509 registrations").
 fn peer_certificates(ssl: &SslRef) -> PeerCertificates {
     let Some(leaf) = ssl.peer_certificate() else { return PeerCertificates::default() };
-    let mut ders: Vec<Vec<u8>> = leaf.to_der().into_iter().collect();
+    let (mut ders, mut decoded) = (Vec::new(), Vec::new());
+    if let Ok(der) = leaf.to_der() {
+        ders.push(der);
+        decoded.push(leaf);
+    }
     if let Some(chain) = ssl.peer_cert_chain() {
         // On the server side OpenSSL's chain excludes the leaf; skip it anyway if a build includes it.
         for c in chain.iter() {
             if let Ok(der) = c.to_der() {
                 if ders.first() != Some(&der) {
                     ders.push(der);
+                    decoded.push(c.to_owned());
                 }
             }
         }
     }
-    PeerCertificates(ders)
+    PeerCertificates(ders, Decoded(Some(std::sync::Arc::new(decoded))))
 }
 
 fn log_success(listener: &str, peer: SocketAddr, f: &HandshakeFacts) {

@@ -15,7 +15,7 @@ use crate::model::{
 };
 use crate::ports::TpmKeyError;
 use crate::store::{Precondition, StoreError};
-use crate::tls::TlsVersion;
+use crate::tls::{PeerCertificates, TlsVersion};
 
 /// The enrollment a device authenticated against.
 #[derive(Clone, Debug)]
@@ -129,10 +129,10 @@ impl Services {
                 )));
             }
         }
-        let chain = conn.peer_certificates.0.as_slice();
+        let chain = conn.peer_certificates.as_ref();
         match credential {
             Credential::Sas(token) => self.attest_sas(instance, registration_id, token).await,
-            Credential::ClientCertificate if chain.is_empty() => {
+            Credential::ClientCertificate if chain.0.is_empty() => {
                 Err(Error::Unauthorized("the device presented no credential (SAS token or X.509 certificate)".into()))
             }
             Credential::ClientCertificate => self.attest_x509(instance, registration_id, chain).await,
@@ -206,9 +206,14 @@ impl Services {
         Err(denied())
     }
 
-    async fn attest_x509(&self, instance: Instance, registration_id: &str, chain: &[Vec<u8>]) -> Result<Attestation> {
+    async fn attest_x509(
+        &self,
+        instance: Instance,
+        registration_id: &str,
+        chain: &PeerCertificates,
+    ) -> Result<Attestation> {
         let now = self.clock.now();
-        let leaf = chain.first().ok_or_else(denied)?;
+        let leaf = chain.leaf().ok_or_else(denied)?;
         let facts = self.crypto.leaf(leaf, now).map_err(|_| denied())?;
         if !facts.common_name.eq_ignore_ascii_case(registration_id) {
             return Err(Error::Unauthorized(format!(
@@ -263,7 +268,7 @@ impl Services {
                     }
                 }
             }
-            let depth = anchors.iter().filter_map(|a| self.crypto.chain_depth(chain, a, now)).min();
+            let depth = anchors.iter().filter_map(|a| self.crypto.peer_chain_depth(chain, a, now)).min();
             if let Some(d) = depth {
                 if best.as_ref().is_none_or(|(bd, _)| d < *bd) {
                     best = Some((d, g));

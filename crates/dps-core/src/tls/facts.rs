@@ -118,8 +118,36 @@ mod tests {
 /// The certificates a client presented, DER, leaf first. Possession of the leaf's key was
 /// proved in the handshake; whether the chain is *trusted* is decided by attestation against an
 /// enrollment, never by the TLS layer.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PeerCertificates(pub Vec<Vec<u8>>);
+///
+/// The second field is the same chain as the TLS layer decoded it, if it kept it: opaque to core,
+/// read only by a `DeviceCrypto` adapter that knows its type, so that attestation does not decode
+/// the chain a second time (docs/performance.md, "X.509 registrations"). Equality is the DER's.
+#[derive(Clone, Debug, Default)]
+pub struct PeerCertificates(pub Vec<Vec<u8>>, pub Decoded);
+
+/// A chain as some TLS library decoded it (see [`PeerCertificates`]).
+#[derive(Clone, Default)]
+pub struct Decoded(pub Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>);
+
+impl std::fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Decoded(..)" } else { "Decoded(None)" })
+    }
+}
+
+impl PartialEq for PeerCertificates {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for PeerCertificates {}
+
+impl From<Vec<Vec<u8>>> for PeerCertificates {
+    fn from(der: Vec<Vec<u8>>) -> Self {
+        PeerCertificates(der, Decoded::default())
+    }
+}
 
 impl PeerCertificates {
     pub fn is_empty(&self) -> bool {
