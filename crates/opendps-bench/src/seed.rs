@@ -164,6 +164,12 @@ pub async fn seed_bulk(
     let now = dps_core::time::format_utc(std::time::SystemTime::now());
     let mut out = Seeded::default();
     let mut last_note = Instant::now();
+    // Devices are written in the order of their keys (`id` sorts as `splitmix64` does, and
+    // `splitmix64` is one-to-one), as a bulk import would: each transaction then appends to the
+    // B-trees. In device order the keys are random, every transaction touches pages all over the
+    // B-trees, and the rate fell from 7 000 to 1 300 devices/s by 2 M devices.
+    let mut order: Vec<u64> = (0..enrolled).collect();
+    order.sort_unstable_by_key(|&k| splitmix64(k));
     let mut i = 0;
     while i < enrolled {
         if t0.elapsed() > max {
@@ -171,7 +177,7 @@ pub async fn seed_bulk(
         }
         let end = (i + batch.max(1)).min(enrolled);
         let mut docs = Vec::new();
-        for k in i..end {
+        for &k in &order[usize::try_from(i)?..usize::try_from(end)?] {
             let id = id(k);
             docs.push(OwnedDoc::of(&enrollment(&id, &now)?)?);
             out.enrollments += 1;
@@ -287,6 +293,16 @@ mod tests {
         assert_eq!(ra.len(), 20);
         assert_eq!(ra, rb);
         Ok(())
+    }
+
+    #[test]
+    fn ids_sort_as_their_splitmix64_values() {
+        // `seed_bulk` writes devices in key order by sorting on `splitmix64` alone.
+        let mut by_mix: Vec<u64> = (0..2000).collect();
+        by_mix.sort_unstable_by_key(|&k| splitmix64(k));
+        let mut by_id: Vec<u64> = (0..2000).collect();
+        by_id.sort_by_cached_key(|&k| id(k).to_lowercase());
+        assert_eq!(by_mix, by_id);
     }
 
     #[test]
