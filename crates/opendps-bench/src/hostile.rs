@@ -369,7 +369,12 @@ async fn open(ctx: &Ctx) -> Result<Box<dyn Io>, Failure> {
         _ => Vec::new(),
     };
     if !first.is_empty() {
-        s.write_all(&first).await.map_err(|e| Failure::new(format!("write: {}", e.kind())))?;
+        match s.write_all(&first).await {
+            // The server may answer an oversized head (431) and close before all of it is
+            // written: the answer is read (or its absence recorded) by `hold`.
+            Err(_) if ctx.kind == Kind::Oversized => {}
+            r => r.map_err(|e| Failure::new(format!("write: {}", e.kind())))?,
+        }
     }
     Ok(Box::new(s))
 }
