@@ -259,13 +259,9 @@ impl DeviceCrypto for OpensslDeviceCrypto {
         leaf_facts(der, now)
     }
 
-    fn chain_depth(&self, chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Option<usize> {
-        verify_chain(chain, anchor_pem, now).ok()
-    }
-
     /// Uses the certificates the handshake decoded (`dps-tls` leaves a `Vec<X509>` there) when
     /// they are the same chain, one for one; otherwise decodes the DER.
-    fn peer_chain_depth(&self, chain: &PeerCertificates, anchor_pem: &str, now: SystemTime) -> Option<usize> {
+    fn chain_depth(&self, chain: &PeerCertificates, anchor_pem: &str, now: SystemTime) -> Option<usize> {
         let decoded = chain.1 .0.as_ref().and_then(|d| d.downcast_ref::<Vec<X509>>());
         match (decoded, chain.0.first()) {
             (Some(certs), Some(leaf)) if certs.len() == chain.0.len() => {

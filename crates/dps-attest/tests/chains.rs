@@ -166,7 +166,7 @@ fn verify(chain: &[&Cert], anchor: &Cert) -> Result<usize, ChainError> {
     let result = verify_chain(&ders(chain), &anchor.pem(), SystemTime::now());
     let decoded: Vec<X509> = chain.iter().map(|c| c.x509.clone()).collect();
     let peer = PeerCertificates(ders(chain), Decoded(Some(Arc::new(decoded))));
-    assert_eq!(OpensslDeviceCrypto.peer_chain_depth(&peer, &anchor.pem(), SystemTime::now()), result.clone().ok());
+    assert_eq!(OpensslDeviceCrypto.chain_depth(&peer, &anchor.pem(), SystemTime::now()), result.clone().ok());
     result
 }
 
@@ -175,7 +175,10 @@ fn refused_because(chain: &[&Cert], anchor: &Cert, words: &str) {
         Err(e) => assert!(e.to_string().contains(words), "expected {words:?}, got: {e}"),
         Ok(depth) => panic!("expected a refusal ({words}), got depth {depth}"),
     }
-    assert_eq!(OpensslDeviceCrypto.chain_depth(&ders(chain), &anchor.pem(), SystemTime::now()), None);
+    assert_eq!(
+        OpensslDeviceCrypto.chain_depth(&PeerCertificates::from(ders(chain)), &anchor.pem(), SystemTime::now()),
+        None
+    );
 }
 
 #[test]
@@ -191,7 +194,10 @@ fn ordinary_chains_verify_up_to_the_enrollments_ca() {
     let bare = Spec { key_usage: None, eku: None, ..Spec::leaf("bare") }.issue(Some(&int));
     assert_eq!(verify(&[&bare, &int], &root), Ok(1));
     // The port gives the same answer.
-    assert_eq!(OpensslDeviceCrypto.chain_depth(&ders(&[&leaf, &int]), &root.pem(), SystemTime::now()), Some(1));
+    assert_eq!(
+        OpensslDeviceCrypto.chain_depth(&PeerCertificates::from(ders(&[&leaf, &int])), &root.pem(), SystemTime::now()),
+        Some(1)
+    );
     // A self-signed device certificate enrolled as its own CA.
     let own = Spec { ca: None, ..Spec::leaf("self") }.issue(None);
     assert_eq!(verify(&[&own], &own), Ok(0));

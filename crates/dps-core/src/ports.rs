@@ -127,17 +127,9 @@ pub trait DeviceCrypto: Send + Sync + std::fmt::Debug {
     /// If the presented chain (leaf first, DER) verifies up to `anchor_pem` as the only trust
     /// anchor, at `now` and by the rules of `docs/x509.md` ("Chains for enrollment groups"): the
     /// position in the chain of the certificate the anchor issued (0 = the leaf itself).
-    fn chain_depth(&self, chain: &[Vec<u8>], anchor_pem: &str, now: SystemTime) -> Option<usize>;
-    /// [`DeviceCrypto::chain_depth`] of a chain as the TLS layer handed it over: an adapter may
-    /// use the certificates the handshake already decoded ([`crate::tls::PeerCertificates`]).
-    fn peer_chain_depth(
-        &self,
-        chain: &crate::tls::PeerCertificates,
-        anchor_pem: &str,
-        now: SystemTime,
-    ) -> Option<usize> {
-        self.chain_depth(&chain.0, anchor_pem, now)
-    }
+    /// The chain comes as the TLS layer handed it over: an adapter may use the certificates the
+    /// handshake already decoded ([`crate::tls::PeerCertificates`]).
+    fn chain_depth(&self, chain: &crate::tls::PeerCertificates, anchor_pem: &str, now: SystemTime) -> Option<usize>;
 }
 
 /// What attestation needs to know about a device certificate.

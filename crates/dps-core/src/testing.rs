@@ -164,9 +164,9 @@ impl DeviceCrypto for TextCrypto {
         })
     }
 
-    fn chain_depth(&self, chain: &[Vec<u8>], anchor_pem: &str, _now: SystemTime) -> Option<usize> {
+    fn chain_depth(&self, chain: &PeerCertificates, anchor_pem: &str, _now: SystemTime) -> Option<usize> {
         let anchor = field(anchor_pem, "id")?;
-        let texts: Vec<&str> = chain.iter().map(|d| std::str::from_utf8(d).ok()).collect::<Option<_>>()?;
+        let texts: Vec<&str> = chain.0.iter().map(|d| std::str::from_utf8(d).ok()).collect::<Option<_>>()?;
         for (i, t) in texts.iter().enumerate() {
             if field(t, "issuer") == Some(anchor) {
                 // Every certificate below must be issued by the next one up.

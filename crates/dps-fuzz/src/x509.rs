@@ -56,7 +56,7 @@ pub fn x509_evidence(data: &[u8]) {
         assert!(depth < chain.len().max(1) && chain.len() <= MAX_CHAIN, "depth {depth} of {}", chain.len());
         assert!(leaf_facts(&chain[0], now).is_ok(), "a verified chain has a usable leaf");
     }
-    assert_eq!(depth.ok(), OpensslDeviceCrypto.chain_depth(&chain, &anchor_b64, now));
+    assert_eq!(depth.ok(), OpensslDeviceCrypto.chain_depth(&chain.clone().into(), &anchor_b64, now));
     // The service API's certificate upload parses the same bytes.
     if let Ok(parsed) = OpensslX509.parse(&anchor_b64) {
         assert!(parsed.pem.starts_with("-----BEGIN CERTIFICATE-----"));

@@ -268,7 +268,7 @@ impl Services {
                     }
                 }
             }
-            let depth = anchors.iter().filter_map(|a| self.crypto.peer_chain_depth(chain, a, now)).min();
+            let depth = anchors.iter().filter_map(|a| self.crypto.chain_depth(chain, a, now)).min();
             if let Some(d) = depth {
                 if best.as_ref().is_none_or(|(bd, _)| d < *bd) {
                     best = Some((d, g));
