@@ -13,6 +13,7 @@ use mqttbytes::v4::{
 };
 use mqttbytes::{Protocol, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -49,7 +50,7 @@ impl Default for Limits {
 }
 
 /// Read buffer reserved while no packet is in progress: what an idle connection holds.
-const IDLE_READ: usize = 512;
+const IDLE_READ: usize = 64;
 /// Read buffer growth while a packet is incomplete.
 const READ_CHUNK: usize = 4096;
 
@@ -203,31 +204,49 @@ where
     // Keep-alive: the client must send something within 1.5 × its keep-alive, bounded.
     let asked = Duration::from_millis(u64::from(keep_alive) * 1500);
     let mut idle = if keep_alive == 0 { limits.max_keep_alive } else { asked.min(limits.max_keep_alive) };
-    let deadline = refused.then(|| tokio::time::Instant::now() + limits.refused_lifetime);
+    let deadline = refused.then(|| Instant::now() + limits.refused_lifetime);
     if refused {
         idle = idle.min(limits.refused_lifetime);
     }
+    // An attested device's records are let go once no request has come for a while
+    // (`DeviceSession::rest`); the next request reads them again.
+    let mut rest_at = (!refused).then(|| Instant::now() + DeviceSession::REST_AFTER);
     loop {
-        let next = tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = sleep_until(deadline) => {
-                tracing::info!("mqtt: closing the connection of a refused device");
-                break;
+        // One timer for the three deadlines: keep-alive, a refused device's lifetime, resting.
+        let keep_alive_until = Instant::now() + idle;
+        let next = loop {
+            let wake = [deadline, rest_at].into_iter().flatten().fold(keep_alive_until, Instant::min);
+            let read = tokio::select! {
+                () = shutdown.cancelled() => break None,
+                r = tokio::time::timeout_at(wake, c.read()) => r,
+            };
+            match read {
+                Ok(r) => break Some(r),
+                Err(_) => {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|d| d <= now) {
+                        tracing::info!("mqtt: closing the connection of a refused device");
+                        break None;
+                    }
+                    if keep_alive_until <= now {
+                        tracing::info!("mqtt: keep-alive expired; closing");
+                        break None;
+                    }
+                    // `c.read` keeps what it has read in `c.buf`: waiting again loses nothing.
+                    device.rest();
+                    rest_at = None;
+                }
             }
-            r = tokio::time::timeout(idle, c.read()) => r,
         };
         let packet = match next {
-            Ok(Read::Packet(p)) => p,
-            Ok(Read::Closed) => break,
-            Ok(Read::Bad(why)) => {
+            None => break,
+            Some(Read::Packet(p)) => p,
+            Some(Read::Closed) => break,
+            Some(Read::Bad(why)) => {
                 tracing::info!(reason = %dps_core::device::excerpt(&why, 200), "mqtt: closing connection");
                 break;
             }
-            Ok(Read::BadLevel(_)) => break,
-            Err(_) => {
-                tracing::info!("mqtt: keep-alive expired; closing");
-                break;
-            }
+            Some(Read::BadLevel(_)) => break,
         };
         let ok = match packet {
             Packet::Subscribe(s) if s.filters.is_empty() => {
@@ -256,7 +275,12 @@ where
             }
             Packet::PingReq => c.send(|b| PingResp.write(b)).await,
             // A request (the registration path) in its own allocation, freed when it is answered.
-            Packet::Publish(p) => Box::pin(handle_publish(&mut c, &mut device, p)).await,
+            Packet::Publish(p) => {
+                if !refused {
+                    rest_at = Some(Instant::now() + DeviceSession::REST_AFTER);
+                }
+                Box::pin(handle_publish(&mut c, &mut device, p)).await
+            }
             Packet::Disconnect => break,
             Packet::PubAck(_) => true,
             Packet::Connect(_) => {
@@ -273,13 +297,6 @@ where
         }
     }
     let _ = c.io.shutdown().await;
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(

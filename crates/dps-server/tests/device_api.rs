@@ -291,6 +291,32 @@ async fn mqtt_register_poll_and_bad_input() {
         }
         m.send(|b| mqttbytes::v4::PingReq.write(b));
         assert!(matches!(m.recv(), Some(Packet::PingResp)));
+        // Idle past `DeviceSession::REST_AFTER` the connection keeps only the device's names:
+        // a poll is still answered, a register reads the device again and is accepted, and a
+        // packet that arrives in two halves around the rest loses nothing.
+        std::thread::sleep(dps_core::device::DeviceSession::REST_AFTER + std::time::Duration::from_millis(500));
+        let p = Publish::new(
+            format!("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=10&operationId={op}"),
+            QoS::AtMostOnce,
+            "",
+        );
+        m.send(|b| p.write(b));
+        let Some(Packet::Publish(r)) = m.recv() else { panic!("no poll response after resting") };
+        assert_eq!(r.topic, "$dps/registrations/res/200/?$rid=10");
+        std::thread::sleep(dps_core::device::DeviceSession::REST_AFTER + std::time::Duration::from_millis(500));
+        let p = Publish::new(
+            "$dps/registrations/PUT/iotdps-register/?$rid=11",
+            QoS::AtMostOnce,
+            r#"{"registrationId":"m-1"}"#,
+        );
+        let mut bytes = BytesMut::new();
+        p.write(&mut bytes).unwrap();
+        let half = bytes.len() / 2;
+        m.done.stream.write_all(&bytes[..half]).unwrap();
+        std::thread::sleep(dps_core::device::DeviceSession::REST_AFTER + std::time::Duration::from_millis(500));
+        m.done.stream.write_all(&bytes[half..]).unwrap();
+        let Some(Packet::Publish(r)) = m.recv() else { panic!("no register response after resting") };
+        assert!(r.topic.starts_with("$dps/registrations/res/202/?$rid=11"), "{}", r.topic);
         // An oversized publish (over 96 KB) closes the connection; the server keeps serving.
         let big =
             Publish::new("$dps/registrations/PUT/iotdps-register/?$rid=9", QoS::AtMostOnce, vec![b'x'; 120 * 1024]);

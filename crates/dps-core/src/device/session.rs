@@ -9,7 +9,7 @@ use super::{ApiVersion, ConnectionFacts, Credential, DeviceReply, Operation, Reg
 use crate::error::{Error, Result, WireError};
 use crate::model::RegistrationStatus;
 use crate::observe::{Api, AttestationResult};
-use crate::service::{Attestation, Attested, OperationStatus, Services};
+use crate::service::{Attestation, Attested, Device, Dormant, OperationStatus, Services};
 
 /// An authentication this old is re-read from the store before a registration acts on it, so a
 /// long-lived connection does not register through an enrollment that was disabled meanwhile.
@@ -33,7 +33,22 @@ struct Identity {
     registration_id: String,
     credential: CredentialKey,
     api_version: Option<ApiVersion>,
-    outcome: Result<(Attested, SystemTime)>,
+    outcome: Result<Held>,
+}
+
+/// An attested device as its connection keeps it: the whole record, as read at `at`, while the
+/// connection is busy; only what reading it again needs once the connection rests
+/// ([`DeviceSession::rest`]). Both boxed, so the session itself stays small.
+#[derive(Debug)]
+enum Held {
+    Hot { attested: Box<Attested>, at: SystemTime },
+    Dormant(Box<Dormant>),
+}
+
+impl Held {
+    fn hot(attested: Attested, at: SystemTime) -> Self {
+        Held::Hot { attested: Box::new(attested), at }
+    }
 }
 
 /// What a credential was, to tell whether a later request presents the same one.
@@ -129,7 +144,7 @@ impl DeviceSession {
                         registration_id: registration_id.to_owned(),
                         credential: CredentialKey::of(&credential),
                         api_version,
-                        outcome: Ok((a, now)),
+                        outcome: Ok(Held::hot(a, now)),
                     });
                     AuthOutcome::Attested
                 }
@@ -178,15 +193,38 @@ impl DeviceSession {
                 return self.reply_error(Error::Unauthorized("the connection has not authenticated a device".into()));
             };
             tracing::Span::current().record("registration_id", id.registration_id.as_str());
+            let api_version = id.api_version.clone();
+            // A status read needs only the device's names: a resting connection is not woken.
+            let read = match op {
+                Operation::OperationStatus { operation_id } => Some(Some(operation_id)),
+                Operation::StatusLookup => Some(None),
+                Operation::Register { .. } => None,
+            };
+            match (&id.outcome, read) {
+                (Ok(Held::Hot { attested, .. }), Some(operation)) => {
+                    return self.lookup(attested.device(), operation).await
+                }
+                (Ok(Held::Dormant(d)), Some(operation)) => return self.lookup(d.device(), operation).await,
+                _ => {}
+            }
             let (attested, at) = match &id.outcome {
-                Ok(a) => a.clone(),
+                Ok(Held::Hot { attested, at }) => ((**attested).clone(), *at),
+                Ok(Held::Dormant(d)) => match self.wake(d).await {
+                    Ok(a) => {
+                        let now = self.services.clock.now();
+                        if let Some(id) = self.identity.as_mut() {
+                            id.outcome = Ok(Held::hot(a.clone(), now));
+                        }
+                        (a, now)
+                    }
+                    Err(e) => return self.reply_error(e),
+                },
                 Err(e) => {
                     // Attestation failed at connect: every request gets that error.
                     let wire = self.services.wire_error(e);
                     return DeviceReply::Error(wire);
                 }
             };
-            let api_version = id.api_version.clone();
             self.run(&attested, at, api_version.as_ref(), op).await
         }
         .instrument(span)
@@ -256,7 +294,9 @@ impl DeviceSession {
             let cached = self.identity.as_ref().and_then(|i| {
                 let hit = same(&i.scope, scope) && same(&i.registration_id, registration_id) && i.credential == key;
                 match &i.outcome {
-                    Ok((a, at)) if hit && a.valid_until.is_none_or(|u| u >= now) => Some((a.clone(), *at)),
+                    Ok(Held::Hot { attested: a, at }) if hit && a.valid_until.is_none_or(|u| u >= now) => {
+                        Some(((**a).clone(), *at))
+                    }
                     _ => None,
                 }
             });
@@ -272,7 +312,7 @@ impl DeviceSession {
                             registration_id: registration_id.to_owned(),
                             credential: key,
                             api_version: Some(api_version.clone()),
-                            outcome: Ok((a.clone(), now)),
+                            outcome: Ok(Held::hot(a.clone(), now)),
                         });
                         (a, now)
                     }
@@ -409,10 +449,22 @@ impl DeviceSession {
                 Err(e) => Err(e),
             },
             Operation::OperationStatus { operation_id } => {
-                tracing::Span::current().record("operation_id", crate::device::excerpt(operation_id, 100).as_str());
-                self.services.operation_status(attested, operation_id).await.map(DeviceReply::Operation)
+                return self.lookup(attested.device(), Some(operation_id)).await
             }
-            Operation::StatusLookup => self.services.device_registration(attested).await.map(DeviceReply::Registration),
+            Operation::StatusLookup => return self.lookup(attested.device(), None).await,
+        };
+        result.unwrap_or_else(|e| self.reply_error(e))
+    }
+
+    /// The status of operation `operation_id` of `device`, or (`None`) its registration.
+    async fn lookup(&self, device: Device<'_>, operation_id: Option<&str>) -> DeviceReply {
+        tracing::Span::current().record("instance", device.instance);
+        let result = match operation_id {
+            Some(operation_id) => {
+                tracing::Span::current().record("operation_id", crate::device::excerpt(operation_id, 100).as_str());
+                self.services.operation_status(device, operation_id).await.map(DeviceReply::Operation)
+            }
+            None => self.services.device_registration(device).await.map(DeviceReply::Registration),
         };
         result.unwrap_or_else(|e| self.reply_error(e))
     }
@@ -428,18 +480,8 @@ impl DeviceSession {
         let fresh;
         let attested = if now.duration_since(at).unwrap_or_default() > FRESH {
             // The instance's network rules may have changed since the connection authenticated.
-            let instance = match self.services.instance(&attested.instance.name).await {
-                Err(Error::InstanceNotFound(_)) => {
-                    return Err(Error::Unauthorized("the device's DPS instance is gone; connect again".into()))
-                }
-                other => other?,
-            };
-            self.services.check_network_access(&instance, self.conn.peer.ip(), Api::Device)?;
-            fresh = self
-                .services
-                .refresh(attested)
-                .await?
-                .ok_or_else(|| Error::Unauthorized("the device's enrollment changed; connect again".into()))?;
+            self.instance_again(&attested.instance.name).await?;
+            fresh = self.services.refresh(attested).await?.ok_or_else(enrollment_changed)?;
             &fresh
         } else {
             attested
@@ -456,6 +498,47 @@ impl DeviceSession {
         );
         self.count_registration(Some(&op));
         Ok(DeviceReply::Accepted { operation_id: op.operation_id })
+    }
+
+    /// The instance `name` as it is now, if this connection may still reach it.
+    async fn instance_again(&self, name: &str) -> Result<crate::model::Instance> {
+        let instance = match self.services.instance(name).await {
+            Err(Error::InstanceNotFound(_)) => {
+                return Err(Error::Unauthorized("the device's DPS instance is gone; connect again".into()))
+            }
+            other => other?,
+        };
+        self.services.check_network_access(&instance, self.conn.peer.ip(), Api::Device)?;
+        Ok(instance)
+    }
+
+    /// A resting connection's device, read again (instance, network rules, enrollment).
+    async fn wake(&self, d: &Dormant) -> Result<Attested> {
+        let instance = self.instance_again(&d.instance).await?;
+        self.services.revive(instance, d).await?.ok_or_else(enrollment_changed)
+    }
+
+    /// How long a transport lets a connection go without a request before it calls
+    /// [`DeviceSession::rest`]. Devices register right after they connect and then poll (which
+    /// a resting session answers without reading the device again), so a second is long enough
+    /// to keep a registration from reading its enrollment twice, and short enough that a fleet
+    /// of idle connections holds no enrollment records.
+    pub const REST_AFTER: Duration = Duration::from_secs(1);
+
+    /// The connection is idle: keep only what reading the device again needs, not its
+    /// enrollment and instance records (a few KiB per idle connection; docs/performance.md,
+    /// "Idle connections"). A later registration reads them again (instance, network rules,
+    /// enrollment), as it would once they were 5 s old anyway; status reads need none of them.
+    pub fn rest(&mut self) {
+        let Some(id) = self.identity.as_mut() else { return };
+        if matches!(id.outcome, Ok(Held::Hot { .. })) {
+            // Taken out for the moment it is turned over (an empty error allocates nothing).
+            if let Ok(Held::Hot { attested, .. }) =
+                std::mem::replace(&mut id.outcome, Err(Error::Unauthorized(String::new())))
+            {
+                id.outcome = Ok(Held::Dormant(Box::new(attested.into_dormant())));
+            }
+        }
     }
 
     /// The api-version a transport learns only after connection-level authentication (AMQP:
@@ -486,4 +569,8 @@ impl DeviceSession {
         }
         DeviceReply::Error(wire)
     }
+}
+
+fn enrollment_changed() -> Error {
+    Error::Unauthorized("the device's enrollment changed; connect again".into())
 }

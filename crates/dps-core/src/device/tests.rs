@@ -275,6 +275,67 @@ async fn a_long_lived_connection_does_not_register_through_a_disabled_enrollment
     assert_eq!(refused(&r).0, 401, "{r:?}");
 }
 
+/// An idle connection keeps only the device's names and an attestation digest
+/// (`DeviceSession::rest`): polls are answered from that; a registration reads the instance and
+/// enrollment again and goes through only if the attestation is still the one checked.
+#[tokio::test]
+async fn a_resting_connection_answers_polls_and_registers_after_reading_the_device_again() {
+    let w = World::new(&["hub-a"]).await;
+    w.enroll(symmetric("r-1", K1)).await;
+    let mut d = w.s.device_session(connection(Transport::Mqtt, TlsVersion::Tls12, vec![]));
+    let sas = w.sas("r-1", K1);
+    assert_eq!(d.authenticate(&w.scope(), "r-1", API, Credential::Sas(&sas)).await, AuthOutcome::Attested);
+    d.rest();
+    d.rest();
+    assert_eq!(d.registration_id(), Some("r-1"));
+    let r = d.handle(Operation::Register { body: br#"{"payload":{"a":1}}"# }).await;
+    let DeviceReply::Accepted { operation_id } = r else { panic!("{r:?}") };
+    d.rest();
+    let poll = d.handle(Operation::OperationStatus { operation_id: &operation_id }).await;
+    assert_eq!(assigned(&poll).0, "hub-a");
+    d.rest();
+    let DeviceReply::Registration(state) = d.handle(Operation::StatusLookup).await else { panic!("no registration") };
+    assert_eq!(state.assigned_hub.as_deref(), Some("hub-a"));
+    let unknown = d.handle(Operation::OperationStatus { operation_id: "not-an-operation" }).await;
+    assert_eq!(refused(&unknown).0, 404, "{unknown:?}");
+
+    // A group device rests and registers the same way.
+    w.group(json!({ "enrollmentGroupId": "g1", "attestation": { "type": "symmetricKey", "symmetricKey": { "primaryKey": "Z3JvdXAta2V5LTAxMjM0NTY3ODlhYmNkZWY=", "secondaryKey": "Z3JvdXAta2V5LTIxMjM0NTY3ODlhYmNkZWY=" } } })).await;
+    let mut g = w.s.device_session(connection(Transport::Mqtt, TlsVersion::Tls12, vec![]));
+    let member = w.sas("member-1", "Z3JvdXAta2V5LTAxMjM0NTY3ODlhYmNkZWY=/member-1");
+    assert_eq!(g.authenticate(&w.scope(), "member-1", API, Credential::Sas(&member)).await, AuthOutcome::Attested);
+    g.rest();
+    let r = g.handle(Operation::Register { body: b"" }).await;
+    assert!(matches!(r, DeviceReply::Accepted { .. }), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_resting_connection_does_not_register_through_changed_keys_or_a_disabled_enrollment() {
+    let w = World::new(&["hub-a"]).await;
+    w.enroll(symmetric("r-2", K1)).await;
+    w.enroll(symmetric("r-3", K1)).await;
+    let sas2 = w.sas("r-2", K1);
+    let sas3 = w.sas("r-3", K1);
+    let mut rekeyed = w.s.device_session(connection(Transport::Mqtt, TlsVersion::Tls12, vec![]));
+    let mut disabled = w.s.device_session(connection(Transport::Mqtt, TlsVersion::Tls12, vec![]));
+    assert_eq!(rekeyed.authenticate(&w.scope(), "r-2", API, Credential::Sas(&sas2)).await, AuthOutcome::Attested);
+    assert_eq!(disabled.authenticate(&w.scope(), "r-3", API, Credential::Sas(&sas3)).await, AuthOutcome::Attested);
+    rekeyed.rest();
+    disabled.rest();
+    w.enroll(symmetric("r-2", "bmV3LWtleS0wMTIzNDU2Nzg5YWJjZGVmIQ==")).await;
+    let mut e = w.s.enrollment(&w.inst, "r-3").await.unwrap();
+    e.provisioning_status = Some(crate::model::ProvisioningStatus::Disabled);
+    w.s.put_enrollment(&w.inst, "r-3", e, None).await.unwrap();
+
+    let r = rekeyed.handle(Operation::Register { body: b"" }).await;
+    let (status, _, message) = refused(&r);
+    assert_eq!(status, 401, "{r:?}");
+    assert!(message.contains("enrollment changed"), "{message}");
+    let r = disabled.handle(Operation::Register { body: b"" }).await;
+    assert_eq!(refused(&r).0, 401, "{r:?}");
+    assert!(w.s.registration(&w.inst, "r-2").await.is_err(), "nothing was recorded for the re-keyed device");
+}
+
 #[tokio::test]
 async fn throttled_registrations_say_when_to_retry() {
     let w = World::new(&["hub-a"]).await;

@@ -10,8 +10,8 @@ use super::Services;
 use crate::device::{ConnectionFacts, Credential, TpmKeys};
 use crate::error::{Error, Result};
 use crate::model::{
-    AttestationType, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, IssuedTpmKey, TpmIssuedKeys,
-    X509CertificateInfo, MAX_ISSUED_TPM_KEYS,
+    AttestationMechanism, AttestationType, EnrollmentGroup, IdScope, IndividualEnrollment, Instance, IssuedTpmKey,
+    TpmIssuedKeys, X509CertificateInfo, MAX_ISSUED_TPM_KEYS,
 };
 use crate::ports::TpmKeyError;
 use crate::store::{Precondition, StoreError};
@@ -60,6 +60,77 @@ impl Attested {
             EnrollmentSource::Group(g) => Some(&g.enrollment_group_id),
             EnrollmentSource::Individual(_) => None,
         }
+    }
+}
+
+/// An attested device as an idle connection keeps it: the names needed to read its enrollment
+/// again and a digest of the attestation it was checked against, not the enrollment and
+/// instance records themselves (docs/performance.md, "Idle connections").
+#[derive(Debug)]
+pub(crate) struct Dormant {
+    pub(crate) instance: String,
+    registration_id: String,
+    group_id: Option<String>,
+    attestation: AttestationDigest,
+    kind: AttestationType,
+    certificate: Option<Box<X509CertificateInfo>>,
+    valid_until: Option<SystemTime>,
+    tpm: Option<Box<IssuedTpmKey>>,
+}
+
+/// SHA-256 of an attestation mechanism's JSON form: equal exactly when the mechanisms are (the
+/// form is deterministic: fixed field order, absent fields left out), in 32 bytes instead of
+/// the mechanism's kilobyte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AttestationDigest([u8; 32]);
+
+impl AttestationDigest {
+    fn of(a: &AttestationMechanism) -> Self {
+        use sha2::Digest;
+        let json = serde_json::to_vec(a).unwrap_or_default();
+        AttestationDigest(sha2::Sha256::digest(&json).into())
+    }
+}
+
+impl Attested {
+    /// What an idle connection keeps of this device (see [`Dormant`]).
+    pub(crate) fn into_dormant(self) -> Dormant {
+        let (group_id, attestation) = match self.source {
+            EnrollmentSource::Individual(e) => (None, e.attestation),
+            EnrollmentSource::Group(g) => (Some(g.enrollment_group_id), g.attestation),
+        };
+        Dormant {
+            instance: self.instance.name,
+            registration_id: self.registration_id,
+            group_id,
+            attestation: AttestationDigest::of(&attestation),
+            kind: self.kind,
+            certificate: self.certificate.map(Box::new),
+            valid_until: self.valid_until,
+            tpm: self.tpm.map(Box::new),
+        }
+    }
+}
+
+/// Who a request acts for, as the store keys it: all that reading a device's registration
+/// needs, from an [`Attested`] or a [`Dormant`] alike.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Device<'a> {
+    pub(crate) instance: &'a str,
+    pub(crate) registration_id: &'a str,
+    /// A TPM device's issued key (its final result hands the key over again).
+    pub(crate) tpm: Option<&'a IssuedTpmKey>,
+}
+
+impl Attested {
+    pub(crate) fn device(&self) -> Device<'_> {
+        Device { instance: &self.instance.name, registration_id: &self.registration_id, tpm: self.tpm.as_ref() }
+    }
+}
+
+impl Dormant {
+    pub(crate) fn device(&self) -> Device<'_> {
+        Device { instance: &self.instance, registration_id: &self.registration_id, tpm: self.tpm.as_deref() }
     }
 }
 
@@ -390,19 +461,52 @@ impl Services {
     /// the device attested with.
     pub(crate) async fn refresh(&self, a: &Attested) -> Result<Option<Attested>> {
         let source = match &a.source {
-            EnrollmentSource::Individual(old) => self
-                .store
-                .enrollment(&a.instance.name, &a.registration_id)
-                .await?
-                .filter(|e| e.attestation == old.attestation)
-                .map(EnrollmentSource::Individual),
-            EnrollmentSource::Group(g) => self
-                .store
-                .group(&a.instance.name, &g.enrollment_group_id)
-                .await?
-                .filter(|n| n.attestation == g.attestation)
-                .map(EnrollmentSource::Group),
+            EnrollmentSource::Individual(old) => {
+                self.reread(&a.instance.name, &a.registration_id, None, |n| *n == old.attestation).await?
+            }
+            EnrollmentSource::Group(g) => {
+                self.reread(&a.instance.name, &a.registration_id, Some(&g.enrollment_group_id), |n| *n == g.attestation)
+                    .await?
+            }
         };
         Ok(source.map(|source| Attested { source, ..a.clone() }))
+    }
+
+    /// A resting device made whole again under `instance` (just read): its enrollment as it is
+    /// now in the store, `None` when it is gone or no longer the kind the device attested with.
+    pub(crate) async fn revive(&self, instance: Instance, d: &Dormant) -> Result<Option<Attested>> {
+        let same = |a: &AttestationMechanism| AttestationDigest::of(a) == d.attestation;
+        let source = self.reread(&instance.name, &d.registration_id, d.group_id.as_deref(), same).await?;
+        Ok(source.map(|source| Attested {
+            instance,
+            registration_id: d.registration_id.clone(),
+            source,
+            kind: d.kind,
+            certificate: d.certificate.as_deref().cloned(),
+            valid_until: d.valid_until,
+            tpm: d.tpm.as_deref().cloned(),
+        }))
+    }
+
+    /// The enrollment (individual, or the group `group_id`) as it is now, if its attestation is
+    /// still the one the device was checked against (`same`).
+    async fn reread(
+        &self,
+        instance: &str,
+        registration_id: &str,
+        group_id: Option<&str>,
+        same: impl Fn(&AttestationMechanism) -> bool,
+    ) -> Result<Option<EnrollmentSource>> {
+        Ok(match group_id {
+            None => self
+                .store
+                .enrollment(instance, registration_id)
+                .await?
+                .filter(|e| same(&e.attestation))
+                .map(EnrollmentSource::Individual),
+            Some(id) => {
+                self.store.group(instance, id).await?.filter(|g| same(&g.attestation)).map(EnrollmentSource::Group)
+            }
+        })
     }
 }

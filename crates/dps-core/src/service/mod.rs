@@ -27,8 +27,8 @@ use crate::ports::{
 use crate::store::Store;
 
 pub use allocation::weighted_choice;
-pub(crate) use attest::Attestation;
 pub use attest::Attested;
+pub(crate) use attest::{Attestation, Device, Dormant};
 pub use callers::ct_eq;
 pub use deploy::{
     parse_hub_connection_string, parse_linked_hub, DeployOutcome, InstanceDefaults, ResourceChange, DPS_RESOURCE_TYPE,

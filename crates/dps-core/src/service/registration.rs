@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 
 use super::allocation::{allocate, Allocation};
-use super::attest::{Attested, EnrollmentSource};
+use super::attest::{Attested, Device, EnrollmentSource};
 use super::hub_sync::{twin_of, TwinStep, HUB_REFUSED};
 use super::Services;
 use crate::error::{Error, Result};
@@ -286,15 +286,15 @@ impl Services {
     }
 
     /// The status of operation `operation_id` of an authenticated device.
-    pub(crate) async fn operation_status(&self, a: &Attested, operation_id: &str) -> Result<OperationStatus> {
-        let r = self.store.registration(&a.instance.name, &a.registration_id).await?;
+    pub(crate) async fn operation_status(&self, a: Device<'_>, operation_id: &str) -> Result<OperationStatus> {
+        let r = self.store.registration(a.instance, a.registration_id).await?;
         let mut status = match r {
             Some(r) if r.operation_id.as_deref() == Some(operation_id) => status_of(&r),
             _ => return Err(Error::RegistrationNotFound(format!("{} (operation {operation_id})", a.registration_id))),
         };
         // A TPM device gets its key handed over again in the final result (docs/tpm.md, "In the request path"):
         // the C, C# and Node clients require `tpm.authenticationKey` there.
-        if let (Some(k), Some(state)) = (&a.tpm, status.registration_state.as_mut()) {
+        if let (Some(k), Some(state)) = (a.tpm, status.registration_state.as_mut()) {
             if state.status == RegistrationStatus::Assigned {
                 let blob = self
                     .tpm
@@ -307,12 +307,12 @@ impl Services {
     }
 
     /// The registration status lookup (`POST /{scope}/registrations/{id}`).
-    pub(crate) async fn device_registration(&self, a: &Attested) -> Result<DeviceRegistrationState> {
+    pub(crate) async fn device_registration(&self, a: Device<'_>) -> Result<DeviceRegistrationState> {
         self.store
-            .registration(&a.instance.name, &a.registration_id)
+            .registration(a.instance, a.registration_id)
             .await?
             .map(|r| r.state)
-            .ok_or_else(|| Error::RegistrationNotFound(a.registration_id.clone()))
+            .ok_or_else(|| Error::RegistrationNotFound(a.registration_id.to_owned()))
     }
 }
 
