@@ -159,6 +159,10 @@ impl SqliteStore {
         .map_err(StoreError::unavailable)?
     }
 
+    /// The largest page read on the calling thread (see `page_docs`): bounded work, like a point
+    /// read's. docs/performance.md, "Store reads".
+    const SMALL_PAGE: usize = 100;
+
     /// A point read (one row by its key): done on the calling thread when a reader connection is
     /// free. SQLite answers it from its page cache in microseconds, less than the two thread
     /// hand-offs of `spawn_blocking` cost; when every reader is busy it goes the blocking way.
@@ -451,7 +455,8 @@ impl DocumentStore for SqliteStore {
     ) -> Result<RawPage, StoreError> {
         let (instance, parent, after) = (key(instance), parent.map(key), after.unwrap_or("").to_owned());
         let limit = limit.max(1);
-        self.read(move |c| {
+        let small = limit <= Self::SMALL_PAGE;
+        let read = move |c: &Connection| {
             let lim = i64::try_from(limit + 1).unwrap_or(i64::MAX);
             let mut rows: Vec<(String, String)> = Vec::new();
             let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
@@ -463,7 +468,10 @@ impl DocumentStore for SqliteStore {
                              ORDER BY id_key LIMIT ?5",
                         )
                         .map_err(StoreError::unavailable)?;
-                    for r in st.query_map(params![kind as i64, instance, p, after, lim], map).map_err(StoreError::unavailable)? {
+                    for r in st
+                        .query_map(params![kind as i64, instance, p, after, lim], map)
+                        .map_err(StoreError::unavailable)?
+                    {
                         rows.push(r.map_err(StoreError::unavailable)?);
                     }
                 }
@@ -473,7 +481,10 @@ impl DocumentStore for SqliteStore {
                             "SELECT id_key, doc FROM documents WHERE kind = ?1 AND instance = ?2 AND id_key > ?3 ORDER BY id_key LIMIT ?4",
                         )
                         .map_err(StoreError::unavailable)?;
-                    for r in st.query_map(params![kind as i64, instance, after, lim], map).map_err(StoreError::unavailable)? {
+                    for r in st
+                        .query_map(params![kind as i64, instance, after, lim], map)
+                        .map_err(StoreError::unavailable)?
+                    {
                         rows.push(r.map_err(StoreError::unavailable)?);
                     }
                 }
@@ -482,8 +493,15 @@ impl DocumentStore for SqliteStore {
             rows.truncate(limit);
             let continuation = if more { rows.last().map(|(k, _)| k.clone()) } else { None };
             Ok(RawPage { docs: rows.into_iter().map(|(_, d)| d).collect(), continuation })
-        })
-        .await
+        };
+        // A small page (a device's enrollment groups, read on every group registration) is a
+        // read like a point read; a large one (an operator's listing) is not done on the
+        // calling thread.
+        if small {
+            self.read_point(read).await
+        } else {
+            self.read(read).await
+        }
     }
 }
 

@@ -214,7 +214,11 @@ impl Client {
             b.set_groups_list(groups).map_err(TlsError::openssl("client groups"))?;
         }
         if options.resumption {
-            b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+            // The caller keeps the sessions it wants (`ClientStream::session`), so the context
+            // stores none. Its internal cache would hold every session until 20 480 of them, then
+            // evict the oldest and mark it not resumable: a client keeping more devices' sessions
+            // than that resumed none of them (every full handshake evicted the next one due).
+            b.set_session_cache_mode(SslSessionCacheMode::CLIENT | SslSessionCacheMode::NO_INTERNAL_STORE);
         } else {
             b.set_session_cache_mode(SslSessionCacheMode::OFF);
             b.set_options(SslOptions::NO_TICKET);

@@ -169,6 +169,23 @@ async fn group_devices_sign_with_the_derived_key() {
     assert_eq!(refused(&wrong).0, 401);
 }
 
+/// Groups are read a page of 100 at a time: a device of the 120th group still finds it.
+#[tokio::test]
+async fn a_group_device_is_found_past_the_first_page_of_groups() {
+    let w = World::new(&["hub-a"]).await;
+    for i in 0..120 {
+        let key = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("group-key-{i:03}-0123456789abcdef"),
+        );
+        w.group(json!({ "enrollmentGroupId": format!("g{i:03}"), "attestation": { "type": "symmetricKey", "symmetricKey": { "primaryKey": key, "secondaryKey": key } } })).await;
+    }
+    let last = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "group-key-119-0123456789abcdef");
+    let r = w.provision("late-member", Some(&w.sas("late-member", &format!("{last}/late-member"))), vec![], "").await;
+    let DeviceReply::Operation(op) = &r else { panic!("{r:?}") };
+    assert_eq!(op.registration_state.as_ref().unwrap().extra["symmetricKey"]["enrollmentGroupId"], "g119");
+}
+
 #[tokio::test]
 async fn x509_individual_and_group_and_the_chain_is_checked_once_per_connection() {
     let w = World::new(&["hub-a"]).await;

@@ -447,7 +447,8 @@ impl Services {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let page = self.store.groups(&instance.name, token.as_deref(), 1000).await?;
+            // Pages of 100: a store may answer pages that small on the calling thread.
+            let page = self.store.groups(&instance.name, token.as_deref(), 100).await?;
             out.extend(page.items);
             match page.continuation {
                 Some(t) => token = Some(t),
