@@ -166,6 +166,7 @@ where
         heartbeat: None,
         last_sent: Instant::now(),
         last_received: Instant::now(),
+        rest_at: Some(Instant::now() + DeviceSession::REST_AFTER),
         open_sent: false,
         sess: None,
     };
@@ -346,6 +347,8 @@ struct Conn<'a, S> {
     heartbeat: Option<Duration>,
     last_sent: Instant,
     last_received: Instant,
+    /// When the device session rests (`DeviceSession::rest`) if no request comes before.
+    rest_at: Option<Instant>,
     open_sent: bool,
     sess: Option<Sess>,
 }
@@ -354,6 +357,7 @@ enum Wake {
     Shutdown,
     AuthTimeout,
     Idle,
+    Rest,
     Heartbeat,
     Read(std::io::Result<usize>),
     Done(Box<Done>),
@@ -548,10 +552,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             let idle_at = self.last_received + self.settings().idle_timeout;
             let beat_at = self.heartbeat.map(|h| self.last_sent + h);
             let calling = self.running.is_some();
+            // The session rests once no request has run for a while (never during a call).
+            let rest_at = self.rest_at.filter(|_| !calling && self.queued.is_empty());
             let wake = tokio::select! {
                 () = shutdown.cancelled() => Wake::Shutdown,
                 done = finished(&mut self.running), if calling => Wake::Done(done),
                 () = tokio::time::sleep_until(self.auth_deadline), if pending => Wake::AuthTimeout,
+                () = tokio::time::sleep_until(rest_at.unwrap_or(idle_at)), if rest_at.is_some() => Wake::Rest,
                 () = tokio::time::sleep_until(idle_at) => Wake::Idle,
                 () = tokio::time::sleep_until(beat_at.unwrap_or(idle_at)), if beat_at.is_some() => Wake::Heartbeat,
                 r = self.io.read_buf(&mut self.buf) => Wake::Read(r),
@@ -568,6 +575,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                     self.on_done(done).await?;
                 }
                 Wake::Heartbeat => self.write(&codec::EMPTY_FRAME).await?,
+                Wake::Rest => {
+                    if let Some(device) = self.session.as_mut() {
+                        device.rest();
+                    }
+                    self.rest_at = None;
+                }
                 Wake::Shutdown => {
                     let e = error(
                         ErrorCondition::ConnectionError(ConnectionError::ConnectionForced),
@@ -1017,6 +1030,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             }
         }
         *self.session = Some(session);
+        self.rest_at = Some(Instant::now() + DeviceSession::REST_AFTER);
         let live = self.sess.as_ref().and_then(|s| s.receiver.as_ref()).is_some_and(|i| i.generation == link);
         let step = if live {
             self.settle(delivery_id, settled, handle, answer).await
@@ -1161,6 +1175,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 tracing::warn!(peer = %self.peer(), registration_id = %identity.registration_id, "amqp: authentication by the TLS client certificate timed out; requests will be refused");
             }
         }
+        self.rest_at = Some(Instant::now() + DeviceSession::REST_AFTER);
         self.auth = Auth::Named(identity);
     }
 }

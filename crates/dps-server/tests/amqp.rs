@@ -323,7 +323,15 @@ async fn registers_polls_and_answers_bad_requests_as_rejections() {
     other.close().await;
     // The connection still serves.
     let op = d.register("{}").await.expect("register");
-    assert_eq!(d.poll(op["operationId"].as_str().unwrap()).await.expect("poll")["status"], "assigned");
+    let operation = op["operationId"].as_str().unwrap().to_owned();
+    assert_eq!(d.poll(&operation).await.expect("poll")["status"], "assigned");
+    // Idle past `DeviceSession::REST_AFTER` the session keeps only the device's names: a poll
+    // is answered from them, a register reads the device again.
+    tokio::time::sleep(dps_core::device::DeviceSession::REST_AFTER + std::time::Duration::from_millis(500)).await;
+    assert_eq!(d.poll(&operation).await.expect("poll after resting")["status"], "assigned");
+    tokio::time::sleep(dps_core::device::DeviceSession::REST_AFTER + std::time::Duration::from_millis(500)).await;
+    let op = d.register("{}").await.expect("register after resting");
+    assert_eq!(op["status"], "assigning");
     d.close().await;
 }
 
