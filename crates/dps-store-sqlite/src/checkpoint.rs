@@ -1,7 +1,7 @@
 //! The WAL checkpoint off the commit path.
 //!
 //! SQLite's automatic checkpoint runs inside the commit that takes the WAL past 1000 pages, on
-//! the writer connection, while the store's writer lock is held: every few hundred
+//! the writer connection, inside the writer's transaction: every few hundred
 //! registrations one of them waits for the WAL to be copied into the database file. The store
 //! turns it off (`wal_autocheckpoint=0` on every connection) and runs PASSIVE checkpoints on a
 //! connection of their own, on a thread of their own: at the latest [`EVERY`] after a commit,
@@ -9,7 +9,8 @@
 //! a WAL past [`RESET_FRAMES`] is emptied by a TRUNCATE checkpoint, which does.
 //!
 //! Durability is unchanged: a commit is durable once it is in the WAL (`synchronous=NORMAL`
-//! against a crash or `kill -9`; `FULL` fsyncs the WAL at every commit), whether or not it has
+//! against a crash or `kill -9`; `FULL` fsyncs the WAL at every commit, and a write is
+//! acknowledged only after the commit that holds it), whether or not it has
 //! been checkpointed yet; the checkpoint fsyncs as SQLite's automatic one does.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -60,8 +61,7 @@ impl Checkpointer {
 }
 
 impl Checkpointer {
-    /// Called by the writer after a commit, on its own connection, with the store's writer lock
-    /// held: when the checkpoint thread has seen the WAL past [`WRITER_RESET_FRAMES`] (its own
+    /// Called by the writer thread after a commit, on its own connection, between transactions: when the checkpoint thread has seen the WAL past [`WRITER_RESET_FRAMES`] (its own
     /// TRUNCATE did not get in between the writer's transactions), the writer empties the WAL
     /// itself. No other write can start meanwhile, so this always gets through. A failure here
     /// is left to the next commit: the commit itself has succeeded.

@@ -3,8 +3,10 @@
 //!
 //! Durability: with [`Durability::Normal`] (default) a committed write survives a crash or
 //! `kill -9` of the server (it is in the WAL); with [`Durability::Full`] every commit is also
-//! fsynced, so it survives a power loss. Every write is one transaction that checks its
-//! precondition and writes, so concurrent writers never lose an update.
+//! fsynced, so it survives a power loss. Writes run one after another on the writer thread
+//! (`writer.rs`), each under its own savepoint that checks its precondition and writes, so
+//! concurrent writers never lose an update; a write is acknowledged once its transaction has
+//! committed.
 //!
 //! Only this crate knows SQL. Rows hold the entity as JSON (`doc`) beside the columns that are
 //! queried (keys lower-cased for case-insensitive ids).
@@ -21,6 +23,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 mod bulk;
 mod checkpoint;
+mod writer;
 
 /// Fsync policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -72,10 +75,9 @@ pub struct SqliteStore {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    /// The writing connection's thread, which also drives the WAL's checkpointer (`writer.rs`).
+    writer: writer::Writer,
     readers: Vec<Mutex<Connection>>,
-    /// Checkpoints the WAL off the commit path (`checkpoint.rs`).
-    checkpointer: checkpoint::Checkpointer,
 }
 
 fn key(s: &str) -> String {
@@ -131,7 +133,8 @@ impl SqliteStore {
         let readers = (0..4).map(|_| open_conn(path, durability).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
         let checkpointer =
             checkpoint::Checkpointer::start(open_conn(path, durability)?).map_err(StoreError::unavailable)?;
-        let inner = Inner { path: path.to_owned(), writer: Mutex::new(writer), readers, checkpointer };
+        let writer = writer::Writer::start(writer, checkpointer).map_err(StoreError::unavailable)?;
+        let inner = Inner { path: path.to_owned(), writer, readers };
         Ok(SqliteStore { inner: Arc::new(inner) })
     }
 
@@ -143,20 +146,9 @@ impl SqliteStore {
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut c = inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::unavailable)?;
-            let out = f(&tx)?;
-            tx.commit().map_err(StoreError::unavailable)?;
-            inner.checkpointer.committed();
-            inner.checkpointer.reset_if_overgrown(&c);
-            Ok(out)
-        })
-        .await
-        .map_err(StoreError::unavailable)?
+        self.inner.writer.write(f).await
     }
 
     /// The largest page read on the calling thread (see `page_docs`): bounded work, like a point
@@ -535,13 +527,16 @@ fn private_files(path: &Path) -> Result<(), StoreError> {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use dps_core::store::{DocWrite, DocumentStore, Kind, Precondition};
+    use dps_core::store::{DocWrite, DocumentStore, Kind, Precondition, StoreError};
 
     use super::{checkpoint, Durability, SqliteStore};
 
+    /// A setting of the writing connection, read on the writer thread.
     fn pragma(store: &SqliteStore, name: &str) -> i64 {
-        let c = store.inner.writer.lock().expect("writer");
-        c.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)).expect("pragma")
+        let sql = format!("PRAGMA {name}");
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        rt.block_on(store.write(move |c| c.query_row(&sql, [], |r| r.get(0)).map_err(StoreError::unavailable)))
+            .expect("pragma")
     }
 
     /// The writer never checkpoints inside a commit, and `full` still syncs every commit.
@@ -580,6 +575,42 @@ mod tests {
         let again = SqliteStore::open(&path, Durability::Normal).expect("reopen");
         for i in [0, n - 1] {
             assert!(again.get_doc(Kind::Registration, "dps", &format!("d-{i}")).await.expect("get").is_some());
+        }
+    }
+
+    /// Writes sent together share a transaction (`writer.rs`); one whose precondition fails is
+    /// undone alone, the others commit, and every acknowledged write is there after a reopen.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_writes_commit_together_and_a_refused_one_is_undone_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("g.db");
+        let store = std::sync::Arc::new(SqliteStore::open(&path, Durability::Full).expect("open"));
+        let taken = DocWrite { id: "taken", parent: None, etag: "1", json: r#"{"v":"first"}"# };
+        store.put_doc(Kind::Registration, "dps", taken, Precondition::Any).await.expect("put");
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let id = if i % 2 == 0 { "taken".to_owned() } else { format!("d-{i}") };
+                    let doc = DocWrite { id: &id, parent: None, etag: "2", json: r#"{"v":"second"}"# };
+                    store.put_doc(Kind::Registration, "dps", doc, Precondition::MustNotExist).await
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = t.await.expect("task");
+            if i % 2 == 0 {
+                assert!(matches!(r, Err(StoreError::AlreadyExists)), "{i}: {r:?}");
+            } else {
+                r.expect("a fresh document is written");
+            }
+        }
+        drop(store);
+        let again = SqliteStore::open(&path, Durability::Normal).expect("reopen");
+        let first = again.get_doc(Kind::Registration, "dps", "taken").await.expect("get").expect("there");
+        assert!(first.contains("first"), "{first}");
+        for i in (1..64).step_by(2) {
+            assert!(again.get_doc(Kind::Registration, "dps", &format!("d-{i}")).await.expect("get").is_some(), "d-{i}");
         }
     }
 
