@@ -107,7 +107,7 @@ impl Writer {
     {
         let (reply, answer) = oneshot::channel();
         let job: Box<dyn Job> = Box::new(Pending { f, reply });
-        let sent = self.jobs.as_ref().map(|j| j.send(job).is_ok()).unwrap_or(false);
+        let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
         if !sent {
             return Err(unavailable("the store's writer has stopped"));
         }

@@ -49,6 +49,13 @@ impl Held {
     fn hot(attested: Attested, at: SystemTime) -> Self {
         Held::Hot { attested: Box::new(attested), at }
     }
+
+    fn device(&self) -> Device<'_> {
+        match self {
+            Held::Hot { attested, .. } => attested.device(),
+            Held::Dormant(d) => d.device(),
+        }
+    }
 }
 
 /// What a credential was, to tell whether a later request presents the same one.
@@ -200,12 +207,8 @@ impl DeviceSession {
                 Operation::StatusLookup => Some(None),
                 Operation::Register { .. } => None,
             };
-            match (&id.outcome, read) {
-                (Ok(Held::Hot { attested, .. }), Some(operation)) => {
-                    return self.lookup(attested.device(), operation).await
-                }
-                (Ok(Held::Dormant(d)), Some(operation)) => return self.lookup(d.device(), operation).await,
-                _ => {}
+            if let (Ok(held), Some(operation)) = (&id.outcome, read) {
+                return self.lookup(held.device(), operation).await;
             }
             let (attested, at) = match &id.outcome {
                 Ok(Held::Hot { attested, at }) => ((**attested).clone(), *at),
@@ -480,8 +483,7 @@ impl DeviceSession {
         let fresh;
         let attested = if now.duration_since(at).unwrap_or_default() > FRESH {
             // The instance's network rules may have changed since the connection authenticated.
-            self.instance_again(&attested.instance.name).await?;
-            fresh = self.services.refresh(attested).await?.ok_or_else(enrollment_changed)?;
+            fresh = self.wake(&attested.dormant()).await?;
             &fresh
         } else {
             attested
@@ -500,22 +502,20 @@ impl DeviceSession {
         Ok(DeviceReply::Accepted { operation_id: op.operation_id })
     }
 
-    /// The instance `name` as it is now, if this connection may still reach it.
-    async fn instance_again(&self, name: &str) -> Result<crate::model::Instance> {
-        let instance = match self.services.instance(name).await {
+    /// The device read again (instance, network rules, enrollment): for a resting connection,
+    /// and for a busy one whose records are older than [`FRESH`].
+    async fn wake(&self, d: &Dormant) -> Result<Attested> {
+        let instance = match self.services.instance(d.device().instance).await {
             Err(Error::InstanceNotFound(_)) => {
                 return Err(Error::Unauthorized("the device's DPS instance is gone; connect again".into()))
             }
             other => other?,
         };
         self.services.check_network_access(&instance, self.conn.peer.ip(), Api::Device)?;
-        Ok(instance)
-    }
-
-    /// A resting connection's device, read again (instance, network rules, enrollment).
-    async fn wake(&self, d: &Dormant) -> Result<Attested> {
-        let instance = self.instance_again(&d.instance).await?;
-        self.services.revive(instance, d).await?.ok_or_else(enrollment_changed)
+        self.services
+            .revive(instance, d)
+            .await?
+            .ok_or_else(|| Error::Unauthorized("the device's enrollment changed; connect again".into()))
     }
 
     /// How long a transport lets a connection go without a request before it calls
@@ -530,13 +530,9 @@ impl DeviceSession {
     /// "Idle connections"). A later registration reads them again (instance, network rules,
     /// enrollment), as it would once they were 5 s old anyway; status reads need none of them.
     pub fn rest(&mut self) {
-        let Some(id) = self.identity.as_mut() else { return };
-        if matches!(id.outcome, Ok(Held::Hot { .. })) {
-            // Taken out for the moment it is turned over (an empty error allocates nothing).
-            if let Ok(Held::Hot { attested, .. }) =
-                std::mem::replace(&mut id.outcome, Err(Error::Unauthorized(String::new())))
-            {
-                id.outcome = Ok(Held::Dormant(Box::new(attested.into_dormant())));
+        if let Some(Identity { outcome: Ok(held), .. }) = self.identity.as_mut() {
+            if let Held::Hot { attested, .. } = held {
+                *held = Held::Dormant(Box::new(attested.dormant()));
             }
         }
     }
@@ -569,8 +565,4 @@ impl DeviceSession {
         }
         DeviceReply::Error(wire)
     }
-}
-
-fn enrollment_changed() -> Error {
-    Error::Unauthorized("the device's enrollment changed; connect again".into())
 }

@@ -68,7 +68,7 @@ impl Attested {
 /// instance records themselves (docs/performance.md, "Idle connections").
 #[derive(Debug)]
 pub(crate) struct Dormant {
-    pub(crate) instance: String,
+    instance: String,
     registration_id: String,
     group_id: Option<String>,
     attestation: AttestationDigest,
@@ -93,21 +93,22 @@ impl AttestationDigest {
 }
 
 impl Attested {
-    /// What an idle connection keeps of this device (see [`Dormant`]).
-    pub(crate) fn into_dormant(self) -> Dormant {
-        let (group_id, attestation) = match self.source {
-            EnrollmentSource::Individual(e) => (None, e.attestation),
-            EnrollmentSource::Group(g) => (Some(g.enrollment_group_id), g.attestation),
+    /// What an idle connection keeps of this device (see [`Dormant`]): a few names, not the
+    /// records.
+    pub(crate) fn dormant(&self) -> Dormant {
+        let (group_id, attestation) = match &self.source {
+            EnrollmentSource::Individual(e) => (None, &e.attestation),
+            EnrollmentSource::Group(g) => (Some(g.enrollment_group_id.clone()), &g.attestation),
         };
         Dormant {
-            instance: self.instance.name,
-            registration_id: self.registration_id,
+            instance: self.instance.name.clone(),
+            registration_id: self.registration_id.clone(),
             group_id,
-            attestation: AttestationDigest::of(&attestation),
+            attestation: AttestationDigest::of(attestation),
             kind: self.kind,
-            certificate: self.certificate.map(Box::new),
+            certificate: self.certificate.clone().map(Box::new),
             valid_until: self.valid_until,
-            tpm: self.tpm.map(Box::new),
+            tpm: self.tpm.clone().map(Box::new),
         }
     }
 }
@@ -457,27 +458,25 @@ impl Services {
         }
     }
 
-    /// The enrollment of an attested device as it is now in the store (a connection may live
-    /// longer than an enrollment stays unchanged): `None` when it is gone or no longer the kind
-    /// the device attested with.
-    pub(crate) async fn refresh(&self, a: &Attested) -> Result<Option<Attested>> {
-        let source = match &a.source {
-            EnrollmentSource::Individual(old) => {
-                self.reread(&a.instance.name, &a.registration_id, None, |n| *n == old.attestation).await?
-            }
-            EnrollmentSource::Group(g) => {
-                self.reread(&a.instance.name, &a.registration_id, Some(&g.enrollment_group_id), |n| *n == g.attestation)
-                    .await?
-            }
-        };
-        Ok(source.map(|source| Attested { source, ..a.clone() }))
-    }
-
-    /// A resting device made whole again under `instance` (just read): its enrollment as it is
-    /// now in the store, `None` when it is gone or no longer the kind the device attested with.
+    /// A device read again under `instance` (just read): its enrollment as it is now in the
+    /// store (a connection may live longer than an enrollment stays unchanged), `None` when it
+    /// is gone or no longer the one the device was checked against.
     pub(crate) async fn revive(&self, instance: Instance, d: &Dormant) -> Result<Option<Attested>> {
         let same = |a: &AttestationMechanism| AttestationDigest::of(a) == d.attestation;
-        let source = self.reread(&instance.name, &d.registration_id, d.group_id.as_deref(), same).await?;
+        let source = match d.group_id.as_deref() {
+            None => self
+                .store
+                .enrollment(&instance.name, &d.registration_id)
+                .await?
+                .filter(|e| same(&e.attestation))
+                .map(EnrollmentSource::Individual),
+            Some(id) => self
+                .store
+                .group(&instance.name, id)
+                .await?
+                .filter(|g| same(&g.attestation))
+                .map(EnrollmentSource::Group),
+        };
         Ok(source.map(|source| Attested {
             instance,
             registration_id: d.registration_id.clone(),
@@ -487,27 +486,5 @@ impl Services {
             valid_until: d.valid_until,
             tpm: d.tpm.as_deref().cloned(),
         }))
-    }
-
-    /// The enrollment (individual, or the group `group_id`) as it is now, if its attestation is
-    /// still the one the device was checked against (`same`).
-    async fn reread(
-        &self,
-        instance: &str,
-        registration_id: &str,
-        group_id: Option<&str>,
-        same: impl Fn(&AttestationMechanism) -> bool,
-    ) -> Result<Option<EnrollmentSource>> {
-        Ok(match group_id {
-            None => self
-                .store
-                .enrollment(instance, registration_id)
-                .await?
-                .filter(|e| same(&e.attestation))
-                .map(EnrollmentSource::Individual),
-            Some(id) => {
-                self.store.group(instance, id).await?.filter(|g| same(&g.attestation)).map(EnrollmentSource::Group)
-            }
-        })
     }
 }
