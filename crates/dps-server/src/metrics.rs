@@ -309,6 +309,9 @@ impl<S: DocumentStore> DocumentStore for TimedStore<S> {
     async fn instances_version(&self) -> Result<u64, StoreError> {
         self.time("instances_version", self.inner.instances_version()).await
     }
+    async fn groups_version(&self) -> Result<u64, StoreError> {
+        self.time("groups_version", self.inner.groups_version()).await
+    }
     async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
         self.time("get", self.inner.get_doc(kind, instance, id)).await
     }

@@ -61,6 +61,25 @@ const MIGRATIONS: &[&str] = &[
     DROP TRIGGER IF EXISTS instances_version_bump ON instances;
     CREATE TRIGGER instances_version_bump AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON instances
         FOR EACH STATEMENT EXECUTE FUNCTION instances_version_bump();",
+    // 4: the same for enrollment groups (documents of kind 2), so a node's cache of an
+    // instance's groups can tell in one read whether it is still current. Row triggers, so
+    // that writes of other documents leave it alone.
+    "CREATE TABLE IF NOT EXISTS groups_version (
+        one SMALLINT PRIMARY KEY CHECK (one = 1),
+        version BIGINT NOT NULL
+    );
+    INSERT INTO groups_version (one, version) VALUES (1, 0) ON CONFLICT DO NOTHING;
+    CREATE OR REPLACE FUNCTION groups_version_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN UPDATE groups_version SET version = version + 1; RETURN NULL; END $$;
+    DROP TRIGGER IF EXISTS groups_version_write ON documents;
+    CREATE TRIGGER groups_version_write AFTER INSERT OR UPDATE ON documents
+        FOR EACH ROW WHEN (NEW.kind = 2) EXECUTE FUNCTION groups_version_bump();
+    DROP TRIGGER IF EXISTS groups_version_delete ON documents;
+    CREATE TRIGGER groups_version_delete AFTER DELETE ON documents
+        FOR EACH ROW WHEN (OLD.kind = 2) EXECUTE FUNCTION groups_version_bump();
+    DROP TRIGGER IF EXISTS groups_version_truncate ON documents;
+    CREATE TRIGGER groups_version_truncate AFTER TRUNCATE ON documents
+        FOR EACH STATEMENT EXECUTE FUNCTION groups_version_bump();",
 ];
 
 /// The PostgreSQL store.
@@ -168,6 +187,16 @@ impl PgStore {
             )));
         }
         Ok(())
+    }
+
+    /// One of the version counters the triggers bump (`instances_version`, `groups_version`).
+    async fn counter(&self, sql: &'static str) -> Result<u64, StoreError> {
+        self.read(|| async {
+            let c = self.client().await?;
+            let row = c.query_one(sql, &[]).await.map_err(driver)?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+        .await
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -371,12 +400,11 @@ impl DocumentStore for PgStore {
     }
 
     async fn instances_version(&self) -> Result<u64, StoreError> {
-        self.read(|| async {
-            let c = self.client().await?;
-            let row = c.query_one("SELECT version FROM instances_version", &[]).await.map_err(driver)?;
-            Ok(row.get::<_, i64>(0) as u64)
-        })
-        .await
+        self.counter("SELECT version FROM instances_version").await
+    }
+
+    async fn groups_version(&self) -> Result<u64, StoreError> {
+        self.counter("SELECT version FROM groups_version").await
     }
 
     async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {

@@ -5,8 +5,16 @@
 //! registrations one of them waits for the WAL to be copied into the database file. The store
 //! turns it off (`wal_autocheckpoint=0` on every connection) and runs PASSIVE checkpoints on a
 //! connection of their own, on a thread of their own: at the latest [`EVERY`] after a commit,
-//! sooner once [`COMMITS`] commits are waiting. PASSIVE never blocks readers or the writer;
-//! a WAL past [`RESET_FRAMES`] is emptied by a TRUNCATE checkpoint, which does.
+//! sooner once [`COMMITS`] commits are waiting. PASSIVE never blocks readers or the writer.
+//!
+//! SQLite starts the WAL over only when a write begins after a checkpoint has copied every
+//! frame. Under writes that never pause, a PASSIVE checkpoint never quite catches up, and the
+//! WAL grows without bound. Past [`RESET_FRAMES`], the thread catches up as far as it can and
+//! asks the writer thread to copy the last frames itself, between two of its transactions
+//! ([`Checkpointer::reset_if_overgrown`]): no frame can be added meanwhile, so the copy is
+//! complete and small, and the next write starts the WAL over without waiting for anyone. A
+//! TRUNCATE checkpoint (which holds writers off while it waits for readers) is the last resort,
+//! past [`WRITER_RESET_FRAMES`].
 //!
 //! Durability is unchanged: a commit is durable once it is in the WAL (`synchronous=NORMAL`
 //! against a crash or `kill -9`; `FULL` fsyncs the WAL at every commit, and a write is
@@ -31,6 +39,8 @@ struct Shared {
     commits: AtomicU64,
     /// Frames in the WAL when the last checkpoint ran (what PASSIVE reported).
     wal_frames: AtomicI64,
+    /// The WAL is past [`RESET_FRAMES`]: the writer should copy the last frames itself.
+    reset_wanted: std::sync::atomic::AtomicBool,
     stop: Mutex<bool>,
     wake: Condvar,
 }
@@ -61,16 +71,35 @@ impl Checkpointer {
 }
 
 impl Checkpointer {
-    /// Called by the writer thread after a commit, on its own connection, between transactions: when the checkpoint thread has seen the WAL past [`WRITER_RESET_FRAMES`] (its own
-    /// TRUNCATE did not get in between the writer's transactions), the writer empties the WAL
-    /// itself. No other write can start meanwhile, so this always gets through. A failure here
-    /// is left to the next commit: the commit itself has succeeded.
+    /// Called by the writer thread after a commit, on its own connection, between transactions.
+    ///
+    /// When the checkpoint thread has asked for it (the WAL is past [`RESET_FRAMES`]), a PASSIVE
+    /// checkpoint here copies the frames the thread could not: no write can add any meanwhile,
+    /// so it copies them all (unless a reader still needs one), and the next write starts the
+    /// WAL over. When the WAL is past [`WRITER_RESET_FRAMES`] all the same (a reader kept the
+    /// restart from happening, or transactions so large and so close together that the thread
+    /// never caught up: a bulk import of 50 000 devices per transaction did), a TRUNCATE
+    /// checkpoint empties it, waiting for readers. A failure here is left to the next commit:
+    /// the commit itself has succeeded.
     pub(crate) fn reset_if_overgrown(&self, writer: &Connection) {
-        if self.shared.wal_frames.load(Ordering::Relaxed) <= WRITER_RESET_FRAMES {
+        if self.shared.wal_frames.load(Ordering::Relaxed) > WRITER_RESET_FRAMES {
+            if let Ok(0) = writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
+                self.shared.wal_frames.store(0, Ordering::Relaxed);
+                self.shared.reset_wanted.store(false, Ordering::Relaxed);
+            }
             return;
         }
-        if let Ok(0) = writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
-            self.shared.wal_frames.store(0, Ordering::Relaxed);
+        if !self.shared.reset_wanted.load(Ordering::Relaxed) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let r = passive(writer);
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::debug!(?r, ms, "the writer copied the WAL's last frames so that it starts over");
+        if let Ok((frames, copied)) = r {
+            if frames == copied {
+                self.shared.reset_wanted.store(false, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -97,12 +126,16 @@ fn run(conn: &Connection, shared: &Shared) {
         };
         if shared.commits.swap(0, Ordering::Relaxed) > 0 || stop {
             match checkpoint(conn) {
-                Ok(frames) if failing => {
+                Ok(frames) => {
                     shared.wal_frames.store(frames, Ordering::Relaxed);
-                    failing = false;
-                    tracing::info!("WAL checkpoints work again");
+                    if frames > RESET_FRAMES {
+                        shared.reset_wanted.store(true, Ordering::Relaxed);
+                    }
+                    if failing {
+                        failing = false;
+                        tracing::info!("WAL checkpoints work again");
+                    }
                 }
-                Ok(frames) => shared.wal_frames.store(frames, Ordering::Relaxed),
                 Err(e) if !failing => {
                     // Logged once until it works again; the WAL keeps every commit meanwhile.
                     failing = true;
@@ -117,33 +150,46 @@ fn run(conn: &Connection, shared: &Shared) {
     }
 }
 
-/// WAL frames (pages of 4 KiB) past which a checkpoint also resets the WAL: 64 MiB.
+/// WAL frames (pages of 4 KiB) past which the WAL is started over: 64 MiB. Without it, writes
+/// that never pause grew the WAL without bound: 45 GB for a 4 GB database while seeding 2.5 M
+/// devices.
 pub(crate) const RESET_FRAMES: i64 = 16_384;
 
-/// WAL frames past which the writer resets the WAL itself ([`Checkpointer::reset_if_overgrown`]):
-/// 256 MiB. Transactions so large and so close together that the checkpoint thread's TRUNCATE
-/// never finds the writer idle (a bulk import of 50 000 devices per transaction did) would
-/// otherwise grow the WAL without bound: 36 GB while seeding 2.3 M devices.
+/// WAL frames past which the writer empties the WAL with a TRUNCATE checkpoint, waiting for
+/// readers ([`Checkpointer::reset_if_overgrown`]): 256 MiB, when starting over at
+/// [`RESET_FRAMES`] has not happened (readers kept holding old frames).
 pub(crate) const WRITER_RESET_FRAMES: i64 = 4 * RESET_FRAMES;
 
-/// One PASSIVE checkpoint: as many WAL frames as no reader still needs. If the WAL has grown
-/// past [`RESET_FRAMES`], a TRUNCATE checkpoint follows. Returns the frames PASSIVE found in the WAL.
+/// Frames the writer may be left to copy (256 KiB); more, and PASSIVE runs again first.
+const CATCH_UP_FRAMES: i64 = 64;
+/// PASSIVE passes at most in one catch-up, whatever is left.
+const CATCH_UP_PASSES: usize = 32;
+
+/// (frames in the WAL, frames copied into the database) after one PASSIVE checkpoint: as many
+/// frames as no reader still needs.
+fn passive(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(1)?, r.get(2)?)))
+}
+
+/// One PASSIVE checkpoint. If the WAL has grown past [`RESET_FRAMES`], more follow until at
+/// most [`CATCH_UP_FRAMES`] are left for the writer to copy (a pass over 64 MiB takes long
+/// enough for the writer to add thousands of frames). Returns the frames the first pass found
+/// in the WAL.
 pub(crate) fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
     checkpoint_with(conn, RESET_FRAMES)
 }
 
 fn checkpoint_with(conn: &Connection, reset_frames: i64) -> rusqlite::Result<i64> {
-    // (busy, frames in the WAL, frames checkpointed): a busy or partial checkpoint is finished
-    // by a later one.
-    let frames: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
+    let (frames, copied) = passive(conn)?;
     if frames > reset_frames {
-        // SQLite starts the WAL over only when a write begins after a checkpoint has copied
-        // every frame. Under writes that never pause (a bulk load, a sustained registration
-        // load), a PASSIVE checkpoint never catches up with the writer, and the WAL grows
-        // without bound: 45 GB for a 4 GB database while seeding 2.5 M devices. TRUNCATE
-        // waits for the writer and the readers (the connection's busy timeout), copies the
-        // rest, and empties the file. Writers wait meanwhile, once per 64 MiB of WAL.
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))?;
+        let mut behind = frames - copied;
+        for _ in 0..CATCH_UP_PASSES {
+            if behind <= CATCH_UP_FRAMES {
+                break;
+            }
+            let (f, c) = passive(conn)?;
+            behind = f - c;
+        }
     }
     Ok(frames)
 }
@@ -177,21 +223,36 @@ mod tests {
         writer.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count")
     }
 
+    /// Past the reset size, the writer copies the last frames between its transactions, and
+    /// the next write starts the WAL over: the file stops growing, no one waited.
     #[test]
-    fn a_wal_past_the_reset_size_is_emptied() {
+    fn a_wal_past_the_reset_size_starts_over_at_the_next_write() {
         let (dir, writer) = wal_db();
         let db = dir.path().join("t.db");
-        let checkpointer = Connection::open(&db).expect("open");
-        checkpointer.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+        let checkpointer = Checkpointer::start(Connection::open(&db).expect("open")).expect("start");
         fill(&writer);
-        // Under the reset size: PASSIVE copies the frames, the file keeps its length.
-        checkpoint_with(&checkpointer, 1_000).expect("checkpoint");
         let before = wal_len(&db);
-        assert!(before > 0, "the WAL holds the inserts");
-        // Past it: the WAL file is emptied, and every row is in the database.
-        checkpoint_with(&checkpointer, 10).expect("checkpoint");
-        assert_eq!(wal_len(&db), 0, "a TRUNCATE checkpoint empties the WAL (was {before} bytes)");
-        assert_eq!(rows(&writer), 50);
+        assert!(before > 50 * 8000, "the WAL holds the inserts ({before} bytes)");
+        // Not asked: the writer leaves the WAL to the thread.
+        checkpointer.reset_if_overgrown(&writer);
+        fill(&writer);
+        assert!(wal_len(&db) > before, "the WAL grew");
+        let grown = wal_len(&db);
+        // Asked (the thread saw it past the reset size): the writer copies every frame ...
+        checkpointer.shared.reset_wanted.store(true, Ordering::Relaxed);
+        checkpointer.reset_if_overgrown(&writer);
+        assert!(!checkpointer.shared.reset_wanted.load(Ordering::Relaxed), "every frame was copied");
+        // ... and the next write starts at the beginning of the file.
+        writer.execute("INSERT INTO t VALUES (zeroblob(10))", []).expect("insert");
+        let (frames, _) = passive(&writer).expect("passive");
+        assert!(frames < 10, "the WAL started over ({frames} frames)");
+        assert_eq!(wal_len(&db), grown, "the file is reused, not grown");
+        assert_eq!(rows(&writer), 101);
+        // The thread's catch-up passes copy what they can without being asked to wait.
+        let reader = Connection::open(&db).expect("open");
+        fill(&writer);
+        assert!(checkpoint_with(&reader, 10).expect("checkpoint") > 10);
+        assert_eq!(rows(&reader), 151);
     }
 
     #[test]
@@ -204,7 +265,7 @@ mod tests {
         checkpointer.reset_if_overgrown(&writer);
         let before = wal_len(&db);
         assert!(before > 0, "the WAL holds the inserts");
-        // The thread saw it past the bound (its own TRUNCATE kept losing to the writer).
+        // The thread saw it past the last-resort bound (the WAL never started over).
         checkpointer.shared.wal_frames.store(WRITER_RESET_FRAMES + 1, Ordering::Relaxed);
         checkpointer.reset_if_overgrown(&writer);
         assert_eq!(wal_len(&db), 0, "the writer's TRUNCATE empties the WAL (was {before} bytes)");

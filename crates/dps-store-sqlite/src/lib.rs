@@ -64,6 +64,34 @@ const MIGRATIONS: &[&str] = &[
         BEGIN UPDATE instances_version SET version = version + 1; END;
     CREATE TRIGGER instances_version_delete AFTER DELETE ON instances
         BEGIN UPDATE instances_version SET version = version + 1; END;",
+    // 3: documents in a rowid table, their key in an index of its own. In the WITHOUT ROWID
+    // table of 1 the key's B-tree held whole rows, so each comparison of a lookup's search read
+    // a large document's overflow pages: about 40 page reads per registration
+    // (docs/performance.md, "Store reads"). And a version of the enrollment groups (documents
+    // of kind 2), bumped by every write to one, so a node's cache of an instance's groups can
+    // tell in one read whether it is still current.
+    "CREATE TABLE documents_rowid (
+        kind INTEGER NOT NULL,
+        instance TEXT NOT NULL,
+        id_key TEXT NOT NULL,
+        parent_key TEXT,
+        etag TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    INSERT INTO documents_rowid (kind, instance, id_key, parent_key, etag, doc)
+        SELECT kind, instance, id_key, parent_key, etag, doc FROM documents ORDER BY kind, instance, id_key;
+    DROP TABLE documents;
+    ALTER TABLE documents_rowid RENAME TO documents;
+    CREATE UNIQUE INDEX documents_key ON documents (kind, instance, id_key);
+    CREATE INDEX documents_by_parent ON documents (kind, instance, parent_key, id_key);
+    CREATE TABLE groups_version (one INTEGER PRIMARY KEY CHECK (one = 1), version INTEGER NOT NULL);
+    INSERT INTO groups_version (one, version) VALUES (1, 0);
+    CREATE TRIGGER groups_version_insert AFTER INSERT ON documents WHEN NEW.kind = 2
+        BEGIN UPDATE groups_version SET version = version + 1; END;
+    CREATE TRIGGER groups_version_update AFTER UPDATE ON documents WHEN NEW.kind = 2 OR OLD.kind = 2
+        BEGIN UPDATE groups_version SET version = version + 1; END;
+    CREATE TRIGGER groups_version_delete AFTER DELETE ON documents WHEN OLD.kind = 2
+        BEGIN UPDATE groups_version SET version = version + 1; END;",
 ];
 
 /// The SQLite store.
@@ -84,9 +112,25 @@ fn key(s: &str) -> String {
     s.to_ascii_lowercase()
 }
 
+/// Waits between tries of a connection that found the database locked (a checkpoint that resets
+/// the WAL holds off the writer and waits for readers to move to the newest snapshot). SQLite's
+/// own busy timeout sleeps 1, 2, 5, 10, 15, 20, 25 … 100 ms between tries, so a lock held for a
+/// millisecond could cost the waiter 25 ms or more, and the reset waited 100 ms for readers that
+/// each take microseconds (docs/performance.md, "Store writes"). Here every wait is 250 µs, for
+/// 10 s in all, as before.
+fn busy(tries: i32) -> bool {
+    const WAIT: std::time::Duration = std::time::Duration::from_micros(250);
+    const TRIES: i32 = 40_000;
+    if tries >= TRIES {
+        return false;
+    }
+    std::thread::sleep(WAIT);
+    true
+}
+
 fn open_conn(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
-    let c = Connection::open(path).map_err(StoreError::unavailable)?;
-    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(StoreError::unavailable)?;
+    let mut c = Connection::open(path).map_err(StoreError::unavailable)?;
+    c.busy_handler(Some(busy)).map_err(StoreError::unavailable)?;
     let sync = match durability {
         Durability::Normal => "NORMAL",
         Durability::Full => "FULL",
@@ -115,6 +159,10 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
         ));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        if version > 0 {
+            // Migration 3 rewrites every document: minutes on a store of millions.
+            tracing::info!(version = i + 1, "migrating the store schema of an existing database");
+        }
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::unavailable)?;
         tx.execute_batch(sql).map_err(StoreError::unavailable)?;
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(StoreError::unavailable)?;
@@ -159,6 +207,15 @@ impl SqliteStore {
     /// free. SQLite answers it from its page cache in microseconds, less than the two thread
     /// hand-offs of `spawn_blocking` cost; when every reader is busy it goes the blocking way.
     /// docs/performance.md, "Store reads".
+    /// One of the version counters the triggers bump (`instances_version`, `groups_version`).
+    async fn counter(&self, sql: &'static str) -> Result<u64, StoreError> {
+        self.read_point(move |c| {
+            let v: i64 = row(c, sql, [], |r| r.get(0)).map_err(StoreError::unavailable)?;
+            Ok(v as u64)
+        })
+        .await
+    }
+
     async fn read_point<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -357,12 +414,11 @@ impl DocumentStore for SqliteStore {
     }
 
     async fn instances_version(&self) -> Result<u64, StoreError> {
-        self.read_point(|c| {
-            let v: i64 =
-                row(c, "SELECT version FROM instances_version", [], |r| r.get(0)).map_err(StoreError::unavailable)?;
-            Ok(v as u64)
-        })
-        .await
+        self.counter("SELECT version FROM instances_version").await
+    }
+
+    async fn groups_version(&self) -> Result<u64, StoreError> {
+        self.counter("SELECT version FROM groups_version").await
     }
 
     async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
@@ -537,6 +593,58 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         rt.block_on(store.write(move |c| c.query_row(&sql, [], |r| r.get(0)).map_err(StoreError::unavailable)))
             .expect("pragma")
+    }
+
+    /// A database of schema 2 (documents in a `WITHOUT ROWID` table) keeps every document
+    /// through migration 3, which moves them to a rowid table with a key index and adds the
+    /// groups version.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn migration_3_keeps_every_document_and_moves_them_to_a_rowid_table() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("v2.db");
+        {
+            let c = rusqlite::Connection::open(&path).expect("open");
+            for sql in &super::MIGRATIONS[..2] {
+                c.execute_batch(sql).expect("schema 2");
+            }
+            c.execute_batch("PRAGMA user_version = 2").expect("version");
+            let big = format!("{{\"registrationId\":\"r-1\",\"pad\":\"{}\"}}", "x".repeat(5000));
+            for (kind, id, doc) in [(2, "g-1", "{\"g\":1}".to_owned()), (3, "r-1", big), (1, "e-1", "{}".to_owned())] {
+                c.execute(
+                    "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES (?1, 'dps', ?2, NULL, 'e', ?3)",
+                    rusqlite::params![kind, id, doc],
+                )
+                .expect("insert");
+            }
+        }
+        let store = SqliteStore::open(&path, Durability::Normal).expect("migrate");
+        for (kind, id) in [(Kind::Group, "g-1"), (Kind::Registration, "r-1"), (Kind::Enrollment, "e-1")] {
+            assert!(store.get_doc(kind, "dps", id).await.expect("read").is_some(), "{id} survived the migration");
+        }
+        let big = store.get_doc(Kind::Registration, "dps", "R-1").await.expect("read").expect("r-1");
+        assert!(big.len() > 5000, "a document larger than a page reads back whole");
+        let schema: String = store
+            .read_point(|c| {
+                c.query_row("SELECT group_concat(sql, ';') FROM sqlite_master WHERE tbl_name = 'documents'", [], |r| {
+                    r.get(0)
+                })
+                .map_err(StoreError::unavailable)
+            })
+            .await
+            .expect("schema");
+        assert!(!schema.contains("WITHOUT ROWID"), "{schema}");
+        assert!(schema.contains("documents_key") && schema.contains("documents_by_parent"), "{schema}");
+        let v = store.groups_version().await.expect("version");
+        let doc = DocWrite { id: "g-2", parent: None, etag: "e2", json: "{}" };
+        store.put_doc(Kind::Group, "dps", doc, Precondition::MustNotExist).await.expect("write");
+        assert_ne!(store.groups_version().await.expect("version"), v, "the trigger moves the groups version");
+        assert!(
+            matches!(
+                store.put_doc(Kind::Group, "DPS", doc, Precondition::MustNotExist).await,
+                Err(StoreError::AlreadyExists)
+            ),
+            "the key index is unique, case-insensitively"
+        );
     }
 
     /// The writer never checkpoints inside a commit, and `full` still syncs every commit.

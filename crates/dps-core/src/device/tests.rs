@@ -186,6 +186,48 @@ async fn a_group_device_is_found_past_the_first_page_of_groups() {
     assert_eq!(op.registration_state.as_ref().unwrap().extra["symmetricKey"]["enrollmentGroupId"], "g119");
 }
 
+/// Devices' groups are cached (docs/performance.md, "Group cache"), yet a group changed by
+/// another node sharing the store (a second `Services` here) is seen by the next device.
+#[tokio::test]
+async fn group_changes_by_another_node_are_seen_by_the_next_device() {
+    let w = World::new(&["hub-a"]).await;
+    let other = Services::new(
+        w.s.store.clone(),
+        w.clock.clone(),
+        std::sync::Arc::new(crate::testing::CountingEntropy::default()),
+        w.crypto.clone(),
+        w.crypto.clone(),
+    );
+    let (k1, k2) = ("Z3JvdXAta2V5LTAxMjM0NTY3ODlhYmNkZWY=", "Z3JvdXAta2V5LTIxMjM0NTY3ODlhYmNkZWY=");
+    let group = |key: &str, status: &str| -> EnrollmentGroup {
+        serde_json::from_value(json!({ "enrollmentGroupId": "g1", "provisioningStatus": status, "attestation": { "type": "symmetricKey", "symmetricKey": { "primaryKey": key, "secondaryKey": key } } })).unwrap()
+    };
+    let provision = |id: &'static str, key: &'static str| {
+        let w = &w;
+        async move { w.provision(id, Some(&w.sas(id, &format!("{key}/{id}"))), vec![], "").await }
+    };
+    w.group(serde_json::to_value(group(k1, "enabled")).unwrap()).await;
+    assert_eq!(assigned(&provision("m-1", k1).await).1, "m-1", "read, then cached");
+    assert_eq!(assigned(&provision("m-2", k1).await).1, "m-2", "from the cache");
+    // Another node rotates the group's key: the old key stops working at once.
+    other.put_group(&w.inst, "g1", group(k2, "enabled"), None).await.unwrap();
+    assert_eq!(refused(&provision("m-3", k1).await).0, 401, "the rotated-out key is refused");
+    assert_eq!(assigned(&provision("m-4", k2).await).1, "m-4", "the new key works");
+    // ... disables it ...
+    other.put_group(&w.inst, "g1", group(k2, "disabled"), None).await.unwrap();
+    assert_eq!(refused(&provision("m-5", k2).await).0, 401, "a disabled group registers no one");
+    // ... deletes it, and creates another.
+    other.delete_group(&w.inst, "g1", None).await.unwrap();
+    assert_eq!(refused(&provision("m-6", k2).await).0, 401, "a deleted group registers no one");
+    let mut g2 = group(k1, "enabled");
+    g2.enrollment_group_id = "g2".into();
+    other.put_group(&w.inst, "g2", g2, None).await.unwrap();
+    let r = provision("m-7", k1).await;
+    assert_eq!(assigned(&r).1, "m-7", "a new group is found at once");
+    let DeviceReply::Operation(op) = &r else { unreachable!() };
+    assert_eq!(op.registration_state.as_ref().unwrap().extra["symmetricKey"]["enrollmentGroupId"], "g2");
+}
+
 #[tokio::test]
 async fn x509_individual_and_group_and_the_chain_is_checked_once_per_connection() {
     let w = World::new(&["hub-a"]).await;

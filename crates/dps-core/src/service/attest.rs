@@ -253,7 +253,7 @@ impl Services {
             }
         }
         let mut token_error = None;
-        for g in self.all_groups(&instance).await? {
+        for g in self.device_groups(&instance).await?.iter() {
             let Some(k) =
                 g.attestation.symmetric_key.as_ref().filter(|_| g.attestation.kind == AttestationType::SymmetricKey)
             else {
@@ -265,7 +265,7 @@ impl Services {
                 .filter_map(|gk| self.crypto.derive_key(gk, registration_id))
                 .collect();
             match check(keys) {
-                Ok(Some(until)) => return Ok(attested(EnrollmentSource::Group(g), Some(until))),
+                Ok(Some(until)) => return Ok(attested(EnrollmentSource::Group(g.clone()), Some(until))),
                 Ok(None) => {}
                 Err(e) => token_error = Some(e),
             }
@@ -322,8 +322,9 @@ impl Services {
         }
         // Groups: the one whose CA vouches for the certificate closest to the leaf wins (the
         // first intermediate, then the next one up; docs/protocol.md, "X.509 attestation").
-        let mut best: Option<(usize, EnrollmentGroup)> = None;
-        for g in self.all_groups(&instance).await? {
+        let mut best: Option<(usize, &EnrollmentGroup)> = None;
+        let groups = self.device_groups(&instance).await?;
+        for g in groups.iter() {
             if g.attestation.kind != AttestationType::X509 {
                 continue;
             }
@@ -348,7 +349,7 @@ impl Services {
             }
         }
         if let Some((_, g)) = best {
-            return Ok(attested(EnrollmentSource::Group(g), facts.info));
+            return Ok(attested(EnrollmentSource::Group(g.clone()), facts.info));
         }
         Err(denied())
     }
@@ -444,6 +445,21 @@ impl Services {
         Ok(None)
     }
 
+    /// The groups of `instance` a device may belong to: from the cache while the store's
+    /// groups version says they are unchanged (one small read instead of every group read and
+    /// its keys unsealed), else read again (docs/performance.md, "Group cache").
+    async fn device_groups(&self, instance: &Instance) -> Result<std::sync::Arc<[EnrollmentGroup]>> {
+        // The version is read before the groups: a write that lands in between leaves the
+        // cache tagged with the older version, to be read again next time.
+        let version = self.store.groups_version().await?;
+        if let Some(groups) = self.group_cache.get(version, &instance.name) {
+            return Ok(groups);
+        }
+        let groups: std::sync::Arc<[EnrollmentGroup]> = self.all_groups(instance).await?.into();
+        self.group_cache.put(version, &instance.name, &groups);
+        Ok(groups)
+    }
+
     pub(crate) async fn all_groups(&self, instance: &Instance) -> Result<Vec<EnrollmentGroup>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -486,5 +502,50 @@ impl Services {
             valid_until: d.valid_until,
             tpm: d.tpm.as_deref().cloned(),
         }))
+    }
+}
+
+/// Each instance's enrollment groups as last read for devices, tagged with the store's groups
+/// version at the time ([`crate::store::Store::groups_version`]): any group write, on any node,
+/// changes the version and so empties the cache. Instances with more than
+/// [`GroupCache::MAX_GROUPS`] groups are not kept (they are read every time, as before).
+#[derive(Debug, Default)]
+pub(crate) struct GroupCache(std::sync::Mutex<GroupCacheState>);
+
+#[derive(Debug, Default)]
+struct GroupCacheState {
+    version: Option<u64>,
+    /// Keyed by the lower-cased instance name.
+    instances: std::collections::HashMap<String, std::sync::Arc<[EnrollmentGroup]>>,
+}
+
+impl GroupCache {
+    /// Groups per instance beyond which an instance is not cached.
+    pub(crate) const MAX_GROUPS: usize = 1000;
+    /// Instances kept at once; past it the cache starts again empty.
+    const MAX_INSTANCES: usize = 256;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupCacheState> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, version: u64, instance: &str) -> Option<std::sync::Arc<[EnrollmentGroup]>> {
+        let state = self.lock();
+        if state.version != Some(version) {
+            return None;
+        }
+        state.instances.get(&instance.to_ascii_lowercase()).cloned()
+    }
+
+    fn put(&self, version: u64, instance: &str, groups: &std::sync::Arc<[EnrollmentGroup]>) {
+        if groups.len() > Self::MAX_GROUPS {
+            return;
+        }
+        let mut state = self.lock();
+        if state.version != Some(version) || state.instances.len() >= Self::MAX_INSTANCES {
+            state.instances.clear();
+            state.version = Some(version);
+        }
+        state.instances.insert(instance.to_ascii_lowercase(), std::sync::Arc::clone(groups));
     }
 }

@@ -76,6 +76,9 @@ pub struct Services {
     /// Every instance's shared access policies by name, for service tokens that name no
     /// instance (kept current by the store's instances version).
     pub(crate) policy_index: Arc<callers::PolicyIndexCell>,
+    /// Each instance's enrollment groups, for device authentication (kept current by the
+    /// store's groups version).
+    pub(crate) group_cache: Arc<attest::GroupCache>,
 }
 
 impl Services {
@@ -104,6 +107,7 @@ impl Services {
             observer: Arc::new(NoObserver),
             refusals_logged: Arc::default(),
             policy_index: Arc::default(),
+            group_cache: Arc::default(),
         }
     }
 

@@ -231,20 +231,38 @@ async fn enrollments<S: Store + ?Sized>(s: &S) {
 
 async fn groups<S: Store + ?Sized>(s: &S) {
     let i = "dps-a";
+    let v0 = s.groups_version().await.unwrap();
     s.put_group(i, &group("Group-1", "\"g1\""), Precondition::MustNotExist).await.unwrap();
+    let v1 = s.groups_version().await.unwrap();
+    assert_ne!(v0, v1, "creating a group changes the groups version");
     assert_eq!(s.group(i, "group-1").await.unwrap().unwrap(), group("Group-1", "\"g1\""));
     assert!(matches!(
         s.put_group(i, &group("group-1", "\"g2\""), Precondition::IfMatch("\"x\"")).await,
         Err(StoreError::PreconditionFailed)
     ));
+    assert_eq!(s.groups_version().await.unwrap(), v1, "a refused write leaves the groups version alone");
     s.put_group(i, &group("group-2", "\"g\""), Precondition::Any).await.unwrap();
     let page = s.groups(i, None, 1).await.unwrap();
     assert_eq!(page.items.len(), 1);
     let rest = s.groups(i, page.continuation.as_deref(), 10).await.unwrap();
     assert_eq!(rest.items.len(), 1);
     assert!(rest.continuation.is_none());
+    let v2 = s.groups_version().await.unwrap();
+    assert!(![v0, v1].contains(&v2), "another group changes the groups version");
+    s.put_enrollment(i, &enrollment("dev-g", "\"dg\""), Precondition::Any).await.unwrap();
+    s.delete_enrollment(i, "dev-g", Precondition::Any).await.unwrap();
+    assert_eq!(s.groups_version().await.unwrap(), v2, "other documents leave the groups version alone");
     s.delete_group(i, "group-2", Precondition::Any).await.unwrap();
     assert!(s.group(i, "group-2").await.unwrap().is_none());
+    let v3 = s.groups_version().await.unwrap();
+    assert!(![v0, v1, v2].contains(&v3), "deleting a group changes the groups version");
+    // An instance's deletion takes its groups, and changes the version too.
+    s.write_instances(&[InstanceWrite::Create(instance("dps-g", 77))]).await.unwrap();
+    s.put_group("dps-g", &group("group-g", "\"gg\""), Precondition::Any).await.unwrap();
+    let v4 = s.groups_version().await.unwrap();
+    s.delete_instance("dps-g").await.unwrap();
+    let v5 = s.groups_version().await.unwrap();
+    assert!(![v0, v1, v2, v3, v4].contains(&v5), "deleting an instance with groups changes the groups version");
 }
 
 async fn registrations<S: Store + ?Sized>(s: &S) {

@@ -53,6 +53,8 @@ pub trait DocumentStore: Send + Sync + std::fmt::Debug {
     async fn delete_instance(&self, name: &str) -> Result<(), StoreError>;
     /// See [`Store::instances_version`].
     async fn instances_version(&self) -> Result<u64, StoreError>;
+    /// See [`Store::groups_version`]: every write of a [`Kind::Group`] document changes it.
+    async fn groups_version(&self) -> Result<u64, StoreError>;
 
     async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError>;
     /// Writes a document under `pre`: `MustNotExist` fails with `AlreadyExists`, `IfMatch`
@@ -260,6 +262,9 @@ impl<S: DocumentStore> Store for S {
     }
     async fn instances_version(&self) -> Result<u64, StoreError> {
         DocumentStore::instances_version(self).await
+    }
+    async fn groups_version(&self) -> Result<u64, StoreError> {
+        DocumentStore::groups_version(self).await
     }
 
     async fn enrollment(

@@ -19,6 +19,7 @@ struct State {
     docs: BTreeMap<(u8, String, String), Doc>,
     /// Bumped by every instance write and delete.
     instances_version: u64,
+    groups_version: u64,
 }
 
 /// The in-memory store.
@@ -106,6 +107,7 @@ impl DocumentStore for MemoryStore {
         self.with(|s| {
             s.instances.remove(&name).ok_or(StoreError::NotFound)?;
             s.instances_version += 1;
+            s.groups_version += 1;
             s.docs.retain(|(_, inst, _), _| *inst != name);
             Ok(())
         })
@@ -113,6 +115,10 @@ impl DocumentStore for MemoryStore {
 
     async fn instances_version(&self) -> Result<u64, StoreError> {
         self.with(|s| Ok(s.instances_version))
+    }
+
+    async fn groups_version(&self) -> Result<u64, StoreError> {
+        self.with(|s| Ok(s.groups_version))
     }
 
     async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
@@ -130,6 +136,7 @@ impl DocumentStore for MemoryStore {
         self.with(|s| {
             check(pre, s.docs.get(&k).map(|(_, e, _)| e.as_str()))?;
             s.docs.insert(k, (d.parent.map(key), d.etag.to_owned(), d.json.to_owned()));
+            s.groups_version += u64::from(kind == Kind::Group);
             Ok(())
         })
     }
@@ -140,6 +147,7 @@ impl DocumentStore for MemoryStore {
             let current = s.docs.get(&k).map(|(_, e, _)| e.clone()).ok_or(StoreError::NotFound)?;
             check(pre, Some(&current))?;
             s.docs.remove(&k);
+            s.groups_version += u64::from(kind == Kind::Group);
             Ok(())
         })
     }

@@ -109,6 +109,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// or any other sharing the database: one cheap read that tells whether what was built from
     /// [`Store::instances`] is still current (docs/protocol.md, "Service API authentication").
     async fn instances_version(&self) -> Result<u64, StoreError>;
+    /// A number that changes whenever an enrollment group of any instance is created, updated
+    /// or deleted (an instance's deletion included), by this node or any other: one cheap read
+    /// that tells whether groups read earlier are still current (docs/performance.md,
+    /// "Group cache").
+    async fn groups_version(&self) -> Result<u64, StoreError>;
 
     async fn enrollment(
         &self,

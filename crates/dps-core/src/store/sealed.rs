@@ -189,6 +189,10 @@ impl<D: DocumentStore> DocumentStore for SealedStore<D> {
         self.inner.instances_version().await
     }
 
+    async fn groups_version(&self) -> Result<u64, StoreError> {
+        self.inner.groups_version().await
+    }
+
     async fn get_doc(&self, kind: Kind, instance: &str, id: &str) -> Result<Option<String>, StoreError> {
         self.inner.get_doc(kind, instance, id).await?.map(|d| self.open_doc(kind, d)).transpose()
     }
