@@ -153,6 +153,7 @@ where
     let mut conn = Conn {
         io,
         buf,
+        out: Vec::new(),
         ctx: &ctx,
         session: &mut session,
         api_version_stale: false,
@@ -233,6 +234,8 @@ const MAX_WAITING: usize = 4;
 const MAX_CALLS: usize = 4;
 /// A read buffer larger than this is given back once it is empty (idle connections stay small).
 const IDLE_BUFFER: usize = 2 * 1024;
+/// Queued output past which it is written before the next frame is read: one TLS record.
+const FLUSH_AT: usize = 16 * 1024;
 /// The read buffer an idle connection waits with.
 const READ_CHUNK: usize = 256;
 
@@ -327,6 +330,11 @@ struct Conn<'a, S> {
     io: S,
     /// The one read buffer: grown to the frame being read, given back when idle.
     buf: BytesMut,
+    /// Frames encoded but not yet written. What answers the frames of one read goes out
+    /// together, in one TLS record and one `send`, before the connection reads or waits
+    /// again ([`Conn::flush`]); it was a record and a `send` per frame, about ten per
+    /// registration (docs/amqp.md, "Writes").
+    out: Vec<u8>,
     ctx: &'a ConnectionContext,
     /// The device session; away (`None`) while a call runs, which owns it.
     session: &'a mut Option<DeviceSession>,
@@ -427,14 +435,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         };
         match opened {
             Ok(Ok(())) => {}
-            Ok(Err(Stop)) => return,
+            Ok(Err(Stop)) => {
+                let _ = self.flush().await;
+                return;
+            }
             Err(_) => {
                 tracing::info!(peer = %self.peer(), "amqp: connection not opened within {:?}; closing", self.settings().authenticate_timeout);
+                let _ = self.flush().await;
                 let _ = self.io.shutdown().await;
                 return;
             }
         }
         let _ = self.run(shutdown).await;
+        // A frame loop that stopped may have answered first (a refusal, our Close).
+        let _ = self.flush().await;
     }
 
     /// The AMQP header (after SASL the client sends it again), then the device's Open and ours.
@@ -494,8 +508,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         self.send(0, &ours, &[]).await
     }
 
-    /// Reads at least once more, with room for `need` more bytes (0: a small chunk).
+    /// Reads at least once more, with room for `need` more bytes (0: a small chunk); what is
+    /// waiting to be written goes first.
     async fn fill(&mut self, need: usize) -> Step {
+        self.flush().await?;
         self.buf.reserve(need.max(READ_CHUNK.saturating_sub(self.buf.len())));
         match self.io.read_buf(&mut self.buf).await {
             Ok(0) | Err(_) => Err(Stop),
@@ -503,9 +519,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         }
     }
 
+    /// Queues `bytes` behind the frames already waiting ([`Conn::flush`] writes them).
     async fn write(&mut self, bytes: &[u8]) -> Step {
+        self.out.extend_from_slice(bytes);
+        self.flush_if_full().await
+    }
+
+    async fn flush_if_full(&mut self) -> Step {
+        if self.out.len() >= FLUSH_AT {
+            self.flush().await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes the frames waiting in `out`, if any, and lets the buffer go (an idle connection
+    /// keeps none).
+    async fn flush(&mut self) -> Step {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
         let written = async {
-            self.io.write_all(bytes).await?;
+            self.io.write_all(&out).await?;
             self.io.flush().await
         };
         match written.await {
@@ -521,12 +557,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     }
 
     async fn send<P: Serialize>(&mut self, channel: u16, performative: &P, payload: &[u8]) -> Step {
-        let mut out = Vec::with_capacity(64 + payload.len());
-        if let Err(e) = codec::encode(&mut out, channel, performative, payload) {
+        // `encode` writes nothing unless the whole frame encodes.
+        if let Err(e) = codec::encode(&mut self.out, channel, performative, payload) {
             tracing::warn!(peer = %self.peer(), error = %e, "amqp: a frame of ours does not encode");
             return Err(Stop);
         }
-        self.write(&out).await
+        self.flush_if_full().await
     }
 
     /// The frame loop: one frame at a time from the buffer, else wait for bytes, a deadline or
@@ -543,6 +579,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 Ok(None) => {}
                 Err(e) => return self.malformed(&e).await,
             }
+            // Every frame read so far is answered: the answers go out before the wait.
+            self.flush().await?;
             if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER {
                 self.buf = BytesMut::new();
             }
@@ -605,6 +643,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             self.send_open().await?;
         }
         self.send(0, &Close { error: e }, &[]).await?;
+        self.flush().await?;
         let max = self.settings().max_frame_size;
         let close_timeout = self.settings().close_timeout;
         let wait = async {
@@ -634,6 +673,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         }
         let err = error(ErrorCondition::ConnectionError(ConnectionError::FramingError), &e.to_string());
         self.send(0, &Close { error: Some(err) }, &[]).await?;
+        self.flush().await?;
         close_after_refusal(&mut self.io).await;
         Err(Stop)
     }
@@ -659,6 +699,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             FrameBody::Close(_) => {
                 // Answered, then the connection is over.
                 let _ = self.send(0, &Close { error: None }, &[]).await;
+                let _ = self.flush().await;
                 let _ = self.io.shutdown().await;
                 Err(Stop)
             }

@@ -178,7 +178,7 @@ impl Metrics {
             .get_or_create(&Handshake {
                 listener: listener.to_owned(),
                 version: n.version.to_string(),
-                suite: n.cipher_suite_name(),
+                suite: n.cipher_suite_name().into_owned(),
                 resumed: n.resumed.to_string(),
             })
             .inc();

@@ -206,7 +206,8 @@ fn peer_certificates(ssl: &SslRef) -> PeerCertificates {
 
 fn log_success(listener: &str, peer: SocketAddr, f: &HandshakeFacts) {
     let n = &f.negotiated;
-    let o = f.offered.clone().unwrap_or_default();
+    let none = Offered::default();
+    let o = f.offered.as_ref().unwrap_or(&none);
     tracing::info!(
         target: "opendps::tls::handshake",
         listener,
@@ -228,7 +229,8 @@ fn log_success(listener: &str, peer: SocketAddr, f: &HandshakeFacts) {
 }
 
 fn log_failure(listener: &str, peer: SocketAddr, offered: Option<&Offered>, e: &HandshakeFailure, unlogged: u64) {
-    let o = offered.cloned().unwrap_or_default();
+    let none = Offered::default();
+    let o = offered.unwrap_or(&none);
     tracing::info!(
         target: "opendps::tls::handshake",
         listener,

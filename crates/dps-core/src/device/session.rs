@@ -210,25 +210,25 @@ impl DeviceSession {
             if let (Ok(held), Some(operation)) = (&id.outcome, read) {
                 return self.lookup(held.device(), operation).await;
             }
-            let (attested, at) = match &id.outcome {
-                Ok(Held::Hot { attested, at }) => ((**attested).clone(), *at),
-                Ok(Held::Dormant(d)) => match self.wake(d).await {
+            if let Ok(Held::Dormant(d)) = &id.outcome {
+                match self.wake(d).await {
                     Ok(a) => {
                         let now = self.services.clock.now();
                         if let Some(id) = self.identity.as_mut() {
-                            id.outcome = Ok(Held::hot(a.clone(), now));
+                            id.outcome = Ok(Held::hot(a, now));
                         }
-                        (a, now)
                     }
                     Err(e) => return self.reply_error(e),
-                },
-                Err(e) => {
-                    // Attestation failed at connect: every request gets that error.
-                    let wire = self.services.wire_error(e);
-                    return DeviceReply::Error(wire);
                 }
-            };
-            self.run(&attested, at, api_version.as_ref(), op).await
+            }
+            // The device as the session holds it, borrowed (not copied) for the request.
+            match self.identity.as_ref().map(|i| &i.outcome) {
+                Some(Ok(Held::Hot { attested, at })) => self.run(attested, *at, api_version.as_ref(), op).await,
+                // Attestation failed at connect: every request gets that error.
+                Some(Err(e)) => DeviceReply::Error(self.services.wire_error(e)),
+                // Woken just above; nothing else leaves an identity without a device.
+                _ => self.reply_error(Error::Unauthorized("the connection has not authenticated a device".into())),
+            }
         }
         .instrument(span)
         .await;
@@ -297,17 +297,14 @@ impl DeviceSession {
             let cached = self.identity.as_ref().and_then(|i| {
                 let hit = same(&i.scope, scope) && same(&i.registration_id, registration_id) && i.credential == key;
                 match &i.outcome {
-                    Ok(Held::Hot { attested: a, at }) if hit && a.valid_until.is_none_or(|u| u >= now) => {
-                        Some(((**a).clone(), *at))
+                    Ok(Held::Hot { attested: a, .. }) if hit && a.valid_until.is_none_or(|u| u >= now) => {
+                        Some(a.instance.name.clone())
                     }
                     _ => None,
                 }
             });
-            let (attested, at) = match cached {
-                Some(hit) => {
-                    self.instance.clone_from(&hit.0.instance.name);
-                    hit
-                }
+            match cached {
+                Some(instance) => self.instance = instance,
                 None => match self.attest(scope, registration_id, credential.clone()).await {
                     Ok(Attestation::Attested(a)) => {
                         self.identity = Some(Identity {
@@ -315,9 +312,8 @@ impl DeviceSession {
                             registration_id: registration_id.to_owned(),
                             credential: key,
                             api_version: Some(api_version.clone()),
-                            outcome: Ok(Held::hot(a.clone(), now)),
+                            outcome: Ok(Held::hot(a, now)),
                         });
-                        (a, now)
                     }
                     Ok(Attestation::Challenge { authentication_key }) => {
                         tracing::info!("device challenged (TPM activation)");
@@ -335,12 +331,17 @@ impl DeviceSession {
                     },
                     Err(e) => return self.reply_error(e),
                 },
+            }
+            // The device as the session now holds it, borrowed (not copied) for the request.
+            let Some(Identity { outcome: Ok(Held::Hot { attested, at }), .. }) = &self.identity else {
+                return self.reply_error(Error::Unauthorized("the device could not be authenticated".into()));
             };
+            let (attested, at) = (&**attested, *at);
             match (op, parsed_body) {
                 (Operation::Register { .. }, Some(body)) => {
-                    self.register(&attested, at, Some(&api_version), body).await.unwrap_or_else(|e| self.reply_error(e))
+                    self.register(attested, at, Some(&api_version), body).await.unwrap_or_else(|e| self.reply_error(e))
                 }
-                (op, _) => self.run(&attested, at, Some(&api_version), op).await,
+                (op, _) => self.run(attested, at, Some(&api_version), op).await,
             }
         }
         .instrument(span)

@@ -49,15 +49,15 @@ impl Offered {
         all
     }
 
-    pub fn cipher_suite_names(&self) -> Vec<String> {
+    pub fn cipher_suite_names(&self) -> Vec<std::borrow::Cow<'static, str>> {
         self.cipher_suites.iter().map(|c| cipher_suite_name(*c)).collect()
     }
 
-    pub fn group_names(&self) -> Vec<String> {
+    pub fn group_names(&self) -> Vec<std::borrow::Cow<'static, str>> {
         self.groups.iter().map(|c| group_name(*c)).collect()
     }
 
-    pub fn signature_algorithm_names(&self) -> Vec<String> {
+    pub fn signature_algorithm_names(&self) -> Vec<std::borrow::Cow<'static, str>> {
         self.signature_algorithms.iter().map(|c| signature_scheme_name(*c)).collect()
     }
 }
@@ -78,7 +78,7 @@ pub struct Negotiated {
 }
 
 impl Negotiated {
-    pub fn cipher_suite_name(&self) -> String {
+    pub fn cipher_suite_name(&self) -> std::borrow::Cow<'static, str> {
         cipher_suite_name(self.cipher_suite)
     }
 }

@@ -1,19 +1,22 @@
 //! IANA names for the code points a ClientHello carries, so logs and readiness reports speak
-//! the names scanners and the DPS document use. Unknown codes print as `0xABCD`.
+//! the names scanners and the DPS document use. Unknown codes print as `0xABCD`. Known names
+//! are borrowed, not allocated: every handshake logs and records its whole offer.
 
 /// Whether `code` is a GREASE value (RFC 8701): `0x?A?A` with both bytes equal.
 pub fn is_grease(code: u16) -> bool {
     code & 0x0f0f == 0x0a0a && (code >> 8) == (code & 0xff)
 }
 
-fn hex(code: u16) -> String {
-    format!("0x{code:04X}")
+use std::borrow::Cow;
+
+fn hex(code: u16) -> Cow<'static, str> {
+    Cow::Owned(format!("0x{code:04X}"))
 }
 
 /// IANA name of a cipher suite code.
-pub fn cipher_suite_name(code: u16) -> String {
+pub fn cipher_suite_name(code: u16) -> Cow<'static, str> {
     if let Some(s) = super::CipherSuite::by_code(code) {
-        return s.iana.to_owned();
+        return Cow::Borrowed(s.iana);
     }
     let name = match code {
         0x1301 => "TLS_AES_128_GCM_SHA256",
@@ -55,11 +58,11 @@ pub fn cipher_suite_name(code: u16) -> String {
         c if is_grease(c) => "GREASE",
         c => return hex(c),
     };
-    name.to_owned()
+    Cow::Borrowed(name)
 }
 
 /// IANA name of a supported-groups code.
-pub fn group_name(code: u16) -> String {
+pub fn group_name(code: u16) -> Cow<'static, str> {
     let name = match code {
         0x0017 => "secp256r1",
         0x0018 => "secp384r1",
@@ -77,11 +80,11 @@ pub fn group_name(code: u16) -> String {
         c if is_grease(c) => "GREASE",
         c => return hex(c),
     };
-    name.to_owned()
+    Cow::Borrowed(name)
 }
 
 /// IANA name of a signature scheme code.
-pub fn signature_scheme_name(code: u16) -> String {
+pub fn signature_scheme_name(code: u16) -> Cow<'static, str> {
     let name = match code {
         0x0201 => "rsa_pkcs1_sha1",
         0x0203 => "ecdsa_sha1",
@@ -109,7 +112,7 @@ pub fn signature_scheme_name(code: u16) -> String {
         c if is_grease(c) => "GREASE",
         c => return hex(c),
     };
-    name.to_owned()
+    Cow::Borrowed(name)
 }
 
 #[cfg(test)]
