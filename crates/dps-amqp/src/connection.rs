@@ -785,6 +785,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 )),
             )),
             (Auth::Pending, Some(identity)) => {
+                // Authentication reads the store and checks the chain: what is answered so far
+                // (our header, Open, Begin) goes out first.
+                self.flush().await?;
                 self.authenticate_x509(identity).await;
                 Ok(())
             }

@@ -61,16 +61,18 @@ const MIGRATIONS: &[&str] = &[
     DROP TRIGGER IF EXISTS instances_version_bump ON instances;
     CREATE TRIGGER instances_version_bump AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON instances
         FOR EACH STATEMENT EXECUTE FUNCTION instances_version_bump();",
-    // 4: the same for enrollment groups (documents of kind 2), so a node's cache of an
+    // 4: a version of the enrollment groups (documents of kind 2), so a node's cache of an
     // instance's groups can tell in one read whether it is still current. Row triggers, so
-    // that writes of other documents leave it alone.
+    // that writes of other documents leave it alone. Each write sets a new random value rather
+    // than counting on: after a failover that lost commits, a count could come back to a value
+    // a node has cached, with other groups behind it.
     "CREATE TABLE IF NOT EXISTS groups_version (
         one SMALLINT PRIMARY KEY CHECK (one = 1),
         version BIGINT NOT NULL
     );
     INSERT INTO groups_version (one, version) VALUES (1, 0) ON CONFLICT DO NOTHING;
     CREATE OR REPLACE FUNCTION groups_version_bump() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN UPDATE groups_version SET version = version + 1; RETURN NULL; END $$;
+        BEGIN UPDATE groups_version SET version = (random() * 9.2e18)::bigint; RETURN NULL; END $$;
     DROP TRIGGER IF EXISTS groups_version_write ON documents;
     CREATE TRIGGER groups_version_write AFTER INSERT OR UPDATE ON documents
         FOR EACH ROW WHEN (NEW.kind = 2) EXECUTE FUNCTION groups_version_bump();

@@ -68,8 +68,10 @@ const MIGRATIONS: &[&str] = &[
     // table of 1 the key's B-tree held whole rows, so each comparison of a lookup's search read
     // a large document's overflow pages: about 40 page reads per registration
     // (docs/performance.md, "Store reads"). And a version of the enrollment groups (documents
-    // of kind 2), bumped by every write to one, so a node's cache of an instance's groups can
-    // tell in one read whether it is still current.
+    // of kind 2), set to a new random value by every write to one, so a node's cache of an
+    // instance's groups can tell in one read whether it is still current. Random rather than
+    // counted: a database restored from a backup could count again to a value a node has
+    // cached, with other groups behind it.
     "CREATE TABLE documents_rowid (
         kind INTEGER NOT NULL,
         instance TEXT NOT NULL,
@@ -87,11 +89,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE groups_version (one INTEGER PRIMARY KEY CHECK (one = 1), version INTEGER NOT NULL);
     INSERT INTO groups_version (one, version) VALUES (1, 0);
     CREATE TRIGGER groups_version_insert AFTER INSERT ON documents WHEN NEW.kind = 2
-        BEGIN UPDATE groups_version SET version = version + 1; END;
+        BEGIN UPDATE groups_version SET version = random(); END;
     CREATE TRIGGER groups_version_update AFTER UPDATE ON documents WHEN NEW.kind = 2 OR OLD.kind = 2
-        BEGIN UPDATE groups_version SET version = version + 1; END;
+        BEGIN UPDATE groups_version SET version = random(); END;
     CREATE TRIGGER groups_version_delete AFTER DELETE ON documents WHEN OLD.kind = 2
-        BEGIN UPDATE groups_version SET version = version + 1; END;",
+        BEGIN UPDATE groups_version SET version = random(); END;",
 ];
 
 /// The SQLite store.

@@ -112,7 +112,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A number that changes whenever an enrollment group of any instance is created, updated
     /// or deleted (an instance's deletion included), by this node or any other: one cheap read
     /// that tells whether groups read earlier are still current (docs/performance.md,
-    /// "Group cache").
+    /// "Group cache"). Only equality means anything: the database stores take a new random
+    /// value at each change, so that a restored or failed-over database cannot come back to a
+    /// value a node cached.
     async fn groups_version(&self) -> Result<u64, StoreError>;
 
     async fn enrollment(
