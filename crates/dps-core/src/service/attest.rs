@@ -460,7 +460,7 @@ impl Services {
         Ok(groups)
     }
 
-    pub(crate) async fn all_groups(&self, instance: &Instance) -> Result<Vec<EnrollmentGroup>> {
+    async fn all_groups(&self, instance: &Instance) -> Result<Vec<EnrollmentGroup>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -515,13 +515,14 @@ pub(crate) struct GroupCache(std::sync::Mutex<GroupCacheState>);
 #[derive(Debug, Default)]
 struct GroupCacheState {
     version: Option<u64>,
-    /// Keyed by the lower-cased instance name.
+    /// Keyed by the instance's name as its record spells it (devices' instances always come
+    /// from the store, so no case folding, and no allocation per lookup).
     instances: std::collections::HashMap<String, std::sync::Arc<[EnrollmentGroup]>>,
 }
 
 impl GroupCache {
     /// Groups per instance beyond which an instance is not cached.
-    pub(crate) const MAX_GROUPS: usize = 1000;
+    const MAX_GROUPS: usize = 1000;
     /// Instances kept at once; past it the cache starts again empty.
     const MAX_INSTANCES: usize = 256;
 
@@ -534,7 +535,7 @@ impl GroupCache {
         if state.version != Some(version) {
             return None;
         }
-        state.instances.get(&instance.to_ascii_lowercase()).cloned()
+        state.instances.get(instance).cloned()
     }
 
     fn put(&self, version: u64, instance: &str, groups: &std::sync::Arc<[EnrollmentGroup]>) {
@@ -546,6 +547,6 @@ impl GroupCache {
             state.instances.clear();
             state.version = Some(version);
         }
-        state.instances.insert(instance.to_ascii_lowercase(), std::sync::Arc::clone(groups));
+        state.instances.insert(instance.to_owned(), std::sync::Arc::clone(groups));
     }
 }
