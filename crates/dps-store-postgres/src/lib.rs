@@ -82,6 +82,12 @@ const MIGRATIONS: &[&str] = &[
     DROP TRIGGER IF EXISTS groups_version_truncate ON documents;
     CREATE TRIGGER groups_version_truncate AFTER TRUNCATE ON documents
         FOR EACH STATEMENT EXECUTE FUNCTION groups_version_bump();",
+    // 5: the instances version takes a new random value at each write too, for the reason given
+    // at 4: counted, a replica that took over without the last commits could come back to a
+    // value a node has cached with other instances (other policy keys) behind it.
+    "CREATE OR REPLACE FUNCTION instances_version_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN UPDATE instances_version SET version = (random() * 9.2e18)::bigint; RETURN NULL; END $$;
+    UPDATE instances_version SET version = (random() * 9.2e18)::bigint;",
 ];
 
 /// The PostgreSQL store.

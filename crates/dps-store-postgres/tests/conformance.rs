@@ -32,7 +32,17 @@ async fn postgres_store_passes_the_conformance_suite() {
     let expected_etag = std::mem::replace(&mut a.etag, "\"dps-a-3\"".into());
     a.sku.capacity = 3;
     store.write_instances(&[dps_core::store::InstanceWrite::Update { instance: a, expected_etag }]).await.unwrap();
-    assert_ne!(other.instances_version().await.unwrap(), before, "the other node sees the change");
+    let seen = other.instances_version().await.unwrap();
+    assert_ne!(seen, before, "the other node sees the change");
+    // A replica that took over without that commit holds the version from before it. Its next
+    // write of another instance must not hand out the version the nodes saw for the lost one.
+    admin.batch_execute(&format!("UPDATE {schema}.instances_version SET version = {before}")).await.unwrap();
+    let mut b = other.instance("dps-b").await.unwrap().expect("dps-b");
+    let expected_etag = std::mem::replace(&mut b.etag, "\"dps-b-2\"".into());
+    b.sku.capacity = 5;
+    store.write_instances(&[dps_core::store::InstanceWrite::Update { instance: b, expected_etag }]).await.unwrap();
+    let after = other.instances_version().await.unwrap();
+    assert!(after != seen && after != before, "a version is not handed out twice: {before} {seen} {after}");
 
     // The registration quota is one bucket per instance for every node: 3 per minute, taken
     // twice through this node and once through the other, is spent for both.

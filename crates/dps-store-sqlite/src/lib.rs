@@ -94,6 +94,19 @@ const MIGRATIONS: &[&str] = &[
         BEGIN UPDATE groups_version SET version = random(); END;
     CREATE TRIGGER groups_version_delete AFTER DELETE ON documents WHEN OLD.kind = 2
         BEGIN UPDATE groups_version SET version = random(); END;",
+    // 4: the instances version takes a new random value at each write too, for the reason given
+    // at 3: counted, a restored database could come back to a value a node has cached with other
+    // instances (other policy keys) behind it.
+    "DROP TRIGGER instances_version_insert;
+    DROP TRIGGER instances_version_update;
+    DROP TRIGGER instances_version_delete;
+    CREATE TRIGGER instances_version_insert AFTER INSERT ON instances
+        BEGIN UPDATE instances_version SET version = random(); END;
+    CREATE TRIGGER instances_version_update AFTER UPDATE ON instances
+        BEGIN UPDATE instances_version SET version = random(); END;
+    CREATE TRIGGER instances_version_delete AFTER DELETE ON instances
+        BEGIN UPDATE instances_version SET version = random(); END;
+    UPDATE instances_version SET version = random();",
 ];
 
 /// The SQLite store.
@@ -595,6 +608,44 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         rt.block_on(store.write(move |c| c.query_row(&sql, [], |r| r.get(0)).map_err(StoreError::unavailable)))
             .expect("pragma")
+    }
+
+    /// A database put back to an earlier state (a backup restored, say) must not hand out again
+    /// a version a node saw after that state, for other instances: the node would keep a policy
+    /// index that no longer matches. Counted versions did exactly that.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_restored_database_does_not_repeat_an_instances_version() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("v.db"), Durability::Normal).expect("open");
+        let insert = |name: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |c| {
+                        c.execute(
+                            "INSERT INTO instances (name_key, id_scope, etag, doc) VALUES (?1, ?1, 'e', '{}')",
+                            [name],
+                        )
+                        .map_err(StoreError::unavailable)
+                    })
+                    .await
+                    .expect("insert");
+                store.instances_version().await.expect("version")
+            }
+        };
+        let before = insert("dps-a").await;
+        let seen = insert("dps-b").await;
+        // The restore: dps-b and the version it brought are gone.
+        store
+            .write(move |c| {
+                c.execute("DELETE FROM instances WHERE name_key = 'dps-b'", []).map_err(StoreError::unavailable)?;
+                c.execute("UPDATE instances_version SET version = ?1", [before as i64]).map_err(StoreError::unavailable)
+            })
+            .await
+            .expect("restore");
+        let after = insert("dps-c").await;
+        assert_ne!(after, seen, "another set of instances, another version");
+        assert_ne!(after, before);
     }
 
     /// A database of schema 2 (documents in a `WITHOUT ROWID` table) keeps every document
