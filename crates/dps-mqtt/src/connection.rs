@@ -53,6 +53,9 @@ impl Default for Limits {
 const IDLE_READ: usize = 64;
 /// Read buffer growth while a packet is incomplete.
 const READ_CHUNK: usize = 4096;
+/// How long a QoS 1 request's PUBACK waits for the reply, to be sent with it
+/// (docs/protocol.md, "MQTT connection").
+const ACK_WAIT: Duration = Duration::from_millis(200);
 
 /// One connection. Idle, it holds no buffer beyond [`IDLE_READ`]: the read buffer is let go
 /// once every byte read was a whole packet, and each reply is encoded into a buffer of its own
@@ -105,10 +108,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let _ = self.io.shutdown().await;
     }
 
-    async fn respond(&mut self, rid: &str, reply: &DeviceReply) -> bool {
+    /// Publishes `reply` on the response topic, after `ack` (the request's PUBACK, if it is still
+    /// owed) in the same write: one TLS record and one send for both.
+    async fn respond(&mut self, ack: Option<PubAck>, rid: &str, reply: &DeviceReply) -> bool {
         let topic = session::response_topic(reply.status(), rid, reply.retry_after());
         let p = Publish::new(topic, QoS::AtMostOnce, reply.body_bytes());
-        self.send(|b| p.write(b)).await
+        self.send(|b| {
+            if let Some(ack) = &ack {
+                ack.write(b)?;
+            }
+            p.write(b)
+        })
+        .await
+    }
+
+    /// Awaits `reply`. A PUBACK owed (`ack`) waits for it up to [`ACK_WAIT`], to go out in the
+    /// same write as the reply (returned, still owed); a slower reply has the PUBACK sent on its
+    /// own when the wait runs out, so a slow store never holds the acknowledgement back long.
+    /// Either way the PUBACK goes first. `None`: the connection failed.
+    async fn after<F>(&mut self, ack: Option<PubAck>, reply: F) -> Option<(Option<PubAck>, DeviceReply)>
+    where
+        F: std::future::Future<Output = DeviceReply>,
+    {
+        let Some(ack) = ack else { return Some((None, reply.await)) };
+        let mut reply = std::pin::pin!(reply);
+        match tokio::time::timeout(ACK_WAIT, &mut reply).await {
+            Ok(r) => Some((Some(ack), r)),
+            Err(_) => {
+                if !self.send(|b| ack.write(b)).await {
+                    return None;
+                }
+                Some((None, reply.await))
+            }
+        }
     }
 }
 
@@ -304,35 +336,80 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
     device: &mut DeviceSession,
     p: Publish,
 ) -> bool {
-    match p.qos {
-        QoS::AtMostOnce => {}
-        QoS::AtLeastOnce => {
-            // PUBACK before the response (C# v1 depends on the order).
-            let ack = PubAck::new(p.pkid);
-            if !c.send(|b| ack.write(b)).await {
-                return false;
-            }
-        }
+    // PUBACK before the response (C# v1 depends on the order); in the same write when the
+    // response is ready soon enough (`Conn::after`).
+    let ack = match p.qos {
+        QoS::AtMostOnce => None,
+        QoS::AtLeastOnce => Some(PubAck::new(p.pkid)),
         QoS::ExactlyOnce => {
             tracing::info!("mqtt: QoS 2 publish refused (DPS supports QoS 0 and 1); closing");
             return false;
         }
-    }
-    let (rid, op) = match session::parse_topic(&p.topic) {
-        Ok(Request::Register { rid }) => (rid, Operation::Register { body: &p.payload }),
+    };
+    let (rid, answered) = match session::parse_topic(&p.topic) {
+        Ok(Request::Register { rid }) => {
+            let answered = c.after(ack, device.handle(Operation::Register { body: &p.payload })).await;
+            (rid, answered)
+        }
         Ok(Request::Poll { rid, operation_id }) => {
-            let reply = device.handle(Operation::OperationStatus { operation_id: &operation_id }).await;
-            return c.respond(&rid, &reply).await;
+            let poll = device.handle(Operation::OperationStatus { operation_id: &operation_id });
+            (rid, c.after(ack, poll).await)
         }
-        Err((Some(rid), why)) => {
-            let reply = DeviceReply::Error(device.bad_request(why));
-            return c.respond(&rid, &reply).await;
-        }
+        Err((Some(rid), why)) => (rid, Some((ack, DeviceReply::Error(device.bad_request(why))))),
         Err((None, why)) => {
+            if let Some(ack) = ack {
+                c.send(|b| ack.write(b)).await;
+            }
             tracing::info!(reason = %dps_core::device::excerpt(&why, 200), "mqtt: bad request topic without $rid; closing");
             return false;
         }
     };
-    let reply = device.handle(op).await;
-    c.respond(&rid, &reply).await
+    let Some((ack, reply)) = answered else { return false };
+    c.respond(ack, &rid, &reply).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn accepted() -> DeviceReply {
+        DeviceReply::Accepted { operation_id: "op".into() }
+    }
+
+    /// Bytes the peer has received so far (none waiting: an empty vector).
+    async fn received(peer: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut got = vec![0; 64];
+        match tokio::time::timeout(Duration::from_millis(1), peer.read(&mut got)).await {
+            Ok(n) => got.truncate(n.expect("read")),
+            Err(_) => got.clear(),
+        }
+        got
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prompt_reply_takes_its_puback_along() {
+        let (io, mut peer) = tokio::io::duplex(4096);
+        let mut c = Conn { io, buf: BytesMut::new() };
+        let (ack, _) = c.after(Some(PubAck::new(7)), async { accepted() }).await.expect("open");
+        assert_eq!(ack.map(|a| a.pkid), Some(7), "still owed, to go out with the reply");
+        assert!(received(&mut peer).await.is_empty(), "nothing sent before the reply");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reply_does_not_hold_the_puback_back() {
+        let (io, mut peer) = tokio::io::duplex(4096);
+        let mut c = Conn { io, buf: BytesMut::new() };
+        let slow = async {
+            tokio::time::sleep(ACK_WAIT * 10).await;
+            accepted()
+        };
+        let (ack, _) = c.after(Some(PubAck::new(7)), slow).await.expect("open");
+        assert!(ack.is_none(), "sent already");
+        let mut expected = BytesMut::new();
+        PubAck::new(7).write(&mut expected).expect("encode");
+        assert_eq!(received(&mut peer).await, expected.to_vec(), "the PUBACK went out on its own");
+    }
 }
