@@ -348,8 +348,8 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let (rid, answered) = match session::parse_topic(&p.topic) {
         Ok(Request::Register { rid }) => {
-            let answered = c.after(ack, device.handle(Operation::Register { body: &p.payload })).await;
-            (rid, answered)
+            let register = device.handle(Operation::Register { body: &p.payload });
+            (rid, c.after(ack, register).await)
         }
         Ok(Request::Poll { rid, operation_id }) => {
             let poll = device.handle(Operation::OperationStatus { operation_id: &operation_id });
