@@ -112,7 +112,7 @@ where
                 buf.iter().take(8).map(|b| if b.is_ascii_graphic() { *b as char } else { '.' }).collect();
             tracing::info!(%peer, received = %shown, "amqp: not an AMQP 1.0 protocol header we serve; answered with ours and closed");
             let _ = io.write_all(&reply).await;
-            close_after_refusal(io).await;
+            Box::pin(close_after_refusal(io)).await;
             return;
         }
         Ok(Some(Sniff::NeedMore) | None) => return,
@@ -138,12 +138,12 @@ where
             Err(SaslEnd::Closed) => return,
             Err(SaslEnd::Failed { code, reason }) => {
                 tracing::info!(%peer, code = ?code, reason = %reason, "amqp: SASL authentication failed");
-                close_after_refusal(io).await;
+                Box::pin(close_after_refusal(io)).await;
                 return;
             }
             Err(SaslEnd::Refused { code }) => {
                 tracing::debug!(%peer, code = ?code, "amqp: SASL outcome for a refused device");
-                close_after_refusal(io).await;
+                Box::pin(close_after_refusal(io)).await;
                 return;
             }
         }
@@ -431,7 +431,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         let deadline = self.auth_deadline;
         let opened = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = tokio::time::timeout_at(deadline, self.open(sasl)) => r,
+            // Boxed, as each frame's handling is below: what the connection holds while the
+            // device idles is the frame loop's wait, not the largest step it ever takes.
+            r = tokio::time::timeout_at(deadline, Box::pin(self.open(sasl))) => r,
         };
         match opened {
             Ok(Ok(())) => {}
@@ -566,18 +568,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     }
 
     /// The frame loop: one frame at a time from the buffer, else wait for bytes, a deadline or
-    /// shutdown.
+    /// shutdown. Every step but the wait runs boxed: the loop's own future is what an idle
+    /// connection holds.
     async fn run(&mut self, shutdown: &CancellationToken) -> Step {
         let max = self.settings().max_frame_size;
         loop {
             match codec::next_frame(&mut self.buf, max) {
                 Ok(Some(frame)) => {
                     self.last_received = Instant::now();
-                    self.on_frame(frame).await?;
+                    Box::pin(self.on_frame(frame)).await?;
                     continue;
                 }
                 Ok(None) => {}
-                Err(e) => return self.malformed(&e).await,
+                Err(e) => return Box::pin(self.malformed(&e)).await,
             }
             // Every frame read so far is answered: the answers go out before the wait.
             self.flush().await?;
@@ -592,13 +595,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             let calling = self.running.is_some();
             // The session rests once no request has run for a while (never during a call).
             let rest_at = self.rest_at.filter(|_| !calling && self.queued.is_empty());
+            // One timer for every deadline; when it fires, the first one due (in this order)
+            // is the one acted on.
+            let auth_at = pending.then_some(self.auth_deadline);
+            let wake_at = [auth_at, rest_at, beat_at].into_iter().flatten().fold(idle_at, Instant::min);
             let wake = tokio::select! {
                 () = shutdown.cancelled() => Wake::Shutdown,
                 done = finished(&mut self.running), if calling => Wake::Done(done),
-                () = tokio::time::sleep_until(self.auth_deadline), if pending => Wake::AuthTimeout,
-                () = tokio::time::sleep_until(rest_at.unwrap_or(idle_at)), if rest_at.is_some() => Wake::Rest,
-                () = tokio::time::sleep_until(idle_at) => Wake::Idle,
-                () = tokio::time::sleep_until(beat_at.unwrap_or(idle_at)), if beat_at.is_some() => Wake::Heartbeat,
+                () = tokio::time::sleep_until(wake_at) => {
+                    let now = Instant::now();
+                    let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
+                    if due(auth_at) {
+                        Wake::AuthTimeout
+                    } else if due(rest_at) {
+                        Wake::Rest
+                    } else if idle_at <= now {
+                        Wake::Idle
+                    } else {
+                        Wake::Heartbeat
+                    }
+                }
                 r = self.io.read_buf(&mut self.buf) => Wake::Read(r),
             };
             match wake {
@@ -610,7 +626,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 Wake::Read(Ok(_)) => {}
                 Wake::Done(done) => {
                     self.running = None;
-                    self.on_done(done).await?;
+                    Box::pin(self.on_done(done)).await?;
                 }
                 Wake::Heartbeat => self.write(&codec::EMPTY_FRAME).await?,
                 Wake::Rest => {
@@ -624,13 +640,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                         ErrorCondition::ConnectionError(ConnectionError::ConnectionForced),
                         "the server is shutting down",
                     );
-                    return self.close(Some(e)).await;
+                    return Box::pin(self.close(Some(e))).await;
                 }
-                Wake::AuthTimeout => return self.refuse_unauthenticated().await,
+                Wake::AuthTimeout => return Box::pin(self.refuse_unauthenticated()).await,
                 Wake::Idle => {
                     tracing::info!(peer = %self.peer(), "amqp: nothing received within our idle-time-out of {:?}; closing", self.settings().idle_timeout);
                     let e = limit_error("idle-time-out exceeded");
-                    return self.close(Some(e)).await;
+                    return Box::pin(self.close(Some(e))).await;
                 }
             }
         }

@@ -128,12 +128,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// The request keeps running while that PUBACK is written (a device that stops reading does
     /// not stall it half-way with a store connection in hand), and runs to its end even if the
     /// write fails. Either way the PUBACK goes first. `None`: the connection failed.
-    async fn after<F>(&mut self, ack: Option<PubAck>, reply: F) -> Option<(Option<PubAck>, DeviceReply)>
+    /// `reply` is borrowed pinned, not moved in: the device API's future is large, and each move
+    /// of it would be a copy.
+    async fn after<F>(
+        &mut self,
+        ack: Option<PubAck>,
+        mut reply: std::pin::Pin<&mut F>,
+    ) -> Option<(Option<PubAck>, DeviceReply)>
     where
         F: std::future::Future<Output = DeviceReply>,
     {
         let Some(ack) = ack else { return Some((None, reply.await)) };
-        let mut reply = std::pin::pin!(reply);
         match tokio::time::timeout(ACK_WAIT, &mut reply).await {
             Ok(r) => Some((Some(ack), r)),
             Err(_) => {
@@ -146,7 +151,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
 /// Serves the DPS device API on one MQTT connection (already through TLS, or a WebSocket).
 /// A plain function returning the instrumented future, not an `async fn`: a wrapper future would
-/// keep its own copy of the arguments beside `serve`'s for the connection's whole life.
+/// keep its own copy of the arguments for the connection's whole life. The CONNECT exchange runs
+/// in an allocation of its own, freed once the device is connected, so the future that stays
+/// while the device idles holds only what serving its requests needs (bench/README.md, "How to
+/// read `idle`").
 pub fn serve_connection<S>(
     io: S,
     ctx: ConnectionContext,
@@ -156,44 +164,60 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let span = tracing::info_span!("mqtt_connection", transport = ctx.facts.transport.as_str(), peer = %ctx.facts.peer);
-    serve(io, ctx, shutdown).instrument(span)
+    let connect = Box::pin(connect(io, ctx, shutdown.clone()));
+    async move {
+        if let Some(mut connected) = connect.await {
+            connected.serve(&shutdown).await;
+        }
+    }
+    .instrument(span)
 }
 
-async fn serve<S>(io: S, ctx: ConnectionContext, shutdown: CancellationToken)
+/// A device past CONNECT (accepted, or refused and told so request by request).
+struct Connected<S> {
+    c: Conn<S>,
+    device: DeviceSession,
+    limits: Limits,
+    keep_alive: u16,
+    refused: bool,
+}
+
+/// CONNECT: read it, authenticate the device and answer CONNACK. `None`: the connection is over.
+async fn connect<S>(io: S, ctx: ConnectionContext, shutdown: CancellationToken) -> Option<Connected<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = ctx.limits;
     let mut c = Conn { io, buf: BytesMut::new() };
     let first = tokio::select! {
-        () = shutdown.cancelled() => return,
+        () = shutdown.cancelled() => return None,
         r = tokio::time::timeout(limits.connect_timeout, c.read()) => r,
     };
     let connect = match first {
         Ok(Read::Packet(Packet::Connect(connect))) => connect,
         Ok(Read::Packet(_)) => {
             tracing::info!("mqtt: first packet is not CONNECT; closing");
-            return;
+            return None;
         }
         Ok(Read::BadLevel(level)) => {
             tracing::info!(level, "mqtt: CONNECT with an unsupported protocol level (DPS speaks MQTT 3.1.1); refused");
             c.refuse_connect(ConnectReturnCode::RefusedProtocolVersion).await;
-            return;
+            return None;
         }
         Ok(Read::Bad(why)) => {
             tracing::info!(reason = %dps_core::device::excerpt(&why, 200), "mqtt: bad CONNECT; closing");
-            return;
+            return None;
         }
-        Ok(Read::Closed) => return,
+        Ok(Read::Closed) => return None,
         Err(_) => {
             tracing::info!("mqtt: no CONNECT within {:?}; closing", limits.connect_timeout);
-            return;
+            return None;
         }
     };
     if connect.protocol != Protocol::V4 {
         tracing::info!("mqtt: CONNECT for MQTT 5 (DPS speaks MQTT 3.1.1); refused");
         c.refuse_connect(ConnectReturnCode::RefusedProtocolVersion).await;
-        return;
+        return None;
     }
     // CONNECT is refused only when it cannot be a DPS connection (username, client id). An
     // attestation failure is accepted here and answered on the response topic of each request,
@@ -207,15 +231,14 @@ where
                 "mqtt: CONNECT refused"
             );
             c.refuse_connect(code).await;
-            return;
+            return None;
         }
     };
     let ConnectionContext { facts, services, .. } = ctx;
     let mut device = services.device_session(facts);
     let password = connect.login.as_ref().map_or("", |l| l.password.as_str());
     let credential = if password.is_empty() { Credential::ClientCertificate } else { Credential::Sas(password) };
-    // Authentication (a store read, maybe a key derivation) runs in its own allocation: its
-    // state would otherwise stay in the connection's future for as long as the device is idle.
+    // Authentication (a store read, maybe a key derivation) runs in its own allocation too.
     let outcome =
         Box::pin(device.authenticate(&user.id_scope, &user.registration_id, user.api_version.as_deref(), credential))
             .await;
@@ -223,112 +246,118 @@ where
     // MQTT's own "server unavailable", so the client retries (possibly at another node).
     if matches!(&outcome, AuthOutcome::Refused(w) if w.status == 503) {
         c.refuse_connect(ConnectReturnCode::ServiceUnavailable).await;
-        return;
+        return None;
     }
     let refused = matches!(outcome, AuthOutcome::Refused(_));
-    // What CONNECT carried is not kept while the connection idles.
-    let keep_alive = connect.keep_alive;
-    drop((outcome, user, connect));
     let ack = ConnAck::new(ConnectReturnCode::Success, false);
     if !c.send(|b| ack.write(b)).await {
-        return;
+        return None;
     }
-    // Keep-alive: the client must send something within 1.5 × its keep-alive, bounded.
-    let asked = Duration::from_millis(u64::from(keep_alive) * 1500);
-    let mut idle = if keep_alive == 0 { limits.max_keep_alive } else { asked.min(limits.max_keep_alive) };
-    let deadline = refused.then(|| Instant::now() + limits.refused_lifetime);
-    if refused {
-        idle = idle.min(limits.refused_lifetime);
-    }
-    // An attested device's records are let go once no request has come for a while
-    // (`DeviceSession::rest`); the next request reads them again.
-    let mut rest_at = (!refused).then(|| Instant::now() + DeviceSession::REST_AFTER);
-    loop {
-        // One timer for the three deadlines: keep-alive, a refused device's lifetime, resting.
-        let keep_alive_until = Instant::now() + idle;
-        let next = loop {
-            let wake = [deadline, rest_at].into_iter().flatten().fold(keep_alive_until, Instant::min);
-            let read = tokio::select! {
-                () = shutdown.cancelled() => break None,
-                r = tokio::time::timeout_at(wake, c.read()) => r,
-            };
-            match read {
-                Ok(r) => break Some(r),
-                Err(_) => {
-                    let now = Instant::now();
-                    if deadline.is_some_and(|d| d <= now) {
-                        tracing::info!("mqtt: closing the connection of a refused device");
-                        break None;
+    Some(Connected { c, device, limits, keep_alive: connect.keep_alive, refused })
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
+    /// Requests until the device leaves, breaks the protocol or goes quiet past its keep-alive.
+    async fn serve(&mut self, shutdown: &CancellationToken) {
+        let limits = self.limits;
+        let refused = self.refused;
+        // Keep-alive: the client must send something within 1.5 × its keep-alive, bounded.
+        let asked = Duration::from_millis(u64::from(self.keep_alive) * 1500);
+        let mut idle = if self.keep_alive == 0 { limits.max_keep_alive } else { asked.min(limits.max_keep_alive) };
+        let deadline = refused.then(|| Instant::now() + limits.refused_lifetime);
+        if refused {
+            idle = idle.min(limits.refused_lifetime);
+        }
+        // An attested device's records are let go once no request has come for a while
+        // (`DeviceSession::rest`); the next request reads them again.
+        let mut rest_at = (!refused).then(|| Instant::now() + DeviceSession::REST_AFTER);
+        loop {
+            // One timer for the three deadlines: keep-alive, a refused device's lifetime, resting.
+            let keep_alive_until = Instant::now() + idle;
+            let next = loop {
+                let wake = [deadline, rest_at].into_iter().flatten().fold(keep_alive_until, Instant::min);
+                let read = tokio::select! {
+                    () = shutdown.cancelled() => break None,
+                    r = tokio::time::timeout_at(wake, self.c.read()) => r,
+                };
+                match read {
+                    Ok(r) => break Some(r),
+                    Err(_) => {
+                        let now = Instant::now();
+                        if deadline.is_some_and(|d| d <= now) {
+                            tracing::info!("mqtt: closing the connection of a refused device");
+                            break None;
+                        }
+                        if keep_alive_until <= now {
+                            tracing::info!("mqtt: keep-alive expired; closing");
+                            break None;
+                        }
+                        // `c.read` keeps what it has read in `c.buf`: waiting again loses nothing.
+                        self.device.rest();
+                        rest_at = None;
                     }
-                    if keep_alive_until <= now {
-                        tracing::info!("mqtt: keep-alive expired; closing");
-                        break None;
-                    }
-                    // `c.read` keeps what it has read in `c.buf`: waiting again loses nothing.
-                    device.rest();
-                    rest_at = None;
                 }
-            }
-        };
-        let packet = match next {
-            None => break,
-            Some(Read::Packet(p)) => p,
-            Some(Read::Closed) => break,
-            Some(Read::Bad(why)) => {
-                tracing::info!(reason = %dps_core::device::excerpt(&why, 200), "mqtt: closing connection");
+            };
+            let packet = match next {
+                None => break,
+                Some(Read::Packet(p)) => p,
+                Some(Read::Closed) => break,
+                Some(Read::Bad(why)) => {
+                    tracing::info!(reason = %dps_core::device::excerpt(&why, 200), "mqtt: closing connection");
+                    break;
+                }
+                Some(Read::BadLevel(_)) => break,
+            };
+            let ok = match packet {
+                Packet::Subscribe(s) if s.filters.is_empty() => {
+                    tracing::info!("mqtt: SUBSCRIBE without topic filters (a protocol violation); closing");
+                    false
+                }
+                Packet::Subscribe(s) => {
+                    let codes = s
+                        .filters
+                        .iter()
+                        .map(|f| {
+                            if session::accepts_filter(&f.path) {
+                                let qos = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                                SubscribeReasonCode::Success(qos)
+                            } else {
+                                SubscribeReasonCode::Failure
+                            }
+                        })
+                        .collect();
+                    let ack = SubAck::new(s.pkid, codes);
+                    self.c.send(|b| ack.write(b)).await
+                }
+                Packet::Unsubscribe(u) => {
+                    let ack = UnsubAck::new(u.pkid);
+                    self.c.send(|b| ack.write(b)).await
+                }
+                Packet::PingReq => self.c.send(|b| PingResp.write(b)).await,
+                // A request (the registration path) in its own allocation, freed when it is answered.
+                Packet::Publish(p) => {
+                    if !refused {
+                        rest_at = Some(Instant::now() + DeviceSession::REST_AFTER);
+                    }
+                    Box::pin(handle_publish(&mut self.c, &mut self.device, p)).await
+                }
+                Packet::Disconnect => break,
+                Packet::PubAck(_) => true,
+                Packet::Connect(_) => {
+                    tracing::info!("mqtt: second CONNECT on one connection; closing");
+                    false
+                }
+                _ => {
+                    tracing::info!("mqtt: unexpected packet; closing");
+                    false
+                }
+            };
+            if !ok {
                 break;
             }
-            Some(Read::BadLevel(_)) => break,
-        };
-        let ok = match packet {
-            Packet::Subscribe(s) if s.filters.is_empty() => {
-                tracing::info!("mqtt: SUBSCRIBE without topic filters (a protocol violation); closing");
-                false
-            }
-            Packet::Subscribe(s) => {
-                let codes = s
-                    .filters
-                    .iter()
-                    .map(|f| {
-                        if session::accepts_filter(&f.path) {
-                            let qos = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-                            SubscribeReasonCode::Success(qos)
-                        } else {
-                            SubscribeReasonCode::Failure
-                        }
-                    })
-                    .collect();
-                let ack = SubAck::new(s.pkid, codes);
-                c.send(|b| ack.write(b)).await
-            }
-            Packet::Unsubscribe(u) => {
-                let ack = UnsubAck::new(u.pkid);
-                c.send(|b| ack.write(b)).await
-            }
-            Packet::PingReq => c.send(|b| PingResp.write(b)).await,
-            // A request (the registration path) in its own allocation, freed when it is answered.
-            Packet::Publish(p) => {
-                if !refused {
-                    rest_at = Some(Instant::now() + DeviceSession::REST_AFTER);
-                }
-                Box::pin(handle_publish(&mut c, &mut device, p)).await
-            }
-            Packet::Disconnect => break,
-            Packet::PubAck(_) => true,
-            Packet::Connect(_) => {
-                tracing::info!("mqtt: second CONNECT on one connection; closing");
-                false
-            }
-            _ => {
-                tracing::info!("mqtt: unexpected packet; closing");
-                false
-            }
-        };
-        if !ok {
-            break;
         }
+        let _ = self.c.io.shutdown().await;
     }
-    let _ = c.io.shutdown().await;
 }
 
 async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
@@ -346,26 +375,26 @@ async fn handle_publish<S: AsyncRead + AsyncWrite + Unpin>(
             return false;
         }
     };
-    let (rid, answered) = match session::parse_topic(&p.topic) {
-        Ok(Request::Register { rid }) => {
-            let register = device.handle(Operation::Register { body: &p.payload });
-            (rid, c.after(ack, register).await)
+    let request = session::parse_topic(&p.topic);
+    let (rid, operation) = match &request {
+        Ok(Request::Register { rid }) => (rid, Operation::Register { body: &p.payload }),
+        Ok(Request::Poll { rid, operation_id }) => (rid, Operation::OperationStatus { operation_id }),
+        Err((Some(rid), why)) => {
+            let reply = DeviceReply::Error(device.bad_request(why.clone()));
+            return c.respond(ack, rid, &reply).await;
         }
-        Ok(Request::Poll { rid, operation_id }) => {
-            let poll = device.handle(Operation::OperationStatus { operation_id: &operation_id });
-            (rid, c.after(ack, poll).await)
-        }
-        Err((Some(rid), why)) => (rid, Some((ack, DeviceReply::Error(device.bad_request(why))))),
         Err((None, why)) => {
             if let Some(ack) = ack {
                 c.send(|b| ack.write(b)).await;
             }
-            tracing::info!(reason = %dps_core::device::excerpt(&why, 200), "mqtt: bad request topic without $rid; closing");
+            tracing::info!(reason = %dps_core::device::excerpt(why, 200), "mqtt: bad request topic without $rid; closing");
             return false;
         }
     };
-    let Some((ack, reply)) = answered else { return false };
-    c.respond(ack, &rid, &reply).await
+    // The device API's future is pinned here, once; `after` borrows it.
+    let reply = std::pin::pin!(device.handle(operation));
+    let Some((ack, reply)) = c.after(ack, reply).await else { return false };
+    c.respond(ack, rid, &reply).await
 }
 
 #[cfg(test)]
@@ -393,7 +422,8 @@ mod tests {
     async fn a_prompt_reply_takes_its_puback_along() {
         let (io, mut peer) = tokio::io::duplex(4096);
         let mut c = Conn { io, buf: BytesMut::new() };
-        let (ack, _) = c.after(Some(PubAck::new(7)), async { accepted() }).await.expect("open");
+        let reply = std::pin::pin!(async { accepted() });
+        let (ack, _) = c.after(Some(PubAck::new(7)), reply).await.expect("open");
         assert_eq!(ack.map(|a| a.pkid), Some(7), "still owed, to go out with the reply");
         assert!(received(&mut peer).await.is_empty(), "nothing sent before the reply");
     }
@@ -411,7 +441,7 @@ mod tests {
             tokio::time::sleep(ACK_WAIT * 10).await;
             accepted()
         };
-        let (ack, _) = c.after(Some(PubAck::new(7)), slow).await.expect("open");
+        let (ack, _) = c.after(Some(PubAck::new(7)), std::pin::pin!(slow)).await.expect("open");
         assert!(ack.is_none(), "sent already, not owed with the reply");
     }
 }

@@ -165,12 +165,17 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
             let _permit = permit;
             let _admitted = admitted;
             let _open = metrics.connection_open(acceptor.name());
-            // The first bytes of the ClientHello, waited for without a handshake slot.
-            let mut byte = [0u8; 1];
-            let first = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = tokio::time::timeout(hello_timeout, tcp.peek(&mut byte)) => r,
-            };
+            // The first bytes of the ClientHello, waited for without a handshake slot (boxed,
+            // like every phase below: the task that stays is the smallest of them).
+            let first = Box::pin(async {
+                let mut byte = [0u8; 1];
+                tokio::select! {
+                    () = shutdown.cancelled() => None,
+                    r = tokio::time::timeout(hello_timeout, tcp.peek(&mut byte)) => Some(r),
+                }
+            })
+            .await;
+            let Some(first) = first else { return };
             if !matches!(first, Ok(Ok(n)) if n > 0) {
                 tracing::debug!(listener = acceptor.name(), %peer, "no ClientHello within {hello_timeout:?}; closed");
                 metrics.handshake_failure(acceptor.name(), "no ClientHello in time");

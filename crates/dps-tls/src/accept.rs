@@ -112,7 +112,8 @@ impl ListenerAcceptor {
         let offered = stream
             .ssl()
             .ex_data(offered_index())
-            .and_then(|slot| slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+            .and_then(|slot| slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take())
+            .map(|offered| *offered);
         let result = match outcome {
             None => Err(HandshakeFailure::Timeout(self.handshake_timeout)),
             Some(Err(e)) => Err(HandshakeFailure::Tls(reason(&e))),

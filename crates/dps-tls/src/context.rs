@@ -52,8 +52,9 @@ impl TlsPolicy {
 
 /// Where the ClientHello callback leaves the client's offer on each `Ssl`, for the accept path
 /// to take out once the handshake is done (so that an idle connection does not keep a second
-/// copy of it in OpenSSL for its whole life).
-pub(crate) type OfferSlot = std::sync::Mutex<Option<Offered>>;
+/// copy of it in OpenSSL for its whole life). Boxed: OpenSSL keeps the slot until the connection
+/// ends, and an empty slot is then a few bytes, not the size of an offer.
+pub(crate) type OfferSlot = std::sync::Mutex<Option<Box<Offered>>>;
 
 pub(crate) fn offered_index() -> Index<Ssl, OfferSlot> {
     static INDEX: OnceLock<Index<Ssl, OfferSlot>> = OnceLock::new();
@@ -151,7 +152,7 @@ pub(crate) fn build_context_with(
         // protocol_version alert the policy names; left alone, OpenSSL answers an SSLv3 hello
         // with handshake_failure.
         let modern = offered.offers_version(TlsVersion::Tls12) || offered.offers_version(TlsVersion::Tls13);
-        ssl.set_ex_data(offered_index(), std::sync::Mutex::new(Some(offered)));
+        ssl.set_ex_data(offered_index(), std::sync::Mutex::new(Some(Box::new(offered))));
         if modern {
             Ok(ClientHelloResponse::SUCCESS)
         } else {

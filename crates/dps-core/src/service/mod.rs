@@ -43,9 +43,35 @@ pub use registration::OperationStatus;
 pub use role::{Role, ROLE_RETRY_AFTER};
 pub use throttle::{quota_wait, RegistrationQuota, Throttle};
 
-/// The domain's entry point, holding its ports.
+/// The domain's entry point, holding its ports. A handle: cloning it (once per connection)
+/// takes one reference count, not a copy of every port and setting (docs/performance.md,
+/// "Idle connections").
 #[derive(Clone, Debug)]
 pub struct Services {
+    inner: Arc<ServicesInner>,
+}
+
+impl std::ops::Deref for Services {
+    type Target = ServicesInner;
+    fn deref(&self) -> &ServicesInner {
+        &self.inner
+    }
+}
+
+/// Not the admin token, which is a secret.
+impl std::fmt::Debug for ServicesInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServicesInner")
+            .field("region", &self.region)
+            .field("host_names", &self.host_names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a [`Services`] handle shares; its fields are the domain's own.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct ServicesInner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) entropy: Arc<dyn Entropy>,
@@ -89,7 +115,7 @@ impl Services {
         x509: Arc<dyn X509Inspector>,
         crypto: Arc<dyn DeviceCrypto>,
     ) -> Self {
-        Services {
+        let inner = ServicesInner {
             store,
             clock,
             entropy,
@@ -108,13 +134,19 @@ impl Services {
             refusals_logged: Arc::default(),
             policy_index: Arc::default(),
             group_cache: Arc::default(),
-        }
+        };
+        Services { inner: Arc::new(inner) }
+    }
+
+    /// The settings, to change while the handle is being built (a copy if it is shared).
+    fn settings(&mut self) -> &mut ServicesInner {
+        Arc::make_mut(&mut self.inner)
     }
 
     /// Sets where the domain reports what it does (metrics).
     #[must_use]
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
-        self.observer = observer;
+        self.settings().observer = observer;
         self
     }
 
@@ -127,14 +159,14 @@ impl Services {
     /// addresses): a service SAS token's resource must be one of them or `{instance}.{…}`.
     #[must_use]
     pub fn with_host_names(mut self, names: Vec<String>) -> Self {
-        self.host_names = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
+        self.settings().host_names = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
         self
     }
 
     /// Sets the management API's bearer credential.
     #[must_use]
     pub fn with_admin_token(mut self, token: String) -> Self {
-        self.admin_token = Some(token);
+        self.settings().admin_token = Some(token);
         self
     }
 
@@ -183,7 +215,7 @@ impl Services {
     /// Sets the per-instance registration quota (registrations per minute; 0 = unlimited).
     #[must_use]
     pub fn with_registration_quota(mut self, per_minute: u32) -> Self {
-        self.throttle = Arc::new(Throttle::new(per_minute));
+        self.settings().throttle = Arc::new(Throttle::new(per_minute));
         self
     }
 
@@ -191,42 +223,42 @@ impl Services {
     /// counts against one quota per instance) instead of on this node.
     #[must_use]
     pub fn with_quota(mut self, quota: Arc<dyn RegistrationQuota>) -> Self {
-        self.throttle = quota;
+        self.settings().throttle = quota;
         self
     }
 
     /// Sets the webhook client for custom allocation.
     #[must_use]
     pub fn with_webhook(mut self, webhook: Arc<dyn AllocationWebhook>) -> Self {
-        self.webhook = webhook;
+        self.settings().webhook = webhook;
         self
     }
 
     /// Sets the TPM activation (without it, TPM devices are refused).
     #[must_use]
     pub fn with_tpm(mut self, tpm: Arc<dyn TpmActivator>) -> Self {
-        self.tpm = tpm;
+        self.settings().tpm = tpm;
         self
     }
 
     /// Sets the IoT hub registry client registration writes devices through.
     #[must_use]
     pub fn with_hub_registry(mut self, hubs: Arc<dyn HubRegistry>) -> Self {
-        self.hubs = hubs;
+        self.settings().hubs = hubs;
         self
     }
 
     /// Allows plain-http webhook URLs to localhost.
     #[must_use]
     pub fn with_http_localhost_webhooks(mut self, allow: bool) -> Self {
-        self.allow_http_localhost_webhooks = allow;
+        self.settings().allow_http_localhost_webhooks = allow;
         self
     }
 
     /// Sets this node's region.
     #[must_use]
     pub fn with_region(mut self, region: &str) -> Self {
-        self.region = region.to_owned();
+        self.settings().region = region.to_owned();
         self
     }
 
