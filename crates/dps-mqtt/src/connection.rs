@@ -166,9 +166,10 @@ where
     let span = tracing::info_span!("mqtt_connection", transport = ctx.facts.transport.as_str(), peer = %ctx.facts.peer);
     let connect = Box::pin(connect(io, ctx, shutdown.clone()));
     async move {
-        if let Some(mut connected) = connect.await {
-            connected.serve(&shutdown).await;
-        }
+        // Moved, never borrowed, so that this block keeps no second copy of the connected state
+        // beside the one inside `serve`.
+        let Some(connected) = connect.await else { return };
+        connected.serve(shutdown).await;
     }
     .instrument(span)
 }
@@ -258,105 +259,115 @@ where
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
     /// Requests until the device leaves, breaks the protocol or goes quiet past its keep-alive.
-    async fn serve(&mut self, shutdown: &CancellationToken) {
-        let limits = self.limits;
-        let refused = self.refused;
-        // Keep-alive: the client must send something within 1.5 × its keep-alive, bounded.
-        let asked = Duration::from_millis(u64::from(self.keep_alive) * 1500);
-        let mut idle = if self.keep_alive == 0 { limits.max_keep_alive } else { asked.min(limits.max_keep_alive) };
-        let deadline = refused.then(|| Instant::now() + limits.refused_lifetime);
-        if refused {
-            idle = idle.min(limits.refused_lifetime);
-        }
-        // An attested device's records are let go once no request has come for a while
-        // (`DeviceSession::rest`); the next request reads them again.
-        let mut rest_at = (!refused).then(|| Instant::now() + DeviceSession::REST_AFTER);
-        loop {
-            // One timer for the three deadlines: keep-alive, a refused device's lifetime, resting.
-            let keep_alive_until = Instant::now() + idle;
-            let next = loop {
-                let wake = [deadline, rest_at].into_iter().flatten().fold(keep_alive_until, Instant::min);
-                let read = tokio::select! {
-                    () = shutdown.cancelled() => break None,
-                    r = tokio::time::timeout_at(wake, self.c.read()) => r,
-                };
-                match read {
-                    Ok(r) => break Some(r),
-                    Err(_) => {
-                        let now = Instant::now();
-                        if deadline.is_some_and(|d| d <= now) {
-                            tracing::info!("mqtt: closing the connection of a refused device");
-                            break None;
-                        }
-                        if keep_alive_until <= now {
-                            tracing::info!("mqtt: keep-alive expired; closing");
-                            break None;
-                        }
-                        // `c.read` keeps what it has read in `c.buf`: waiting again loses nothing.
-                        self.device.rest();
-                        rest_at = None;
-                    }
+    ///
+    /// A plain function returning its future: an `async fn` would move `self` from its argument
+    /// slot into a local, and keep both for the connection's life.
+    #[allow(clippy::manual_async_fn)]
+    fn serve(mut self, shutdown: CancellationToken) -> impl std::future::Future<Output = ()> {
+        async move {
+            let refused = self.refused;
+            // Keep-alive: the client must send something within 1.5 × its keep-alive, bounded. (In
+            // a block: what only computes these is not kept in the future while the device idles.)
+            let (idle, deadline) = {
+                let limits = self.limits;
+                let asked = Duration::from_millis(u64::from(self.keep_alive) * 1500);
+                let idle = if self.keep_alive == 0 { limits.max_keep_alive } else { asked.min(limits.max_keep_alive) };
+                if refused {
+                    (idle.min(limits.refused_lifetime), Some(Instant::now() + limits.refused_lifetime))
+                } else {
+                    (idle, None)
                 }
             };
-            let packet = match next {
-                None => break,
-                Some(Read::Packet(p)) => p,
-                Some(Read::Closed) => break,
-                Some(Read::Bad(why)) => {
-                    tracing::info!(reason = %dps_core::device::excerpt(&why, 200), "mqtt: closing connection");
+            // An attested device's records are let go once no request has come for a while
+            // (`DeviceSession::rest`); the next request reads them again.
+            let mut rest_at = (!refused).then(|| Instant::now() + DeviceSession::REST_AFTER);
+            loop {
+                // One timer for the three deadlines: keep-alive, a refused device's lifetime, resting.
+                let keep_alive_until = Instant::now() + idle;
+                let next = loop {
+                    let wake = [deadline, rest_at].into_iter().flatten().fold(keep_alive_until, Instant::min);
+                    let read = tokio::select! {
+                        () = shutdown.cancelled() => break None,
+                        r = tokio::time::timeout_at(wake, self.c.read()) => r,
+                    };
+                    match read {
+                        Ok(r) => break Some(r),
+                        Err(_) => {
+                            let now = Instant::now();
+                            if deadline.is_some_and(|d| d <= now) {
+                                tracing::info!("mqtt: closing the connection of a refused device");
+                                break None;
+                            }
+                            if keep_alive_until <= now {
+                                tracing::info!("mqtt: keep-alive expired; closing");
+                                break None;
+                            }
+                            // `c.read` keeps what it has read in `c.buf`: waiting again loses nothing.
+                            self.device.rest();
+                            rest_at = None;
+                        }
+                    }
+                };
+                let packet = match next {
+                    None => break,
+                    Some(Read::Packet(p)) => p,
+                    Some(Read::Closed) => break,
+                    Some(Read::Bad(why)) => {
+                        tracing::info!(reason = %dps_core::device::excerpt(&why, 200), "mqtt: closing connection");
+                        break;
+                    }
+                    Some(Read::BadLevel(_)) => break,
+                };
+                let ok = match packet {
+                    Packet::Subscribe(s) if s.filters.is_empty() => {
+                        tracing::info!("mqtt: SUBSCRIBE without topic filters (a protocol violation); closing");
+                        false
+                    }
+                    Packet::Subscribe(s) => {
+                        let codes = s
+                            .filters
+                            .iter()
+                            .map(|f| {
+                                if session::accepts_filter(&f.path) {
+                                    let qos = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                                    SubscribeReasonCode::Success(qos)
+                                } else {
+                                    SubscribeReasonCode::Failure
+                                }
+                            })
+                            .collect();
+                        let ack = SubAck::new(s.pkid, codes);
+                        self.c.send(|b| ack.write(b)).await
+                    }
+                    Packet::Unsubscribe(u) => {
+                        let ack = UnsubAck::new(u.pkid);
+                        self.c.send(|b| ack.write(b)).await
+                    }
+                    Packet::PingReq => self.c.send(|b| PingResp.write(b)).await,
+                    // A request (the registration path) in its own allocation, freed when it is answered.
+                    Packet::Publish(p) => {
+                        if !refused {
+                            rest_at = Some(Instant::now() + DeviceSession::REST_AFTER);
+                        }
+                        Box::pin(handle_publish(&mut self.c, &mut self.device, p)).await
+                    }
+                    Packet::Disconnect => break,
+                    Packet::PubAck(_) => true,
+                    Packet::Connect(_) => {
+                        tracing::info!("mqtt: second CONNECT on one connection; closing");
+                        false
+                    }
+                    _ => {
+                        tracing::info!("mqtt: unexpected packet; closing");
+                        false
+                    }
+                };
+                if !ok {
                     break;
                 }
-                Some(Read::BadLevel(_)) => break,
-            };
-            let ok = match packet {
-                Packet::Subscribe(s) if s.filters.is_empty() => {
-                    tracing::info!("mqtt: SUBSCRIBE without topic filters (a protocol violation); closing");
-                    false
-                }
-                Packet::Subscribe(s) => {
-                    let codes = s
-                        .filters
-                        .iter()
-                        .map(|f| {
-                            if session::accepts_filter(&f.path) {
-                                let qos = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-                                SubscribeReasonCode::Success(qos)
-                            } else {
-                                SubscribeReasonCode::Failure
-                            }
-                        })
-                        .collect();
-                    let ack = SubAck::new(s.pkid, codes);
-                    self.c.send(|b| ack.write(b)).await
-                }
-                Packet::Unsubscribe(u) => {
-                    let ack = UnsubAck::new(u.pkid);
-                    self.c.send(|b| ack.write(b)).await
-                }
-                Packet::PingReq => self.c.send(|b| PingResp.write(b)).await,
-                // A request (the registration path) in its own allocation, freed when it is answered.
-                Packet::Publish(p) => {
-                    if !refused {
-                        rest_at = Some(Instant::now() + DeviceSession::REST_AFTER);
-                    }
-                    Box::pin(handle_publish(&mut self.c, &mut self.device, p)).await
-                }
-                Packet::Disconnect => break,
-                Packet::PubAck(_) => true,
-                Packet::Connect(_) => {
-                    tracing::info!("mqtt: second CONNECT on one connection; closing");
-                    false
-                }
-                _ => {
-                    tracing::info!("mqtt: unexpected packet; closing");
-                    false
-                }
-            };
-            if !ok {
-                break;
             }
+            let _ = self.c.io.shutdown().await;
         }
-        let _ = self.c.io.shutdown().await;
     }
 }
 

@@ -162,21 +162,22 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
         let shutdown = shutdown.clone();
         let metrics = metrics.clone();
         tracker.spawn(async move {
-            let _permit = permit;
-            let _admitted = admitted;
+            // The per-source and connection-cap guards are this block's captures, held until it
+            // ends (used in place, not moved into locals: a moved copy would take a second slot
+            // in the task for the connection's whole life).
             let _open = metrics.connection_open(acceptor.name());
             // The first bytes of the ClientHello, waited for without a handshake slot (boxed,
             // like every phase below: the task that stays is the smallest of them).
-            let first = Box::pin(async {
+            let hello = Box::pin(async {
                 let mut byte = [0u8; 1];
                 tokio::select! {
                     () = shutdown.cancelled() => None,
-                    r = tokio::time::timeout(hello_timeout, tcp.peek(&mut byte)) => Some(r),
+                    r = tokio::time::timeout(hello_timeout, tcp.peek(&mut byte)) => Some(matches!(r, Ok(Ok(n)) if n > 0)),
                 }
             })
             .await;
-            let Some(first) = first else { return };
-            if !matches!(first, Ok(Ok(n)) if n > 0) {
+            let Some(hello) = hello else { return };
+            if !hello {
                 tracing::debug!(listener = acceptor.name(), %peer, "no ClientHello within {hello_timeout:?}; closed");
                 metrics.handshake_failure(acceptor.name(), "no ClientHello in time");
                 return;
@@ -184,8 +185,9 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
             // The handshake's state lives in its own allocation, freed when it ends, and so does
             // each protocol's: the task that stays for an idle connection's life is only this
             // block's few captures (idle memory per connection, bench/README.md "How to read
-            // `idle`").
-            let conn = tokio::select! {
+            // `idle`"). The connection is taken apart at once and its parts moved on, never
+            // borrowed, so that none of it keeps a slot in the task.
+            let dps_tls::TlsConnection { stream, facts: tls, peer_certificates } = tokio::select! {
                 () = shutdown.cancelled() => return,
                 r = Box::pin(acceptor.accept(tcp, peer)) => match r {
                     Ok(c) => c,
@@ -196,25 +198,23 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
                     }
                 },
             };
-            metrics.handshake(acceptor.name(), &conn.facts);
-            let facts = ConnectionFacts {
-                transport: protocol.transport(),
-                peer,
-                tls: Arc::new(conn.facts),
-                peer_certificates: Arc::new(conn.peer_certificates),
-            };
+            let tls = Arc::new(tls);
+            metrics.handshake(acceptor.name(), &tls);
+            let facts =
+                ConnectionFacts { transport: protocol.transport(), peer, tls, peer_certificates: Arc::new(peer_certificates) };
             match protocol {
-                Protocol::Https => Box::pin(drivers.https.serve_connection(conn.stream, facts, shutdown)).await,
+                Protocol::Https => Box::pin(drivers.https.serve_connection(stream, facts, shutdown)).await,
                 Protocol::Mqtt => {
                     let ctx =
                         dps_mqtt::ConnectionContext { facts, services: drivers.services, limits: drivers.mqtt_limits };
-                    Box::pin(dps_mqtt::serve_connection(conn.stream, ctx, shutdown)).await;
+                    Box::pin(dps_mqtt::serve_connection(stream, ctx, shutdown)).await;
                 }
                 Protocol::Amqp => {
                     let ctx = dps_amqp::ConnectionContext { facts, services: drivers.services, settings: drivers.amqp };
-                    Box::pin(dps_amqp::serve_connection(conn.stream, ctx, shutdown)).await;
+                    Box::pin(dps_amqp::serve_connection(stream, ctx, shutdown)).await;
                 }
             }
+            drop((permit, admitted));
         });
     }
     tracing::debug!(listener = acceptor.name(), "accept loop stopped");
