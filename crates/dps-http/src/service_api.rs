@@ -112,7 +112,7 @@ fn parse_query(req: &Request) -> ApiResult<Query> {
 pub fn registration_view(r: &RegistrationRecord) -> Value {
     let mut v = serde_json::to_value(&r.state).unwrap_or(Value::Null);
     if let (Some(obj), Some(tls)) = (v.as_object_mut(), &r.tls) {
-        obj.insert("tls".into(), tls.clone());
+        obj.insert("tls".into(), tls.to_value());
     }
     if let (Some(obj), Some(g)) = (v.as_object_mut(), &r.enrollment_group_id) {
         obj.insert("enrollmentGroupId".into(), Value::String(g.clone()));

@@ -117,7 +117,7 @@ async fn https_register_then_poll_and_every_bad_request_is_a_dps_error() {
     }
     // The record of dev-a carries the TLS facts of its connection.
     let rec = s.server.state.services.registration(&inst, "dev-a").await.unwrap();
-    assert_eq!(rec.tls.as_ref().unwrap()["negotiated"]["version"], "TLSv1.2");
+    assert_eq!(rec.tls.as_ref().unwrap().to_value()["negotiated"]["version"], "TLSv1.2");
     assert!(health_ok(s.https()).await);
 }
 

@@ -27,7 +27,7 @@ use openssl::sign::Signer;
 
 thread_local! {
     /// [`bench_tls_facts`], built once per seeding thread.
-    static TLS_FACTS: serde_json::Value = bench_tls_facts();
+    static TLS_FACTS: dps_core::tls::StoredFacts = bench_tls_facts();
 }
 
 /// The hub every seeded registration is assigned to (the one the bench links).
@@ -117,8 +117,8 @@ pub fn enrollment(id: &str, now: &str) -> anyhow::Result<IndividualEnrollment> {
 /// server writes for every device. Without them a seeded record was 0.4 KB, so each
 /// re-registration of a seeded device grew its row six-fold and split B-tree pages, which no
 /// re-registration of a real device does (docs/performance.md, "Documents in a rowid table").
-fn bench_tls_facts() -> serde_json::Value {
-    use dps_core::tls::{facts_json, HandshakeFacts, Negotiated, Offered, PeerCertificates, TlsVersion};
+fn bench_tls_facts() -> dps_core::tls::StoredFacts {
+    use dps_core::tls::{facts_record, HandshakeFacts, Negotiated, Offered, PeerCertificates, TlsVersion};
     let offered = Offered {
         legacy_version: 0x0303,
         supported_versions: None,
@@ -143,7 +143,7 @@ fn bench_tls_facts() -> serde_json::Value {
         resumed: false,
         client_certificate: false,
     };
-    facts_json(&HandshakeFacts { offered: Some(offered), negotiated }, &PeerCertificates::default())
+    facts_record(&HandshakeFacts { offered: Some(offered), negotiated }, &PeerCertificates::default())
 }
 
 /// The registration record of seeded device `id`: assigned to [`HUB`], with the handshake

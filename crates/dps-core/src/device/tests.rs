@@ -53,6 +53,17 @@ impl World {
         World { s, clock, crypto, inst }
     }
 
+    /// Another node sharing this one's store.
+    fn another_node(&self) -> Services {
+        Services::new(
+            self.s.store.clone(),
+            self.clock.clone(),
+            std::sync::Arc::new(crate::testing::CountingEntropy::default()),
+            self.crypto.clone(),
+            self.crypto.clone(),
+        )
+    }
+
     fn scope(&self) -> String {
         self.inst.id_scope.to_string()
     }
@@ -191,13 +202,7 @@ async fn a_group_device_is_found_past_the_first_page_of_groups() {
 #[tokio::test]
 async fn group_changes_by_another_node_are_seen_by_the_next_device() {
     let w = World::new(&["hub-a"]).await;
-    let other = Services::new(
-        w.s.store.clone(),
-        w.clock.clone(),
-        std::sync::Arc::new(crate::testing::CountingEntropy::default()),
-        w.crypto.clone(),
-        w.crypto.clone(),
-    );
+    let other = w.another_node();
     let (k1, k2) = ("Z3JvdXAta2V5LTAxMjM0NTY3ODlhYmNkZWY=", "Z3JvdXAta2V5LTIxMjM0NTY3ODlhYmNkZWY=");
     let group = |key: &str, status: &str| -> EnrollmentGroup {
         serde_json::from_value(json!({ "enrollmentGroupId": "g1", "provisioningStatus": status, "attestation": { "type": "symmetricKey", "symmetricKey": { "primaryKey": key, "secondaryKey": key } } })).unwrap()
@@ -226,6 +231,36 @@ async fn group_changes_by_another_node_are_seen_by_the_next_device() {
     assert_eq!(assigned(&r).1, "m-7", "a new group is found at once");
     let DeviceReply::Operation(op) = &r else { unreachable!() };
     assert_eq!(op.registration_state.as_ref().unwrap().extra["symmetricKey"]["enrollmentGroupId"], "g2");
+}
+
+/// Devices' instances are cached by ID scope (docs/performance.md, "Instance cache"), yet an
+/// instance changed or deleted by another node sharing the store is seen by the next device.
+#[tokio::test]
+async fn instance_changes_by_another_node_are_seen_by_the_next_device() {
+    let w = World::new(&["hub-a"]).await;
+    let other = w.another_node();
+    for id in ["i-1", "i-2", "i-3", "i-4"] {
+        w.enroll(symmetric(id, K1)).await;
+    }
+    let provision = |id: &'static str| {
+        let w = &w;
+        async move { w.provision(id, Some(&w.sas(id, K1)), vec![], "").await }
+    };
+    assert_eq!(assigned(&provision("i-1").await).0, "hub-a", "read, then cached");
+    assert_eq!(assigned(&provision("i-2").await).0, "hub-a", "from the cache");
+    // Another node links a different hub instead: the next device goes there.
+    other
+        .update_instance("dps", |i| {
+            i.iot_hubs[0].name = "hub-b".into();
+            i.iot_hubs[0].connection_string = "HostName=hub-b;SharedAccessKeyName=o;SharedAccessKey=aGVsbG8=".into();
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(assigned(&provision("i-3").await).0, "hub-b", "the changed instance is read again");
+    // ... and deletes the instance: its scope is unknown at once.
+    other.delete_instance("dps").await.unwrap();
+    assert_eq!(refused(&provision("i-4").await).0, 401, "a deleted instance's scope registers no one");
 }
 
 #[tokio::test]

@@ -49,9 +49,10 @@ pub struct RegistrationRecord {
     /// The group the device registered through, if any (for "query registrations of a group").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_group_id: Option<String>,
-    /// The TLS facts of the connection that registered (docs/tls.md, "Handshake facts"), as JSON.
+    /// The TLS facts of the connection that registered (docs/tls.md, "Handshake facts"), as
+    /// JSON text (docs/performance.md, "Registration records").
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<Value>,
+    pub tls: Option<crate::tls::StoredFacts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation_id: Option<String>,
     /// The twin the device starts with in its hub on this assignment (the enrollment's or the

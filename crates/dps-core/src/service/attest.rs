@@ -168,7 +168,7 @@ impl Services {
     /// instance's `minTlsVersion` as soon as the scope is known (docs/tls.md, "minTlsVersion per instance").
     pub(crate) async fn device_instance(&self, scope: &str, negotiated: Option<TlsVersion>) -> Result<Instance> {
         let scope = IdScope::parse(scope).map_err(|_| denied())?;
-        let instance = self.store.instance_by_scope(&scope).await?.ok_or_else(denied)?;
+        let instance = self.instance_by_scope(&scope).await?.ok_or_else(denied)?;
         if let (Some(min), Some(v)) = (instance.min_tls_version, negotiated) {
             if !min.admits(v) {
                 return Err(Error::Forbidden(format!(
@@ -178,6 +178,20 @@ impl Services {
             }
         }
         Ok(instance)
+    }
+
+    /// The instance with ID scope `scope`: from the cache while the store's instances version
+    /// says no instance changed (one small read instead of the instance's record read and its
+    /// keys unsealed), else read again (docs/performance.md, "Instance cache").
+    async fn instance_by_scope(&self, scope: &IdScope) -> Result<Option<Instance>> {
+        // The version is read before the instance, as for groups.
+        let version = self.store.instances_version().await?;
+        if let Some(instance) = self.instance_cache.get(version, scope.as_str()) {
+            return Ok(Some(Instance::clone(&instance)));
+        }
+        let Some(instance) = self.store.instance_by_scope(scope).await? else { return Ok(None) };
+        self.instance_cache.put(version, scope.as_str(), std::sync::Arc::new(instance.clone()));
+        Ok(Some(instance))
     }
 
     /// Checks `credential` for `registration_id` of `instance` on connection `conn` (its TLS
@@ -190,29 +204,52 @@ impl Services {
         conn: &ConnectionFacts,
     ) -> Result<Attestation> {
         crate::model::validate_registration_id(registration_id).map_err(Error::Invalid)?;
+        // The individual enrollment, when read here already: the checks below use it rather
+        // than read it again.
+        let mut read = None;
         if !conn.transport.offers_tpm() {
             // DPS has no TPM exchange over MQTT: a TPM enrollment's device is told so (the
             // one refusal that names the kind of an enrollment; docs/tpm.md, "Transports").
-            let tpm = self.store.enrollment(&instance.name, registration_id).await?;
-            if tpm.is_some_and(|e| e.attestation.kind == AttestationType::Tpm) {
+            let individual = self.store.enrollment(&instance.name, registration_id).await?;
+            if individual.as_ref().is_some_and(|e| e.attestation.kind == AttestationType::Tpm) {
                 return Err(Error::Unauthorized(format!(
                     "{registration_id} has a TPM enrollment, and TPM attestation is not available over MQTT: \
                      register over HTTPS or AMQP (as with Azure DPS)"
                 )));
             }
+            read = Some(individual);
         }
         let chain = conn.peer_certificates.as_ref();
         match credential {
-            Credential::Sas(token) => self.attest_sas(instance, registration_id, token).await,
+            Credential::Sas(token) => self.attest_sas(instance, registration_id, token, read).await,
             Credential::ClientCertificate if chain.0.is_empty() => {
                 Err(Error::Unauthorized("the device presented no credential (SAS token or X.509 certificate)".into()))
             }
-            Credential::ClientCertificate => self.attest_x509(instance, registration_id, chain).await,
+            Credential::ClientCertificate => self.attest_x509(instance, registration_id, chain, read).await,
             Credential::Tpm(keys) => self.attest_tpm(instance, registration_id, keys).await,
         }
     }
 
-    async fn attest_sas(&self, instance: Instance, registration_id: &str, token: &str) -> Result<Attestation> {
+    /// The individual enrollment of `registration_id`: the one `read` already, else from the store.
+    async fn individual(
+        &self,
+        instance: &Instance,
+        registration_id: &str,
+        read: Option<Option<IndividualEnrollment>>,
+    ) -> Result<Option<IndividualEnrollment>> {
+        match read {
+            Some(e) => Ok(e),
+            None => Ok(self.store.enrollment(&instance.name, registration_id).await?),
+        }
+    }
+
+    async fn attest_sas(
+        &self,
+        instance: Instance,
+        registration_id: &str,
+        token: &str,
+        read: Option<Option<IndividualEnrollment>>,
+    ) -> Result<Attestation> {
         let now = self.clock.now();
         let resource = format!("{}/registrations/{registration_id}", instance.id_scope.as_str());
         let check = |keys: Vec<String>| self.crypto.verify_sas(token, &resource, &keys, now);
@@ -228,7 +265,7 @@ impl Services {
             })
         };
         // Token-level problems (expired, wrong resource) are said; which key failed is not.
-        if let Some(e) = self.store.enrollment(&instance.name, registration_id).await? {
+        if let Some(e) = self.individual(&instance, registration_id, read).await? {
             if e.attestation.kind == AttestationType::Tpm {
                 // A TPM device signs with the key it was issued in its last challenges.
                 if let Some((issued, until)) = self.check_tpm_sas(&instance, &e, registration_id, token).await? {
@@ -283,6 +320,7 @@ impl Services {
         instance: Instance,
         registration_id: &str,
         chain: &PeerCertificates,
+        read: Option<Option<IndividualEnrollment>>,
     ) -> Result<Attestation> {
         let now = self.clock.now();
         let leaf = chain.leaf().ok_or_else(denied)?;
@@ -307,7 +345,7 @@ impl Services {
                 tpm: None,
             })
         };
-        if let Some(e) = self.store.enrollment(&instance.name, registration_id).await? {
+        if let Some(e) = self.individual(&instance, registration_id, read).await? {
             let matches = e.attestation.kind == AttestationType::X509
                 && e.attestation.x509.as_ref().and_then(|x| x.client_certificates.as_ref()).is_some_and(|set| {
                     set.slots().into_iter().flatten().any(|c| {
@@ -456,7 +494,9 @@ impl Services {
             return Ok(groups);
         }
         let groups: std::sync::Arc<[EnrollmentGroup]> = self.all_groups(instance).await?.into();
-        self.group_cache.put(version, &instance.name, &groups);
+        if groups.len() <= GROUPS_CACHED_MAX {
+            self.group_cache.put(version, &instance.name, groups.clone());
+        }
         Ok(groups)
     }
 
@@ -505,48 +545,61 @@ impl Services {
     }
 }
 
-/// Each instance's enrollment groups as last read for devices, tagged with the store's groups
-/// version at the time ([`crate::store::Store::groups_version`]): any group write, on any node,
-/// changes the version and so empties the cache. Instances with more than
-/// [`GroupCache::MAX_GROUPS`] groups are not kept (they are read every time, as before).
-#[derive(Debug, Default)]
-pub(crate) struct GroupCache(std::sync::Mutex<GroupCacheState>);
+/// Values read from the store for devices, tagged with the version counter the store had
+/// when they were read (read *before* them): any write of that kind of record, on any node,
+/// changes the version and so empties the cache (docs/performance.md, "Group cache" and
+/// "Instance cache"). Used for each instance's enrollment groups (tagged with
+/// [`crate::store::Store::groups_version`]) and for instances by ID scope (tagged with
+/// [`crate::store::Store::instances_version`]).
+#[derive(Debug)]
+pub(crate) struct VersionedCache<V>(std::sync::Mutex<VersionedState<V>>);
 
-#[derive(Debug, Default)]
-struct GroupCacheState {
+#[derive(Debug)]
+struct VersionedState<V> {
     version: Option<u64>,
-    /// Keyed by the instance's name as its record spells it (devices' instances always come
-    /// from the store, so no case folding, and no allocation per lookup).
-    instances: std::collections::HashMap<String, std::sync::Arc<[EnrollmentGroup]>>,
+    entries: std::collections::HashMap<String, V>,
 }
 
-impl GroupCache {
-    /// Groups per instance beyond which an instance is not cached.
-    const MAX_GROUPS: usize = 1000;
-    /// Instances kept at once; past it the cache starts again empty.
-    const MAX_INSTANCES: usize = 256;
+impl<V> Default for VersionedCache<V> {
+    fn default() -> Self {
+        VersionedCache(std::sync::Mutex::new(VersionedState { version: None, entries: Default::default() }))
+    }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, GroupCacheState> {
+/// Each instance's enrollment groups, keyed by the instance's name as its record spells it
+/// (devices' instances always come from the store, so no case folding, and no allocation per
+/// lookup). Instances with more than [`GROUPS_CACHED_MAX`] groups are not kept (they are read
+/// every time).
+pub(crate) type GroupCache = VersionedCache<std::sync::Arc<[EnrollmentGroup]>>;
+
+/// Instances by the ID scope devices name, unsealed.
+pub(crate) type InstanceCache = VersionedCache<std::sync::Arc<Instance>>;
+
+/// Groups per instance beyond which an instance's groups are not cached.
+const GROUPS_CACHED_MAX: usize = 1000;
+
+impl<V: Clone> VersionedCache<V> {
+    /// Entries kept at once; past it the cache starts again empty.
+    const MAX_ENTRIES: usize = 256;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VersionedState<V>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn get(&self, version: u64, instance: &str) -> Option<std::sync::Arc<[EnrollmentGroup]>> {
+    fn get(&self, version: u64, key: &str) -> Option<V> {
         let state = self.lock();
         if state.version != Some(version) {
             return None;
         }
-        state.instances.get(instance).cloned()
+        state.entries.get(key).cloned()
     }
 
-    fn put(&self, version: u64, instance: &str, groups: &std::sync::Arc<[EnrollmentGroup]>) {
-        if groups.len() > Self::MAX_GROUPS {
-            return;
-        }
+    fn put(&self, version: u64, key: &str, value: V) {
         let mut state = self.lock();
-        if state.version != Some(version) || state.instances.len() >= Self::MAX_INSTANCES {
-            state.instances.clear();
+        if state.version != Some(version) || state.entries.len() >= Self::MAX_ENTRIES {
+            state.entries.clear();
             state.version = Some(version);
         }
-        state.instances.insert(instance.to_owned(), std::sync::Arc::clone(groups));
+        state.entries.insert(key.to_owned(), value);
     }
 }

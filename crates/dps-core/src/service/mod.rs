@@ -105,6 +105,9 @@ pub struct ServicesInner {
     /// Each instance's enrollment groups, for device authentication (kept current by the
     /// store's groups version).
     pub(crate) group_cache: Arc<attest::GroupCache>,
+    /// Instances by ID scope, for device authentication (kept current by the store's
+    /// instances version).
+    pub(crate) instance_cache: Arc<attest::InstanceCache>,
 }
 
 impl Services {
@@ -134,6 +137,7 @@ impl Services {
             refusals_logged: Arc::default(),
             policy_index: Arc::default(),
             group_cache: Arc::default(),
+            instance_cache: Arc::default(),
         };
         Services { inner: Arc::new(inner) }
     }

@@ -8,7 +8,7 @@ use super::Services;
 use crate::error::Result;
 use crate::model::Instance;
 use crate::tls::readiness::{evaluate, Policy, Verdict};
-use crate::tls::{cipher_suite_name, Offered};
+use crate::tls::{cipher_suite_name, Offered, StoredFacts};
 
 /// One device the policy would refuse.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +37,8 @@ impl Services {
         loop {
             let page = self.store.registrations(&instance.name, None, token.as_deref(), 1000).await?;
             for r in &page.items {
-                let offered = r.tls.as_ref().and_then(|t| t.get("offered")).and_then(Offered::from_json);
+                let offered = r.tls.as_ref().map(StoredFacts::to_value);
+                let offered = offered.as_ref().and_then(|t| t.get("offered")).and_then(Offered::from_json);
                 let Some(offered) = offered else {
                     report.without_tls_facts.push(r.state.registration_id.clone());
                     continue;

@@ -63,7 +63,7 @@ impl Services {
         &self,
         a: &Attested,
         payload: Option<Value>,
-        tls: Option<Value>,
+        tls: Option<crate::tls::StoredFacts>,
         legacy_substatus: bool,
     ) -> Result<OperationStatus> {
         let e = EnrollmentView::of(a);

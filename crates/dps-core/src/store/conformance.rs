@@ -98,7 +98,7 @@ fn registration(id: &str, group: Option<&str>, etag: &str) -> RegistrationRecord
             extra: serde_json::Map::new(),
         },
         enrollment_group_id: group.map(str::to_owned),
-        tls: Some(serde_json::json!({"negotiated": {"version": "TLSv1.2"}})),
+        tls: Some(crate::tls::StoredFacts::from_value(&serde_json::json!({"negotiated": {"version": "TLSv1.2"}}))),
         operation_id: Some("op".into()),
         initial_twin: None,
         twin_action: Some("initial".into()),

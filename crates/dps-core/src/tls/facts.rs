@@ -161,39 +161,136 @@ impl PeerCertificates {
 }
 
 /// The TLS facts of a connection as JSON (camelCase, IANA names): what `/health` shows a
-/// client about its own connection, and later what a registration record keeps.
+/// client about its own connection.
 pub fn facts_json(facts: &HandshakeFacts, peer_certificates: &PeerCertificates) -> serde_json::Value {
-    let n = &facts.negotiated;
-    let offered = facts.offered.as_ref().map(|o| {
-        serde_json::json!({
-            "versions": o.version_names(),
-            "cipherSuites": o.cipher_suite_names(),
-            "groups": o.group_names(),
-            "signatureAlgorithms": o.signature_algorithm_names(),
-            "sni": o.sni,
-            "alpn": o.alpn,
-            // Wire codes, so the readiness report can re-evaluate this offer later.
-            "codes": {
-                "legacyVersion": o.legacy_version,
-                "supportedVersions": o.supported_versions,
-                "cipherSuites": o.cipher_suites,
-                "groups": o.groups,
-                "signatureAlgorithms": o.signature_algorithms,
+    serde_json::to_value(FactsOut::of(facts, peer_certificates)).unwrap_or(serde_json::Value::Null)
+}
+
+/// The same facts as [`facts_json`], written straight to the text a registration record keeps
+/// (no JSON tree is built on the way: docs/performance.md, "Registration records").
+pub fn facts_record(facts: &HandshakeFacts, peer_certificates: &PeerCertificates) -> StoredFacts {
+    match serde_json::value::to_raw_value(&FactsOut::of(facts, peer_certificates)) {
+        Ok(raw) => StoredFacts(raw),
+        // Serializing plain strings, numbers and lists cannot fail; keep the record valid anyway.
+        Err(_) => StoredFacts::from_value(&serde_json::Value::Null),
+    }
+}
+
+/// The TLS facts a registration record keeps, as the JSON text [`facts_record`] wrote. Kept as
+/// text: a registration is read on every poll, and only the readiness report and the service
+/// API's registration view look inside (through [`StoredFacts::to_value`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct StoredFacts(Box<serde_json::value::RawValue>);
+
+impl StoredFacts {
+    /// Facts given as a JSON value (tests, seeded data).
+    pub fn from_value(v: &serde_json::Value) -> StoredFacts {
+        #[allow(clippy::expect_used)] // a `Value` always serializes
+        StoredFacts(serde_json::value::to_raw_value(v).expect("a JSON value serializes"))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The facts as a JSON value (`Null` if the stored text is not JSON, which a record read
+    /// back through serde cannot be).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl PartialEq for StoredFacts {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_value() == other.to_value()
+    }
+}
+
+/// The shape of the facts JSON. Keys are declared in sorted order, the order a
+/// `serde_json::Value` object (a `BTreeMap`) writes them in, so the stored text is the same as
+/// when the record kept a JSON tree.
+#[derive(serde::Serialize)]
+struct FactsOut<'a> {
+    negotiated: NegotiatedOut<'a>,
+    offered: Option<OfferedOut<'a>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NegotiatedOut<'a> {
+    alpn: &'a Option<String>,
+    cipher_suite: std::borrow::Cow<'static, str>,
+    client_certificate: bool,
+    client_certificate_chain_length: usize,
+    group: &'a Option<String>,
+    resumed: bool,
+    version: &'static str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OfferedOut<'a> {
+    alpn: &'a [String],
+    cipher_suites: Names<'a>,
+    /// Wire codes, so the readiness report can re-evaluate this offer later.
+    codes: CodesOut<'a>,
+    groups: Names<'a>,
+    signature_algorithms: Names<'a>,
+    sni: &'a Option<String>,
+    versions: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CodesOut<'a> {
+    cipher_suites: &'a [u16],
+    groups: &'a [u16],
+    legacy_version: u16,
+    signature_algorithms: &'a [u16],
+    supported_versions: &'a Option<Vec<u16>>,
+}
+
+/// Wire codes written as their names, without collecting the names first.
+struct Names<'a>(&'a [u16], fn(u16) -> std::borrow::Cow<'static, str>);
+
+impl serde::Serialize for Names<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|c| (self.1)(*c)))
+    }
+}
+
+impl<'a> FactsOut<'a> {
+    fn of(facts: &'a HandshakeFacts, peer_certificates: &PeerCertificates) -> FactsOut<'a> {
+        let n = &facts.negotiated;
+        FactsOut {
+            negotiated: NegotiatedOut {
+                alpn: &n.alpn,
+                cipher_suite: n.cipher_suite_name(),
+                client_certificate: n.client_certificate,
+                client_certificate_chain_length: peer_certificates.0.len(),
+                group: &n.group,
+                resumed: n.resumed,
+                version: n.version.name(),
             },
-        })
-    });
-    serde_json::json!({
-        "negotiated": {
-            "version": n.version.name(),
-            "cipherSuite": n.cipher_suite_name(),
-            "group": n.group,
-            "alpn": n.alpn,
-            "resumed": n.resumed,
-            "clientCertificate": n.client_certificate,
-            "clientCertificateChainLength": peer_certificates.0.len(),
-        },
-        "offered": offered,
-    })
+            offered: facts.offered.as_ref().map(|o| OfferedOut {
+                alpn: &o.alpn,
+                cipher_suites: Names(&o.cipher_suites, cipher_suite_name),
+                codes: CodesOut {
+                    cipher_suites: &o.cipher_suites,
+                    groups: &o.groups,
+                    legacy_version: o.legacy_version,
+                    signature_algorithms: &o.signature_algorithms,
+                    supported_versions: &o.supported_versions,
+                },
+                groups: Names(&o.groups, group_name),
+                signature_algorithms: Names(&o.signature_algorithms, signature_scheme_name),
+                sni: &o.sni,
+                versions: o.version_names(),
+            }),
+        }
+    }
 }
 
 impl Offered {
@@ -219,6 +316,7 @@ impl Offered {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod json_tests {
     use super::*;
 
@@ -246,5 +344,49 @@ mod json_tests {
         };
         let v = facts_json(&facts, &PeerCertificates::default());
         assert_eq!(Offered::from_json(&v["offered"]), Some(o));
+        let stored = facts_record(&facts, &PeerCertificates::default());
+        assert_eq!(stored.to_value(), v);
+        assert_eq!(Offered::from_json(&stored.to_value()["offered"]), facts.offered);
+    }
+
+    /// The record's text is what a JSON tree of the same facts writes (sorted keys, nulls kept):
+    /// records written before and after the typed writer read the same.
+    #[test]
+    fn stored_facts_are_written_as_a_json_tree_would_write_them() {
+        for offered in [
+            None,
+            Some(Offered::default()),
+            Some(Offered {
+                legacy_version: 0x0303,
+                supported_versions: None,
+                cipher_suites: vec![0xC030, 0x1301, 0x0A0A],
+                groups: vec![0x001D, 0x0017],
+                signature_algorithms: vec![0x0401, 0x0804],
+                sni: Some("a\"b".into()),
+                alpn: vec!["mqtt".into(), "h2".into()],
+            }),
+        ] {
+            let facts = HandshakeFacts {
+                offered,
+                negotiated: Negotiated {
+                    version: TlsVersion::Tls13,
+                    cipher_suite: 0x1302,
+                    group: Some("x25519".into()),
+                    alpn: Some("mqtt".into()),
+                    resumed: true,
+                    client_certificate: true,
+                },
+            };
+            let peers = PeerCertificates::from(vec![vec![1u8], vec![2u8]]);
+            let stored = facts_record(&facts, &peers);
+            let tree = facts_json(&facts, &peers);
+            assert_eq!(stored.get(), serde_json::to_string(&tree).unwrap());
+            assert_eq!(tree["negotiated"]["clientCertificateChainLength"], 2);
+            assert_eq!(tree["negotiated"]["version"], "TLSv1.3");
+            // Through a record and back.
+            let back: StoredFacts = serde_json::from_str(&serde_json::to_string(&stored).unwrap()).unwrap();
+            assert_eq!(back, stored);
+            assert_eq!(back.get(), stored.get());
+        }
     }
 }

@@ -12,7 +12,9 @@ pub mod readiness;
 mod suites;
 mod version;
 
-pub use facts::{facts_json, Decoded, HandshakeFacts, Negotiated, Offered, PeerCertificates};
+pub use facts::{
+    facts_json, facts_record, Decoded, HandshakeFacts, Negotiated, Offered, PeerCertificates, StoredFacts,
+};
 pub use group::{Group, UnknownGroup};
 pub use names::{cipher_suite_name, group_name, is_grease, signature_scheme_name};
 pub use profiles::{Profile, ProfileName, UnknownProfile, TLS13_SUITES};
