@@ -189,13 +189,10 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
             // borrowed, so that none of it keeps a slot in the task.
             let dps_tls::TlsConnection { stream, facts: tls, peer_certificates } = tokio::select! {
                 () = shutdown.cancelled() => return,
-                r = Box::pin(acceptor.accept(tcp, peer)) => match r {
+                // A failure is logged by accept and counted here, before the socket closes.
+                r = Box::pin(acceptor.accept(tcp, peer, |e| metrics.handshake_failure(acceptor.name(), &handshake_reason(e)))) => match r {
                     Ok(c) => c,
-                    Err(e) => {
-                        // Logged by accept.
-                        metrics.handshake_failure(acceptor.name(), &handshake_reason(&e));
-                        return;
-                    }
+                    Err(_) => return,
                 },
             };
             let tls = Arc::new(tls);

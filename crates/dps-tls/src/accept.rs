@@ -99,8 +99,15 @@ impl ListenerAcceptor {
     /// Runs the server handshake on `io` within the handshake timeout, and logs one structured
     /// line with the outcome and the client's offer. Waiting for a handshake slot is bounded by
     /// the same duration but does not count against the handshake itself, so a queue of slow
-    /// clients does not eat a good client's time. A failure costs only this connection.
-    pub async fn accept<S>(&self, io: S, peer: SocketAddr) -> Result<TlsConnection<S>, HandshakeFailure>
+    /// clients does not eat a good client's time. A failure costs only this connection, and
+    /// `on_failure` sees it before the connection is closed (so a peer that sees the close finds
+    /// the failure already counted).
+    pub async fn accept<S>(
+        &self,
+        io: S,
+        peer: SocketAddr,
+        on_failure: impl FnOnce(&HandshakeFailure),
+    ) -> Result<TlsConnection<S>, HandshakeFailure>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -135,6 +142,8 @@ impl ListenerAcceptor {
                 if let Ok(Some(unlogged)) = budget {
                     log_failure(&self.name, peer, offered.as_ref(), &e, unlogged);
                 }
+                on_failure(&e);
+                drop(stream);
                 Err(e)
             }
         }

@@ -46,7 +46,7 @@ async fn server_with(dir: &std::path::Path, tls13: bool, tickets: Option<Arc<Tic
         while let Ok((tcp, peer)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                if let Ok(mut c) = acceptor.accept(tcp, peer).await {
+                if let Ok(mut c) = acceptor.accept(tcp, peer, |_| {}).await {
                     let _ = c.stream.write_all(b"ok").await;
                     let mut rest = Vec::new();
                     let _ = c.stream.read_to_end(&mut rest).await;
