@@ -112,8 +112,14 @@ impl ListenerAcceptor {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let context = self.context.load_full();
-        let ssl = Ssl::new(&context).map_err(HandshakeFailure::Setup)?;
-        let mut stream = SslStream::new(ssl, io).map_err(HandshakeFailure::Setup)?;
+        let mut stream = match Ssl::new(&context).and_then(|ssl| SslStream::new(ssl, io)) {
+            Ok(stream) => stream,
+            Err(e) => {
+                let e = HandshakeFailure::Setup(e);
+                on_failure(&e);
+                return Err(e);
+            }
+        };
         // `None`: no slot, or no handshake, within the timeout.
         let outcome = match tokio::time::timeout(self.handshake_timeout, self.handshakes.acquire()).await {
             Err(_) => None,

@@ -349,6 +349,41 @@ mod json_tests {
         assert_eq!(Offered::from_json(&stored.to_value()["offered"]), facts.offered);
     }
 
+    /// The facts as the record built them before the typed writer, key by key: the oracle the
+    /// writer's text is held to.
+    fn tree_as_built_before(facts: &HandshakeFacts, peer_certificates: &PeerCertificates) -> serde_json::Value {
+        let n = &facts.negotiated;
+        let offered = facts.offered.as_ref().map(|o| {
+            serde_json::json!({
+                "versions": o.version_names(),
+                "cipherSuites": o.cipher_suite_names(),
+                "groups": o.group_names(),
+                "signatureAlgorithms": o.signature_algorithm_names(),
+                "sni": o.sni,
+                "alpn": o.alpn,
+                "codes": {
+                    "legacyVersion": o.legacy_version,
+                    "supportedVersions": o.supported_versions,
+                    "cipherSuites": o.cipher_suites,
+                    "groups": o.groups,
+                    "signatureAlgorithms": o.signature_algorithms,
+                },
+            })
+        });
+        serde_json::json!({
+            "negotiated": {
+                "version": n.version.name(),
+                "cipherSuite": n.cipher_suite_name(),
+                "group": n.group,
+                "alpn": n.alpn,
+                "resumed": n.resumed,
+                "clientCertificate": n.client_certificate,
+                "clientCertificateChainLength": peer_certificates.0.len(),
+            },
+            "offered": offered,
+        })
+    }
+
     /// The record's text is what a JSON tree of the same facts writes (sorted keys, nulls kept):
     /// records written before and after the typed writer read the same.
     #[test]
@@ -381,6 +416,7 @@ mod json_tests {
             let stored = facts_record(&facts, &peers);
             let tree = facts_json(&facts, &peers);
             assert_eq!(stored.get(), serde_json::to_string(&tree).unwrap());
+            assert_eq!(stored.get(), serde_json::to_string(&tree_as_built_before(&facts, &peers)).unwrap());
             assert_eq!(tree["negotiated"]["clientCertificateChainLength"], 2);
             assert_eq!(tree["negotiated"]["version"], "TLSv1.3");
             // Through a record and back.
