@@ -5,10 +5,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dps_core::log_limit::LogLimit;
-use dps_core::tls::{
-    cipher_suite_name, group_name, signature_scheme_name, Decoded, HandshakeFacts, Negotiated, Offered,
-    PeerCertificates, TlsVersion,
-};
+use dps_core::tls::{Decoded, HandshakeFacts, Negotiated, Offered, PeerCertificates, TlsVersion};
 use openssl::nid::Nid;
 use openssl::ssl::{Ssl, SslContext, SslRef, SslVersion};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -238,11 +235,11 @@ fn log_success(listener: &str, peer: SocketAddr, f: &HandshakeFacts) {
         resumed = n.resumed,
         client_cert = n.client_certificate,
         sni = %bounded(o.sni.as_deref().unwrap_or("-"), 300),
-        offered_versions = %Joined(&o.version_names(), as_name, 300),
-        offered_ciphers = %Joined(&o.cipher_suites, |c| cipher_suite_name(*c), 3000),
-        offered_groups = %Joined(&o.groups, |c| group_name(*c), 1000),
-        offered_sigalgs = %Joined(&o.signature_algorithms, |c| signature_scheme_name(*c), 1000),
-        offered_alpn = %Joined(&o.alpn, as_name, 300),
+        offered_versions = %Joined(o.version_names().iter(), 300),
+        offered_ciphers = %Joined(o.cipher_suite_names(), 3000),
+        offered_groups = %Joined(o.group_names(), 1000),
+        offered_sigalgs = %Joined(o.signature_algorithm_names(), 1000),
+        offered_alpn = %Joined(o.alpn.iter(), 300),
         "tls handshake"
     );
 }
@@ -259,10 +256,10 @@ fn log_failure(listener: &str, peer: SocketAddr, offered: Option<&Offered>, e: &
         failures_not_logged = unlogged,
         client_hello = offered.is_some(),
         sni = %bounded(o.sni.as_deref().unwrap_or("-"), 300),
-        offered_versions = %Joined(&o.version_names(), as_name, 300),
-        offered_ciphers = %Joined(&o.cipher_suites, |c| cipher_suite_name(*c), 3000),
-        offered_groups = %Joined(&o.groups, |c| group_name(*c), 1000),
-        offered_sigalgs = %Joined(&o.signature_algorithms, |c| signature_scheme_name(*c), 1000),
+        offered_versions = %Joined(o.version_names().iter(), 300),
+        offered_ciphers = %Joined(o.cipher_suite_names(), 3000),
+        offered_groups = %Joined(o.group_names(), 1000),
+        offered_sigalgs = %Joined(o.signature_algorithm_names(), 1000),
         "tls handshake"
     );
 }
@@ -270,13 +267,16 @@ fn log_failure(listener: &str, peer: SocketAddr, offered: Option<&Offered>, e: &
 /// Names of what a client offered, joined by commas and bounded to `max` characters (then `…`):
 /// the text `bounded(&names.join(","), max)` gives, written straight into the line instead of
 /// built first (one handshake line per connection; docs/performance.md, "Registration records").
-struct Joined<'a, T>(&'a [T], fn(&T) -> std::borrow::Cow<'_, str>, usize);
+struct Joined<I>(I, usize);
 
-impl<T> std::fmt::Display for Joined<'_, T> {
+impl<I> std::fmt::Display for Joined<I>
+where
+    I: Iterator + Clone,
+    I::Item: AsRef<str>,
+{
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut left = self.2;
-        for (i, item) in self.0.iter().enumerate() {
-            let name = (self.1)(item);
+        let mut left = self.1;
+        for (i, name) in self.0.clone().enumerate() {
             for piece in [if i == 0 { "" } else { "," }, name.as_ref()] {
                 match piece.char_indices().nth(left) {
                     // More than fits: what fits, then the ellipsis, and nothing after.
@@ -292,11 +292,6 @@ impl<T> std::fmt::Display for Joined<'_, T> {
     }
 }
 
-#[allow(clippy::ptr_arg)] // it is a list of `String`s that is joined
-fn as_name(s: &String) -> std::borrow::Cow<'_, str> {
-    std::borrow::Cow::Borrowed(s)
-}
-
 /// Client-chosen text in a handshake line, bounded to `max` characters (a ClientHello may list
 /// thousands of suites, and an SNI may be 64 KB).
 fn bounded(s: &str, max: usize) -> String {
@@ -310,16 +305,16 @@ mod tests {
     /// The joined names are exactly the text joining them first and bounding that gave.
     #[test]
     fn joined_names_read_as_the_bounded_join() {
-        let suites: Vec<u16> = vec![0xC02F, 0xC030, 0x1301, 0xFFFF, 0x002F];
-        let names: Vec<String> = suites.iter().map(|c| cipher_suite_name(*c).into_owned()).collect();
+        let offered = Offered { cipher_suites: vec![0xC02F, 0xC030, 0x1301, 0xFFFF, 0x002F], ..Offered::default() };
+        let names: Vec<String> = offered.cipher_suite_names().map(|n| n.into_owned()).collect();
         let odd: Vec<String> = vec!["".into(), "mqtt".into(), "ünïcödé".into(), "".into(), "h2".into()];
         let total = names.join(",").chars().count();
         for max in (0..=total + 2).chain([3000]) {
-            let joined = Joined(&suites, |c| cipher_suite_name(*c), max).to_string();
+            let joined = Joined(offered.cipher_suite_names(), max).to_string();
             assert_eq!(joined, bounded(&names.join(","), max), "max {max}");
-            let joined = Joined(&odd, as_name, max).to_string();
+            let joined = Joined(odd.iter(), max).to_string();
             assert_eq!(joined, bounded(&odd.join(","), max), "max {max}");
         }
-        assert_eq!(Joined::<u16>(&[], |c| cipher_suite_name(*c), 10).to_string(), "");
+        assert_eq!(Joined(Offered::default().cipher_suite_names(), 10).to_string(), "");
     }
 }

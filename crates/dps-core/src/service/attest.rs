@@ -187,10 +187,10 @@ impl Services {
         // The version is read before the instance, as for groups.
         let version = self.store.instances_version().await?;
         if let Some(instance) = self.instance_cache.get(version, scope.as_str()) {
-            return Ok(Some(Instance::clone(&instance)));
+            return Ok(Some(instance));
         }
         let Some(instance) = self.store.instance_by_scope(scope).await? else { return Ok(None) };
-        self.instance_cache.put(version, scope.as_str(), std::sync::Arc::new(instance.clone()));
+        self.instance_cache.put(version, scope.as_str(), instance.clone());
         Ok(Some(instance))
     }
 
@@ -573,7 +573,7 @@ impl<V> Default for VersionedCache<V> {
 pub(crate) type GroupCache = VersionedCache<std::sync::Arc<[EnrollmentGroup]>>;
 
 /// Instances by the ID scope devices name, unsealed.
-pub(crate) type InstanceCache = VersionedCache<std::sync::Arc<Instance>>;
+pub(crate) type InstanceCache = VersionedCache<Instance>;
 
 /// Groups per instance beyond which an instance's groups are not cached.
 const GROUPS_CACHED_MAX: usize = 1000;

@@ -49,18 +49,23 @@ impl Offered {
         all
     }
 
-    pub fn cipher_suite_names(&self) -> Vec<std::borrow::Cow<'static, str>> {
-        self.cipher_suites.iter().map(|c| cipher_suite_name(*c)).collect()
+    /// The offered cipher suites by name, in the client's order (lazily: written into a log
+    /// line or a record without collecting them first).
+    pub fn cipher_suite_names(&self) -> OfferedNames<'_> {
+        self.cipher_suites.iter().map(|c| cipher_suite_name(*c))
     }
 
-    pub fn group_names(&self) -> Vec<std::borrow::Cow<'static, str>> {
-        self.groups.iter().map(|c| group_name(*c)).collect()
+    pub fn group_names(&self) -> OfferedNames<'_> {
+        self.groups.iter().map(|c| group_name(*c))
     }
 
-    pub fn signature_algorithm_names(&self) -> Vec<std::borrow::Cow<'static, str>> {
-        self.signature_algorithms.iter().map(|c| signature_scheme_name(*c)).collect()
+    pub fn signature_algorithm_names(&self) -> OfferedNames<'_> {
+        self.signature_algorithms.iter().map(|c| signature_scheme_name(*c))
     }
 }
+
+/// The names of one of an [`Offered`]'s lists of wire codes, in order.
+pub type OfferedNames<'a> = std::iter::Map<std::slice::Iter<'a, u16>, fn(&u16) -> std::borrow::Cow<'static, str>>;
 
 /// What the handshake settled on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -233,11 +238,11 @@ struct NegotiatedOut<'a> {
 #[serde(rename_all = "camelCase")]
 struct OfferedOut<'a> {
     alpn: &'a [String],
-    cipher_suites: Names<'a>,
+    cipher_suites: Names<OfferedNames<'a>>,
     /// Wire codes, so the readiness report can re-evaluate this offer later.
     codes: CodesOut<'a>,
-    groups: Names<'a>,
-    signature_algorithms: Names<'a>,
+    groups: Names<OfferedNames<'a>>,
+    signature_algorithms: Names<OfferedNames<'a>>,
     sni: &'a Option<String>,
     versions: Vec<String>,
 }
@@ -252,12 +257,12 @@ struct CodesOut<'a> {
     supported_versions: &'a Option<Vec<u16>>,
 }
 
-/// Wire codes written as their names, without collecting the names first.
-struct Names<'a>(&'a [u16], fn(u16) -> std::borrow::Cow<'static, str>);
+/// Names written as a JSON list straight from an [`Offered`] name iterator.
+struct Names<I>(I);
 
-impl serde::Serialize for Names<'_> {
+impl<I: Iterator<Item = std::borrow::Cow<'static, str>> + Clone> serde::Serialize for Names<I> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|c| (self.1)(*c)))
+        s.collect_seq(self.0.clone())
     }
 }
 
@@ -276,7 +281,7 @@ impl<'a> FactsOut<'a> {
             },
             offered: facts.offered.as_ref().map(|o| OfferedOut {
                 alpn: &o.alpn,
-                cipher_suites: Names(&o.cipher_suites, cipher_suite_name),
+                cipher_suites: Names(o.cipher_suite_names()),
                 codes: CodesOut {
                     cipher_suites: &o.cipher_suites,
                     groups: &o.groups,
@@ -284,8 +289,8 @@ impl<'a> FactsOut<'a> {
                     signature_algorithms: &o.signature_algorithms,
                     supported_versions: &o.supported_versions,
                 },
-                groups: Names(&o.groups, group_name),
-                signature_algorithms: Names(&o.signature_algorithms, signature_scheme_name),
+                groups: Names(o.group_names()),
+                signature_algorithms: Names(o.signature_algorithm_names()),
                 sni: &o.sni,
                 versions: o.version_names(),
             }),
@@ -356,9 +361,9 @@ mod json_tests {
         let offered = facts.offered.as_ref().map(|o| {
             serde_json::json!({
                 "versions": o.version_names(),
-                "cipherSuites": o.cipher_suite_names(),
-                "groups": o.group_names(),
-                "signatureAlgorithms": o.signature_algorithm_names(),
+                "cipherSuites": o.cipher_suite_names().collect::<Vec<_>>(),
+                "groups": o.group_names().collect::<Vec<_>>(),
+                "signatureAlgorithms": o.signature_algorithm_names().collect::<Vec<_>>(),
                 "sni": o.sni,
                 "alpn": o.alpn,
                 "codes": {
