@@ -3,7 +3,8 @@
 //! preference, groups P-256:P-384), asking for (not requiring) a client certificate as OpenDPS
 //! does, no session cache and no tickets (tickets on for `register --resume`), answering every
 //! request with a tiny static 202 and closing the connection (`keepalive_timeout 0`): one
-//! handshake per request.
+//! handshake per request. The verifying ceiling (`register --verifying-ceiling`) is the same
+//! nginx verifying each client chain against the X.509 group's CA, as OpenDPS must.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,9 @@ pub const DEFAULT_PROFILE: &str = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-
 ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES256-SHA:ECDHE-RSA-AES128-SHA:AES256-GCM-SHA384:AES128-GCM-SHA256:\
 AES256-SHA256:AES128-SHA256:AES256-SHA:AES128-SHA";
 
+/// The longest client chain nginx verifies, as OpenDPS (`dps_attest::MAX_CHAIN`).
+const MAX_CHAIN: usize = dps_attest::MAX_CHAIN;
+
 /// How nginx runs.
 #[derive(Clone, Debug)]
 pub struct NginxSpec {
@@ -33,6 +37,10 @@ pub struct NginxSpec {
     pub workers: usize,
     pub groups: String,
     pub request_client_cert: bool,
+    /// Verify every client chain against this CA (PEM) in the handshake, as OpenDPS verifies a
+    /// device's chain against its group's CA (`register --verifying-ceiling`); otherwise any
+    /// chain is accepted unverified (`optional_no_ca`).
+    pub trusted_ca: Option<PathBuf>,
     /// Issue and accept session tickets (`register --resume`); otherwise every connection is a
     /// full handshake.
     pub tickets: bool,
@@ -63,7 +71,16 @@ pub fn find_bin(given: Option<&Path>) -> Option<PathBuf> {
 /// The nginx.conf of the ceiling.
 pub fn config(spec: &NginxSpec) -> String {
     let p = spec.prefix.display();
-    let verify = if spec.request_client_cert { "    ssl_verify_client optional_no_ca;\n" } else { "" };
+    let verify = match (spec.request_client_cert, &spec.trusted_ca) {
+        (false, _) => String::new(),
+        (true, None) => "    ssl_verify_client optional_no_ca;\n".to_owned(),
+        // nginx 1.22 verifies client chains only against `ssl_client_certificate`, which also
+        // names the CA in the CertificateRequest (OpenDPS names none): a few dozen bytes more.
+        (true, Some(ca)) => format!(
+            "    ssl_verify_client optional;\n    ssl_verify_depth {MAX_CHAIN};\n    ssl_client_certificate {};\n",
+            ca.display()
+        ),
+    };
     format!(
         "# opendps-bench ceiling: generated, do not edit.\n\
          daemon off;\n\
@@ -220,6 +237,7 @@ mod tests {
             workers: 2,
             groups: "P-256:P-384".into(),
             request_client_cert: true,
+            trusted_ca: None,
             tickets: false,
             nofile: 65536,
         };
@@ -241,7 +259,12 @@ mod tests {
             assert!(c.contains(want), "{want} missing from\n{c}");
         }
         assert_eq!(DEFAULT_PROFILE.split(':').count(), 12);
-        let resuming = config(&NginxSpec { tickets: true, ..spec });
+        let resuming = config(&NginxSpec { tickets: true, ..spec.clone() });
         assert!(resuming.contains("ssl_session_tickets on;") && resuming.contains("ssl_session_cache off;"));
+        let verifying = config(&NginxSpec { trusted_ca: Some("/d/ca.pem".into()), ..spec });
+        for want in ["ssl_verify_client optional;", "ssl_verify_depth 10;", "ssl_client_certificate /d/ca.pem;"] {
+            assert!(verifying.contains(want), "{want} missing from\n{verifying}");
+        }
+        assert!(!verifying.contains("optional_no_ca"));
     }
 }

@@ -54,6 +54,13 @@ pub struct RegisterArgs {
     /// load then offers it. nginx issues tickets too in this mode.
     #[arg(long)]
     pub resume: bool,
+    /// With `--with-ceiling`, pair each X.509 load with a second nginx too, one that verifies
+    /// every device's chain against the group's CA in the handshake (`ssl_verify_client
+    /// optional`, the CA as `ssl_client_certificate`, on `--nginx-port` + 1): the chain
+    /// verification OpenDPS must do and the ceiling skips. Reported beside the target's ratio,
+    /// never instead of it.
+    #[arg(long)]
+    pub verifying_ceiling: bool,
     #[command(flatten)]
     pub nginx: NginxArgs,
 }
@@ -247,6 +254,19 @@ impl Setup {
     /// nginx with this server's certificate chain and key, in `prefix`; issuing session tickets
     /// when `tickets`.
     pub fn start_nginx(&self, c: &Common, n: &NginxArgs, prefix: &Path, tickets: bool) -> anyhow::Result<Nginx> {
+        self.start_nginx_on(n, prefix, tickets, c.nginx_port, false)
+    }
+
+    /// [`Setup::start_nginx`] on `port`; with `verifying`, client chains are verified against
+    /// the X.509 group's CA in the handshake.
+    pub fn start_nginx_on(
+        &self,
+        n: &NginxArgs,
+        prefix: &Path,
+        tickets: bool,
+        port: u16,
+        verifying: bool,
+    ) -> anyhow::Result<Nginx> {
         let bin = crate::nginx::find_bin(n.nginx_bin.as_deref())
             .ok_or_else(|| anyhow!("nginx is not installed: apt-get install -y nginx (or pass --nginx-bin)"))?;
         std::fs::create_dir_all(prefix)?;
@@ -257,20 +277,31 @@ impl Setup {
         }
         let chain_path = prefix.join("chain.pem");
         std::fs::write(&chain_path, chain)?;
+        let trusted_ca = match (verifying, &self.ca) {
+            (false, _) => None,
+            (true, None) => bail!("a verifying ceiling needs the X.509 group's CA"),
+            (true, Some(ca)) => {
+                let path = prefix.join("device-ca.pem");
+                std::fs::write(&path, ca.pem()?)?;
+                Some(path)
+            }
+        };
         let spec = NginxSpec {
             bin,
             prefix: prefix.to_owned(),
-            listen: SocketAddr::new(IpAddr::V4(self.address), c.nginx_port),
+            listen: SocketAddr::new(IpAddr::V4(self.address), port),
             chain: chain_path,
             key: std::path::absolute(pki.join("server.key"))?,
             workers: n.nginx_workers.max(1),
             groups: "P-256:P-384".into(),
             request_client_cert: true,
+            trusted_ca,
             tickets,
             nofile: 65536,
         };
         let nginx = Nginx::start(&spec)?;
-        eprintln!("nginx ceiling on {} ({}, {} workers)", nginx.addr, nginx.version, spec.workers);
+        let what = if verifying { "nginx verifying client chains" } else { "nginx ceiling" };
+        eprintln!("{what} on {} ({}, {} workers)", nginx.addr, nginx.version, spec.workers);
         Ok(nginx)
     }
 }
@@ -335,6 +366,8 @@ struct Pair {
     att: Attestation,
     proto: Protocol,
     ceiling: Option<LoadResult>,
+    /// With `--verifying-ceiling`, X.509 only: nginx verifying each chain against the group CA.
+    verifying: Option<LoadResult>,
     opendps: LoadResult,
     /// With `--resume`: handshakes that resumed a session, (nginx, OpenDPS).
     resumed: (u64, u64),
@@ -358,6 +391,15 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
     let target = if a.resume { setup.resuming_target(c)? } else { setup.target.clone() };
     let nginx =
         if a.with_ceiling { Some(setup.start_nginx(c, &a.nginx, &work.path.join("nginx"), a.resume)?) } else { None };
+    if a.verifying_ceiling && (a.resume || !a.with_ceiling) {
+        bail!("--verifying-ceiling pairs full handshakes: it needs --with-ceiling and no --resume");
+    }
+    let verifying = if a.verifying_ceiling && x509 {
+        let port = c.nginx_port.checked_add(1).ok_or_else(|| anyhow!("--nginx-port + 1 is not a port"))?;
+        Some(setup.start_nginx_on(&a.nginx, &work.path.join("nginx-verifying"), false, port, true)?)
+    } else {
+        None
+    };
     let speed = if a.with_ceiling && !a.nginx.no_openssl_speed {
         eprintln!("openssl speed rsa2048 ecdhp256 (about 10 s)...");
         openssl_speed()
@@ -419,6 +461,16 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
                     }
                     None => None,
                 };
+                let verified = match (&verifying, att) {
+                    (Some(v), Attestation::X509) => {
+                        let label = format!("nginx verifying r{round} ({})", att.name());
+                        let s = spec(label, a.devices, a.concurrency, a.max_seconds, c);
+                        let r = setup.ceiling_load(&target, &s, v, ids.clone(), auths.clone()).await;
+                        eprintln!("{}", r.line());
+                        Some(r)
+                    }
+                    _ => None,
+                };
                 if a.resume {
                     let addr = match proto {
                         Protocol::Https => target.https,
@@ -440,7 +492,7 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
                 if r.ok == 0 {
                     eprintln!("no registration succeeded; the server log ends with:\n{}", setup.server.log_tail(20));
                 }
-                pairs.push(Pair { round, att, proto, ceiling, opendps: r, resumed });
+                pairs.push(Pair { round, att, proto, ceiling, verifying: verified, opendps: r, resumed });
             }
         }
     }
@@ -483,6 +535,18 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
             if a.resume { "resumed" } else { "full" },
         ));
     }
+    if let Some(v) = &verifying {
+        rep.line(format!(
+            "\nVerifying ceiling (X.509 loads only, not the target's): a second nginx on {}, configured as the \
+             ceiling except that it verifies every device's chain against the group's CA in the handshake \
+             (`ssl_verify_client optional`, `ssl_verify_depth {}`, the CA as `ssl_client_certificate`, which nginx \
+             1.22 requires and which also names the CA in its CertificateRequest, a few dozen bytes OpenDPS does \
+             not send): the signature check OpenDPS must make for an X.509 device and `optional_no_ca` skips. \
+             Measured between the ceiling and the OpenDPS load.",
+            v.addr,
+            dps_attest::MAX_CHAIN,
+        ));
+    }
     if let Some(cipher) = pairs.iter().find_map(|p| p.opendps.cipher.clone()) {
         rep.line(format!("\nNegotiated: {cipher}."));
     }
@@ -490,6 +554,7 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
     let mut all: Vec<&LoadResult> = Vec::new();
     for p in &pairs {
         all.extend(p.ceiling.iter());
+        all.extend(p.verifying.iter());
         all.push(&p.opendps);
     }
     rep.loads(&all);
@@ -509,20 +574,36 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
         rep.line("");
     }
     if nginx.is_some() {
-        rep.line("| round | protocol | attestation | OpenDPS /s | nginx /s | ratio | OpenDPS server CPU ms/reg | nginx CPU ms/handshake |");
-        rep.line("|---|---|---|---|---|---|---|---|");
+        let ms = |r: &LoadResult| r.server_cpu_ms_per_op().map_or_else(|| "-".into(), |v| format!("{v:.2}"));
+        let (vh, vl) = if verifying.is_some() {
+            (" nginx verifying /s | ratio to verifying | nginx verifying CPU ms/handshake |", "---|---|---|")
+        } else {
+            ("", "")
+        };
+        rep.line(format!(
+            "| round | protocol | attestation | OpenDPS /s | nginx /s | ratio | OpenDPS server CPU ms/reg | nginx CPU \
+             ms/handshake |{vh}"
+        ));
+        rep.line(format!("|---|---|---|---|---|---|---|---|{vl}"));
         for p in &pairs {
             let Some(ce) = &p.ceiling else { continue };
+            let v = match (&verifying, &p.verifying) {
+                (None, _) => String::new(),
+                (Some(_), None) => " - | - | - |".into(),
+                (Some(_), Some(v)) => {
+                    format!(" {:.1} | {:.2} | {} |", v.rate(), ratio(&p.opendps, v).unwrap_or(0.0), ms(v))
+                }
+            };
             rep.line(format!(
-                "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} | {} |",
+                "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} | {} |{v}",
                 p.round,
                 p.proto.name(),
                 p.att.name(),
                 p.opendps.rate(),
                 ce.rate(),
                 ratio(&p.opendps, ce).unwrap_or(0.0),
-                p.opendps.server_cpu_ms_per_op().map_or_else(|| "-".into(), |v| format!("{v:.2}")),
-                ce.server_cpu_ms_per_op().map_or_else(|| "-".into(), |v| format!("{v:.2}")),
+                ms(&p.opendps),
+                ms(ce),
             ));
         }
         rep.line("");
@@ -541,14 +622,19 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
             }
         }
         rep.line("Targets (reported, not asserted):\n");
-        for &proto in &a.protocol {
-            for &att in &a.attestation {
-                let ratios: Vec<f64> = pairs
+        // The median over the rounds of OpenDPS's ratio to one of the pair's nginx loads.
+        let median_of = |proto: Protocol, att: Attestation, nginx: fn(&Pair) -> Option<&LoadResult>| {
+            median(
+                pairs
                     .iter()
                     .filter(|p| p.proto == proto && p.att == att)
-                    .filter_map(|p| ratio(&p.opendps, p.ceiling.as_ref()?))
-                    .collect();
-                if let Some(m) = median(ratios) {
+                    .filter_map(|p| ratio(&p.opendps, nginx(p)?))
+                    .collect(),
+            )
+        };
+        for &proto in &a.protocol {
+            for &att in &a.attestation {
+                if let Some(m) = median_of(proto, att, |p| p.ceiling.as_ref()) {
                     let kind = if a.resume { "resumed" } else { "full" };
                     rep.line(format!(
                         "- {} {} {kind}-handshake registrations/s ≥ 0.8 × nginx {kind} handshakes/s (groups {}): \
@@ -559,6 +645,11 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
                         verdict(m >= 0.8)
                     ));
                 }
+                if let Some(m) = median_of(proto, att, |p| p.verifying.as_ref()) {
+                    rep.line(format!(
+                        "  - beside it, not a target: against nginx verifying the same chains, median ratio {m:.2}"
+                    ));
+                }
             }
         }
     }
@@ -566,6 +657,7 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
         rep.line(format!("\nOpenDPS peak RSS over the whole run (VmHWM): {:.1} MiB.", hwm as f64 / 1024.0));
     }
     drop(nginx);
+    drop(verifying);
     rep.finish(c.report.as_deref())?;
     if pairs.iter().any(|p| p.opendps.ok == 0) {
         bail!("a load had no successful registration");

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Args;
 
+use crate::device::Auth;
 use crate::growth::{self, GrowthArgs, SeedVia};
 use crate::hostile::{self, HostileArgs, Kind, Placement};
 use crate::idle::{self, IdleArgs};
@@ -106,6 +107,7 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
     }
 
     let nginx_bin = crate::nginx::find_bin(a.nginx_bin.as_deref());
+    let mut unverified: Option<String> = None;
     let ceiling_note = match (&nginx_bin, a.no_ceiling) {
         (_, true) => "skipped (--no-ceiling)".to_owned(),
         (None, false) => "skipped (nginx not installed: apt-get install -y nginx)".to_owned(),
@@ -133,6 +135,33 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
                     eprintln!("resumed {}", r.line());
                     parts.push(("ceiling-resumed".into(), r));
                 }
+            }
+            // `register --verifying-ceiling`: the group CA's devices pass nginx's chain check,
+            // and devices of another CA are answered 400, so the check really runs.
+            let port = common.nginx_port.checked_add(1).ok_or_else(|| anyhow::anyhow!("--nginx-port + 1"))?;
+            let verifying = setup.start_nginx_on(&n, &work.path.join("nginx-verifying"), false, port, true)?;
+            let ids: Arc<Vec<String>> = Arc::new((0..a.devices).map(|i| format!("smoke-verifying-{i:04}")).collect());
+            let auths = setup.creds(Attestation::X509, &ids)?;
+            let r = setup
+                .ceiling_load(
+                    &setup.target,
+                    &spec("nginx verifying x509".into(), a.devices),
+                    &verifying,
+                    ids.clone(),
+                    auths,
+                )
+                .await;
+            eprintln!("{}", r.line());
+            parts.push(("ceiling-verifying".into(), r));
+            let stranger = crate::pki::Ca::new("opendps-bench smoke: not the group's CA")?;
+            let strangers =
+                ids.iter().map(|id| stranger.issue(id).map(Auth::Cert)).collect::<anyhow::Result<Vec<_>>>()?;
+            let spec_refused = spec("nginx verifying, another CA".into(), a.devices);
+            let r = setup.ceiling_load(&setup.target, &spec_refused, &verifying, ids, Arc::new(strangers)).await;
+            eprintln!("{}", r.line());
+            if r.ok > 0 {
+                unverified =
+                    Some(format!("nginx verifying accepted {} of {} chains from another CA", r.ok, r.attempted));
             }
             format!("ran ({})", nginx.version)
         }
@@ -237,6 +266,10 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
         parts.iter().filter(|(_, r)| r.ok == 0 || r.failed() > 0).map(|(n, _)| n.as_str()).collect();
     if !not_resumed.is_empty() {
         bad.push("resumption");
+    }
+    if let Some(u) = &unverified {
+        eprintln!("{u}");
+        bad.push("verifying ceiling");
     }
     let summary: Vec<String> = parts.iter().map(|(n, r)| format!("{n} {}/{}", r.ok, r.attempted)).collect();
     let line = format!("{}, ceiling {ceiling_note}; in {:.1} s", summary.join(", "), t0.elapsed().as_secs_f64());
