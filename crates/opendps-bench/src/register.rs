@@ -232,6 +232,20 @@ impl Setup {
         .await
     }
 
+    /// [`Setup::ceiling_load`] against the verifying nginx, its line printed.
+    async fn verifying_load(
+        &self,
+        target: &Arc<Target>,
+        spec: &Spec,
+        nginx: &Nginx,
+        ids: &Arc<Vec<String>>,
+        auths: &Arc<Vec<Auth>>,
+    ) -> LoadResult {
+        let r = self.ceiling_load(target, spec, nginx, ids.clone(), auths.clone()).await;
+        eprintln!("{}", r.line());
+        r
+    }
+
     /// A TLS handshake per device to `addr` and nothing else (`server` is measured): a resuming
     /// `target` keeps the sessions for the load that follows.
     pub async fn prime(
@@ -378,6 +392,9 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
     let work = WorkDir::new(c)?;
     let sym = a.attestation.contains(&Attestation::Symmetric);
     let x509 = a.attestation.contains(&Attestation::X509);
+    if a.verifying_ceiling && (a.resume || !a.with_ceiling || !x509) {
+        bail!("--verifying-ceiling pairs X.509 full handshakes: it needs --with-ceiling, x509 in --attestation and no --resume");
+    }
     let setup = Setup::start(SetupSpec {
         common: c,
         default_address: Ipv4Addr::new(127, 0, 0, 90),
@@ -391,10 +408,7 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
     let target = if a.resume { setup.resuming_target(c)? } else { setup.target.clone() };
     let nginx =
         if a.with_ceiling { Some(setup.start_nginx(c, &a.nginx, &work.path.join("nginx"), a.resume)?) } else { None };
-    if a.verifying_ceiling && (a.resume || !a.with_ceiling) {
-        bail!("--verifying-ceiling pairs full handshakes: it needs --with-ceiling and no --resume");
-    }
-    let verifying = if a.verifying_ceiling && x509 {
+    let verifying = if a.verifying_ceiling {
         let port = c.nginx_port.checked_add(1).ok_or_else(|| anyhow!("--nginx-port + 1 is not a port"))?;
         Some(setup.start_nginx_on(&a.nginx, &work.path.join("nginx-verifying"), false, port, true)?)
     } else {
@@ -436,6 +450,15 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
                     s
                 };
                 let mut resumed = (0, 0);
+                // The verifying nginx runs before the ceiling in even rounds and after it in odd
+                // ones, so that neither always follows the previous OpenDPS load.
+                let verifying_first = round % 2 == 0;
+                let label = format!("nginx verifying r{round} ({})", att.name());
+                let verifying_spec = spec(label, a.devices, a.concurrency, a.max_seconds, c);
+                let mut verified = None;
+                if let (true, Some(v), Attestation::X509) = (verifying_first, &verifying, att) {
+                    verified = Some(setup.verifying_load(&target, &verifying_spec, v, &ids, &auths).await);
+                }
                 let ceiling = match &nginx {
                     Some(n) => {
                         if a.resume {
@@ -461,16 +484,9 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
                     }
                     None => None,
                 };
-                let verified = match (&verifying, att) {
-                    (Some(v), Attestation::X509) => {
-                        let label = format!("nginx verifying r{round} ({})", att.name());
-                        let s = spec(label, a.devices, a.concurrency, a.max_seconds, c);
-                        let r = setup.ceiling_load(&target, &s, v, ids.clone(), auths.clone()).await;
-                        eprintln!("{}", r.line());
-                        Some(r)
-                    }
-                    _ => None,
-                };
+                if let (false, Some(v), Attestation::X509) = (verifying_first, &verifying, att) {
+                    verified = Some(setup.verifying_load(&target, &verifying_spec, v, &ids, &auths).await);
+                }
                 if a.resume {
                     let addr = match proto {
                         Protocol::Https => target.https,
@@ -527,7 +543,8 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
              profile's twelve suites at @SECLEVEL=1, server preference, groups P-256:P-384, client certificate \
              requested (optional_no_ca, as OpenDPS asks for one), session cache off, tickets {}, keepalive_timeout \
              0, `return 202` of a 22-byte body: one {} handshake per request, the same client, concurrency and \
-             credentials as the OpenDPS load measured right after it.",
+             credentials as the OpenDPS load measured after it (right after it, unless a verifying load came \
+             between).",
             n.version,
             a.nginx.nginx_workers,
             n.addr,
@@ -542,7 +559,7 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
              (`ssl_verify_client optional`, `ssl_verify_depth {}`, the CA as `ssl_client_certificate`, which nginx \
              1.22 requires and which also names the CA in its CertificateRequest, a few dozen bytes OpenDPS does \
              not send): the signature check OpenDPS must make for an X.509 device and `optional_no_ca` skips. \
-             Measured between the ceiling and the OpenDPS load.",
+             Measured before the OpenDPS load, after the ceiling in odd rounds and before it in even ones.",
             v.addr,
             dps_attest::MAX_CHAIN,
         ));

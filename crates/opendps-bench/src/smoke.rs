@@ -159,9 +159,15 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
             let spec_refused = spec("nginx verifying, another CA".into(), a.devices);
             let r = setup.ceiling_load(&setup.target, &spec_refused, &verifying, ids, Arc::new(strangers)).await;
             eprintln!("{}", r.line());
-            if r.ok > 0 {
-                unverified =
-                    Some(format!("nginx verifying accepted {} of {} chains from another CA", r.ok, r.attempted));
+            // Every device must have been answered, and answered 400: a refused connection or a
+            // failed handshake would also leave ok at 0 without proving that nginx verified.
+            let refused = r.failures.get("static: HTTP 400").copied().unwrap_or(0);
+            if r.attempted == 0 || refused != r.attempted {
+                unverified = Some(format!(
+                    "nginx verifying answered {refused} of {} chains from another CA with 400 (failures: {})",
+                    r.attempted,
+                    r.failures_text()
+                ));
             }
             format!("ran ({})", nginx.version)
         }
