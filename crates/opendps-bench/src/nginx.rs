@@ -21,9 +21,6 @@ pub const DEFAULT_PROFILE: &str = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-
 ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES256-SHA:ECDHE-RSA-AES128-SHA:AES256-GCM-SHA384:AES128-GCM-SHA256:\
 AES256-SHA256:AES128-SHA256:AES256-SHA:AES128-SHA";
 
-/// The longest client chain nginx verifies, as OpenDPS (`dps_attest::MAX_CHAIN`).
-const MAX_CHAIN: usize = dps_attest::MAX_CHAIN;
-
 /// How nginx runs.
 #[derive(Clone, Debug)]
 pub struct NginxSpec {
@@ -77,7 +74,8 @@ pub fn config(spec: &NginxSpec) -> String {
         // nginx 1.22 verifies client chains only against `ssl_client_certificate`, which also
         // names the CA in the CertificateRequest (OpenDPS names none): a few dozen bytes more.
         (true, Some(ca)) => format!(
-            "    ssl_verify_client optional;\n    ssl_verify_depth {MAX_CHAIN};\n    ssl_client_certificate {};\n",
+            "    ssl_verify_client optional;\n    ssl_verify_depth {};\n    ssl_client_certificate {};\n",
+            dps_attest::MAX_CHAIN, // as deep as OpenDPS verifies a device's chain
             ca.display()
         ),
     };

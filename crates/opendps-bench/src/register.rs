@@ -271,9 +271,17 @@ impl Setup {
         self.start_nginx_on(n, prefix, tickets, c.nginx_port, false)
     }
 
+    /// The verifying ceiling (`register --verifying-ceiling`): nginx on `--nginx-port` + 1,
+    /// verifying every client chain against the X.509 group's CA in the handshake; full
+    /// handshakes only.
+    pub fn start_verifying_nginx(&self, c: &Common, n: &NginxArgs, prefix: &Path) -> anyhow::Result<Nginx> {
+        let port = c.nginx_port.checked_add(1).ok_or_else(|| anyhow!("--nginx-port + 1 is not a port"))?;
+        self.start_nginx_on(n, prefix, false, port, true)
+    }
+
     /// [`Setup::start_nginx`] on `port`; with `verifying`, client chains are verified against
     /// the X.509 group's CA in the handshake.
-    pub fn start_nginx_on(
+    fn start_nginx_on(
         &self,
         n: &NginxArgs,
         prefix: &Path,
@@ -409,8 +417,7 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
     let nginx =
         if a.with_ceiling { Some(setup.start_nginx(c, &a.nginx, &work.path.join("nginx"), a.resume)?) } else { None };
     let verifying = if a.verifying_ceiling {
-        let port = c.nginx_port.checked_add(1).ok_or_else(|| anyhow!("--nginx-port + 1 is not a port"))?;
-        Some(setup.start_nginx_on(&a.nginx, &work.path.join("nginx-verifying"), false, port, true)?)
+        Some(setup.start_verifying_nginx(c, &a.nginx, &work.path.join("nginx-verifying"))?)
     } else {
         None
     };

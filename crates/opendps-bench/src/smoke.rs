@@ -138,8 +138,7 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
             }
             // `register --verifying-ceiling`: the group CA's devices pass nginx's chain check,
             // and devices of another CA are answered 400, so the check really runs.
-            let port = common.nginx_port.checked_add(1).ok_or_else(|| anyhow::anyhow!("--nginx-port + 1"))?;
-            let verifying = setup.start_nginx_on(&n, &work.path.join("nginx-verifying"), false, port, true)?;
+            let verifying = setup.start_verifying_nginx(&common, &n, &work.path.join("nginx-verifying"))?;
             let ids: Arc<Vec<String>> = Arc::new((0..a.devices).map(|i| format!("smoke-verifying-{i:04}")).collect());
             let auths = setup.creds(Attestation::X509, &ids)?;
             let r = setup
