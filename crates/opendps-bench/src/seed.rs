@@ -27,7 +27,7 @@ use openssl::sign::Signer;
 
 thread_local! {
     /// [`bench_tls_facts`], built once per seeding thread.
-    static TLS_FACTS: dps_core::tls::StoredFacts = bench_tls_facts();
+    static TLS_FACTS: dps_core::tls::RecordFacts = bench_tls_facts();
 }
 
 /// The hub every seeded registration is assigned to (the one the bench links).
@@ -113,12 +113,14 @@ pub fn enrollment(id: &str, now: &str) -> anyhow::Result<IndividualEnrollment> {
 }
 
 /// The handshake facts a registration through the bench's own TLS client records (its
-/// ClientHello; TLS 1.2, ECDHE-RSA with AES-256-GCM): about 2.2 KB of the 2.6 KB record the
-/// server writes for every device. Without them a seeded record was 0.4 KB, so each
-/// re-registration of a seeded device grew its row six-fold and split B-tree pages, which no
-/// re-registration of a real device does (docs/performance.md, "Documents in a rowid table").
-fn bench_tls_facts() -> dps_core::tls::StoredFacts {
-    use dps_core::tls::{facts_record, HandshakeFacts, Negotiated, Offered, PeerCertificates, TlsVersion};
+/// ClientHello; TLS 1.2, ECDHE-RSA with AES-256-GCM), as the server writes them: the record
+/// keeps what was negotiated and the offer's id; the offer is stored once
+/// (docs/performance.md, "Offers stored once"). Seeded records must be the size real ones are:
+/// when they were smaller, each re-registration of a seeded device grew its row and split B-tree
+/// pages, which no re-registration of a real device does (docs/performance.md, "Documents in a
+/// rowid table").
+fn bench_tls_facts() -> dps_core::tls::RecordFacts {
+    use dps_core::tls::{facts_for_record, HandshakeFacts, Negotiated, Offered, PeerCertificates, TlsVersion};
     let offered = Offered {
         legacy_version: 0x0303,
         supported_versions: None,
@@ -143,7 +145,7 @@ fn bench_tls_facts() -> dps_core::tls::StoredFacts {
         resumed: false,
         client_certificate: false,
     };
-    facts_record(&HandshakeFacts { offered: Some(offered), negotiated }, &PeerCertificates::default())
+    facts_for_record(&HandshakeFacts { offered: Some(offered), negotiated }, &PeerCertificates::default())
 }
 
 /// The registration record of seeded device `id`: assigned to [`HUB`], with the handshake
@@ -165,11 +167,19 @@ pub fn registration(id: &str, now: &str) -> RegistrationRecord {
             extra: Default::default(),
         },
         enrollment_group_id: None,
-        tls: Some(TLS_FACTS.with(Clone::clone)),
+        tls: Some(TLS_FACTS.with(|f| f.facts.clone())),
         operation_id: None,
         initial_twin: None,
         twin_action: Some("initial".to_owned()),
     }
+}
+
+/// Stores the offer every seeded registration names, as a registration's first use of it does.
+async fn put_offer(store: &dyn Store) -> anyhow::Result<()> {
+    if let Some(offer) = TLS_FACTS.with(|f| f.offer.clone()) {
+        store.put_offer(&offer).await?;
+    }
+    Ok(())
 }
 
 /// What seeding did.
@@ -202,6 +212,7 @@ pub async fn seed_bulk(
     let store = dps_store_sqlite::SqliteStore::open(db, dps_store_sqlite::Durability::Normal)
         .with_context(|| format!("opening {}", db.display()))?;
     let now = dps_core::time::format_utc(std::time::SystemTime::now());
+    put_offer(&store).await?;
     let mut out = Seeded::default();
     let mut last_note = Instant::now();
     // Devices are written in the order of their keys (`id` sorts as `splitmix64` does, and
@@ -251,6 +262,7 @@ pub async fn seed_store(
     let t0 = Instant::now();
     let store = dps_store_sqlite::SqliteStore::open(db, dps_store_sqlite::Durability::Normal)?;
     let now = dps_core::time::format_utc(std::time::SystemTime::now());
+    put_offer(&store).await?;
     let mut out = Seeded::default();
     for k in 0..enrolled {
         if t0.elapsed() > max {
@@ -286,6 +298,12 @@ pub async fn verify(db: &Path, instance: &str, ids: &[String], registered: &[Str
         if r.state.assigned_hub.as_deref() != Some(HUB) {
             bail!("seeded registration {id} is not assigned to {HUB}");
         }
+        let offer =
+            r.tls.and_then(|t| t.offer_ref()).with_context(|| format!("seeded registration {id} names no offer"))?;
+        store
+            .offer(&offer)
+            .await?
+            .with_context(|| format!("the offer seeded registration {id} names is not stored"))?;
     }
     Ok(())
 }

@@ -489,7 +489,7 @@ impl DeviceSession {
         } else {
             attested
         };
-        let tls = crate::tls::facts_record(&self.conn.tls, &self.conn.peer_certificates);
+        let tls = crate::tls::facts_for_record(&self.conn.tls, &self.conn.peer_certificates);
         let legacy = api_version.is_some_and(ApiVersion::reports_legacy_substatus);
         let op = self.services.register(attested, body.payload, Some(tls), legacy).await?;
         tracing::Span::current().record("operation_id", op.operation_id.as_str());

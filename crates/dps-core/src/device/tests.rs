@@ -140,6 +140,77 @@ async fn symmetric_key_device_registers_then_polls_to_assigned() {
     assert_eq!(lookup.body()["assignedHub"], "hub-a.example.net");
 }
 
+/// Devices that offered the same ClientHello share one stored offer; their records name it, and
+/// every reader gets the facts whole, on this node and on one that never saw the offer
+/// (docs/performance.md, "Offers stored once").
+#[tokio::test]
+async fn devices_with_the_same_offer_share_one_stored_offer() {
+    use crate::tls::{facts_record, HandshakeFacts, Offered, ProfileName};
+    let w = World::new(&["hub-a.example.net"]).await;
+    let offered = Offered {
+        legacy_version: 0x0303,
+        supported_versions: None,
+        cipher_suites: vec![0xC030, 0xC02F, 0x002F],
+        groups: vec![0x0017],
+        signature_algorithms: vec![0x0804, 0x0401],
+        sni: Some("dps.example".into()),
+        alpn: Vec::new(),
+    };
+    let mut ids = Vec::new();
+    for (i, suites) in
+        [vec![0xC030, 0xC02F, 0x002F], vec![0xC030, 0xC02F, 0x002F], vec![0x002F]].into_iter().enumerate()
+    {
+        let id = format!("dev-{i}");
+        let key = format!("{K1}{i}A==");
+        w.enroll(symmetric(&id, &key)).await;
+        let mut c = connection(Transport::Https, TlsVersion::Tls12, vec![]);
+        let offered = Offered { cipher_suites: suites, ..offered.clone() };
+        c.tls = std::sync::Arc::new(HandshakeFacts { offered: Some(offered), negotiated: c.tls.negotiated.clone() });
+        let whole = facts_record(&c.tls, &c.peer_certificates);
+        let mut d = w.s.device_session(c);
+        let r = d.request(&w.scope(), &id, API, Some(&w.sas(&id, &key)), Operation::Register { body: b"" }).await;
+        assert_eq!(r.status(), 202, "{r:?}");
+        ids.push((id, whole));
+    }
+    // As stored: the records name their offer, two of them the same one.
+    let mut named = Vec::new();
+    for (id, whole) in &ids {
+        let stored = w.s.store.registration("dps", id).await.unwrap().unwrap().tls.unwrap();
+        assert!(stored.to_value().get("offered").is_none(), "{id}: the record holds no offer");
+        let offer = stored.offer_ref().expect("names its offer");
+        let text = w.s.store.offer(&offer).await.unwrap().expect("the offer is stored");
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), whole.to_value()["offered"]);
+        named.push(offer);
+    }
+    assert_eq!(named[0], named[1], "one offer for the same ClientHello");
+    assert_ne!(named[0], named[2]);
+    // As read, on this node (offers cached) and another (read from the store): whole.
+    for node in [w.s.clone(), w.another_node()] {
+        for (id, whole) in &ids {
+            let rec = node.registration(&w.inst, id).await.unwrap();
+            assert_eq!(rec.tls.as_ref().map(crate::tls::StoredFacts::get), Some(whole.get()), "{id}");
+        }
+        let page = node.registrations(&w.inst, None, None, 10).await.unwrap();
+        assert!(page.items.iter().all(|r| r.tls.as_ref().is_some_and(|t| t.offer_ref().is_none())));
+        let policy = crate::tls::readiness::Policy {
+            profile: ProfileName::Recommended.profile(),
+            tls13: false,
+            groups: vec![0x0017],
+            min_tls_version: None,
+        };
+        let report = node.tls_readiness(&w.inst, &policy).await.unwrap();
+        assert_eq!(report.evaluated, 3, "{report:?}");
+        assert_eq!(report.refused.iter().map(|r| r.registration_id.as_str()).collect::<Vec<_>>(), ["dev-2"]);
+    }
+    // A record written whole (before offers were stored once) reads as it was written.
+    let mut old = w.s.store.registration("dps", "dev-0").await.unwrap().unwrap();
+    old.state.registration_id = "dev-old".into();
+    old.tls = Some(ids[0].1.clone());
+    w.s.store.put_registration("dps", &old, crate::store::Precondition::MustNotExist).await.unwrap();
+    let back = w.another_node().registration(&w.inst, "dev-old").await.unwrap();
+    assert_eq!(back.tls.as_ref().map(crate::tls::StoredFacts::get), Some(ids[0].1.get()));
+}
+
 #[tokio::test]
 async fn unknown_device_wrong_key_and_unknown_scope_get_the_same_refusal() {
     let w = World::new(&["hub-a"]).await;

@@ -534,8 +534,10 @@ impl Services {
         Ok(self.store.groups(&instance.name, continuation, limit.clamp(1, 1000)).await?)
     }
 
+    /// A registration as the service API shows it: its TLS facts whole.
     pub async fn registration(&self, instance: &Instance, id: &str) -> Result<RegistrationRecord> {
-        self.store.registration(&instance.name, id).await?.ok_or_else(|| Error::RegistrationNotFound(id.to_owned()))
+        let r = self.store.registration(&instance.name, id).await?;
+        self.whole_facts(r.ok_or_else(|| Error::RegistrationNotFound(id.to_owned()))?).await
     }
 
     pub async fn delete_registration(&self, instance: &Instance, id: &str, if_match: Option<&str>) -> Result<()> {
@@ -552,7 +554,12 @@ impl Services {
         continuation: Option<&str>,
         limit: usize,
     ) -> Result<Page<RegistrationRecord>> {
-        Ok(self.store.registrations(&instance.name, group_id, continuation, limit.clamp(1, 1000)).await?)
+        let page = self.store.registrations(&instance.name, group_id, continuation, limit.clamp(1, 1000)).await?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for r in page.items {
+            items.push(self.whole_facts(r).await?);
+        }
+        Ok(Page { items, continuation: page.continuation })
     }
 
     /// Bulk individual enrollments: each item applied on its own; failures reported per item.

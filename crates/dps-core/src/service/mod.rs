@@ -10,6 +10,7 @@ mod enrollments;
 mod hub;
 mod hub_sync;
 mod network;
+mod offers;
 pub mod query;
 mod readiness;
 mod regions;
@@ -108,6 +109,9 @@ pub struct ServicesInner {
     /// Instances by ID scope, for device authentication (kept current by the store's
     /// instances version).
     pub(crate) instance_cache: Arc<attest::InstanceCache>,
+    /// ClientHello offers registration records name, by id (docs/performance.md, "Offers
+    /// stored once").
+    pub(crate) offers: Arc<offers::OfferCache>,
 }
 
 impl Services {
@@ -138,6 +142,7 @@ impl Services {
             policy_index: Arc::default(),
             group_cache: Arc::default(),
             instance_cache: Arc::default(),
+            offers: Arc::default(),
         };
         Services { inner: Arc::new(inner) }
     }

@@ -35,7 +35,7 @@ impl Services {
         let mut report = ReadinessReport::default();
         let mut token: Option<String> = None;
         loop {
-            let page = self.store.registrations(&instance.name, None, token.as_deref(), 1000).await?;
+            let page = self.registrations(instance, None, token.as_deref(), 1000).await?;
             for r in &page.items {
                 let offered = r.tls.as_ref().map(StoredFacts::to_value);
                 let offered = offered.as_ref().and_then(|t| t.get("offered")).and_then(Offered::from_json);

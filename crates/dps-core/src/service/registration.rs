@@ -63,7 +63,7 @@ impl Services {
         &self,
         a: &Attested,
         payload: Option<Value>,
-        tls: Option<crate::tls::StoredFacts>,
+        tls: Option<crate::tls::RecordFacts>,
         legacy_substatus: bool,
     ) -> Result<OperationStatus> {
         let e = EnrollmentView::of(a);
@@ -75,6 +75,15 @@ impl Services {
             return Err(Error::Unauthorized(format!("the enrollment of {} is disabled", a.registration_id)));
         }
         let inst = &a.instance.name;
+        let tls = match tls {
+            Some(crate::tls::RecordFacts { facts, offer }) => {
+                if let Some(offer) = &offer {
+                    self.keep_offer(offer).await?;
+                }
+                Some(facts)
+            }
+            None => None,
+        };
         for _attempt in 0..3 {
             let existing = self.store.registration(inst, &a.registration_id).await?;
             let current = existing.as_ref().filter(|r| {

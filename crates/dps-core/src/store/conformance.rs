@@ -116,6 +116,17 @@ pub async fn run<S: Store + ?Sized>(s: &S) {
     cascade(s).await;
     hubs(s).await;
     shared(s).await;
+    offers(s).await;
+}
+
+async fn offers<S: Store + ?Sized>(s: &S) {
+    let offer = crate::tls::StoredOffer::of(r#"{"cipherSuites":["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"]}"#.into());
+    assert!(s.offer(&offer.id).await.unwrap().is_none());
+    s.put_offer(&offer).await.unwrap();
+    s.put_offer(&offer).await.expect("storing an offer again is not an error");
+    assert_eq!(s.offer(&offer.id).await.unwrap().as_deref(), Some(offer.json.as_str()));
+    assert_eq!(s.offer(&offer.id.to_ascii_uppercase()).await.unwrap().as_deref(), Some(offer.json.as_str()));
+    assert!(s.instances().await.unwrap().iter().all(|i| !i.name.starts_with('$')), "offers are no instance");
 }
 
 async fn shared<S: Store + ?Sized>(s: &S) {

@@ -9,6 +9,7 @@ use crate::model::{
     CaCertificate, EnrollmentGroup, Hub, HubDevice, IdScope, IndividualEnrollment, Instance, RegistrationRecord,
     TpmIssuedKeys,
 };
+use crate::tls::StoredOffer;
 
 /// The kinds of document, with their stable numbers (stored in the database).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,7 +26,14 @@ pub enum Kind {
     HubDevice = 7,
     /// Filed under no instance: what every node of a deployment shares ([`SharedDoc`]).
     Shared = 8,
+    /// A ClientHello offer that registration records name by id, all under the pseudo-instance
+    /// [`OFFERS`] (docs/performance.md, "Offers stored once").
+    Offer = 9,
 }
+
+/// The pseudo-instance offers are filed under: one set for every instance, since an offer's id
+/// is its content's hash and fleets in different instances often share a TLS stack.
+pub const OFFERS: &str = "$offers";
 
 /// The pseudo-instance embedded hubs are filed under (`$` is never in an instance name).
 pub const HUBS: &str = "$hubs";
@@ -416,5 +424,16 @@ impl<S: DocumentStore> Store for S {
     }
     async fn put_shared(&self, doc: &SharedDoc, pre: Precondition<'_>) -> Result<(), StoreError> {
         put(self, SHARED, doc, pre).await
+    }
+    async fn offer(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.get_doc(Kind::Offer, OFFERS, id).await
+    }
+    async fn put_offer(&self, offer: &StoredOffer) -> Result<(), StoreError> {
+        let doc = DocWrite { id: &offer.id, parent: None, etag: &offer.id, json: &offer.json };
+        match self.put_doc(Kind::Offer, OFFERS, doc, Precondition::MustNotExist).await {
+            // Same id, same text: whoever wrote it first wrote this.
+            Ok(()) | Err(StoreError::AlreadyExists) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }

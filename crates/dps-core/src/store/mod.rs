@@ -9,6 +9,7 @@ use crate::model::{
     CaCertificate, EnrollmentGroup, Hub, HubDevice, IdScope, IndividualEnrollment, Instance, RegistrationRecord,
     TpmIssuedKeys,
 };
+use crate::tls::StoredOffer;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -16,7 +17,7 @@ mod documents;
 pub mod memory;
 mod sealed;
 
-pub use documents::{DocWrite, Document, DocumentStore, Kind, OwnedDoc, RawPage};
+pub use documents::{DocWrite, Document, DocumentStore, Kind, OwnedDoc, RawPage, OFFERS};
 pub use sealed::{SealedStore, SEALED_PREFIX};
 
 /// Condition for a write.
@@ -211,6 +212,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn shared(&self, name: &str) -> Result<Option<SharedDoc>, StoreError>;
     /// Writes a shared document under `pre` (first writer wins with `MustNotExist`).
     async fn put_shared(&self, doc: &SharedDoc, pre: Precondition<'_>) -> Result<(), StoreError>;
+
+    /// The JSON text of the ClientHello offer `id` that registration records name
+    /// (docs/performance.md, "Offers stored once").
+    async fn offer(&self, id: &str) -> Result<Option<String>, StoreError>;
+    /// Stores an offer unless it is stored already (its id is its text's hash, so there is
+    /// nothing to replace). Offers are shared by every instance and never deleted.
+    async fn put_offer(&self, offer: &StoredOffer) -> Result<(), StoreError>;
 }
 
 /// The pseudo-instance shared documents are filed under (`$` is never in an instance name).

@@ -39,7 +39,7 @@ fn secret_paths(kind: Kind) -> &'static [Path] {
         Kind::HubDevice => &[&["primaryKey"], &["secondaryKey"]],
         Kind::TpmKeys => &[&["keys", "[]", "key"]],
         // Shared documents seal their own secrets (dps-server's shared.rs); the rest hold none.
-        Kind::Registration | Kind::Certificate | Kind::Shared => &[],
+        Kind::Registration | Kind::Certificate | Kind::Shared | Kind::Offer => &[],
     }
 }
 

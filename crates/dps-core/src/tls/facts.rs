@@ -181,6 +181,56 @@ pub fn facts_record(facts: &HandshakeFacts, peer_certificates: &PeerCertificates
     }
 }
 
+/// One distinct offer as registration records share it: stored once, under an id derived from
+/// its text, and named by that id from the facts of every record whose connection offered it
+/// (docs/performance.md, "Offers stored once"). A fleet's devices share one TLS stack, so their
+/// ClientHellos, by far the bulk of the facts, are identical.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredOffer {
+    /// The first 128 bits of the text's SHA-256, hex: another text cannot be made to take the
+    /// id of a fleet's offer.
+    pub id: String,
+    /// The `offered` object of [`facts_json`], as JSON text.
+    pub json: String,
+}
+
+impl StoredOffer {
+    /// The offer of `json` (the `offered` object's text) with its id.
+    pub fn of(json: String) -> StoredOffer {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(json.as_bytes());
+        let id = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        StoredOffer { id, json }
+    }
+}
+
+/// What a registration writes for its connection: the record's facts, which name the offer by
+/// id, and the offer itself, to be stored once (`None` when no ClientHello was captured; then the
+/// facts say `"offered": null` as before).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordFacts {
+    pub facts: StoredFacts,
+    pub offer: Option<StoredOffer>,
+}
+
+/// The facts of [`facts_record`] with the offer split out: the record keeps `negotiated` and
+/// `offeredRef` (the offer's id); [`StoredFacts::with_offer`] puts the offer back.
+pub fn facts_for_record(facts: &HandshakeFacts, peer_certificates: &PeerCertificates) -> RecordFacts {
+    let all = FactsOut::of(facts, peer_certificates);
+    let offer = all.offered.as_ref().and_then(|o| serde_json::to_string(o).ok()).map(StoredOffer::of);
+    let text = match &offer {
+        Some(offer) => {
+            serde_json::value::to_raw_value(&FactsRefOut { negotiated: all.negotiated, offered_ref: &offer.id })
+        }
+        None => serde_json::value::to_raw_value(&all),
+    };
+    match text {
+        Ok(raw) => RecordFacts { facts: StoredFacts(raw), offer },
+        // Serializing plain strings, numbers and lists cannot fail; keep the record valid anyway.
+        Err(_) => RecordFacts { facts: StoredFacts::from_value(&serde_json::Value::Null), offer: None },
+    }
+}
+
 /// The TLS facts a registration record keeps, as the JSON text [`facts_record`] wrote. Kept as
 /// text: a registration is read on every poll, and only the readiness report and the service
 /// API's registration view look inside (through [`StoredFacts::to_value`]).
@@ -205,6 +255,32 @@ impl StoredFacts {
     pub fn to_value(&self) -> serde_json::Value {
         serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
     }
+
+    /// The id of the offer these facts name, if they name one rather than holding it (records
+    /// written before offers were stored once hold it).
+    pub fn offer_ref(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Ref {
+            #[serde(rename = "offeredRef")]
+            offered_ref: Option<String>,
+        }
+        serde_json::from_str::<Ref>(self.0.get()).ok()?.offered_ref
+    }
+
+    /// These facts with the named offer put back in place of its id: the text [`facts_record`]
+    /// writes for the same connection. `offer` is the stored offer's JSON text; facts that
+    /// name no offer, and an offer that is not JSON, leave the facts as they are.
+    pub fn with_offer(&self, offer: &str) -> StoredFacts {
+        let (mut facts, Ok(offer)) = (self.to_value(), serde_json::from_str::<serde_json::Value>(offer)) else {
+            return self.clone();
+        };
+        let Some(o) = facts.as_object_mut() else { return self.clone() };
+        if o.remove("offeredRef").is_none() {
+            return self.clone();
+        }
+        o.insert("offered".into(), offer);
+        StoredFacts::from_value(&facts)
+    }
 }
 
 impl PartialEq for StoredFacts {
@@ -220,6 +296,14 @@ impl PartialEq for StoredFacts {
 struct FactsOut<'a> {
     negotiated: NegotiatedOut<'a>,
     offered: Option<OfferedOut<'a>>,
+}
+
+/// The facts a record keeps when the offer is stored on its own (sorted keys, as [`FactsOut`]).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FactsRefOut<'a> {
+    negotiated: NegotiatedOut<'a>,
+    offered_ref: &'a str,
 }
 
 #[derive(serde::Serialize)]
@@ -325,9 +409,9 @@ impl Offered {
 mod json_tests {
     use super::*;
 
-    #[test]
-    fn offers_round_trip_through_json() {
-        let o = Offered {
+    /// A TLS 1.2 and 1.3 client's offer, without ALPN.
+    fn sample_offer() -> Offered {
+        Offered {
             legacy_version: 0x0303,
             supported_versions: Some(vec![0x0304, 0x0303]),
             cipher_suites: vec![0xC02F, 0x002F],
@@ -335,7 +419,12 @@ mod json_tests {
             signature_algorithms: vec![0x0804],
             sni: Some("dps.example".into()),
             alpn: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn offers_round_trip_through_json() {
+        let o = sample_offer();
         let facts = HandshakeFacts {
             offered: Some(o.clone()),
             negotiated: Negotiated {
@@ -429,5 +518,51 @@ mod json_tests {
             assert_eq!(back, stored);
             assert_eq!(back.get(), stored.get());
         }
+    }
+
+    /// A record's facts with the offer split out read, once the offer is put back, exactly as
+    /// the facts kept whole: the readiness report and the service API see no difference.
+    #[test]
+    fn split_facts_put_back_read_as_whole_facts() {
+        let offered = Offered { alpn: vec!["mqtt".into()], ..sample_offer() };
+        let negotiated = Negotiated {
+            version: TlsVersion::Tls12,
+            cipher_suite: 0xC02F,
+            group: Some("secp256r1".into()),
+            alpn: None,
+            resumed: false,
+            client_certificate: true,
+        };
+        let peers = PeerCertificates::from(vec![vec![1u8]]);
+        let facts = HandshakeFacts { offered: Some(offered.clone()), negotiated: negotiated.clone() };
+        let whole = facts_record(&facts, &peers);
+        let split = facts_for_record(&facts, &peers);
+        let offer = split.offer.clone().unwrap();
+        assert_eq!(offer.id.len(), 32);
+        assert!(offer.id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&offer.json).unwrap(), whole.to_value()["offered"]);
+        assert_eq!(split.facts.offer_ref().as_deref(), Some(offer.id.as_str()));
+        assert!(split.facts.to_value().get("offered").is_none(), "the record does not hold the offer");
+        assert!(split.facts.get().len() < whole.get().len());
+        assert_eq!(split.facts.with_offer(&offer.json).get(), whole.get());
+        assert_eq!(whole.offer_ref(), None);
+        assert_eq!(whole.with_offer(&offer.json).get(), whole.get(), "whole facts stay as they are");
+        assert_eq!(split.facts.with_offer("not json").get(), split.facts.get());
+
+        // The id follows the offer: the same offer, the same id; another offer, another id.
+        let again = facts_for_record(
+            &HandshakeFacts { offered: Some(offered.clone()), negotiated: negotiated.clone() },
+            &PeerCertificates::default(),
+        );
+        assert_eq!(again.offer.as_ref().map(|o| &o.id), Some(&offer.id));
+        let other = Offered { cipher_suites: vec![0xC02F], ..offered };
+        let other = facts_for_record(&HandshakeFacts { offered: Some(other), negotiated: negotiated.clone() }, &peers);
+        assert_ne!(other.offer.map(|o| o.id), Some(offer.id));
+
+        // No ClientHello: nothing to share, the facts say so in place.
+        let none = HandshakeFacts { offered: None, negotiated };
+        let split = facts_for_record(&none, &peers);
+        assert_eq!(split.offer, None);
+        assert_eq!(split.facts.get(), facts_record(&none, &peers).get());
     }
 }

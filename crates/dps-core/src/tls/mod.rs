@@ -13,7 +13,8 @@ mod suites;
 mod version;
 
 pub use facts::{
-    facts_json, facts_record, Decoded, HandshakeFacts, Negotiated, Offered, PeerCertificates, StoredFacts,
+    facts_for_record, facts_json, facts_record, Decoded, HandshakeFacts, Negotiated, Offered, PeerCertificates,
+    RecordFacts, StoredFacts, StoredOffer,
 };
 pub use group::{Group, UnknownGroup};
 pub use names::{cipher_suite_name, group_name, is_grease, signature_scheme_name};

@@ -1,0 +1,97 @@
+//! Offers stored once (docs/performance.md, "Offers stored once"): a registration record names
+//! its connection's ClientHello offer by id, and the offer is stored on its own, once for every
+//! device that offered the same. Readers that look inside the facts (the service API's
+//! registration view, the readiness report) get them whole again through [`Services::whole_facts`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use super::Services;
+use crate::error::Result;
+use crate::model::RegistrationRecord;
+use crate::tls::StoredOffer;
+
+/// Offers this node has written or read, by id. Bounded: forgotten wholesale when full (a
+/// fleet has a handful of TLS stacks; only a flood of distinct ClientHellos fills it, and then
+/// the cost is a store read or an idempotent write per registration, as without the cache).
+#[derive(Debug, Default)]
+pub(crate) struct OfferCache(Mutex<HashMap<String, Known>>);
+
+#[derive(Debug)]
+struct Known {
+    /// The offer's text. An id is its text's hash, so this never goes stale.
+    json: Arc<str>,
+    /// When the store was last seen to hold it. A database restored from a backup, or a replica
+    /// promoted before it had every write, may have lost an offer this node wrote: after
+    /// [`RECHECK`] the next registration that names it writes it again (a no-op if it is there).
+    stored_at: SystemTime,
+}
+
+const MAX_OFFERS: usize = 1024;
+const RECHECK: Duration = Duration::from_secs(600);
+
+impl OfferCache {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Known>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn text(&self, id: &str) -> Option<Arc<str>> {
+        self.lock().get(id).map(|k| k.json.clone())
+    }
+
+    fn stored_recently(&self, id: &str, now: SystemTime) -> bool {
+        self.lock().get(id).is_some_and(|k| now.duration_since(k.stored_at).is_ok_and(|age| age < RECHECK))
+    }
+
+    fn remember(&self, id: &str, json: Arc<str>, now: SystemTime) {
+        let mut map = self.lock();
+        if map.len() >= MAX_OFFERS && !map.contains_key(id) {
+            map.clear();
+        }
+        map.insert(id.to_owned(), Known { json, stored_at: now });
+    }
+}
+
+impl Services {
+    /// Makes sure the store holds `offer` before a record names it: one idempotent write per
+    /// distinct offer and node every [`RECHECK`], nothing for the rest.
+    pub(crate) async fn keep_offer(&self, offer: &StoredOffer) -> Result<()> {
+        let now = self.clock.now();
+        if self.offers.stored_recently(&offer.id, now) {
+            return Ok(());
+        }
+        self.store.put_offer(offer).await?;
+        self.offers.remember(&offer.id, Arc::from(offer.json.as_str()), now);
+        Ok(())
+    }
+
+    /// `record` with its TLS facts whole: the offer they name put back in place of its id. A
+    /// record that holds its offer (written before offers were stored once) is returned as it
+    /// is; so is one whose offer the store does not hold, which is logged.
+    pub(crate) async fn whole_facts(&self, mut record: RegistrationRecord) -> Result<RegistrationRecord> {
+        let Some(id) = record.tls.as_ref().and_then(crate::tls::StoredFacts::offer_ref) else {
+            return Ok(record);
+        };
+        let json = match self.offers.text(&id) {
+            Some(json) => json,
+            None => match self.store.offer(&id).await? {
+                Some(json) => {
+                    let json: Arc<str> = Arc::from(json);
+                    self.offers.remember(&id, json.clone(), self.clock.now());
+                    json
+                }
+                None => {
+                    tracing::warn!(
+                        registration_id = %record.state.registration_id,
+                        offer = %id,
+                        "the TLS offer a registration names is not in the store"
+                    );
+                    return Ok(record);
+                }
+            },
+        };
+        record.tls = record.tls.map(|facts| facts.with_offer(&json));
+        Ok(record)
+    }
+}
