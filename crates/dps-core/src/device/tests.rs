@@ -185,6 +185,12 @@ async fn devices_with_the_same_offer_share_one_stored_offer() {
     assert_eq!(named[0], named[1], "one offer for the same ClientHello");
     assert_ne!(named[0], named[2]);
     // As read, on this node (offers cached) and another (read from the store): whole.
+    let policy = crate::tls::readiness::Policy {
+        profile: ProfileName::Recommended.profile(),
+        tls13: false,
+        groups: vec![0x0017],
+        min_tls_version: None,
+    };
     for node in [w.s.clone(), w.another_node()] {
         for (id, whole) in &ids {
             let rec = node.registration(&w.inst, id).await.unwrap();
@@ -192,12 +198,6 @@ async fn devices_with_the_same_offer_share_one_stored_offer() {
         }
         let page = node.registrations(&w.inst, None, None, 10).await.unwrap();
         assert!(page.items.iter().all(|r| r.tls.as_ref().is_some_and(|t| t.offer_ref().is_none())));
-        let policy = crate::tls::readiness::Policy {
-            profile: ProfileName::Recommended.profile(),
-            tls13: false,
-            groups: vec![0x0017],
-            min_tls_version: None,
-        };
         let report = node.tls_readiness(&w.inst, &policy).await.unwrap();
         assert_eq!(report.evaluated, 3, "{report:?}");
         assert_eq!(report.refused.iter().map(|r| r.registration_id.as_str()).collect::<Vec<_>>(), ["dev-2"]);
@@ -209,6 +209,19 @@ async fn devices_with_the_same_offer_share_one_stored_offer() {
     w.s.store.put_registration("dps", &old, crate::store::Precondition::MustNotExist).await.unwrap();
     let back = w.another_node().registration(&w.inst, "dev-old").await.unwrap();
     assert_eq!(back.tls.as_ref().map(crate::tls::StoredFacts::get), Some(ids[0].1.get()));
+    // A record naming an offer the store lost (restored from an older backup) reads as one
+    // without an offer, never with the id showing.
+    old.state.registration_id = "dev-lost".into();
+    let negotiated = ids[0].1.to_value()["negotiated"].clone();
+    old.tls = Some(crate::tls::StoredFacts::from_value(
+        &json!({ "negotiated": negotiated, "offeredRef": "00000000000000000000000000000000" }),
+    ));
+    w.s.store.put_registration("dps", &old, crate::store::Precondition::MustNotExist).await.unwrap();
+    let lost = w.s.registration(&w.inst, "dev-lost").await.unwrap().tls.unwrap().to_value();
+    assert_eq!(lost, json!({ "negotiated": negotiated, "offered": null }));
+    let report = w.s.tls_readiness(&w.inst, &policy).await.unwrap();
+    assert_eq!(report.without_tls_facts, ["dev-lost"]);
+    assert_eq!(report.evaluated, 4);
 }
 
 #[tokio::test]

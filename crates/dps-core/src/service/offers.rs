@@ -12,11 +12,21 @@ use crate::error::Result;
 use crate::model::RegistrationRecord;
 use crate::tls::StoredOffer;
 
-/// Offers this node has written or read, by id. Bounded: forgotten wholesale when full (a
-/// fleet has a handful of TLS stacks; only a flood of distinct ClientHellos fills it, and then
-/// the cost is a store read or an idempotent write per registration, as without the cache).
+/// Offers this node has written or read, by id. Bounded in entries and bytes: forgotten
+/// wholesale when full (a fleet has a handful of TLS stacks; only a flood of distinct
+/// ClientHellos fills it, and then the cost is a store read or an idempotent write per
+/// registration, as without the cache).
 #[derive(Debug, Default)]
-pub(crate) struct OfferCache(Mutex<HashMap<String, Known>>);
+pub(crate) struct OfferCache(Mutex<Offers>);
+
+#[derive(Debug, Default)]
+struct Offers {
+    known: HashMap<String, Known>,
+    /// The bytes of the texts in `known`.
+    bytes: usize,
+    /// Ids of offers found missing and logged (each logged once).
+    missing_logged: std::collections::HashSet<String>,
+}
 
 #[derive(Debug)]
 struct Known {
@@ -29,27 +39,42 @@ struct Known {
 }
 
 const MAX_OFFERS: usize = 1024;
+const MAX_BYTES: usize = 4 << 20;
 const RECHECK: Duration = Duration::from_secs(600);
 
 impl OfferCache {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Known>> {
+    fn lock(&self) -> MutexGuard<'_, Offers> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn text(&self, id: &str) -> Option<Arc<str>> {
-        self.lock().get(id).map(|k| k.json.clone())
+        self.lock().known.get(id).map(|k| k.json.clone())
     }
 
     fn stored_recently(&self, id: &str, now: SystemTime) -> bool {
-        self.lock().get(id).is_some_and(|k| now.duration_since(k.stored_at).is_ok_and(|age| age < RECHECK))
+        self.lock().known.get(id).is_some_and(|k| now.duration_since(k.stored_at).is_ok_and(|age| age < RECHECK))
     }
 
     fn remember(&self, id: &str, json: Arc<str>, now: SystemTime) {
-        let mut map = self.lock();
-        if map.len() >= MAX_OFFERS && !map.contains_key(id) {
-            map.clear();
+        let mut o = self.lock();
+        if let Some(old) = o.known.remove(id) {
+            o.bytes -= old.json.len();
         }
-        map.insert(id.to_owned(), Known { json, stored_at: now });
+        if o.known.len() >= MAX_OFFERS || o.bytes + json.len() > MAX_BYTES {
+            o.known.clear();
+            o.bytes = 0;
+        }
+        o.bytes += json.len();
+        o.known.insert(id.to_owned(), Known { json, stored_at: now });
+    }
+
+    /// True the first time offer `id` is found missing (since the set was last emptied).
+    fn first_missing(&self, id: &str) -> bool {
+        let mut o = self.lock();
+        if o.missing_logged.len() >= MAX_OFFERS {
+            o.missing_logged.clear();
+        }
+        o.missing_logged.insert(id.to_owned())
     }
 }
 
@@ -68,7 +93,10 @@ impl Services {
 
     /// `record` with its TLS facts whole: the offer they name put back in place of its id. A
     /// record that holds its offer (written before offers were stored once) is returned as it
-    /// is; so is one whose offer the store does not hold, which is logged.
+    /// is. One whose offer the store does not hold (a database restored from a backup older
+    /// than the record) reads `"offered": null`, as when no offer was captured, and the offer is
+    /// logged as missing once. A store that cannot be read fails the read, as it fails the
+    /// record's own.
     pub(crate) async fn whole_facts(&self, mut record: RegistrationRecord) -> Result<RegistrationRecord> {
         let Some(id) = record.tls.as_ref().and_then(crate::tls::StoredFacts::offer_ref) else {
             return Ok(record);
@@ -82,11 +110,14 @@ impl Services {
                     json
                 }
                 None => {
-                    tracing::warn!(
-                        registration_id = %record.state.registration_id,
-                        offer = %id,
-                        "the TLS offer a registration names is not in the store"
-                    );
+                    if self.offers.first_missing(&id) {
+                        tracing::warn!(
+                            registration_id = %record.state.registration_id,
+                            offer = %id,
+                            "the TLS offer registrations name is not in the store; they read as without one (logged once per offer)"
+                        );
+                    }
+                    record.tls = record.tls.map(|facts| facts.without_offer());
                     return Ok(record);
                 }
             },

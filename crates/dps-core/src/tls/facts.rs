@@ -271,15 +271,34 @@ impl StoredFacts {
     /// writes for the same connection. `offer` is the stored offer's JSON text; facts that
     /// name no offer, and an offer that is not JSON, leave the facts as they are.
     pub fn with_offer(&self, offer: &str) -> StoredFacts {
-        let (mut facts, Ok(offer)) = (self.to_value(), serde_json::from_str::<serde_json::Value>(offer)) else {
-            return self.clone();
+        self.offer_in_place(offer)
+    }
+
+    /// These facts with `"offered": null` in place of the id of an offer the store does not
+    /// hold: what facts say when no offer was captured.
+    pub fn without_offer(&self) -> StoredFacts {
+        self.offer_in_place("null")
+    }
+
+    fn offer_in_place(&self, offer: &str) -> StoredFacts {
+        let Some(id) = self.offer_ref() else { return self.clone() };
+        // `offeredRef` is the last key [`facts_for_record`] writes, and `offered` sorts where it
+        // was: the record's text with its end replaced is the whole text.
+        let head = self.0.get().strip_suffix(&format!(",\"offeredRef\":\"{id}\"}}"));
+        let whole = match head {
+            Some(head) => serde_json::value::RawValue::from_string(format!("{head},\"offered\":{offer}}}")).ok(),
+            // Text some other writer laid out: through a JSON tree.
+            None => {
+                let (mut facts, Ok(offer)) = (self.to_value(), serde_json::from_str::<serde_json::Value>(offer)) else {
+                    return self.clone();
+                };
+                let Some(o) = facts.as_object_mut() else { return self.clone() };
+                o.remove("offeredRef");
+                o.insert("offered".into(), offer);
+                serde_json::value::to_raw_value(&facts).ok()
+            }
         };
-        let Some(o) = facts.as_object_mut() else { return self.clone() };
-        if o.remove("offeredRef").is_none() {
-            return self.clone();
-        }
-        o.insert("offered".into(), offer);
-        StoredFacts::from_value(&facts)
+        whole.map_or_else(|| self.clone(), StoredFacts)
     }
 }
 
@@ -548,6 +567,14 @@ mod json_tests {
         assert_eq!(whole.offer_ref(), None);
         assert_eq!(whole.with_offer(&offer.json).get(), whole.get(), "whole facts stay as they are");
         assert_eq!(split.facts.with_offer("not json").get(), split.facts.get());
+        let missing = split.facts.without_offer().to_value();
+        assert_eq!(missing["offered"], serde_json::Value::Null);
+        assert!(missing.get("offeredRef").is_none());
+        assert_eq!(missing["negotiated"], whole.to_value()["negotiated"]);
+        // Facts laid out by another writer (keys in another order) are put back through a tree.
+        let text = format!("{{\"offeredRef\":\"{}\",\"negotiated\":{}}}", offer.id, whole.to_value()["negotiated"]);
+        let reordered = StoredFacts(serde_json::value::RawValue::from_string(text).unwrap());
+        assert_eq!(reordered.with_offer(&offer.json).get(), whole.get());
 
         // The id follows the offer: the same offer, the same id; another offer, another id.
         let again = facts_for_record(
