@@ -297,7 +297,7 @@ pub async fn seed_store(
 /// the seeding can overlap the first round. SQLite syncs the file after its last checkpoint
 /// already; this makes sure of it whatever the store's settings. (One run's first round was far
 /// slower than the others, `bench/results/2026-12-03-growth-10m-seed-as-server.md`; its cause
-/// was not found, and the run with this sync had only a few MB dirty when seeding ended.)
+/// was not found, and the run with this sync had under 1 MB dirty when seeding ended.)
 fn sync_to_disk(db: &Path) -> anyhow::Result<()> {
     for path in [db.to_owned(), db.with_extension("db-wal")] {
         match std::fs::File::open(&path) {

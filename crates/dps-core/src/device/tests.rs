@@ -222,6 +222,16 @@ async fn devices_with_the_same_offer_share_one_stored_offer() {
     let report = w.s.tls_readiness(&w.inst, &policy).await.unwrap();
     assert_eq!(report.without_tls_facts, ["dev-lost"]);
     assert_eq!(report.evaluated, 4);
+    // An offer stored under an id that is not its text's (a damaged store) is not put in either,
+    // also when the node looks again after its recheck time.
+    let text = w.s.store.offer(&named[0]).await.unwrap().unwrap();
+    let damaged = crate::tls::StoredOffer { id: "00000000000000000000000000000000".into(), json: text };
+    w.s.store.put_offer(&damaged).await.unwrap();
+    w.clock.advance(Duration::from_secs(11 * 60));
+    for node in [w.s.clone(), w.another_node()] {
+        let lost = node.registration(&w.inst, "dev-lost").await.unwrap().tls.unwrap().to_value();
+        assert_eq!(lost, json!({ "negotiated": negotiated, "offered": null }));
+    }
 }
 
 #[tokio::test]

@@ -24,8 +24,10 @@ struct Offers {
     known: HashMap<String, Known>,
     /// The bytes of the texts in `known`.
     bytes: usize,
-    /// Ids of offers found missing and logged (each logged once).
-    missing_logged: std::collections::HashSet<String>,
+    /// Offers found missing from the store (or not matching their id), and when: logged once,
+    /// and not looked for again before [`RECHECK`] (a readiness report over a million records
+    /// naming one lost offer reads the store for it once).
+    missing: HashMap<String, SystemTime>,
 }
 
 #[derive(Debug)]
@@ -57,6 +59,7 @@ impl OfferCache {
 
     fn remember(&self, id: &str, json: Arc<str>, now: SystemTime) {
         let mut o = self.lock();
+        o.missing.remove(id);
         if let Some(old) = o.known.remove(id) {
             o.bytes -= old.json.len();
         }
@@ -68,13 +71,18 @@ impl OfferCache {
         o.known.insert(id.to_owned(), Known { json, stored_at: now });
     }
 
-    /// True the first time offer `id` is found missing (since the set was last emptied).
-    fn first_missing(&self, id: &str) -> bool {
+    /// Whether offer `id` was found missing less than [`RECHECK`] ago.
+    fn missing_recently(&self, id: &str, now: SystemTime) -> bool {
+        self.lock().missing.get(id).is_some_and(|at| now.duration_since(*at).is_ok_and(|age| age < RECHECK))
+    }
+
+    /// Notes offer `id` as missing; true if it was not noted already (then it is logged).
+    fn note_missing(&self, id: &str, now: SystemTime) -> bool {
         let mut o = self.lock();
-        if o.missing_logged.len() >= MAX_OFFERS {
-            o.missing_logged.clear();
+        if o.missing.len() >= MAX_OFFERS && !o.missing.contains_key(id) {
+            o.missing.clear();
         }
-        o.missing_logged.insert(id.to_owned())
+        o.missing.insert(id.to_owned(), now).is_none()
     }
 }
 
@@ -101,28 +109,35 @@ impl Services {
         let Some(id) = record.tls.as_ref().and_then(crate::tls::StoredFacts::offer_ref) else {
             return Ok(record);
         };
+        let now = self.clock.now();
         let json = match self.offers.text(&id) {
-            Some(json) => json,
+            Some(json) => Some(json),
+            None if self.offers.missing_recently(&id, now) => None,
+            // Only a text that is the id's goes in: a store that lost or damaged an offer
+            // makes the record read as one without, never with another offer.
             None => match self.store.offer(&id).await? {
-                Some(json) => {
+                Some(json) if StoredOffer::id_of(&json) == id => {
                     let json: Arc<str> = Arc::from(json);
-                    self.offers.remember(&id, json.clone(), self.clock.now());
-                    json
+                    self.offers.remember(&id, json.clone(), now);
+                    Some(json)
                 }
-                None => {
-                    if self.offers.first_missing(&id) {
+                found => {
+                    if self.offers.note_missing(&id, now) {
                         tracing::warn!(
                             registration_id = %record.state.registration_id,
                             offer = %id,
-                            "the TLS offer registrations name is not in the store; they read as without one (logged once per offer)"
+                            damaged = found.is_some(),
+                            "a TLS offer registrations name is not in the store; they read as without one (logged once per offer)"
                         );
                     }
-                    record.tls = record.tls.map(|facts| facts.without_offer());
-                    return Ok(record);
+                    None
                 }
             },
         };
-        record.tls = record.tls.map(|facts| facts.with_offer(&json));
+        record.tls = record.tls.map(|facts| match &json {
+            Some(json) => facts.with_offer(json),
+            None => facts.without_offer(),
+        });
         Ok(record)
     }
 }

@@ -197,10 +197,13 @@ pub struct StoredOffer {
 impl StoredOffer {
     /// The offer of `json` (the `offered` object's text) with its id.
     pub fn of(json: String) -> StoredOffer {
+        StoredOffer { id: StoredOffer::id_of(&json), json }
+    }
+
+    /// The id of the offer whose text is `json`.
+    pub fn id_of(json: &str) -> String {
         use sha2::Digest;
-        let digest = sha2::Sha256::digest(json.as_bytes());
-        let id = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-        StoredOffer { id, json }
+        sha2::Sha256::digest(json.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -285,7 +288,11 @@ impl StoredFacts {
         // `offeredRef` is the last key [`facts_for_record`] writes, and `offered` sorts where it
         // was: the record's text with its end replaced is the whole text.
         let head = self.0.get().strip_suffix(&format!(",\"offeredRef\":\"{id}\"}}"));
+        // Only one JSON value goes in (a text such as `1,"x":2` would splice into valid JSON),
+        // and never beside an `offered` key some other writer left.
+        let one_value = serde_json::from_str::<&serde_json::value::RawValue>(offer).is_ok();
         let whole = match head {
+            Some(head) if !one_value || head.contains("\"offered\":") => return self.clone(),
             Some(head) => serde_json::value::RawValue::from_string(format!("{head},\"offered\":{offer}}}")).ok(),
             // Text some other writer laid out: through a JSON tree.
             None => {
@@ -567,6 +574,7 @@ mod json_tests {
         assert_eq!(whole.offer_ref(), None);
         assert_eq!(whole.with_offer(&offer.json).get(), whole.get(), "whole facts stay as they are");
         assert_eq!(split.facts.with_offer("not json").get(), split.facts.get());
+        assert_eq!(split.facts.with_offer("1,\"x\":2").get(), split.facts.get(), "one value or nothing");
         let missing = split.facts.without_offer().to_value();
         assert_eq!(missing["offered"], serde_json::Value::Null);
         assert!(missing.get("offeredRef").is_none());
