@@ -75,15 +75,10 @@ impl Services {
             return Err(Error::Unauthorized(format!("the enrollment of {} is disabled", a.registration_id)));
         }
         let inst = &a.instance.name;
-        let tls = match tls {
-            Some(crate::tls::RecordFacts { facts, offer }) => {
-                if let Some(offer) = &offer {
-                    self.keep_offer(offer).await?;
-                }
-                Some(facts)
-            }
-            None => None,
-        };
+        if let Some(offer) = tls.as_ref().and_then(|t| t.offer.as_ref()) {
+            self.keep_offer(offer).await?;
+        }
+        let tls = tls.map(|t| t.facts);
         for _attempt in 0..3 {
             let existing = self.store.registration(inst, &a.registration_id).await?;
             let current = existing.as_ref().filter(|r| {

@@ -17,7 +17,7 @@ mod documents;
 pub mod memory;
 mod sealed;
 
-pub use documents::{DocWrite, Document, DocumentStore, Kind, OwnedDoc, RawPage, OFFERS};
+pub use documents::{DocWrite, Document, DocumentStore, Kind, OwnedDoc, RawPage};
 pub use sealed::{SealedStore, SEALED_PREFIX};
 
 /// Condition for a write.

@@ -171,8 +171,11 @@ pub fn facts_json(facts: &HandshakeFacts, peer_certificates: &PeerCertificates) 
     serde_json::to_value(FactsOut::of(facts, peer_certificates)).unwrap_or(serde_json::Value::Null)
 }
 
-/// The same facts as [`facts_json`], written straight to the text a registration record keeps
-/// (no JSON tree is built on the way: docs/performance.md, "Registration records").
+/// The same facts as [`facts_json`], written straight to text, the offer in place: what a record
+/// held before offers were stored once, and what [`StoredFacts::with_offer`] gives back. Records
+/// are written by [`facts_for_record`]; this whole form is kept for the tests that hold the
+/// two to each other.
+#[cfg(test)]
 pub fn facts_record(facts: &HandshakeFacts, peer_certificates: &PeerCertificates) -> StoredFacts {
     match serde_json::value::to_raw_value(&FactsOut::of(facts, peer_certificates)) {
         Ok(raw) => StoredFacts(raw),
@@ -216,8 +219,9 @@ pub struct RecordFacts {
     pub offer: Option<StoredOffer>,
 }
 
-/// The facts of [`facts_record`] with the offer split out: the record keeps `negotiated` and
-/// `offeredRef` (the offer's id); [`StoredFacts::with_offer`] puts the offer back.
+/// The facts of [`facts_json`], written straight to text (no JSON tree is built on the way:
+/// docs/performance.md, "Registration records") with the offer split out: the record keeps
+/// `negotiated` and `offeredRef` (the offer's id); [`StoredFacts::with_offer`] puts the offer back.
 pub fn facts_for_record(facts: &HandshakeFacts, peer_certificates: &PeerCertificates) -> RecordFacts {
     let all = FactsOut::of(facts, peer_certificates);
     let offer = all.offered.as_ref().and_then(|o| serde_json::to_string(o).ok()).map(StoredOffer::of);
@@ -234,7 +238,7 @@ pub fn facts_for_record(facts: &HandshakeFacts, peer_certificates: &PeerCertific
     }
 }
 
-/// The TLS facts a registration record keeps, as the JSON text [`facts_record`] wrote. Kept as
+/// The TLS facts a registration record keeps, as the JSON text [`facts_for_record`] wrote. Kept as
 /// text: a registration is read on every poll, and only the readiness report and the service
 /// API's registration view look inside (through [`StoredFacts::to_value`]).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -270,8 +274,8 @@ impl StoredFacts {
         serde_json::from_str::<Ref>(self.0.get()).ok()?.offered_ref
     }
 
-    /// These facts with the named offer put back in place of its id: the text [`facts_record`]
-    /// writes for the same connection. `offer` is the stored offer's JSON text; facts that
+    /// These facts with the named offer put back in place of its id: the text the record held
+    /// before offers were stored once, keys sorted as a JSON tree writes them. `offer` is the stored offer's JSON text; facts that
     /// name no offer, and an offer that is not JSON, leave the facts as they are.
     pub fn with_offer(&self, offer: &str) -> StoredFacts {
         self.offer_in_place(offer)

@@ -12,9 +12,11 @@ pub mod readiness;
 mod suites;
 mod version;
 
+#[cfg(test)]
+pub use facts::facts_record;
 pub use facts::{
-    facts_for_record, facts_json, facts_record, Decoded, HandshakeFacts, Negotiated, Offered, PeerCertificates,
-    RecordFacts, StoredFacts, StoredOffer,
+    facts_for_record, facts_json, Decoded, HandshakeFacts, Negotiated, Offered, PeerCertificates, RecordFacts,
+    StoredFacts, StoredOffer,
 };
 pub use group::{Group, UnknownGroup};
 pub use names::{cipher_suite_name, group_name, is_grease, signature_scheme_name};
