@@ -150,11 +150,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 }
 
 /// Serves the DPS device API on one MQTT connection (already through TLS, or a WebSocket).
-/// A plain function returning the instrumented future, not an `async fn`: a wrapper future would
-/// keep its own copy of the arguments for the connection's whole life. The CONNECT exchange runs
-/// in an allocation of its own, freed once the device is connected, so the future that stays
-/// while the device idles holds only what serving its requests needs (bench/README.md, "How to
-/// read `idle`").
+/// A plain function returning the future, not an `async fn`: a wrapper future would keep its own
+/// copy of the arguments for the connection's whole life. The CONNECT exchange runs in an
+/// allocation of its own, freed once the device is connected, so the future that stays while the
+/// device idles holds only what serving its requests needs (bench/README.md, "How to read
+/// `idle`"). For the same reason the connection's `mqtt_connection` span lives only while there
+/// is work: the CONNECT phase and each request run in one, and a line logged between them opens
+/// one for itself ([`Tag`]).
 pub fn serve_connection<S>(
     io: S,
     ctx: ConnectionContext,
@@ -163,28 +165,49 @@ pub fn serve_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let span = tracing::info_span!("mqtt_connection", transport = ctx.facts.transport.as_str(), peer = %ctx.facts.peer);
-    let connect = Box::pin(connect(io, ctx, shutdown.clone()));
+    let tag = Tag { transport: ctx.facts.transport, peer: ctx.facts.peer };
+    let connect = Box::pin(connect(io, ctx, tag, shutdown).instrument(tag.span()));
     async move {
         // Moved, never borrowed, so that this block keeps no second copy of the connected state
-        // beside the one inside `serve`.
+        // beside the one inside `serve`; everything `serve` needs travels in `Connected`.
         let Some(connected) = connect.await else { return };
-        connected.serve(shutdown).await;
+        connected.serve().await;
     }
-    .instrument(span)
 }
 
-/// A device past CONNECT (accepted, or refused and told so request by request).
+/// What names a connection in the log. The span it makes is the same for every phase, so each
+/// line reads as it would under one span for the whole connection; but a span held for the
+/// connection's life costs its slot in the span registry and its fields as text (about 0.3 KiB
+/// per idle connection, docs/performance.md "Idle connections"), and this is 40 bytes.
+#[derive(Clone, Copy)]
+struct Tag {
+    transport: dps_core::device::Transport,
+    peer: std::net::SocketAddr,
+}
+
+impl Tag {
+    fn span(self) -> tracing::Span {
+        tracing::info_span!("mqtt_connection", transport = self.transport.as_str(), peer = %self.peer)
+    }
+}
+
+/// A device past CONNECT (accepted, or refused and told so request by request), with what
+/// serving it needs and nothing more: its limits are already worked out into `idle` and
+/// `deadline`.
 struct Connected<S> {
     c: Conn<S>,
     device: DeviceSession,
-    limits: Limits,
-    keep_alive: u16,
+    tag: Tag,
+    shutdown: CancellationToken,
+    /// How long the device may stay silent: 1.5 × its keep-alive, bounded.
+    idle: Duration,
+    /// A refused device's connection ends here.
+    deadline: Option<Instant>,
     refused: bool,
 }
 
 /// CONNECT: read it, authenticate the device and answer CONNACK. `None`: the connection is over.
-async fn connect<S>(io: S, ctx: ConnectionContext, shutdown: CancellationToken) -> Option<Connected<S>>
+async fn connect<S>(io: S, ctx: ConnectionContext, tag: Tag, shutdown: CancellationToken) -> Option<Connected<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -254,119 +277,129 @@ where
     if !c.send(|b| ack.write(b)).await {
         return None;
     }
-    Some(Connected { c, device, limits, keep_alive: connect.keep_alive, refused })
+    // Keep-alive: the client must send something within 1.5 × its keep-alive, bounded.
+    let asked = Duration::from_millis(u64::from(connect.keep_alive) * 1500);
+    let idle = if connect.keep_alive == 0 { limits.max_keep_alive } else { asked.min(limits.max_keep_alive) };
+    let (idle, deadline) = if refused {
+        (idle.min(limits.refused_lifetime), Some(Instant::now() + limits.refused_lifetime))
+    } else {
+        (idle, None)
+    };
+    Some(Connected { c, device, tag, shutdown, idle, deadline, refused })
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
     /// Requests until the device leaves, breaks the protocol or goes quiet past its keep-alive.
     ///
     /// A plain function returning its future: an `async fn` would move `self` from its argument
-    /// slot into a local, and keep both for the connection's life.
+    /// slot into a local, and keep both for the connection's life. What an idle connection holds
+    /// is this future suspended in `next_packet`; each packet is handled in an allocation of its
+    /// own (`dispatch`), so the packet and its handling take no room in it between packets.
     #[allow(clippy::manual_async_fn)]
-    fn serve(mut self, shutdown: CancellationToken) -> impl std::future::Future<Output = ()> {
+    fn serve(mut self) -> impl std::future::Future<Output = ()> {
         async move {
-            let refused = self.refused;
-            // Keep-alive: the client must send something within 1.5 × its keep-alive, bounded. (In
-            // a block: what only computes these is not kept in the future while the device idles.)
-            let (idle, deadline) = {
-                let limits = self.limits;
-                let asked = Duration::from_millis(u64::from(self.keep_alive) * 1500);
-                let idle = if self.keep_alive == 0 { limits.max_keep_alive } else { asked.min(limits.max_keep_alive) };
-                if refused {
-                    (idle.min(limits.refused_lifetime), Some(Instant::now() + limits.refused_lifetime))
-                } else {
-                    (idle, None)
-                }
-            };
             // An attested device's records are let go once no request has come for a while
             // (`DeviceSession::rest`); the next request reads them again.
-            let mut rest_at = (!refused).then(|| Instant::now() + DeviceSession::REST_AFTER);
+            let mut rest_at = (!self.refused).then(|| Instant::now() + DeviceSession::REST_AFTER);
             loop {
-                // One timer for the three deadlines: keep-alive, a refused device's lifetime, resting.
-                let keep_alive_until = Instant::now() + idle;
-                let next = loop {
-                    let wake = [deadline, rest_at].into_iter().flatten().fold(keep_alive_until, Instant::min);
-                    let read = tokio::select! {
-                        () = shutdown.cancelled() => break None,
-                        r = tokio::time::timeout_at(wake, self.c.read()) => r,
-                    };
-                    match read {
-                        Ok(r) => break Some(r),
-                        Err(_) => {
-                            let now = Instant::now();
-                            if deadline.is_some_and(|d| d <= now) {
-                                tracing::info!("mqtt: closing the connection of a refused device");
-                                break None;
-                            }
-                            if keep_alive_until <= now {
-                                tracing::info!("mqtt: keep-alive expired; closing");
-                                break None;
-                            }
-                            // `c.read` keeps what it has read in `c.buf`: waiting again loses nothing.
-                            self.device.rest();
-                            rest_at = None;
-                        }
-                    }
-                };
-                let packet = match next {
-                    None => break,
-                    Some(Read::Packet(p)) => p,
-                    Some(Read::Closed) => break,
-                    Some(Read::Bad(why)) => {
-                        tracing::info!(reason = %dps_core::device::excerpt(&why, 200), "mqtt: closing connection");
-                        break;
-                    }
-                    Some(Read::BadLevel(_)) => break,
-                };
-                let ok = match packet {
-                    Packet::Subscribe(s) if s.filters.is_empty() => {
-                        tracing::info!("mqtt: SUBSCRIBE without topic filters (a protocol violation); closing");
-                        false
-                    }
-                    Packet::Subscribe(s) => {
-                        let codes = s
-                            .filters
-                            .iter()
-                            .map(|f| {
-                                if session::accepts_filter(&f.path) {
-                                    let qos = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-                                    SubscribeReasonCode::Success(qos)
-                                } else {
-                                    SubscribeReasonCode::Failure
-                                }
-                            })
-                            .collect();
-                        let ack = SubAck::new(s.pkid, codes);
-                        self.c.send(|b| ack.write(b)).await
-                    }
-                    Packet::Unsubscribe(u) => {
-                        let ack = UnsubAck::new(u.pkid);
-                        self.c.send(|b| ack.write(b)).await
-                    }
-                    Packet::PingReq => self.c.send(|b| PingResp.write(b)).await,
-                    // A request (the registration path) in its own allocation, freed when it is answered.
-                    Packet::Publish(p) => {
-                        if !refused {
-                            rest_at = Some(Instant::now() + DeviceSession::REST_AFTER);
-                        }
-                        Box::pin(handle_publish(&mut self.c, &mut self.device, p)).await
-                    }
-                    Packet::Disconnect => break,
-                    Packet::PubAck(_) => true,
-                    Packet::Connect(_) => {
-                        tracing::info!("mqtt: second CONNECT on one connection; closing");
-                        false
-                    }
-                    _ => {
-                        tracing::info!("mqtt: unexpected packet; closing");
-                        false
-                    }
-                };
-                if !ok {
+                // The packet is moved into its handler before anything is awaited, so this future
+                // keeps no slot for it (a `while let` would keep its scrutinee across the loop body).
+                let Some(packet) = self.next_packet(&mut rest_at).await else { break };
+                if !self.refused && matches!(packet, Packet::Publish(_)) {
+                    rest_at = Some(Instant::now() + DeviceSession::REST_AFTER);
+                }
+                let handled = Box::pin(self.dispatch(packet));
+                if !handled.await {
                     break;
                 }
             }
             let _ = self.c.io.shutdown().await;
+        }
+    }
+
+    /// The next packet, or `None` when the connection is over (closed, shut down, silent past its
+    /// keep-alive or its refused lifetime, or unreadable). Rests the device on the way when
+    /// `rest_at` passes. One timer serves the three deadlines.
+    async fn next_packet(&mut self, rest_at: &mut Option<Instant>) -> Option<Packet> {
+        let keep_alive_until = Instant::now() + self.idle;
+        let read = loop {
+            let wake = [self.deadline, *rest_at].into_iter().flatten().fold(keep_alive_until, Instant::min);
+            let read = tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                r = tokio::time::timeout_at(wake, self.c.read()) => r,
+            };
+            match read {
+                Ok(r) => break r,
+                Err(_) => {
+                    let now = Instant::now();
+                    if self.deadline.is_some_and(|d| d <= now) {
+                        self.tag.span().in_scope(|| tracing::info!("mqtt: closing the connection of a refused device"));
+                        return None;
+                    }
+                    if keep_alive_until <= now {
+                        self.tag.span().in_scope(|| tracing::info!("mqtt: keep-alive expired; closing"));
+                        return None;
+                    }
+                    // `c.read` keeps what it has read in `c.buf`: waiting again loses nothing.
+                    self.device.rest();
+                    *rest_at = None;
+                }
+            }
+        };
+        match read {
+            Read::Packet(p) => Some(p),
+            Read::Closed | Read::BadLevel(_) => None,
+            Read::Bad(why) => {
+                self.tag.span().in_scope(|| {
+                    tracing::info!(reason = %dps_core::device::excerpt(&why, 200), "mqtt: closing connection");
+                });
+                None
+            }
+        }
+    }
+
+    /// Handles one packet after CONNECT. `false`: the connection is over.
+    async fn dispatch(&mut self, packet: Packet) -> bool {
+        let tag = self.tag;
+        match packet {
+            Packet::Subscribe(s) if s.filters.is_empty() => {
+                tag.span().in_scope(|| {
+                    tracing::info!("mqtt: SUBSCRIBE without topic filters (a protocol violation); closing");
+                });
+                false
+            }
+            Packet::Subscribe(s) => {
+                let codes = s
+                    .filters
+                    .iter()
+                    .map(|f| {
+                        if session::accepts_filter(&f.path) {
+                            let qos = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                            SubscribeReasonCode::Success(qos)
+                        } else {
+                            SubscribeReasonCode::Failure
+                        }
+                    })
+                    .collect();
+                let ack = SubAck::new(s.pkid, codes);
+                self.c.send(|b| ack.write(b)).await
+            }
+            Packet::Unsubscribe(u) => {
+                let ack = UnsubAck::new(u.pkid);
+                self.c.send(|b| ack.write(b)).await
+            }
+            Packet::PingReq => self.c.send(|b| PingResp.write(b)).await,
+            Packet::Publish(p) => handle_publish(&mut self.c, &mut self.device, p).instrument(tag.span()).await,
+            Packet::Disconnect => false,
+            Packet::PubAck(_) => true,
+            Packet::Connect(_) => {
+                tag.span().in_scope(|| tracing::info!("mqtt: second CONNECT on one connection; closing"));
+                false
+            }
+            _ => {
+                tag.span().in_scope(|| tracing::info!("mqtt: unexpected packet; closing"));
+                false
+            }
         }
     }
 }

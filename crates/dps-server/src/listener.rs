@@ -9,6 +9,7 @@ use dps_core::log_limit::LogLimit;
 
 use dps_core::device::{ConnectionFacts, Transport};
 use dps_tls::ListenerAcceptor;
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -161,11 +162,12 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
         let drivers = drivers.clone();
         let shutdown = shutdown.clone();
         let metrics = metrics.clone();
+        let connection = tracker.clone();
         tracker.spawn(async move {
-            // The per-source and connection-cap guards are this block's captures, held until it
-            // ends (used in place, not moved into locals: a moved copy would take a second slot
-            // in the task for the connection's whole life).
-            let _open = metrics.connection_open(acceptor.name());
+            // The per-source and connection-cap guards are this block's captures until the
+            // handshake is done, then move to the connection's own task (below), which holds
+            // them until the connection ends.
+            let open = metrics.connection_open(acceptor.name());
             // The first bytes of the ClientHello, waited for without a handshake slot (boxed,
             // like every phase below: the task that stays is the smallest of them).
             let hello = Box::pin(async {
@@ -182,11 +184,10 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
                 metrics.handshake_failure(acceptor.name(), "no ClientHello in time");
                 return;
             }
-            // The handshake's state lives in its own allocation, freed when it ends, and so does
-            // each protocol's: the task that stays for an idle connection's life is only this
-            // block's few captures (idle memory per connection, bench/README.md "How to read
-            // `idle`"). The connection is taken apart at once and its parts moved on, never
-            // borrowed, so that none of it keeps a slot in the task.
+            // The handshake's state lives in its own allocation, freed when it ends, so that this
+            // task stays small while handshakes wait; the protocol then runs in a task of its own
+            // and this one ends (idle memory per connection, bench/README.md "How to read
+            // `idle`"). The connection is taken apart at once and its parts moved on.
             let dps_tls::TlsConnection { stream, facts: tls, peer_certificates } = tokio::select! {
                 () = shutdown.cancelled() => return,
                 // A failure is logged by accept and counted here, before the socket closes.
@@ -195,23 +196,30 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
                     Err(_) => return,
                 },
             };
-            let tls = Arc::new(tls);
             metrics.handshake(acceptor.name(), &tls);
             let facts =
-                ConnectionFacts { transport: protocol.transport(), peer, tls, peer_certificates: Arc::new(peer_certificates) };
+                ConnectionFacts { transport: protocol.transport(), peer, tls, peer_certificates: peer_certificates.into_shared() };
+            // The connection goes on in a task of its own, and this one ends: what stays for the
+            // connection's life is one allocation, the driver's future with the guards beside it
+            // (`map` holds them and drops them when the driver ends), where this task with the
+            // driver boxed inside took two (docs/performance.md, "Idle connections").
+            let guards = (open, permit, admitted);
             match protocol {
-                Protocol::Https => Box::pin(drivers.https.serve_connection(stream, facts, shutdown)).await,
+                Protocol::Https => {
+                    let https = drivers.https;
+                    let serve = async move { https.serve_connection(stream, facts, shutdown).await };
+                    connection.spawn(serve.map(move |()| drop(guards)));
+                }
                 Protocol::Mqtt => {
                     let ctx =
                         dps_mqtt::ConnectionContext { facts, services: drivers.services, limits: drivers.mqtt_limits };
-                    Box::pin(dps_mqtt::serve_connection(stream, ctx, shutdown)).await;
+                    connection.spawn(dps_mqtt::serve_connection(stream, ctx, shutdown).map(move |()| drop(guards)));
                 }
                 Protocol::Amqp => {
                     let ctx = dps_amqp::ConnectionContext { facts, services: drivers.services, settings: drivers.amqp };
-                    Box::pin(dps_amqp::serve_connection(stream, ctx, shutdown)).await;
+                    connection.spawn(dps_amqp::serve_connection(stream, ctx, shutdown).map(move |()| drop(guards)));
                 }
             }
-            drop((permit, admitted));
         });
     }
     tracing::debug!(listener = acceptor.name(), "accept loop stopped");

@@ -93,3 +93,62 @@ async fn hostile_input_logs_short_lines_and_a_refusal_flood_logs_one_line() {
     let worst = all.iter().max_by_key(|l| l.len()).cloned().unwrap_or_default();
     assert!(longest < 8_000, "longest log line {longest} bytes: {}", dps_core::device::excerpt(&worst, 400));
 }
+
+/// The MQTT driver opens its connection span only while there is work (docs/performance.md,
+/// "Idle connections"), yet every line it logs still names the connection: one logged inside a
+/// request, and one logged between requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt_lines_name_their_connection_inside_and_between_requests() {
+    captured();
+    let s = common::start("").await;
+    let mut m = Client::default().run(s.mqtt()).await.unwrap();
+    let local = m.stream.get_ref().local_addr().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let send = |m: &mut common::Done, write: &dyn Fn(&mut bytes::BytesMut)| {
+            let mut buf = bytes::BytesMut::new();
+            write(&mut buf);
+            m.stream.write_all(&buf).unwrap();
+        };
+        // A device whose scope does not exist: CONNECT is accepted, its requests are refused.
+        let mut connect = mqttbytes::v4::Connect::new("log-dev");
+        connect.set_login("0ne0000FFFF/registrations/log-dev/api-version=2019-03-31", "SharedAccessSignature sr=x");
+        send(&mut m, &|b| {
+            connect.write(b).unwrap();
+        });
+        let mut ack = [0u8; 4];
+        m.stream.read_exact(&mut ack).unwrap();
+        assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+        // Inside a request: one on an unknown topic, refused on its response topic.
+        let p =
+            mqttbytes::v4::Publish::new("$dps/registrations/DELETE/whatever/?$rid=1", mqttbytes::QoS::AtMostOnce, "");
+        send(&mut m, &|b| {
+            p.write(b).unwrap();
+        });
+        let mut reply = [0u8; 64];
+        assert!(m.stream.read(&mut reply).unwrap() > 0, "the refusal");
+        // Between requests: a second CONNECT closes the connection.
+        send(&mut m, &|b| {
+            connect.write(b).unwrap();
+        });
+        let _ = m.stream.read(&mut reply);
+    })
+    .await
+    .unwrap();
+    let name = format!("mqtt_connection{{transport=\"mqtt\" peer={local}}}");
+    let mut found = (false, false);
+    for _ in 0..50 {
+        let all = lines();
+        let ours = |what: &str| all.iter().any(|l| l.contains(&name) && l.contains(what));
+        found = (ours("device request refused"), ours("second CONNECT on one connection"));
+        if found == (true, true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        found,
+        (true, true),
+        "lines named {name}: {:?}",
+        lines().iter().filter(|l| l.contains("mqtt")).collect::<Vec<_>>()
+    );
+}

@@ -31,13 +31,42 @@ pub struct ListenerAcceptor {
     /// Failed handshakes are logged at most `failures_logged_per_second` (`[limits]
     /// log_failed_handshakes_per_second`); the rest are counted.
     failures: std::sync::Mutex<LogLimit>,
+    /// The handshake facts connections keep, one copy per distinct value ([`Interned`]).
+    facts: Interned,
+}
+
+/// The handshake facts of this listener's connections, kept once per distinct value: the
+/// devices of a fleet send the same ClientHello and settle on the same suite, so their
+/// connections share one `Arc` instead of holding a copy each for their whole life (about
+/// 0.4 KiB per idle connection, docs/performance.md "Idle connections"). Bounded: at
+/// [`Interned::MAX`] distinct values the set starts over (connections keep what they hold), so
+/// a client that varies its offer costs only its own copies.
+#[derive(Debug, Default)]
+struct Interned(std::sync::Mutex<std::collections::HashSet<Arc<HandshakeFacts>>>);
+
+impl Interned {
+    const MAX: usize = 256;
+
+    fn share(&self, facts: HandshakeFacts) -> Arc<HandshakeFacts> {
+        let mut set = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(kept) = set.get(&facts) {
+            return kept.clone();
+        }
+        if set.len() >= Self::MAX {
+            set.clear();
+        }
+        let facts = Arc::new(facts);
+        set.insert(facts.clone());
+        facts
+    }
 }
 
 /// A finished handshake.
 #[derive(Debug)]
 pub struct TlsConnection<S> {
     pub stream: SslStream<S>,
-    pub facts: HandshakeFacts,
+    /// Shared with the listener's other connections that had the same (see `Interned`).
+    pub facts: Arc<HandshakeFacts>,
     /// Empty when the client sent no certificate. Possession proved, trust NOT decided.
     pub peer_certificates: PeerCertificates,
 }
@@ -72,6 +101,7 @@ impl ListenerAcceptor {
             handshake_timeout,
             handshakes: Semaphore::new(max_handshakes.max(1)),
             failures: std::sync::Mutex::new(LogLimit::new(failures_logged_per_second, Duration::from_secs(1))),
+            facts: Interned::default(),
         })
     }
 
@@ -138,7 +168,7 @@ impl ListenerAcceptor {
                 let peer_certificates = peer_certificates(stream.ssl());
                 let facts = HandshakeFacts { offered, negotiated };
                 log_success(&self.name, peer, &facts);
-                Ok(TlsConnection { stream, facts, peer_certificates })
+                Ok(TlsConnection { stream, facts: self.facts.share(facts), peer_certificates })
             }
             Err(e) => {
                 let budget = self.failures.lock().map(|mut l| l.event(std::time::Instant::now()));
@@ -301,6 +331,40 @@ fn bounded(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn facts(suite: u16) -> HandshakeFacts {
+        HandshakeFacts {
+            offered: Some(Offered { legacy_version: 0x0303, cipher_suites: vec![0xC02F, suite], ..Offered::default() }),
+            negotiated: Negotiated {
+                version: TlsVersion::Tls12,
+                cipher_suite: 0xC02F,
+                group: Some("secp256r1".into()),
+                alpn: None,
+                resumed: false,
+                client_certificate: false,
+            },
+        }
+    }
+
+    /// Equal facts are one value; different ones are kept apart; and past the bound the set
+    /// starts over without changing what anyone holds.
+    #[test]
+    fn equal_handshake_facts_are_kept_once() {
+        let interned = Interned::default();
+        let a = interned.share(facts(1));
+        let b = interned.share(facts(1));
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = interned.share(facts(2));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(*c, facts(2));
+        for suite in 3..3 + Interned::MAX as u16 {
+            assert_eq!(*interned.share(facts(suite)), facts(suite));
+        }
+        assert!(interned.0.lock().expect("lock").len() <= Interned::MAX);
+        let again = interned.share(facts(1));
+        assert_eq!(again, a, "the same value, whether or not still the same allocation");
+        assert_eq!(*a, facts(1));
+    }
 
     /// The joined names are exactly the text joining them first and bounding that gave.
     #[test]

@@ -5,7 +5,7 @@ use super::version::TlsVersion;
 ///
 /// Captured for every connection, so the readiness evaluator can say later what this device
 /// would do under a stricter policy, without the device having to connect again.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Offered {
     /// `legacy_version` of the ClientHello (`0x0303` for TLS 1.2 and 1.3 clients).
     pub legacy_version: u16,
@@ -68,7 +68,7 @@ impl Offered {
 pub type OfferedNames<'a> = std::iter::Map<std::slice::Iter<'a, u16>, fn(&u16) -> std::borrow::Cow<'static, str>>;
 
 /// What the handshake settled on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Negotiated {
     pub version: TlsVersion,
     /// Cipher suite wire code.
@@ -90,7 +90,7 @@ impl Negotiated {
 
 /// The TLS facts of one connection: offered and negotiated. The value protocol layers attach to
 /// a registration record (docs/tls.md, "Handshake facts").
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HandshakeFacts {
     /// `None` when the ClientHello never arrived or could not be parsed.
     pub offered: Option<Offered>,
@@ -100,6 +100,16 @@ pub struct HandshakeFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_without_certificates_share_one_empty_value() {
+        let a = PeerCertificates::default().into_shared();
+        let b = PeerCertificates::default().into_shared();
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        let chain = PeerCertificates::from(vec![vec![0x30, 0x00]]).into_shared();
+        assert!(!std::sync::Arc::ptr_eq(&a, &chain));
+        assert_eq!(chain.leaf(), Some(&[0x30, 0x00][..]));
+    }
 
     #[test]
     fn versions_without_extension_run_up_to_legacy_version() {
@@ -162,6 +172,18 @@ impl PeerCertificates {
     /// The client's own certificate, DER.
     pub fn leaf(&self) -> Option<&[u8]> {
         self.0.first().map(Vec::as_slice)
+    }
+
+    /// These certificates behind an `Arc`, as a connection keeps them. Most connections have
+    /// none (every device but an X.509 one), and those share one empty value instead of holding
+    /// an allocation each for their whole life.
+    pub fn into_shared(self) -> std::sync::Arc<Self> {
+        static NONE: std::sync::OnceLock<std::sync::Arc<PeerCertificates>> = std::sync::OnceLock::new();
+        if self.0.is_empty() && self.1 .0.is_none() {
+            NONE.get_or_init(Default::default).clone()
+        } else {
+            std::sync::Arc::new(self)
+        }
     }
 }
 
