@@ -155,8 +155,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 /// allocation of its own, freed once the device is connected, so the future that stays while the
 /// device idles holds only what serving its requests needs (bench/README.md, "How to read
 /// `idle`"). For the same reason the connection's `mqtt_connection` span lives only while there
-/// is work: the CONNECT phase and each request run in one, and a line logged between them opens
-/// one for itself ([`Tag`]).
+/// is work: the CONNECT phase and each packet's handling run in one, and a line logged while
+/// waiting for the next packet opens one for itself ([`Tag`]).
 pub fn serve_connection<S>(
     io: S,
     ctx: ConnectionContext,
@@ -178,7 +178,7 @@ where
 /// What names a connection in the log. The span it makes is the same for every phase, so each
 /// line reads as it would under one span for the whole connection; but a span held for the
 /// connection's life costs its slot in the span registry and its fields as text (about 0.3 KiB
-/// per idle connection, docs/performance.md "Idle connections"), and this is 40 bytes.
+/// per idle connection, docs/performance.md "Idle connections"), and this is 36 bytes.
 #[derive(Clone, Copy)]
 struct Tag {
     transport: dps_core::device::Transport,
@@ -308,7 +308,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
                 if !self.refused && matches!(packet, Packet::Publish(_)) {
                     rest_at = Some(Instant::now() + DeviceSession::REST_AFTER);
                 }
-                let handled = Box::pin(self.dispatch(packet));
+                let span = self.tag.span();
+                let handled = Box::pin(self.dispatch(packet).instrument(span));
                 if !handled.await {
                     break;
                 }
@@ -358,14 +359,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
         }
     }
 
-    /// Handles one packet after CONNECT. `false`: the connection is over.
+    /// Handles one packet after CONNECT, inside the connection's span (`serve` opens it).
+    /// `false`: the connection is over.
     async fn dispatch(&mut self, packet: Packet) -> bool {
-        let tag = self.tag;
         match packet {
             Packet::Subscribe(s) if s.filters.is_empty() => {
-                tag.span().in_scope(|| {
-                    tracing::info!("mqtt: SUBSCRIBE without topic filters (a protocol violation); closing");
-                });
+                tracing::info!("mqtt: SUBSCRIBE without topic filters (a protocol violation); closing");
                 false
             }
             Packet::Subscribe(s) => {
@@ -389,15 +388,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
                 self.c.send(|b| ack.write(b)).await
             }
             Packet::PingReq => self.c.send(|b| PingResp.write(b)).await,
-            Packet::Publish(p) => handle_publish(&mut self.c, &mut self.device, p).instrument(tag.span()).await,
+            Packet::Publish(p) => handle_publish(&mut self.c, &mut self.device, p).await,
             Packet::Disconnect => false,
             Packet::PubAck(_) => true,
             Packet::Connect(_) => {
-                tag.span().in_scope(|| tracing::info!("mqtt: second CONNECT on one connection; closing"));
+                tracing::info!("mqtt: second CONNECT on one connection; closing");
                 false
             }
             _ => {
-                tag.span().in_scope(|| tracing::info!("mqtt: unexpected packet; closing"));
+                tracing::info!("mqtt: unexpected packet; closing");
                 false
             }
         }

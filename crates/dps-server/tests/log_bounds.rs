@@ -94,61 +94,79 @@ async fn hostile_input_logs_short_lines_and_a_refusal_flood_logs_one_line() {
     assert!(longest < 8_000, "longest log line {longest} bytes: {}", dps_core::device::excerpt(&worst, 400));
 }
 
+/// Opens an MQTT connection for a device whose scope does not exist (CONNECT is accepted, its
+/// requests are refused) and returns it with its local address.
+async fn mqtt_device(s: &common::TestServer) -> (common::Done, std::net::SocketAddr) {
+    let mut m = Client::default().run(s.mqtt()).await.unwrap();
+    let local = m.stream.get_ref().local_addr().unwrap();
+    let m = tokio::task::spawn_blocking(move || {
+        let mut connect = mqttbytes::v4::Connect::new("log-dev");
+        connect.set_login("0ne0000FFFF/registrations/log-dev/api-version=2019-03-31", "SharedAccessSignature sr=x");
+        mqtt_send(&mut m, |b| connect.write(b));
+        let mut ack = [0u8; 4];
+        m.stream.read_exact(&mut ack).unwrap();
+        assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+        m
+    })
+    .await
+    .unwrap();
+    (m, local)
+}
+
+fn mqtt_send(m: &mut common::Done, write: impl FnOnce(&mut bytes::BytesMut) -> Result<usize, mqttbytes::Error>) {
+    let mut buf = bytes::BytesMut::new();
+    write(&mut buf).unwrap();
+    m.stream.write_all(&buf).unwrap();
+}
+
 /// The MQTT driver opens its connection span only while there is work (docs/performance.md,
-/// "Idle connections"), yet every line it logs still names the connection: one logged inside a
-/// request, and one logged between requests.
+/// "Idle connections"), yet every line it logs still names the connection: inside a request,
+/// while handling another packet, and while waiting for the next one.
 #[tokio::test(flavor = "multi_thread")]
 async fn mqtt_lines_name_their_connection_inside_and_between_requests() {
     captured();
     let s = common::start("").await;
-    let mut m = Client::default().run(s.mqtt()).await.unwrap();
-    let local = m.stream.get_ref().local_addr().unwrap();
+    let (mut m, first) = mqtt_device(&s).await;
+    let (mut bad, second) = mqtt_device(&s).await;
     tokio::task::spawn_blocking(move || {
-        let send = |m: &mut common::Done, write: &dyn Fn(&mut bytes::BytesMut)| {
-            let mut buf = bytes::BytesMut::new();
-            write(&mut buf);
-            m.stream.write_all(&buf).unwrap();
-        };
-        // A device whose scope does not exist: CONNECT is accepted, its requests are refused.
-        let mut connect = mqttbytes::v4::Connect::new("log-dev");
-        connect.set_login("0ne0000FFFF/registrations/log-dev/api-version=2019-03-31", "SharedAccessSignature sr=x");
-        send(&mut m, &|b| {
-            connect.write(b).unwrap();
-        });
-        let mut ack = [0u8; 4];
-        m.stream.read_exact(&mut ack).unwrap();
-        assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
         // Inside a request: one on an unknown topic, refused on its response topic.
         let p =
             mqttbytes::v4::Publish::new("$dps/registrations/DELETE/whatever/?$rid=1", mqttbytes::QoS::AtMostOnce, "");
-        send(&mut m, &|b| {
-            p.write(b).unwrap();
-        });
+        mqtt_send(&mut m, |b| p.write(b));
         let mut reply = [0u8; 64];
         assert!(m.stream.read(&mut reply).unwrap() > 0, "the refusal");
-        // Between requests: a second CONNECT closes the connection.
-        send(&mut m, &|b| {
-            connect.write(b).unwrap();
-        });
+        // Handling another packet: a second CONNECT closes the connection.
+        let mut connect = mqttbytes::v4::Connect::new("log-dev");
+        connect.set_login("0ne0000FFFF/registrations/log-dev/api-version=2019-03-31", "x");
+        mqtt_send(&mut m, |b| connect.write(b));
         let _ = m.stream.read(&mut reply);
+        // Waiting for the next packet: bytes that are no MQTT packet (type 15 is reserved in 3.1.1).
+        bad.stream.write_all(&[0xF0, 0x00]).unwrap();
+        let _ = bad.stream.read(&mut reply);
     })
     .await
     .unwrap();
-    let name = format!("mqtt_connection{{transport=\"mqtt\" peer={local}}}");
-    let mut found = (false, false);
+    let name = |peer: std::net::SocketAddr| format!("mqtt_connection{{transport=\"mqtt\" peer={peer}}}");
+    let expected = [
+        (name(first), "device request refused"),
+        (name(first), "second CONNECT on one connection"),
+        (name(second), "mqtt: closing connection"),
+    ];
+    let mut missing = Vec::new();
     for _ in 0..50 {
         let all = lines();
-        let ours = |what: &str| all.iter().any(|l| l.contains(&name) && l.contains(what));
-        found = (ours("device request refused"), ours("second CONNECT on one connection"));
-        if found == (true, true) {
+        missing = expected
+            .iter()
+            .filter(|(name, what)| !all.iter().any(|l| l.contains(name.as_str()) && l.contains(what)))
+            .collect();
+        if missing.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        found,
-        (true, true),
-        "lines named {name}: {:?}",
+    assert!(
+        missing.is_empty(),
+        "no line for {missing:?}; MQTT lines: {:?}",
         lines().iter().filter(|l| l.contains("mqtt")).collect::<Vec<_>>()
     );
 }

@@ -38,16 +38,22 @@ pub struct ListenerAcceptor {
 /// The handshake facts of this listener's connections, kept once per distinct value: the
 /// devices of a fleet send the same ClientHello and settle on the same suite, so their
 /// connections share one `Arc` instead of holding a copy each for their whole life (about
-/// 0.4 KiB per idle connection, docs/performance.md "Idle connections"). Bounded: at
-/// [`Interned::MAX`] distinct values the set starts over (connections keep what they hold), so
-/// a client that varies its offer costs only its own copies.
+/// 0.4 KiB per idle connection, docs/performance.md "Idle connections"). The set keeps what it
+/// holds after the connections close, so it is bounded twice: only facts of at most
+/// [`Interned::MAX_WEIGHT`] bytes are kept (a client's offer is its own to pad; a larger one
+/// gets an `Arc` of its own, freed with its connection), and at [`Interned::MAX`] values the set
+/// starts over (connections keep what they hold). At most 256 × 2 KiB per listener.
 #[derive(Debug, Default)]
 struct Interned(std::sync::Mutex<std::collections::HashSet<Arc<HandshakeFacts>>>);
 
 impl Interned {
     const MAX: usize = 256;
+    const MAX_WEIGHT: usize = 2048;
 
     fn share(&self, facts: HandshakeFacts) -> Arc<HandshakeFacts> {
+        if weight(&facts) > Self::MAX_WEIGHT {
+            return Arc::new(facts);
+        }
         let mut set = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(kept) = set.get(&facts) {
             return kept.clone();
@@ -59,6 +65,22 @@ impl Interned {
         set.insert(facts.clone());
         facts
     }
+}
+
+/// About how many bytes `facts` hold on the heap (its lists and strings, with each string's
+/// own slot), for [`Interned`]'s bound.
+fn weight(facts: &HandshakeFacts) -> usize {
+    let strings = |v: &[String]| v.iter().map(|s| s.len() + std::mem::size_of::<String>()).sum::<usize>();
+    let offered = facts.offered.as_ref().map_or(0, |o| {
+        2 * (o.cipher_suites.len()
+            + o.groups.len()
+            + o.signature_algorithms.len()
+            + o.supported_versions.as_ref().map_or(0, Vec::len))
+            + o.sni.as_ref().map_or(0, String::len)
+            + strings(&o.alpn)
+    });
+    let n = &facts.negotiated;
+    offered + n.group.as_ref().map_or(0, String::len) + n.alpn.as_ref().map_or(0, String::len)
 }
 
 /// A finished handshake.
@@ -364,6 +386,24 @@ mod tests {
         let again = interned.share(facts(1));
         assert_eq!(again, a, "the same value, whether or not still the same allocation");
         assert_eq!(*a, facts(1));
+    }
+
+    /// A client's offer is its own to pad: a heavy one is never kept by the set, so it is
+    /// freed with its connection.
+    #[test]
+    fn heavy_handshake_facts_are_not_kept() {
+        let interned = Interned::default();
+        let mut heavy = facts(1);
+        if let Some(o) = heavy.offered.as_mut() {
+            o.alpn = vec!["x".into(); 200];
+        }
+        assert!(weight(&heavy) > Interned::MAX_WEIGHT);
+        let a = interned.share(heavy.clone());
+        let b = interned.share(heavy.clone());
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(*a, heavy);
+        assert!(interned.0.lock().expect("lock").is_empty());
+        assert!(weight(&facts(1)) <= Interned::MAX_WEIGHT);
     }
 
     /// The joined names are exactly the text joining them first and bounding that gave.

@@ -597,7 +597,5 @@ mod tests {
         assert_ne!(key, CredentialKey::ClientCertificate);
         assert_eq!(CredentialKey::ClientCertificate, CredentialKey::of(&Credential::ClientCertificate));
         assert_eq!(format!("{key:?}"), "Sas(<redacted>)");
-        let CredentialKey::Sas(digest) = &key else { panic!("a SAS key") };
-        assert!(!digest.windows(3).any(|w| w == b"sig"), "no text of the token kept");
     }
 }
