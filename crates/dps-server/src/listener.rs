@@ -169,7 +169,7 @@ pub(crate) async fn accept_loop(args: LoopArgs) {
             // them until the connection ends.
             let open = metrics.connection_open(acceptor.name());
             // The first bytes of the ClientHello, waited for without a handshake slot (boxed,
-            // like every phase below: the task that stays is the smallest of them).
+            // like the handshake below, so that this task stays small while connections wait).
             let hello = Box::pin(async {
                 let mut byte = [0u8; 1];
                 tokio::select! {
