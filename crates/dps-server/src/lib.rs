@@ -376,6 +376,8 @@ impl Server {
     ) -> Result<Server, ServerError> {
         private_dir(&config.data_dir)
             .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
+        // Which OpenSSL serves TLS: the system's, or the one built in (docs/tls.md, "Which OpenSSL").
+        tracing::info!(openssl = dps_tls::openssl_version(), "TLS library");
         raise_open_file_limit(&config);
         let metrics = Arc::new(metrics::Metrics::new());
         let timed = |s| metrics::TimedStore::new(s, metrics.clone());

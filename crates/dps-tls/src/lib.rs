@@ -35,5 +35,29 @@ pub use error::TlsError;
 pub use server_tls::{unix, CredentialSource, DisplayChain, ListenerSpec, ServerTls};
 pub use ticket_keys::{TicketKey, TicketKeyRing, TicketKeys};
 
+/// The OpenSSL this binary runs with, as OpenSSL names itself (`OpenSSL 3.0.19 27 Jan 2026`): the
+/// system's library, or the one built in with the `vendored-openssl` feature (docs/tls.md,
+/// "Which OpenSSL").
+pub fn openssl_version() -> &'static str {
+    openssl::version::version()
+}
+
 /// Re-exported so adapters can name the stream type without depending on tokio-openssl.
 pub type TlsStream<S> = tokio_openssl::SslStream<S>;
+
+#[cfg(test)]
+mod tests {
+    /// The `vendored-openssl` build runs the 3.5 LTS series it pins, not the system's library.
+    #[cfg(feature = "vendored-openssl")]
+    #[test]
+    fn the_vendored_build_runs_openssl_3_5() {
+        let v = super::openssl_version();
+        assert!(v.starts_with("OpenSSL 3.5."), "{v}");
+    }
+
+    #[test]
+    fn the_version_names_openssl_3() {
+        let v = super::openssl_version();
+        assert!(v.starts_with("OpenSSL 3."), "{v}");
+    }
+}

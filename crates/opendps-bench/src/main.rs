@@ -15,6 +15,7 @@
 //! and every load is bounded in count and in time.
 
 mod amqp;
+mod decode;
 mod device;
 mod growth;
 mod hostile;
@@ -64,6 +65,9 @@ enum Command {
     Hostile(hostile::HostileArgs),
     /// A quick run of every benchmark (CI): checks the tool works end to end, judges no timing.
     Smoke(smoke::SmokeArgs),
+    /// What decoding a device certificate costs the linked OpenSSL, on one thread and on
+    /// several at once (no server).
+    Decode(decode::DecodeArgs),
 }
 
 /// What every subcommand takes.
@@ -171,6 +175,7 @@ fn main() -> std::process::ExitCode {
         Command::Growth(a) => a.common.client_threads,
         Command::Hostile(a) => a.common.client_threads,
         Command::Smoke(a) => a.common.client_threads,
+        Command::Decode(_) => Some(1),
     };
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build() {
@@ -188,6 +193,7 @@ fn main() -> std::process::ExitCode {
             Command::Growth(a) => growth::growth(a).await,
             Command::Hostile(a) => hostile::hostile(a).await,
             Command::Smoke(a) => smoke::smoke(a).await,
+            Command::Decode(a) => decode::decode(a),
         }
     });
     match result {

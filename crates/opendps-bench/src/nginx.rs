@@ -51,6 +51,8 @@ pub struct Nginx {
     pub pid: u32,
     pub addr: SocketAddr,
     pub version: String,
+    /// What `nginx -V` says of its OpenSSL ("built with …, running with …").
+    openssl: String,
 }
 
 /// `nginx` on the PATH or in /usr/sbin, if installed.
@@ -125,6 +127,11 @@ pub fn config(spec: &NginxSpec) -> String {
 }
 
 impl Nginx {
+    /// The OpenSSL nginx was built with and runs with, as `nginx -V` says it.
+    pub fn openssl(&self) -> &str {
+        &self.openssl
+    }
+
     pub fn start(spec: &NginxSpec) -> anyhow::Result<Nginx> {
         std::fs::create_dir_all(spec.prefix.join("tmp"))?;
         let conf = spec.prefix.join("nginx.conf");
@@ -134,6 +141,14 @@ impl Nginx {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
             .unwrap_or_default();
+        let openssl = Command::new(&spec.bin)
+            .arg("-V")
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stderr).lines().find(|l| l.contains("OpenSSL")).map(|l| l.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
         let test = Command::new(&spec.bin)
             .arg("-t")
             .arg("-e")
@@ -167,7 +182,7 @@ impl Nginx {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", spec.bin.display()))?;
-        let mut n = Nginx { pid: child.id(), child: Some(child), addr: spec.listen, version };
+        let mut n = Nginx { pid: child.id(), child: Some(child), addr: spec.listen, version, openssl };
         let t0 = Instant::now();
         while std::net::TcpStream::connect_timeout(&spec.listen, Duration::from_millis(200)).is_err() {
             if let Some(c) = n.child.as_mut() {

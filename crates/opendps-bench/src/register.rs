@@ -521,6 +521,10 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
     }
 
     let mut rep = Report::new("OpenDPS registrations per second against the nginx TLS ceiling");
+    rep.line(format!("- OpenDPS (`--version`): {}", crate::server::version_of(&setup.server.spec.bin)));
+    if let Some(n) = &nginx {
+        rep.line(format!("- nginx's OpenSSL: {}", n.openssl()));
+    }
     let handshakes = if a.resume {
         "a resumed handshake per device (before each load every device made one TLS connection to the same \
          address, a full handshake not measured, and kept the session from its ticket; the load offers it)"

@@ -29,7 +29,7 @@ pub fn machine() -> Vec<String> {
         format!("cores (nproc): {cores} ({cpu})"),
         format!("memory: {:.1} GiB", mem_kib as f64 / 1024.0 / 1024.0),
         format!("kernel: Linux {kernel}"),
-        format!("OpenSSL: {}", openssl::version::version()),
+        format!("OpenSSL of the load generator: {}", openssl::version::version()),
         format!(
             "the server, nginx and the load generator share these {cores} cores: every rate here is \
              the machine's, split between both sides"

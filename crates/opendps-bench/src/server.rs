@@ -66,6 +66,15 @@ pub fn find_bin(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// The base server config of every bench: limits out of the way of the load (the bench opens
 /// every connection from one address, so the per-source limits are off); the linked hubs are
 /// names only (no device is written into a hub: the bench measures DPS alone).
+/// What `bin --version` prints (the version and the OpenSSL the server runs with), or why not.
+pub fn version_of(bin: &Path) -> String {
+    match Command::new(bin).arg("--version").output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        Ok(o) => format!("`--version` failed ({})", o.status),
+        Err(e) => format!("`--version` could not run: {e}"),
+    }
+}
+
 pub fn base_config(max_connections: u64, durability: &str, log_filter: &str) -> String {
     format!(
         "[tls]\nmax_connections = {max_connections}\n\n[service]\nregistrations_per_minute = 0\n\n\

@@ -249,6 +249,9 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
     parts.push((format!("growth-{}-first", a.enrollments), point.first.clone()));
     parts.push((format!("growth-{}-again", a.enrollments), point.again.clone()));
 
+    let der = crate::decode::device_certificate()?;
+    let decoded = crate::decode::measure(&der, 50, 2)?;
+
     let mut rep = Report::new("opendps-bench smoke run (CI: checks the tool works, judges no timing)");
     rep.line(format!("Ceiling: {ceiling_note}.\n"));
     rep.loads(&parts.iter().map(|(_, r)| r).collect::<Vec<_>>());
@@ -257,6 +260,7 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
     hostile::report(&mut rep, &hostile_args, &hostile_results);
     rep.line("");
     growth::report(&mut rep, &growth_args, std::slice::from_ref(&point));
+    crate::decode::report(&mut rep, der.len(), 50, &decoded);
     rep.line(format!(
         "\nResumed handshakes: {}.",
         if not_resumed.is_empty() {

@@ -28,6 +28,7 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "opendps",
     version,
+    long_version = long_version(),
     about = "A self-hosted Device Provisioning Service, wire-compatible with Azure IoT Hub DPS",
     after_help = "Examples:\n  opendps serve\n  opendps enrollment create --enrollment-id my-device --attestation-type symmetricKey\n  opendps registration show --rid my-device -o table"
 )]
@@ -450,6 +451,13 @@ fn man(dir: Option<PathBuf>) -> anyhow::Result<()> {
             clap_mangen::generate_to(cmd, &dir).with_context(|| format!("cannot write man pages to {}", dir.display()))
         }
     }
+}
+
+/// `opendps --version`: the version and the OpenSSL it runs with (the system's, or the one built
+/// in with the `vendored-openssl` feature: docs/tls.md, "Which OpenSSL").
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| format!("{}, {}", env!("CARGO_PKG_VERSION"), dps_tls::openssl_version()))
 }
 
 fn main() -> std::process::ExitCode {
