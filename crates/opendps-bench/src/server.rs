@@ -63,9 +63,6 @@ pub fn find_bin(given: Option<&Path>) -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow!("no opendps binary: build it (cargo build --release -p opendps) or pass --opendps-bin"))
 }
 
-/// The base server config of every bench: limits out of the way of the load (the bench opens
-/// every connection from one address, so the per-source limits are off); the linked hubs are
-/// names only (no device is written into a hub: the bench measures DPS alone).
 /// What `bin --version` prints (the version and the OpenSSL the server runs with), or why not.
 pub fn version_of(bin: &Path) -> String {
     match Command::new(bin).arg("--version").output() {
@@ -75,6 +72,9 @@ pub fn version_of(bin: &Path) -> String {
     }
 }
 
+/// The base server config of every bench: limits out of the way of the load (the bench opens
+/// every connection from one address, so the per-source limits are off); the linked hubs are
+/// names only (no device is written into a hub: the bench measures DPS alone).
 pub fn base_config(max_connections: u64, durability: &str, log_filter: &str) -> String {
     format!(
         "[tls]\nmax_connections = {max_connections}\n\n[service]\nregistrations_per_minute = 0\n\n\
