@@ -175,14 +175,17 @@ pub(crate) fn build_context_with(
 /// CertificateRequest carries an empty CA list (no client CA list is ever set), because trust
 /// anchors are per enrollment, not per server.
 ///
-/// The verify callback returns `true` for every chain: self-signed, unknown issuer, expired.
-/// That does NOT skip authentication of possession: OpenSSL still checks the client's
-/// CertificateVerify signature with the leaf's public key, and fails the handshake if it does not
-/// verify. What this callback deliberately skips is *trust*, which only the application can
-/// decide against an enrollment (individual: the enrolled certificate; group: a chain to the
-/// group's verified CA). Nothing downstream may treat "the handshake succeeded with a client
-/// certificate" as "this device is trusted". Tests: `dps-server/tests/tls_matrix.rs`
-/// (`untrusted_client_chain_is_accepted_and_handed_over`).
+/// OpenSSL's chain verification is replaced by a callback that accepts every chain as sent:
+/// self-signed, unknown issuer, expired (`ffi::accept_client_chain_unverified`). That does NOT
+/// skip authentication of possession: OpenSSL still checks the client's CertificateVerify
+/// signature with the leaf's public key, and fails the handshake if it does not verify. What is
+/// deliberately skipped is *trust*, which only the application can decide against an enrollment
+/// (individual: the enrolled certificate; group: a chain to the group's verified CA), and which
+/// checks each signature of the chain itself; OpenSSL checking them too would only double the
+/// work (docs/performance.md, "X.509 registrations"). Nothing downstream may treat "the handshake
+/// succeeded with a client certificate" as "this device is trusted". Tests:
+/// `dps-server/tests/tls_matrix.rs` (`untrusted_client_chain_is_accepted_and_handed_over`).
 fn accept_any_chain(b: &mut SslContextBuilder) {
-    b.set_verify_callback(SslVerifyMode::PEER, |_preverify_ok, _chain| true);
+    b.set_verify(SslVerifyMode::PEER);
+    crate::ffi::accept_client_chain_unverified(b);
 }

@@ -5,7 +5,7 @@ use std::os::raw::{c_char, c_int, c_uchar, c_void};
 use foreign_types::ForeignTypeRef;
 use openssl::error::ErrorStack;
 use openssl::ssl::{SslContextBuilder, SslContextRef, SslRef};
-use openssl_sys::{EVP_CIPHER_CTX, EVP_MAC_CTX, OSSL_PARAM, SSL, SSL_CTX};
+use openssl_sys::{EVP_CIPHER_CTX, EVP_MAC_CTX, OSSL_PARAM, SSL, SSL_CTX, X509_STORE_CTX};
 
 use crate::ticket_keys::Found;
 
@@ -49,13 +49,35 @@ pub(crate) fn resume_session(
     unsafe { ssl.set_session(session) }
 }
 
+/// SECURITY-CRITICAL (docs/tls.md, "Mutual TLS"; see `context::accept_any_chain`). Replaces
+/// OpenSSL's whole verification of a client chain (`X509_verify_cert`: issuer look-ups in the
+/// context's shared store, chain building, signature checks of the chain) with a callback that
+/// accepts it as sent. Trust is decided later against an enrollment, which checks every
+/// signature again anyway. The client's CertificateVerify (possession of the leaf's key) is not
+/// part of this step: OpenSSL still checks it and fails the handshake when it does not verify.
+pub(crate) fn accept_client_chain_unverified(b: &mut SslContextBuilder) {
+    // SAFETY: stores a function pointer (and a null argument it never reads) in a context we own
+    // and are still building; the callback is a plain function that lives as long as the program.
+    unsafe { SSL_CTX_set_cert_verify_callback(b.as_ptr(), Some(accept_chain), std::ptr::null_mut()) }
+}
+
+/// Called by OpenSSL in place of `X509_verify_cert` for each client chain: 1, accepted. It reads
+/// neither argument, so the store context keeps the `X509_V_OK` it was initialised with.
+extern "C" fn accept_chain(_store: *mut X509_STORE_CTX, _arg: *mut c_void) -> c_int {
+    1
+}
+
 /// OpenSSL's ticket-key callback type (`SSL_CTX_set_tlsext_ticket_key_evp_cb`, OpenSSL 3.0).
 type TicketKeyCallback =
     unsafe extern "C" fn(*mut SSL, *mut c_uchar, *mut c_uchar, *mut EVP_CIPHER_CTX, *mut EVP_MAC_CTX, c_int) -> c_int;
 
+/// OpenSSL's certificate-verification callback type (`SSL_CTX_set_cert_verify_callback`).
+type CertVerifyCallback = unsafe extern "C" fn(*mut X509_STORE_CTX, *mut c_void) -> c_int;
+
 extern "C" {
-    // Both exported by OpenSSL 3.0 (ssl.h, params.h) and not declared by openssl-sys.
+    // All three exported by OpenSSL 3.0 (ssl.h, params.h) and not declared by openssl-sys.
     fn SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx: *mut SSL_CTX, cb: Option<TicketKeyCallback>) -> c_int;
+    fn SSL_CTX_set_cert_verify_callback(ctx: *mut SSL_CTX, cb: Option<CertVerifyCallback>, arg: *mut c_void);
     fn OSSL_PARAM_construct_utf8_string(key: *const c_char, buf: *mut c_char, bsize: usize) -> OSSL_PARAM;
 }
 
