@@ -182,7 +182,7 @@ pub(crate) fn build_context_with(
 /// deliberately skipped is *trust*, which only the application can decide against an enrollment
 /// (individual: the enrolled certificate; group: a chain to the group's verified CA), and which
 /// checks each signature of the chain itself; OpenSSL checking them too would only double the
-/// work (docs/performance.md, "X.509 registrations"). Nothing downstream may treat "the handshake
+/// work (docs/performance.md, "Which OpenSSL"). Nothing downstream may treat "the handshake
 /// succeeded with a client certificate" as "this device is trusted". Tests:
 /// `dps-server/tests/tls_matrix.rs` (`untrusted_client_chain_is_accepted_and_handed_over`).
 fn accept_any_chain(b: &mut SslContextBuilder) {

@@ -53,7 +53,7 @@ pub(crate) fn resume_session(
 /// OpenSSL's whole verification of a client chain (`X509_verify_cert`: issuer look-ups in the
 /// context's shared store, chain building, signature checks of the chain) with a callback that
 /// accepts it as sent. Trust is decided later against an enrollment, which checks every
-/// signature again anyway. The client's CertificateVerify (possession of the leaf's key) is not
+/// signature of the chain itself. The client's CertificateVerify (possession of the leaf's key) is not
 /// part of this step: OpenSSL still checks it and fails the handshake when it does not verify.
 pub(crate) fn accept_client_chain_unverified(b: &mut SslContextBuilder) {
     // SAFETY: stores a function pointer (and a null argument it never reads) in a context we own
