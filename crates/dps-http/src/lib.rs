@@ -331,7 +331,10 @@ impl HttpService {
     {
         let peer = facts.peer;
         let device = Arc::new(Mutex::new(self.state.services.device_session(facts.clone())));
-        let service = self.router.clone().layer(Extension(ConnectionInfo { facts, device }));
+        // The connection's facts ride on every request as an extension, added by a thin wrapper
+        // around the shared router: `Router::layer` would rebuild the router's route table for
+        // each connection.
+        let service = tower_layer::Layer::layer(&Extension(ConnectionInfo { facts, device }), self.router.clone());
         let service = hyper_util::service::TowerToHyperService::new(service);
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())

@@ -72,6 +72,13 @@ impl Checkpointer {
 }
 
 impl Checkpointer {
+    /// Whether [`Checkpointer::reset_if_overgrown`] has work to do: then writes go to the writer
+    /// thread, which does it between two batches.
+    pub(crate) fn wants_writer(&self) -> bool {
+        self.shared.reset_wanted.load(Ordering::Relaxed)
+            || self.shared.wal_frames.load(Ordering::Relaxed) > WRITER_RESET_FRAMES
+    }
+
     /// Called by the writer thread after a commit, on its own connection, between transactions.
     ///
     /// When the checkpoint thread has asked for it (the WAL is past [`RESET_FRAMES`]), a PASSIVE

@@ -3,10 +3,11 @@
 //!
 //! Durability: with [`Durability::Normal`] (default) a committed write survives a crash or
 //! `kill -9` of the server (it is in the WAL); with [`Durability::Full`] every commit is also
-//! fsynced, so it survives a power loss. Writes run one after another on the writer thread
-//! (`writer.rs`), each under its own savepoint that checks its precondition and writes, so
-//! concurrent writers never lose an update; a write is acknowledged once its transaction has
-//! committed.
+//! fsynced, so it survives a power loss. Writes run one after another on the one writing
+//! connection (`writer.rs`), on the caller's thread when it is free at `Normal`, else in the
+//! writer thread's next batch, each under its own savepoint that checks its precondition and
+//! writes, so concurrent writers never lose an update; a write is acknowledged once its
+//! transaction has committed.
 //!
 //! Only this crate knows SQL. Rows hold the entity as JSON (`doc`) beside the columns that are
 //! queried (keys lower-cased for case-insensitive ids).
@@ -133,7 +134,7 @@ fn key(s: &str) -> String {
 /// millisecond could cost the waiter 25 ms or more, and the reset waited 100 ms for readers that
 /// each take microseconds (docs/performance.md, "Store writes"). Here every wait is 250 µs, for
 /// 10 s in all, as before.
-fn busy(tries: i32) -> bool {
+pub(crate) fn busy(tries: i32) -> bool {
     const WAIT: std::time::Duration = std::time::Duration::from_micros(250);
     const TRIES: i32 = 40_000;
     if tries >= TRIES {
@@ -196,7 +197,8 @@ impl SqliteStore {
         let readers = (0..4).map(|_| open_conn(path, durability).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
         let checkpointer =
             checkpoint::Checkpointer::start(open_conn(path, durability)?).map_err(StoreError::unavailable)?;
-        let writer = writer::Writer::start(writer, checkpointer).map_err(StoreError::unavailable)?;
+        let writer = writer::Writer::start(writer, checkpointer, durability == Durability::Normal)
+            .map_err(StoreError::unavailable)?;
         let inner = Inner { path: path.to_owned(), writer, readers };
         Ok(SqliteStore { inner: Arc::new(inner) })
     }
@@ -741,11 +743,19 @@ mod tests {
 
     /// Writes sent together share a transaction (`writer.rs`); one whose precondition fails is
     /// undone alone, the others commit, and every acknowledged write is there after a reopen.
+    /// At `full` every write goes through the writer thread's batches; at `normal` most run on
+    /// the calling thread and the rest join a batch.
     #[tokio::test(flavor = "multi_thread")]
     async fn concurrent_writes_commit_together_and_a_refused_one_is_undone_alone() {
+        for durability in [Durability::Full, Durability::Normal] {
+            concurrent_writes(durability).await;
+        }
+    }
+
+    async fn concurrent_writes(durability: Durability) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("g.db");
-        let store = std::sync::Arc::new(SqliteStore::open(&path, Durability::Full).expect("open"));
+        let store = std::sync::Arc::new(SqliteStore::open(&path, durability).expect("open"));
         let taken = DocWrite { id: "taken", parent: None, etag: "1", json: r#"{"v":"first"}"# };
         store.put_doc(Kind::Registration, "dps", taken, Precondition::Any).await.expect("put");
         let tasks: Vec<_> = (0..64)
@@ -773,6 +783,33 @@ mod tests {
         for i in (1..64).step_by(2) {
             assert!(again.get_doc(Kind::Registration, "dps", &format!("d-{i}")).await.expect("get").is_some(), "d-{i}");
         }
+    }
+
+    /// A write that finds the database locked by another connection (another process, say)
+    /// does not wait for it on the caller's thread: it goes to the writer thread, which waits,
+    /// and commits once the lock is free. On a single-threaded runtime a wait on the caller's
+    /// thread would hold the lock's owner (this test) off until SQLite gave up.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_waits_for_another_writer_on_the_writer_thread_not_the_callers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("l.db");
+        let store = std::sync::Arc::new(SqliteStore::open(&path, Durability::Normal).expect("open"));
+        let other = rusqlite::Connection::open(&path).expect("second connection");
+        other.execute_batch("BEGIN IMMEDIATE").expect("the other connection takes the write lock");
+        let s = store.clone();
+        let write = tokio::spawn(async move {
+            let doc = DocWrite { id: "d", parent: None, etag: "1", json: r#"{"v":1}"# };
+            s.put_doc(Kind::Registration, "dps", doc, Precondition::MustNotExist).await
+        });
+        // Not a speed assertion: a wait on this thread would last SQLite's whole busy timeout
+        // (10 s, `busy`) before the write gave up and was queued; 200 ms here takes far less.
+        let paused = Instant::now();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(paused.elapsed() < Duration::from_secs(5), "the write held the caller's thread while it waited");
+        assert!(!write.is_finished(), "the write waits for the lock");
+        other.execute_batch("COMMIT").expect("the other connection lets go");
+        write.await.expect("task").expect("the write commits once the lock is free");
+        assert!(store.get_doc(Kind::Registration, "dps", "d").await.expect("get").is_some());
     }
 
     /// The bundled SQLite must carry the security fixes of 3.50.2; a

@@ -1,5 +1,7 @@
-//! The writer thread: the one connection that writes, owned by one thread that runs the store's
-//! writes in batches (group commit). docs/performance.md, "Store writes".
+//! The writer: the one connection that writes, and the thread that runs the store's writes in
+//! batches (group commit). At `durability = "normal"` a write finds the connection free most of
+//! the time; it then runs on the calling thread, as a batch of one, without the two thread
+//! hand-offs the queue costs. docs/performance.md, "Store writes".
 //!
 //! Each write runs under its own savepoint inside the batch's transaction, so a write that fails
 //! (a precondition, a constraint) is undone alone and the others still commit. A caller hears
@@ -9,6 +11,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use dps_core::store::StoreError;
@@ -80,26 +83,38 @@ fn unavailable(why: &str) -> StoreError {
     StoreError::unavailable(std::io::Error::other(why.to_owned()))
 }
 
-/// The handle the store keeps: sends writes to the thread; dropping it stops the thread once
-/// the writes already sent are done.
+/// The handle the store keeps: runs a write on the calling thread when it may (see
+/// [`Writer::write`]), else sends it to the thread; dropping it stops the thread once the writes
+/// already sent are done.
 pub(crate) struct Writer {
     jobs: Option<Sender<Box<dyn Job>>>,
     thread: Option<JoinHandle<()>>,
+    conn: Arc<Mutex<Connection>>,
+    checkpointer: Arc<Checkpointer>,
+    /// Writes may run on the calling thread: only where a commit does not wait for the disk.
+    inline: bool,
 }
 
 impl Writer {
     /// Starts the thread on `conn` (the store's writing connection, migrated), with the WAL's
-    /// checkpointer.
-    pub(crate) fn start(conn: Connection, checkpointer: Checkpointer) -> std::io::Result<Writer> {
+    /// checkpointer. `inline`: a write may run on the calling thread when the connection is free
+    /// (only where commits are not fsynced: a caller's thread must not wait for the disk).
+    pub(crate) fn start(conn: Connection, checkpointer: Checkpointer, inline: bool) -> std::io::Result<Writer> {
         let (jobs, queue) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || run(&conn, &checkpointer, &queue))?;
-        Ok(Writer { jobs: Some(jobs), thread: Some(thread) })
+        let conn = Arc::new(Mutex::new(conn));
+        let checkpointer = Arc::new(checkpointer);
+        let (c, k) = (conn.clone(), checkpointer.clone());
+        let thread = std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || run(&c, &k, &queue))?;
+        Ok(Writer { jobs: Some(jobs), thread: Some(thread), conn, checkpointer, inline })
     }
 
-    /// Runs `f` in a write transaction (shared with other writes queued meanwhile) and answers
-    /// once that transaction has committed.
+    /// Runs `f` in a write transaction and answers once that transaction has committed.
+    ///
+    /// When the connection is free (no batch running), the checkpointer is not waiting for the
+    /// writer, and commits are not fsynced, the write runs here as a batch of one: the same
+    /// savepoint, commit and answer as on the thread, without a hand-off to it and back. A
+    /// write that finds the connection busy, or the database locked by another process, goes
+    /// to the thread's queue and joins its next batch.
     pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -107,11 +122,45 @@ impl Writer {
     {
         let (reply, answer) = oneshot::channel();
         let job: Box<dyn Job> = Box::new(Pending { f, reply });
+        let job = match self.try_inline(job) {
+            None => {
+                return answer.await.unwrap_or_else(|_| Err(unavailable("the store's write was dropped unanswered")))
+            }
+            Some(job) => job,
+        };
         let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
         if !sent {
             return Err(unavailable("the store's writer has stopped"));
         }
         answer.await.unwrap_or_else(|_| Err(unavailable("the store's writer stopped before answering")))
+    }
+
+    /// Runs `job` on this thread if it may (see [`Writer::write`]); gives it back if not.
+    fn try_inline(&self, job: Box<dyn Job>) -> Option<Box<dyn Job>> {
+        if !self.inline || self.checkpointer.wants_writer() {
+            return Some(job);
+        }
+        let Ok(mut c) = self.conn.try_lock() else { return Some(job) };
+        // No waiting here for another process's write lock: that wait belongs on the thread.
+        if c.busy_handler(None::<fn(i32) -> bool>).is_err() {
+            return Some(job);
+        }
+        let begun = control(&c, "BEGIN IMMEDIATE");
+        let restored = c.busy_handler(Some(crate::busy));
+        match (begun, restored) {
+            (Ok(()), Ok(())) => {}
+            (Ok(()), Err(_)) => {
+                let _ = control(&c, "ROLLBACK");
+                return Some(job);
+            }
+            (Err(_), _) => {
+                let _ = c.busy_handler(Some(crate::busy));
+                return Some(job);
+            }
+        }
+        run_begun(&c, vec![job]);
+        self.checkpointer.committed();
+        None
     }
 }
 
@@ -130,8 +179,9 @@ impl Drop for Writer {
     }
 }
 
-fn run(c: &Connection, checkpointer: &Checkpointer, queue: &Receiver<Box<dyn Job>>) {
+fn run(conn: &Mutex<Connection>, checkpointer: &Checkpointer, queue: &Receiver<Box<dyn Job>>) {
     while let Ok(first) = queue.recv() {
+        let c = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -139,9 +189,9 @@ fn run(c: &Connection, checkpointer: &Checkpointer, queue: &Receiver<Box<dyn Job
                 Err(_) => break,
             }
         }
-        commit_batch(c, batch);
+        commit_batch(&c, batch);
         checkpointer.committed();
-        checkpointer.reset_if_overgrown(c);
+        checkpointer.reset_if_overgrown(&c);
     }
 }
 
@@ -160,6 +210,11 @@ fn commit_batch(c: &Connection, batch: Vec<Box<dyn Job>>) {
         }
         return;
     }
+    run_begun(c, batch);
+}
+
+/// Runs the jobs of a batch whose transaction has begun, commits it, and answers every job.
+fn run_begun(c: &Connection, batch: Vec<Box<dyn Job>>) {
     let mut ran: Vec<Box<dyn Ran>> = Vec::with_capacity(batch.len());
     let mut abandoned: Option<String> = None;
     for j in batch {
