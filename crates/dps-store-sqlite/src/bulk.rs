@@ -12,7 +12,8 @@ impl SqliteStore {
     /// checked either: callers write into an instance they know exists.
     pub async fn put_many(&self, instance: &str, docs: Vec<OwnedDoc>) -> Result<usize, StoreError> {
         let instance = key(instance);
-        self.write(move |tx| {
+        // Thousands of rows in one transaction: on the writer thread, never a caller's.
+        self.inner.writer.write_queued(move |tx| {
             let mut put = tx
                 .prepare_cached(
                     "INSERT INTO documents (kind, instance, id_key, parent_key, etag, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)

@@ -42,6 +42,10 @@ struct Shared {
     wal_frames: AtomicI64,
     /// The WAL is past [`RESET_FRAMES`]: the writer should copy the last frames itself.
     reset_wanted: std::sync::atomic::AtomicBool,
+    /// The next write may start the WAL over (a checkpoint copied every frame, or one may be
+    /// copying them now), and SQLite then syncs the WAL's new header even at `normal`: writes go
+    /// to the writer thread until one of its batches runs.
+    restart_next: std::sync::atomic::AtomicBool,
     stop: Mutex<bool>,
     wake: Condvar,
 }
@@ -56,7 +60,8 @@ pub(crate) struct Checkpointer {
 impl Checkpointer {
     /// Starts the thread on `conn`, a connection to the store's database.
     pub(crate) fn start(conn: Connection) -> std::io::Result<Checkpointer> {
-        let shared = Arc::new(Shared::default());
+        // An empty WAL (a new database, or one truncated) gets its header at the first write.
+        let shared = Arc::new(Shared { restart_next: true.into(), ..Shared::default() });
         let s = shared.clone();
         let thread = std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || run(&conn, &s))?;
         Ok(Checkpointer { shared, thread: Some(thread) })
@@ -72,11 +77,19 @@ impl Checkpointer {
 }
 
 impl Checkpointer {
-    /// Whether [`Checkpointer::reset_if_overgrown`] has work to do: then writes go to the writer
-    /// thread, which does it between two batches.
+    /// Whether writes should go to the writer thread: [`Checkpointer::reset_if_overgrown`] has
+    /// work to do there between two batches, or the next write may start the WAL over (and sync
+    /// it).
     pub(crate) fn wants_writer(&self) -> bool {
-        self.shared.reset_wanted.load(Ordering::Relaxed)
+        self.shared.restart_next.load(Ordering::SeqCst)
+            || self.shared.reset_wanted.load(Ordering::Relaxed)
             || self.shared.wal_frames.load(Ordering::Relaxed) > WRITER_RESET_FRAMES
+    }
+
+    /// Called by the writer thread as each of its batches begins (it holds the connection): if
+    /// the WAL is to start over, that batch does it.
+    pub(crate) fn thread_writing(&self) {
+        self.shared.restart_next.store(false, Ordering::SeqCst);
     }
 
     /// Called by the writer thread after a commit, on its own connection, between transactions.
@@ -94,6 +107,7 @@ impl Checkpointer {
             if let Ok(0) = writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
                 self.shared.wal_frames.store(0, Ordering::Relaxed);
                 self.shared.reset_wanted.store(false, Ordering::Relaxed);
+                self.shared.restart_next.store(true, Ordering::SeqCst);
             }
             return;
         }
@@ -105,6 +119,9 @@ impl Checkpointer {
         }
         let started = std::time::Instant::now();
         let r = passive(writer);
+        if matches!(r, Ok((frames, copied)) if frames == copied) {
+            self.shared.restart_next.store(true, Ordering::SeqCst);
+        }
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::debug!(?r, ms, "the writer copied the WAL's last frames so that it starts over");
     }
@@ -131,8 +148,13 @@ fn run(conn: &Connection, shared: &Shared) {
             *stop
         };
         if shared.commits.swap(0, Ordering::Relaxed) > 0 || stop {
-            match checkpoint(conn) {
-                Ok(frames) => {
+            // Writes go to the writer thread while this pass may copy the last frame, and after
+            // it if it did (`restart_next`).
+            shared.restart_next.store(true, Ordering::SeqCst);
+            let pass = checkpoint(conn);
+            shared.restart_next.store(matches!(pass, Ok((_, true))), Ordering::SeqCst);
+            match pass {
+                Ok((frames, _)) => {
                     shared.wal_frames.store(frames, Ordering::Relaxed);
                     if frames > RESET_FRAMES {
                         shared.reset_wanted.store(true, Ordering::Relaxed);
@@ -180,15 +202,16 @@ fn passive(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
 /// One PASSIVE checkpoint. If the WAL has grown past [`RESET_FRAMES`], more follow until at
 /// most [`CATCH_UP_FRAMES`] are left for the writer to copy (a pass over 64 MiB takes long
 /// enough for the writer to add thousands of frames). Returns the frames the first pass found
-/// in the WAL.
-pub(crate) fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+/// in the WAL, and whether the last pass copied every frame (then the next write starts the
+/// WAL over).
+pub(crate) fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, bool)> {
     checkpoint_with(conn, RESET_FRAMES)
 }
 
-fn checkpoint_with(conn: &Connection, reset_frames: i64) -> rusqlite::Result<i64> {
+fn checkpoint_with(conn: &Connection, reset_frames: i64) -> rusqlite::Result<(i64, bool)> {
     let (frames, copied) = passive(conn)?;
+    let mut behind = frames - copied;
     if frames > reset_frames {
-        let mut behind = frames - copied;
         for _ in 0..CATCH_UP_PASSES {
             if behind <= CATCH_UP_FRAMES {
                 break;
@@ -197,7 +220,7 @@ fn checkpoint_with(conn: &Connection, reset_frames: i64) -> rusqlite::Result<i64
             behind = f - c;
         }
     }
-    Ok(frames)
+    Ok((frames, behind == 0))
 }
 
 #[cfg(test)]
@@ -257,7 +280,7 @@ mod tests {
         // The thread's catch-up passes copy what they can without being asked to wait.
         let reader = Connection::open(&db).expect("open");
         fill(&writer);
-        assert!(checkpoint_with(&reader, 10).expect("checkpoint") > 10);
+        assert!(checkpoint_with(&reader, 10).expect("checkpoint").0 > 10);
         assert_eq!(rows(&reader), 151);
     }
 

@@ -119,7 +119,8 @@ pub struct SqliteStore {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
-    /// The writing connection's thread, which also drives the WAL's checkpointer (`writer.rs`).
+    /// The writing connection and its thread, which also drives the WAL's checkpointer
+    /// (`writer.rs`).
     writer: writer::Writer,
     readers: Vec<Mutex<Connection>>,
 }
@@ -128,16 +129,30 @@ fn key(s: &str) -> String {
     s.to_ascii_lowercase()
 }
 
+std::thread_local! {
+    /// Set while a write on a caller's thread begins (`writer.rs`): a locked database is
+    /// reported at once instead of waited for.
+    static NO_WAIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with [`busy`] giving up at once on this thread.
+pub(crate) fn without_waiting<T>(f: impl FnOnce() -> T) -> T {
+    NO_WAIT.with(|w| w.set(true));
+    let out = f();
+    NO_WAIT.with(|w| w.set(false));
+    out
+}
+
 /// Waits between tries of a connection that found the database locked (a checkpoint that resets
 /// the WAL holds off the writer and waits for readers to move to the newest snapshot). SQLite's
 /// own busy timeout sleeps 1, 2, 5, 10, 15, 20, 25 … 100 ms between tries, so a lock held for a
 /// millisecond could cost the waiter 25 ms or more, and the reset waited 100 ms for readers that
 /// each take microseconds (docs/performance.md, "Store writes"). Here every wait is 250 µs, for
-/// 10 s in all, as before.
+/// 10 s in all, as before; not at all inside [`without_waiting`].
 pub(crate) fn busy(tries: i32) -> bool {
     const WAIT: std::time::Duration = std::time::Duration::from_micros(250);
     const TRIES: i32 = 40_000;
-    if tries >= TRIES {
+    if tries >= TRIES || NO_WAIT.with(std::cell::Cell::get) {
         return false;
     }
     std::thread::sleep(WAIT);
@@ -418,16 +433,20 @@ impl DocumentStore for SqliteStore {
 
     async fn delete_instance(&self, name: &str) -> Result<(), StoreError> {
         let name = key(name);
-        self.write(move |tx| {
-            let n = exec(tx, "DELETE FROM instances WHERE name_key = ?1", params![name])
-                .map_err(StoreError::unavailable)?;
-            if n == 0 {
-                return Err(StoreError::NotFound);
-            }
-            exec(tx, "DELETE FROM documents WHERE instance = ?1", params![name]).map_err(StoreError::unavailable)?;
-            Ok(())
-        })
-        .await
+        // Deletes every document of the instance: unbounded, so never on a caller's thread.
+        self.inner
+            .writer
+            .write_queued(move |tx| {
+                let n = exec(tx, "DELETE FROM instances WHERE name_key = ?1", params![name])
+                    .map_err(StoreError::unavailable)?;
+                if n == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                exec(tx, "DELETE FROM documents WHERE instance = ?1", params![name])
+                    .map_err(StoreError::unavailable)?;
+                Ok(())
+            })
+            .await
     }
 
     async fn instances_version(&self) -> Result<u64, StoreError> {
@@ -785,6 +804,38 @@ mod tests {
         }
     }
 
+    /// Where writes run: at `normal` on the caller's thread when the writer is free (the first
+    /// write after opening goes to the thread: it gives the empty WAL its header, which SQLite
+    /// syncs); at `full` always on the writer thread, so no caller waits for an fsync; a bulk
+    /// write always on the thread.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn writes_run_on_the_callers_thread_only_at_normal_and_only_when_bounded() {
+        async fn threads(store: &SqliteStore) -> Vec<Option<String>> {
+            let mut names = Vec::new();
+            for _ in 0..20 {
+                let name = store.write(|_| Ok(std::thread::current().name().map(str::to_owned))).await;
+                names.push(name.expect("write"));
+            }
+            names
+        }
+        let writer = Some("sqlite-writer".to_owned());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let normal = SqliteStore::open(&dir.path().join("n.db"), Durability::Normal).expect("open");
+        let names = threads(&normal).await;
+        assert_eq!(names[0], writer, "the first write starts the WAL: on the thread");
+        assert!(names.iter().any(|n| *n != writer), "no write ran on the caller's thread: {names:?}");
+        let bulk = normal
+            .inner
+            .writer
+            .write_queued(|_| Ok(std::thread::current().name().map(str::to_owned)))
+            .await
+            .expect("write");
+        assert_eq!(bulk, writer, "an unbounded write runs on the thread");
+        let full = SqliteStore::open(&dir.path().join("f.db"), Durability::Full).expect("open");
+        let names = threads(&full).await;
+        assert!(names.iter().all(|n| *n == writer), "at full every write is the thread's: {names:?}");
+    }
+
     /// A write that finds the database locked by another connection (another process, say)
     /// does not wait for it on the caller's thread: it goes to the writer thread, which waits,
     /// and commits once the lock is free. On a single-threaded runtime a wait on the caller's
@@ -794,6 +845,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("l.db");
         let store = std::sync::Arc::new(SqliteStore::open(&path, Durability::Normal).expect("open"));
+        // The first write goes to the thread (it starts the WAL); the next ones may run here.
+        let first = DocWrite { id: "first", parent: None, etag: "1", json: r#"{"v":0}"# };
+        store.put_doc(Kind::Registration, "dps", first, Precondition::MustNotExist).await.expect("first write");
         let other = rusqlite::Connection::open(&path).expect("second connection");
         other.execute_batch("BEGIN IMMEDIATE").expect("the other connection takes the write lock");
         let s = store.clone();

@@ -1,7 +1,8 @@
 //! The writer: the one connection that writes, and the thread that runs the store's writes in
-//! batches (group commit). At `durability = "normal"` a write finds the connection free most of
-//! the time; it then runs on the calling thread, as a batch of one, without the two thread
-//! hand-offs the queue costs. docs/performance.md, "Store writes".
+//! batches (group commit). At `durability = "normal"` a write usually finds the connection free
+//! and nothing queued; it then runs on the calling thread, as a batch of one, without the two
+//! thread hand-offs the queue costs ([`Writer::try_inline`] says when it may).
+//! docs/performance.md, "Store writes".
 //!
 //! Each write runs under its own savepoint inside the batch's transaction, so a write that fails
 //! (a precondition, a constraint) is undone alone and the others still commit. A caller hears
@@ -10,6 +11,7 @@
 //! COMMIT fails, or SQLite abandons the transaction, every write of the batch gets the error.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -91,6 +93,8 @@ pub(crate) struct Writer {
     thread: Option<JoinHandle<()>>,
     conn: Arc<Mutex<Connection>>,
     checkpointer: Arc<Checkpointer>,
+    /// Writes sent to the thread that it has not taken yet.
+    queued: Arc<AtomicUsize>,
     /// Writes may run on the calling thread: only where a commit does not wait for the disk.
     inline: bool,
 }
@@ -103,63 +107,85 @@ impl Writer {
         let (jobs, queue) = std::sync::mpsc::channel();
         let conn = Arc::new(Mutex::new(conn));
         let checkpointer = Arc::new(checkpointer);
-        let (c, k) = (conn.clone(), checkpointer.clone());
-        let thread = std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || run(&c, &k, &queue))?;
-        Ok(Writer { jobs: Some(jobs), thread: Some(thread), conn, checkpointer, inline })
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (c, k, q) = (conn.clone(), checkpointer.clone(), queued.clone());
+        let thread = std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || run(&c, &k, &queue, &q))?;
+        Ok(Writer { jobs: Some(jobs), thread: Some(thread), conn, checkpointer, queued, inline })
     }
 
     /// Runs `f` in a write transaction and answers once that transaction has committed.
     ///
-    /// When the connection is free (no batch running), the checkpointer is not waiting for the
-    /// writer, and commits are not fsynced, the write runs here as a batch of one: the same
-    /// savepoint, commit and answer as on the thread, without a hand-off to it and back. A
-    /// write that finds the connection busy, or the database locked by another process, goes
-    /// to the thread's queue and joins its next batch.
+    /// The write runs here, as a batch of one, when it may (see [`Writer::try_inline`]): the
+    /// same savepoint, commit and answer as on the thread, without a hand-off to it and back.
+    /// Otherwise it goes to the thread's queue and joins its next batch.
     pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit(f, true).await
+    }
+
+    /// [`Writer::write`] for a write of unbounded size (a bulk import, an instance's deletion):
+    /// always on the writer thread, never holding up a caller's thread.
+    pub(crate) async fn write_queued<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(f, false).await
+    }
+
+    async fn submit<T, F>(&self, f: F, inline: bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Pending { f, reply });
-        let job = match self.try_inline(job) {
-            None => {
-                return answer.await.unwrap_or_else(|_| Err(unavailable("the store's write was dropped unanswered")))
-            }
-            Some(job) => job,
-        };
+        let mut job: Box<dyn Job> = Box::new(Pending { f, reply });
+        if inline {
+            job = match self.try_inline(job) {
+                None => {
+                    return answer
+                        .await
+                        .unwrap_or_else(|_| Err(unavailable("the store's write was dropped unanswered")))
+                }
+                Some(job) => job,
+            };
+        }
+        // Counted before it is sent, so that no write runs inline ahead of it.
+        self.queued.fetch_add(1, Ordering::SeqCst);
         let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
         if !sent {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(unavailable("the store's writer has stopped"));
         }
         answer.await.unwrap_or_else(|_| Err(unavailable("the store's writer stopped before answering")))
     }
 
-    /// Runs `job` on this thread if it may (see [`Writer::write`]); gives it back if not.
+    /// Runs `job` on this thread if it may, and gives it back if not. It may when:
+    /// - commits are not fsynced (`durability = "normal"`): a caller's thread never waits for
+    ///   the disk;
+    /// - no write is queued for the thread: none is overtaken, and writes that arrive together
+    ///   are still batched there;
+    /// - the checkpointer does not want the writer: neither for a copy of the WAL's last frames
+    ///   nor because the WAL is about to start over (SQLite syncs the WAL's header then, even at
+    ///   `normal`);
+    /// - the connection is free, and the database is not locked by another connection (the
+    ///   `BEGIN` here does not wait for a lock: that wait belongs on the thread).
     fn try_inline(&self, job: Box<dyn Job>) -> Option<Box<dyn Job>> {
-        if !self.inline || self.checkpointer.wants_writer() {
+        if !self.inline || self.queued.load(Ordering::SeqCst) > 0 || self.checkpointer.wants_writer() {
             return Some(job);
         }
-        let Ok(mut c) = self.conn.try_lock() else { return Some(job) };
-        // No waiting here for another process's write lock: that wait belongs on the thread.
-        if c.busy_handler(None::<fn(i32) -> bool>).is_err() {
-            return Some(job);
-        }
-        let begun = control(&c, "BEGIN IMMEDIATE");
-        let restored = c.busy_handler(Some(crate::busy));
-        match (begun, restored) {
-            (Ok(()), Ok(())) => {}
-            (Ok(()), Err(_)) => {
-                let _ = control(&c, "ROLLBACK");
+        let answers = {
+            let Ok(c) = self.conn.try_lock() else { return Some(job) };
+            if crate::without_waiting(|| control(&c, "BEGIN IMMEDIATE")).is_err() {
                 return Some(job);
             }
-            (Err(_), _) => {
-                let _ = c.busy_handler(Some(crate::busy));
-                return Some(job);
-            }
-        }
-        run_begun(&c, vec![job]);
+            run_begun(&c, vec![job])
+        };
         self.checkpointer.committed();
+        answers.send();
         None
     }
 }
@@ -179,9 +205,8 @@ impl Drop for Writer {
     }
 }
 
-fn run(conn: &Mutex<Connection>, checkpointer: &Checkpointer, queue: &Receiver<Box<dyn Job>>) {
+fn run(conn: &Mutex<Connection>, checkpointer: &Checkpointer, queue: &Receiver<Box<dyn Job>>, queued: &AtomicUsize) {
     while let Ok(first) = queue.recv() {
-        let c = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -189,9 +214,18 @@ fn run(conn: &Mutex<Connection>, checkpointer: &Checkpointer, queue: &Receiver<B
                 Err(_) => break,
             }
         }
-        commit_batch(&c, batch);
+        let answers = {
+            let c = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Taken: from here on, writes may run inline again once the connection is free. If
+            // the WAL is to start over, this batch does it.
+            queued.fetch_sub(batch.len(), Ordering::SeqCst);
+            checkpointer.thread_writing();
+            commit_batch(&c, batch)
+        };
         checkpointer.committed();
-        checkpointer.reset_if_overgrown(&c);
+        answers.send();
+        // While a copy is wanted, `wants_writer` keeps writes off the callers' threads.
+        checkpointer.reset_if_overgrown(&conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 }
 
@@ -202,19 +236,35 @@ fn control(c: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 /// Runs one batch in one transaction, a savepoint per write, and answers every write.
-fn commit_batch(c: &Connection, batch: Vec<Box<dyn Job>>) {
+fn commit_batch(c: &Connection, batch: Vec<Box<dyn Job>>) -> Answers {
     if let Err(e) = control(c, "BEGIN IMMEDIATE") {
         let why = e.to_string();
         for j in batch {
             j.fail(unavailable(&why));
         }
-        return;
+        return Answers { ran: Vec::new(), committed: Ok(()) };
     }
-    run_begun(c, batch);
+    run_begun(c, batch)
 }
 
-/// Runs the jobs of a batch whose transaction has begun, commits it, and answers every job.
-fn run_begun(c: &Connection, batch: Vec<Box<dyn Job>>) {
+/// The outcomes of a batch, to be handed over once the connection is let go: a caller that
+/// writes again at once then finds it free.
+struct Answers {
+    ran: Vec<Box<dyn Ran>>,
+    committed: Result<(), String>,
+}
+
+impl Answers {
+    fn send(self) {
+        for r in self.ran {
+            r.finish(self.committed.as_ref().map(|_| ()).map_err(String::as_str));
+        }
+    }
+}
+
+/// Runs the jobs of a batch whose transaction has begun and commits it. A job that could not
+/// run is answered at once; the others' answers are returned.
+fn run_begun(c: &Connection, batch: Vec<Box<dyn Job>>) -> Answers {
     let mut ran: Vec<Box<dyn Ran>> = Vec::with_capacity(batch.len());
     let mut abandoned: Option<String> = None;
     for j in batch {
@@ -249,7 +299,5 @@ fn run_begun(c: &Connection, batch: Vec<Box<dyn Job>>) {
     if committed.is_err() && !c.is_autocommit() {
         let _ = control(c, "ROLLBACK");
     }
-    for r in ran {
-        r.finish(committed.as_ref().map(|_| ()).map_err(String::as_str));
-    }
+    Answers { ran, committed }
 }
