@@ -81,8 +81,13 @@ impl Checkpointer {
     /// work to do there between two batches, or the next write may start the WAL over (and sync
     /// it).
     pub(crate) fn wants_writer(&self) -> bool {
-        self.shared.restart_next.load(Ordering::SeqCst)
-            || self.shared.reset_wanted.load(Ordering::Relaxed)
+        self.shared.restart_next.load(Ordering::SeqCst) || self.reset_pending()
+    }
+
+    /// Whether [`Checkpointer::reset_if_overgrown`] would do anything: the writer thread takes
+    /// the connection for it only then.
+    pub(crate) fn reset_pending(&self) -> bool {
+        self.shared.reset_wanted.load(Ordering::Relaxed)
             || self.shared.wal_frames.load(Ordering::Relaxed) > WRITER_RESET_FRAMES
     }
 

@@ -136,14 +136,14 @@ impl Writer {
         self.submit(f, false).await
     }
 
-    async fn submit<T, F>(&self, f: F, inline: bool) -> Result<T, StoreError>
+    async fn submit<T, F>(&self, f: F, may_inline: bool) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let mut job: Box<dyn Job> = Box::new(Pending { f, reply });
-        if inline {
+        if may_inline {
             job = match self.try_inline(job) {
                 None => {
                     return answer
@@ -224,8 +224,11 @@ fn run(conn: &Mutex<Connection>, checkpointer: &Checkpointer, queue: &Receiver<B
         };
         checkpointer.committed();
         answers.send();
-        // While a copy is wanted, `wants_writer` keeps writes off the callers' threads.
-        checkpointer.reset_if_overgrown(&conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        // While a copy is wanted, `wants_writer` keeps writes off the callers' threads; the
+        // connection is taken again only then, not after every batch.
+        if checkpointer.reset_pending() {
+            checkpointer.reset_if_overgrown(&conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        }
     }
 }
 
