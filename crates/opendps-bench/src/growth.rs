@@ -86,6 +86,7 @@ fn server_spec(c: &Common, address: Ipv4Addr, dir: std::path::PathBuf) -> anyhow
         amqp_port: c.amqp_port,
         config: crate::server_config(c, 20_000)?,
         nofile: 65_536,
+        env: Vec::new(),
     })
 }
 

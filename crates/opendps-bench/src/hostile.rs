@@ -805,6 +805,7 @@ pub async fn hostile(mut a: HostileArgs) -> anyhow::Result<()> {
         nofile: 65_536,
         symmetric: true,
         x509: false,
+        shared: None,
     })?;
     let good_sources = Arc::new(Sources::new(loopback_range(2, a.sources)));
     let good = Arc::new(crate::device::Target {

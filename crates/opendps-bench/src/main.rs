@@ -22,6 +22,7 @@ mod hostile;
 mod idle;
 mod load;
 mod nginx;
+mod nodes;
 mod pki;
 mod procstat;
 mod register;
@@ -68,6 +69,9 @@ enum Command {
     /// What decoding a device certificate costs the linked OpenSSL, on one thread and on
     /// several at once (no server).
     Decode(decode::DecodeArgs),
+    /// One load generator of `idle --nodes` (started by the bench itself).
+    #[command(hide = true)]
+    Hold(nodes::HoldArgs),
 }
 
 /// What every subcommand takes.
@@ -176,6 +180,7 @@ fn main() -> std::process::ExitCode {
         Command::Hostile(a) => a.common.client_threads,
         Command::Smoke(a) => a.common.client_threads,
         Command::Decode(_) => Some(1),
+        Command::Hold(a) => Some(a.threads),
     };
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build() {
@@ -194,6 +199,7 @@ fn main() -> std::process::ExitCode {
             Command::Hostile(a) => hostile::hostile(a).await,
             Command::Smoke(a) => smoke::smoke(a).await,
             Command::Decode(a) => decode::decode(a),
+            Command::Hold(a) => nodes::hold(a).await,
         }
     });
     match result {

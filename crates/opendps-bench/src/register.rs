@@ -118,6 +118,27 @@ pub struct SetupSpec<'a> {
     pub nofile: u64,
     pub symmetric: bool,
     pub x509: bool,
+    /// A PostgreSQL database the server shares with other nodes (none: its own SQLite store).
+    pub shared: Option<SharedStore>,
+}
+
+/// A PostgreSQL database several nodes share, and the node key they all get
+/// (docs/failover.md: every node of a shared store needs the same one).
+#[derive(Debug, Clone)]
+pub struct SharedStore {
+    pub url: String,
+    pub node_key: String,
+}
+
+impl SharedStore {
+    /// The config lines that point a node at the database.
+    pub fn config(&self) -> String {
+        format!("[store]\nurl = {}\n", toml::Value::String(self.url.clone()))
+    }
+    /// The node key, as the server reads it.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![("OPENDPS_NODE_KEY".to_owned(), self.node_key.clone())]
+    }
 }
 
 impl Setup {
@@ -134,8 +155,12 @@ impl Setup {
             https_port: c.https_port,
             mqtt_port: c.mqtt_port,
             amqp_port: c.amqp_port,
-            config: crate::server_config(c, s.max_connections)?,
+            config: match &s.shared {
+                Some(sh) => crate::merge_toml(&crate::server_config(c, s.max_connections)?, &sh.config())?,
+                None => crate::server_config(c, s.max_connections)?,
+            },
             nofile: s.nofile,
+            env: s.shared.as_ref().map(SharedStore::env).unwrap_or_default(),
         };
         eprintln!("starting {} on {address} (data {})", spec.bin.display(), spec.data_dir.display());
         let server = Server::start(spec)?;
@@ -411,6 +436,7 @@ pub async fn register(a: RegisterArgs) -> anyhow::Result<()> {
         nofile: 65_536,
         symmetric: sym,
         x509,
+        shared: None,
     })?;
     crate::procstat::raise_own_nofile(65_536);
     let target = if a.resume { setup.resuming_target(c)? } else { setup.target.clone() };
@@ -719,6 +745,7 @@ pub async fn ceiling(a: CeilingArgs) -> anyhow::Result<()> {
         nofile: 65_536,
         symmetric: true,
         x509,
+        shared: None,
     })?;
     crate::procstat::raise_own_nofile(65_536);
     let nginx = setup.start_nginx(c, &a.nginx, &work.path.join("nginx"), false)?;

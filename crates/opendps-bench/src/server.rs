@@ -26,6 +26,8 @@ pub struct ServerSpec {
     pub config: String,
     /// Open-files limit of the server process (soft and hard), through `prlimit`.
     pub nofile: u64,
+    /// Extra environment of the server process (the node key of nodes sharing a store).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running server.
@@ -127,6 +129,7 @@ impl Server {
             .arg(spec.amqp_port.to_string())
             .arg("--config")
             .arg(&config)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

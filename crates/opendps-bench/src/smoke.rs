@@ -68,6 +68,7 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
         nofile: 65_536,
         symmetric: true,
         x509: true,
+        shared: None,
     })?;
     for proto in [Protocol::Https, Protocol::Mqtt, Protocol::Amqp] {
         for att in [Attestation::Symmetric, Attestation::X509] {
@@ -178,19 +179,36 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
         concurrency: 8,
         max_seconds: a.max_seconds,
         hold_seconds: 1,
-        keep_alive: 60,
-        no_subscribe: false,
-        protocol: Protocol::Mqtt,
+        shape: idle::Shape { keep_alive: 60, no_subscribe: false, protocol: Protocol::Mqtt },
         warmup: 10,
         sources: 2,
         register: 10,
         register_concurrency: 2,
         register_seconds: a.max_seconds,
+        nodes: 1,
     };
     let idle_result = idle::measure(&setup, &idle_args).await?;
     parts.push(("idle".into(), idle_result.open.clone()));
     if let Some(r) = &idle_result.register {
         parts.push(("idle-register".into(), r.clone()));
+    }
+
+    // The same across two nodes sharing a throwaway PostgreSQL database, each with its own load
+    // generator process (`idle --nodes`), on addresses of their own.
+    let mut nodes_common = common.clone();
+    nodes_common.address = Some(Ipv4Addr::new(127, 0, 5, 1));
+    let nodes_args = IdleArgs {
+        common: nodes_common,
+        connections: a.connections.min(40),
+        warmup: 4,
+        sources: 1,
+        nodes: 2,
+        ..idle_args.clone()
+    };
+    let nodes_result = crate::nodes::measure(&nodes_args, &work.path.join("nodes")).await?;
+    parts.push(("idle-nodes".into(), nodes_result.open.clone()));
+    if let Some(r) = &nodes_result.register {
+        parts.push(("idle-nodes-register".into(), r.clone()));
     }
 
     // Every hostile load, small, from a few sources (the smoke server's per-source limits are
@@ -256,6 +274,8 @@ pub async fn smoke(a: SmokeArgs) -> anyhow::Result<()> {
     rep.line(format!("Ceiling: {ceiling_note}.\n"));
     rep.loads(&parts.iter().map(|(_, r)| r).collect::<Vec<_>>());
     idle::report(&mut rep, &idle_args, &idle_result);
+    rep.line("");
+    crate::nodes::report(&mut rep, &nodes_args, &nodes_result);
     rep.line("");
     hostile::report(&mut rep, &hostile_args, &hostile_results);
     rep.line("");
