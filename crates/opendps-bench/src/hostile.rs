@@ -12,7 +12,7 @@
 //! hostile connection is bounded in time (`MAX_HOLD`), every load in count and in time.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use crate::procstat;
 use crate::register::{Setup, SetupSpec};
 use crate::report::{verdict, Report};
 use crate::stats::{ms, LoadResult};
-use crate::tlsclient::{tcp_connect, Sources, TlsClient};
+use crate::tlsclient::{loopback_range, tcp_connect, Sources, TlsClient};
 use crate::{Attestation, Common, Protocol, WorkDir};
 
 /// One hostile connection is dropped by the bench after this, whatever the server does.
@@ -443,11 +443,6 @@ fn lifetime(d: Duration) -> &'static str {
         s if s < 40.0 => "25–40 s",
         _ => "40 s or more",
     }
-}
-
-/// 127.0.`third`.1 ..= 127.0.`third`.n.
-fn loopback_range(third: u8, n: u8) -> Vec<IpAddr> {
-    (1..=n.clamp(1, 254)).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, third, i))).collect()
 }
 
 /// The server's counters of refused connections, from its admin listener's /metrics.

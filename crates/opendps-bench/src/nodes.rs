@@ -61,9 +61,6 @@ pub struct HoldArgs {
     pub amqp_port: u16,
     #[arg(long)]
     pub scope: String,
-    /// The node's process id (its memory is sampled while the connections open).
-    #[arg(long)]
-    pub server_pid: u32,
     #[arg(long)]
     pub connections: usize,
     /// Index of the first device (ids are idle-NNNNNNN, unique across load generators).
@@ -127,7 +124,8 @@ pub async fn hold(a: HoldArgs) -> anyhow::Result<()> {
         progress: false,
     };
     let (t, h, shape) = (target.clone(), held.clone(), a.shape);
-    let r = load::run(&spec, &Group { root: a.server_pid }, move |i| {
+    // The nodes are measured by the bench; `load::run` samples this process.
+    let r = load::run(&spec, &Group { root: me }, move |i| {
         let (t, ids, auths, h) = (t.clone(), ids.clone(), auths.clone(), h.clone());
         async move { shape.open(&t, &ids[i], &auths[i], &h).await }
     })
@@ -204,8 +202,7 @@ fn node_address(base: Ipv4Addr, i: usize) -> anyhow::Result<Ipv4Addr> {
 
 /// Load generator `i`'s source addresses: 127.0.(10 + i).1 to 127.0.(10 + i).n.
 fn worker_sources(i: usize, n: u8) -> Vec<IpAddr> {
-    let third = u8::try_from(10 + i).unwrap_or(u8::MAX);
-    (1..=n.max(1)).map(|j| IpAddr::V4(Ipv4Addr::new(127, 0, third, j))).collect()
+    crate::tlsclient::loopback_range(u8::try_from(10 + i).unwrap_or(u8::MAX), n)
 }
 
 /// A started load generator.
@@ -338,7 +335,6 @@ pub async fn measure(a: &IdleArgs, work: &std::path::Path) -> anyhow::Result<Nod
             .args(["--mqtt-port", &s.spec.mqtt_port.to_string()])
             .args(["--amqp-port", &s.spec.amqp_port.to_string()])
             .args(["--scope", &s.scope])
-            .args(["--server-pid", &s.pid.to_string()])
             .args(["--connections", &share.to_string()])
             .args(["--first", &first.to_string()])
             .args(["--concurrency", &(a.concurrency / n).max(4).to_string()])

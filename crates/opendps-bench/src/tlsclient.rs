@@ -68,6 +68,11 @@ impl Sources {
     }
 }
 
+/// 127.0.`third`.1 ..= 127.0.`third`.n (at least one address).
+pub fn loopback_range(third: u8, n: u8) -> Vec<IpAddr> {
+    (1..=n.clamp(1, 254)).map(|i| IpAddr::V4(std::net::Ipv4Addr::new(127, 0, third, i))).collect()
+}
+
 /// A TCP connection to `addr` from `source` (any port), or from the address the kernel
 /// chooses.
 pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, Failure> {
