@@ -7,8 +7,16 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OpensslX509;
 
+/// Upper-case hex, written into one string rather than a `format!` a byte (an X.509 registration
+/// formats three of these: two thumbprints and the serial).
 fn hex_upper(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02X}")).collect()
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        // Writing into a String cannot fail.
+        let _ = write!(s, "{x:02X}");
+    }
+    s
 }
 
 /// Reads PEM, base64 DER without armour, or base64 of the PEM text (what the Node and Python

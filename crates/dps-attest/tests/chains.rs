@@ -352,5 +352,15 @@ fn leaf_facts_report_the_certificate() {
     assert_eq!(facts.info.subject_name, "CN=device-7");
     assert_eq!(facts.info.issuer_name, "CN=root");
     assert_eq!(facts.sha256_thumbprint.len(), 64);
+    // Thumbprints and serial are upper-case hex of OpenSSL's own digests and serial, byte for byte.
+    let upper = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<String>();
+    assert_eq!(facts.sha256_thumbprint, upper(&leaf.x509.digest(MessageDigest::sha256()).unwrap()));
+    assert_eq!(facts.info.sha1_thumbprint, upper(&leaf.x509.digest(MessageDigest::sha1()).unwrap()));
+    // The serial as DER holds it: a leading zero byte when the first one has its top bit set.
+    let mut serial = leaf.x509.serial_number().to_bn().unwrap().to_vec();
+    if serial.first().is_some_and(|b| b & 0x80 != 0) {
+        serial.insert(0, 0);
+    }
+    assert_eq!(facts.info.serial_number, upper(&serial));
     assert!(!leaf_facts(&leaf.der(), at(t + 2 * DAY)).unwrap().time_valid);
 }
