@@ -45,7 +45,7 @@ impl SecretBox {
         );
         let idh = hash(MessageDigest::sha256(), &[b"opendps key id\0".as_slice(), &key].concat())
             .map_err(|_| SecretBoxError::Crypto("deriving the key id"))?;
-        let id = idh.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        let id = dps_core::hex::lower(&idh[..4]);
         Ok(SecretBox { key, id })
     }
 

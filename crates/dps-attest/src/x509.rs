@@ -7,18 +7,6 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OpensslX509;
 
-/// Upper-case hex, written into one string rather than a `format!` a byte (an X.509 registration
-/// formats three of these: two thumbprints and the serial).
-fn hex_upper(b: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        // Writing into a String cannot fail.
-        let _ = write!(s, "{x:02X}");
-    }
-    s
-}
-
 /// Reads PEM, base64 DER without armour, or base64 of the PEM text (what the Node and Python
 /// service SDKs send when handed a PEM file): all three appear in DPS APIs.
 pub fn load(text: &str) -> Result<X509, CertificateError> {
@@ -50,12 +38,12 @@ pub(crate) fn info_of(der: &[u8], parsed: &X509Certificate<'_>) -> X509Certifica
     };
     X509CertificateInfo {
         subject_name: parsed.subject().to_string(),
-        sha1_thumbprint: hex_upper(&openssl::sha::sha1(der)),
-        sha256_thumbprint: hex_upper(&openssl::sha::sha256(der)),
+        sha1_thumbprint: dps_core::hex::upper(&openssl::sha::sha1(der)),
+        sha256_thumbprint: dps_core::hex::upper(&openssl::sha::sha256(der)),
         issuer_name: parsed.issuer().to_string(),
         not_before_utc: time(parsed.validity().not_before),
         not_after_utc: time(parsed.validity().not_after),
-        serial_number: hex_upper(parsed.raw_serial()),
+        serial_number: dps_core::hex::upper(parsed.raw_serial()),
         version: i64::from(parsed.version().0) + 1,
     }
 }

@@ -14,6 +14,7 @@
 pub mod base64;
 pub mod device;
 pub mod error;
+pub mod hex;
 pub mod log_limit;
 pub mod model;
 pub mod observe;

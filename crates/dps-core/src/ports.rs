@@ -55,7 +55,7 @@ pub trait X509Inspector: Send + Sync + std::fmt::Debug {
 pub(crate) fn random_hex(e: &dyn Entropy, bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     e.fill(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::lower(&buf)
 }
 
 /// A new etag: a quoted opaque string, as DPS sends them.

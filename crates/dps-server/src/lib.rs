@@ -127,7 +127,7 @@ fn admin_token(config: &Config) -> Result<String, ServerError> {
     }
     let mut b = [0u8; 32];
     dps_core::ports::Entropy::fill(&dps_attest::OpensslEntropy, &mut b);
-    let token: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let token = dps_core::hex::lower(&b);
     write_private(&path, &token)?;
     Ok(token)
 }

@@ -91,10 +91,7 @@ impl CredentialFiles {
 impl ServerCredentials {
     /// SHA-256 of the leaf, hex: how logs tell one certificate from the next.
     pub fn fingerprint(&self) -> String {
-        self.leaf
-            .digest(MessageDigest::sha256())
-            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
-            .unwrap_or_default()
+        self.leaf.digest(MessageDigest::sha256()).map(|d| dps_core::hex::lower(&d)).unwrap_or_default()
     }
 
     /// The leaf's notAfter, Unix seconds.

@@ -64,7 +64,7 @@ impl TicketKey {
 
     /// The name as hex, for log lines (the name is no secret).
     pub fn name_hex(&self) -> String {
-        self.name().iter().map(|b| format!("{b:02x}")).collect()
+        dps_core::hex::lower(self.name())
     }
 }
 

@@ -99,16 +99,5 @@ impl<'a> ActivationBlobFields<'a> {
     }
 }
 
-/// Lower-case hex, for logs of public values (Names).
-pub(crate) fn hex(b: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        // Writing into a String cannot fail.
-        let _ = write!(s, "{x:02x}");
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests;

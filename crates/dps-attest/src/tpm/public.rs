@@ -172,7 +172,7 @@ impl std::fmt::Debug for TpmRsaKey {
             .field("role", &self.role)
             .field("attributes", &format_args!("0x{:08x}", self.area.attributes))
             .field("sym_bits", &self.sym_bits)
-            .field("name", &super::hex(&self.name))
+            .field("name", &dps_core::hex::lower(&self.name))
             .finish_non_exhaustive()
     }
 }

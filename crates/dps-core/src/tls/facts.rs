@@ -228,7 +228,7 @@ impl StoredOffer {
     /// The id of the offer whose text is `json`.
     pub fn id_of(json: &str) -> String {
         use sha2::Digest;
-        sha2::Sha256::digest(json.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect()
+        crate::hex::lower(&sha2::Sha256::digest(json.as_bytes())[..16])
     }
 }
 
